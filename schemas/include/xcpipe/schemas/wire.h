@@ -1,0 +1,60 @@
+// Framing of control messages: one Envelope = one flat Cap'n Proto message = one byte string.
+//
+// Encoding is trivial; decoding is where outside bytes enter, so it
+//   * copies into word-aligned storage when the buffer is not 8-byte aligned (ZeroMQ frames
+//     received over TCP are sometimes only 4-byte aligned, and Cap'n Proto 0.9 throws on that),
+//   * applies explicit ReaderOptions (traversal and nesting limits),
+//   * checks the size is a whole number of words and within kMaxControlMessageBytes,
+//   * turns every kj::Exception into an InvalidArgument Status. Nothing throws out of here.
+//
+// DecodedEnvelope owns its storage; the Reader it hands out is valid while it lives.
+#pragma once
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/schemas/xcpipe.capnp.h"
+
+namespace xcpipe::wire {
+
+// Control messages are small; anything larger is refused before parsing.
+inline constexpr size_t kMaxControlMessageBytes = size_t{16} << 20;
+
+// Limits for untrusted messages: 8 MiB of words traversed, nesting 32.
+capnp::ReaderOptions UntrustedReaderOptions();
+
+// Serialises a builder to bytes.
+std::string Encode(capnp::MessageBuilder& message);
+
+class DecodedEnvelope {
+ public:
+  DecodedEnvelope(const DecodedEnvelope&) = delete;
+  DecodedEnvelope& operator=(const DecodedEnvelope&) = delete;
+
+  proto::Envelope::Reader envelope() const { return envelope_; }
+
+ private:
+  friend StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> bytes);
+  DecodedEnvelope() = default;
+  kj::Array<capnp::word> aligned_;  // set when the input had to be copied
+  std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
+  proto::Envelope::Reader envelope_;
+};
+
+// Parses and validates the envelope's framing (not the meaning of its fields).
+StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> bytes);
+
+// Mapping between Status codes and the wire ErrorCode.
+proto::ErrorCode ToWire(StatusCode code);
+StatusCode FromWire(proto::ErrorCode code);
+
+// Fills an error envelope from a Status.
+void SetError(proto::Envelope::Builder envelope, const Status& status, uint64_t request_id = 0);
+
+}  // namespace xcpipe::wire

@@ -1,0 +1,68 @@
+#include "xcpipe/schemas/wire.h"
+
+#include <kj/exception.h>
+
+#include <cstring>
+
+namespace xcpipe::wire {
+
+capnp::ReaderOptions UntrustedReaderOptions() {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = (size_t{8} << 20) / sizeof(capnp::word);
+  options.nestingLimit = 32;
+  return options;
+}
+
+std::string Encode(capnp::MessageBuilder& message) {
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> bytes) {
+  if (bytes.empty()) return InvalidArgumentError("control message is empty; expected a Cap'n Proto Envelope");
+  if (bytes.size() % sizeof(capnp::word) != 0) {
+    return InvalidArgumentError("control message of " + std::to_string(bytes.size()) +
+                                " bytes is not a whole number of 8-byte words; expected a flat Cap'n Proto message");
+  }
+  if (bytes.size() > kMaxControlMessageBytes) {
+    return InvalidArgumentError("control message of " + std::to_string(bytes.size()) + " bytes exceeds the limit of " +
+                                std::to_string(kMaxControlMessageBytes));
+  }
+  std::unique_ptr<DecodedEnvelope> out(new DecodedEnvelope());
+  kj::ArrayPtr<const capnp::word> words;
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) != 0) {
+    out->aligned_ = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    std::memcpy(out->aligned_.begin(), bytes.data(), bytes.size());
+    words = kj::ArrayPtr<const capnp::word>(out->aligned_.begin(), out->aligned_.size());
+  } else {
+    words = kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                            bytes.size() / sizeof(capnp::word));
+  }
+  try {
+    out->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words, UntrustedReaderOptions());
+    out->envelope_ = out->reader_->getRoot<proto::Envelope>();
+    // Touch the union tag so framing errors surface here, not in a handler.
+    (void)out->envelope_.which();
+  } catch (const kj::Exception& e) {
+    return InvalidArgumentError(std::string("malformed control message: ") + e.getDescription().cStr());
+  }
+  return out;
+}
+
+proto::ErrorCode ToWire(StatusCode code) { return static_cast<proto::ErrorCode>(static_cast<uint16_t>(code)); }
+
+StatusCode FromWire(proto::ErrorCode code) {
+  auto value = static_cast<uint16_t>(code);
+  if (value > static_cast<uint16_t>(StatusCode::kCancelled)) return StatusCode::kInternal;
+  return static_cast<StatusCode>(value);
+}
+
+void SetError(proto::Envelope::Builder envelope, const Status& status, uint64_t request_id) {
+  auto error = envelope.initError();
+  error.setCode(ToWire(status.code()));
+  error.setMessage(status.message());
+  error.setRequestId(request_id);
+}
+
+}  // namespace xcpipe::wire

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every binary teaches its use with --help (exit 0) and reports usage errors with exit 2.
+set -u
+bin="$1"
+fail=0
+check() {  # check <expected-exit> <description> <command...>
+  local want="$1" what="$2"; shift 2
+  local out; out=$("$@" 2>&1); local got=$?
+  if [ "$got" -ne "$want" ]; then
+    echo "FAIL: $what: exit $got, expected $want"; echo "$out" | head -5; fail=1
+  else
+    echo "ok: $what"
+  fi
+  LAST_OUT="$out"
+}
+for b in xcpipe xcpipe-coordinator xcpipe-worker; do
+  check 0 "$b --help" "$bin/$b" --help
+  echo "$LAST_OUT" | grep -q "Exit codes" || { echo "FAIL: $b --help does not document exit codes"; fail=1; }
+  check 2 "$b with an unknown flag" "$bin/$b" --no-such-flag
+done
+check 2 "xcpipe with no subcommand" "$bin/xcpipe"
+check 2 "xcpipe with an unknown subcommand" "$bin/xcpipe" frobnicate
+check 2 "xcpipe-worker without --coordinator" "$bin/xcpipe-worker"
+check 0 "xcpipe-worker --probe" "$bin/xcpipe-worker" --probe --device cpu
+echo "$LAST_OUT" | grep -q '"device":"cpu"' || { echo "FAIL: --probe did not print the device JSON"; fail=1; }
+exit $fail

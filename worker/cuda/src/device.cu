@@ -1,0 +1,56 @@
+#include <cuda_runtime.h>
+
+#include "xcpipe/cuda/device.h"
+
+namespace xcpipe::cuda {
+namespace {
+
+Status CudaError(cudaError_t err, const char* what) {
+  return UnavailableError(std::string(what) + ": CUDA error " + std::to_string(static_cast<int>(err)) + " (" +
+                          cudaGetErrorString(err) + ")");
+}
+
+__global__ void FillKernel(float* out, int n, float scale) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = static_cast<float>(i) * scale;
+}
+
+}  // namespace
+
+StatusOr<std::vector<CudaDevice>> ProbeCudaDevices() {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error so later calls see a clean state
+    return CudaError(err, "cudaGetDeviceCount");
+  }
+  if (count == 0) return UnavailableError("cudaGetDeviceCount: no CUDA devices");
+  std::vector<CudaDevice> devices;
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    if ((err = cudaGetDeviceProperties(&prop, i)) != cudaSuccess) return CudaError(err, "cudaGetDeviceProperties");
+    if ((err = cudaSetDevice(i)) != cudaSuccess) return CudaError(err, "cudaSetDevice");
+    size_t free_bytes = 0, total_bytes = 0;
+    if ((err = cudaMemGetInfo(&free_bytes, &total_bytes)) != cudaSuccess) return CudaError(err, "cudaMemGetInfo");
+    devices.push_back(CudaDevice{i, prop.name, total_bytes, free_bytes, prop.major, prop.minor});
+  }
+  return devices;
+}
+
+StatusOr<std::vector<float>> RunFillKernel(int device, int n, float scale) {
+  if (n <= 0) return InvalidArgumentError("RunFillKernel: n must be positive, got " + std::to_string(n));
+  cudaError_t err;
+  if ((err = cudaSetDevice(device)) != cudaSuccess) return CudaError(err, "cudaSetDevice");
+  float* buffer = nullptr;
+  if ((err = cudaMalloc(&buffer, sizeof(float) * n)) != cudaSuccess) return CudaError(err, "cudaMalloc");
+  FillKernel<<<(n + 255) / 256, 256>>>(buffer, n, scale);
+  std::vector<float> host(n);
+  err = cudaMemcpy(host.data(), buffer, sizeof(float) * n, cudaMemcpyDeviceToHost);
+  cudaFree(buffer);
+  if (err != cudaSuccess) return CudaError(err, "cudaMemcpy");
+  return host;
+}
+
+int BuiltRuntimeVersion() { return CUDART_VERSION; }
+
+}  // namespace xcpipe::cuda

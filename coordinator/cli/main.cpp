@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "commands.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 
@@ -58,6 +59,8 @@ int main(int argc, char** argv) {
       };
     });
   }
+
+  // Implemented subcommands register here (each removes its entry from kNotYetAvailable).
 
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (!action) return kExitUsage;

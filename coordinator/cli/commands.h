@@ -1,0 +1,14 @@
+// Subcommands of the `xcpipe` CLI. Each lives in its own <name>_command.cpp and exposes one
+// Add*Command function that adds a CLI11 subcommand to `app` and, when that subcommand is
+// chosen, sets `action` to the function that runs it (returning an exit code).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace xcpipe::cli {
+
+using Action = std::function<int()>;
+
+}  // namespace xcpipe::cli

@@ -1,6 +1,7 @@
 #include "xcpipe/base/files.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +46,47 @@ TEST(FilesTest, BadJsonNamesSourceAndPosition) {
   auto good = ParseJson("{\"a\": [1, 2]}", "x");
   ASSERT_TRUE(good.ok());
   EXPECT_EQ((*good)["a"][1].get<int>(), 2);
+}
+
+}  // namespace
+}  // namespace xcpipe
+
+#include "xcpipe/base/subprocess.h"
+
+namespace xcpipe {
+namespace {
+
+TEST(SubprocessTest, CapturesLinesAndExitCode) {
+  auto p = Subprocess::Start({"/bin/sh", "-c", "echo one; echo two; exit 3"}, {.capture_stdout = true});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  auto a = (*p)->ReadLine(std::chrono::seconds(5));
+  ASSERT_TRUE(a.ok() && a->has_value());
+  EXPECT_EQ(**a, "one");
+  auto b = (*p)->ReadLine(std::chrono::seconds(5));
+  EXPECT_EQ(**b, "two");
+  auto eof = (*p)->ReadLine(std::chrono::seconds(5));
+  ASSERT_TRUE(eof.ok());
+  EXPECT_FALSE(eof->has_value());
+  auto code = (*p)->Wait(std::chrono::seconds(5));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 3);
+}
+
+TEST(SubprocessTest, ReadLineTimesOutAndDestructorKills) {
+  auto p = Subprocess::Start({"/bin/sleep", "30"}, {.capture_stdout = true});
+  ASSERT_TRUE(p.ok());
+  auto line = (*p)->ReadLine(std::chrono::milliseconds(50));
+  ASSERT_FALSE(line.ok());
+  EXPECT_EQ(line.status().code(), StatusCode::kDeadlineExceeded);
+  pid_t pid = (*p)->pid();
+  p = UnavailableError("dropped");  // destroys the Subprocess
+  EXPECT_NE(kill(pid, 0), 0);       // reaped: no such process
+}
+
+TEST(SubprocessTest, MissingProgramIsNotFound) {
+  auto p = Subprocess::Start({"/nonexistent/program"});
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -90,6 +90,181 @@ struct Error {
   requestId @2 :UInt64;   # the request it concerns, 0 when none
 }
 
+# ---------------------------------------------------------------------------------------
+# Coordinator -> worker: stage lifecycle
+# ---------------------------------------------------------------------------------------
+
+# Which blocks this worker holds and how it talks to its neighbours. Sent after `welcome`;
+# the worker answers with `loadProgress` messages and then `stageReady` (or `error`).
+# A new assignment with a higher epoch replaces the previous one (re-plan after a fault); a
+# worker keeps the blocks it already holds when the range is unchanged.
+struct AssignStage {
+  epoch @0 :UInt64;           # cluster epoch this assignment belongs to
+  stageIndex @1 :UInt32;      # 0 = first stage (vision + embed), stageCount-1 = last (head)
+  stageCount @2 :UInt32;
+  blockBegin @3 :UInt32;      # contiguous blocks [blockBegin, blockEnd) of the model spec
+  blockEnd @4 :UInt32;
+  modelPath @5 :Text;         # checkpoint folder as seen from the worker's host
+  dtype @6 :Text;             # compute dtype: "f32" or "bf16"
+  kvBudgetBytes @7 :UInt64;   # KV cache the plan gave this stage
+  nextDataAddress @8 :Text;   # "host:port" of the next stage's data plane; empty on the last stage
+  specOverrides @9 :Text;     # JSON object of model facts a checkpoint cannot state (tiny test
+                              # towers' head counts: {"vision_heads": 2, "qformer_heads": 2}); may be empty
+  maxBatchRows @10 :UInt32;   # largest number of rows one step may carry (sizes receive buffers)
+}
+
+# Loading progress, worker -> coordinator, at most a few per second.
+struct LoadProgress {
+  epoch @0 :UInt64;
+  stageIndex @1 :UInt32;
+  bytesDone @2 :UInt64;
+  bytesTotal @3 :UInt64;
+}
+
+# The worker holds its blocks and is connected to its next stage.
+struct StageReady {
+  epoch @0 :UInt64;
+  stageIndex @1 :UInt32;
+  weightBytes @2 :UInt64;      # weights held (after any dtype cast)
+  kvBytesPerToken @3 :UInt64;  # KV bytes one token of one sequence costs on this stage
+  residentBytes @4 :UInt64;    # process memory in use after loading
+  loadMs @5 :UInt32;           # time the load took
+}
+
+# Sampling parameters of one sequence (Hugging Face generate() semantics).
+struct SamplingParams {
+  greedy @0 :Bool = true;
+  temperature @1 :Float64 = 1.0;
+  topK @2 :UInt32;              # 0 = off
+  topP @3 :Float64 = 1.0;       # 1.0 = off
+  repetitionPenalty @4 :Float64 = 1.0;
+  seed @5 :UInt64;
+}
+
+# A sequence enters the pipeline: every stage reserves KV room for maxTokens; the last stage
+# also creates its sampler. The coordinator only admits what every stage has room for.
+struct AdmitSequence {
+  epoch @0 :UInt64;
+  sequenceId @1 :UInt64;
+  maxTokens @2 :UInt32;               # prompt + new tokens
+  sampling @3 :SamplingParams;
+  penaltyContext @4 :List(Int64);     # tokens the repetition penalty covers before generation
+}
+
+# Sequences leave: every stage frees their KV room (and the last stage their samplers).
+struct ReleaseSequences {
+  epoch @0 :UInt64;
+  sequenceIds @1 :List(UInt64);
+}
+
+# One sequence's rows within a step.
+struct Segment {
+  sequenceId @0 :UInt64;
+  rows @1 :UInt32;       # rows this step adds (prompt length at prefill, 1 when decoding)
+  startPos @2 :UInt32;   # tokens already in the sequence's cache
+}
+
+# One preprocessed image (float32 CHW, little-endian), ready for the vision block.
+struct ImageTensor {
+  channels @0 :UInt32;
+  height @1 :UInt32;
+  width @2 :UInt32;
+  gridH @3 :UInt32;      # HD tile grid (1x1 for fixed-size models)
+  gridW @4 :UInt32;
+  pixels @5 :Data;       # channels*height*width float32 values; the size is checked
+}
+
+# Coordinator -> first stage: run one micro-batch step. The first stage embeds tokens (and
+# encodes images), then hidden states flow stage to stage over the data plane; the last stage
+# samples and answers with `stepResult`.
+struct Forward {
+  epoch @0 :UInt64;
+  microBatchId @1 :UInt64;
+  step @2 :UInt64;                # increments per micro-batch step (diagnostics, ordering)
+  segments @3 :List(Segment);
+  tokenIds @4 :List(Int64);       # one per row; -1 at image rows
+  imMask @5 :Data;                # one byte per row, 1 at image rows
+  images @6 :List(ImageTensor);   # in the order of their slots
+  wantLogits @7 :Bool;            # return the full last-row logits (fixture checks)
+}
+
+# Last stage -> coordinator: the sampled token of every sequence in the micro-batch.
+struct StepResult {
+  epoch @0 :UInt64;
+  microBatchId @1 :UInt64;
+  step @2 :UInt64;
+  sequenceIds @3 :List(UInt64);
+  tokens @4 :List(Int64);         # tokens[i] belongs to sequenceIds[i]
+  logits @5 :Data;                # wantLogits: float32 [sequences, vocab]
+  stageMicros @6 :List(UInt32);   # compute time of each stage for this step, in order
+}
+
+# Stop accepting new work, finish what is in flight, then report `drained`.
+struct Drain {
+  reason @0 :Text;
+}
+
+# Exit now (after a drain, or on coordinator shutdown).
+struct Shutdown {
+  reason @0 :Text;
+}
+
+# ---------------------------------------------------------------------------------------
+# Client <-> coordinator
+# ---------------------------------------------------------------------------------------
+
+# A prompt: a string, or a list of strings (one turn each, the official batch/multi-part
+# form), each with as many <ImageHere> placeholders as images.
+struct Submit {
+  requestId @0 :UInt64;            # chosen by the client, unique per connection
+  promptJson @1 :Text;             # JSON: a string or a list of strings (validated at the edge)
+  images @2 :List(Data);           # encoded PNG or JPEG files, in placeholder order
+  maxNewTokens @3 :UInt32;
+  sampling @4 :SamplingParams;
+  deadlineMs @5 :UInt32;           # 0 = the coordinator's default
+}
+
+# Coordinator -> client: tokens as they are generated, then a final event.
+struct TokenEvent {
+  requestId @0 :UInt64;
+  tokens @1 :List(Int64);          # new token ids since the previous event
+  text @2 :Text;                   # the decoded text of these tokens
+  done @3 :Bool;                   # last event of the request
+  finishReason @4 :Text;           # "stop", "length", or the error code name when failed
+  promptTokens @5 :UInt32;
+  ttftMicros @6 :UInt64;           # admission to first token
+}
+
+struct StatusRequest {
+  detail @0 :Bool;
+}
+
+struct WorkerStatus {
+  workerId @0 :Text;
+  host @1 :Text;
+  pid @2 :UInt32;
+  device @3 :Text;
+  state @4 :Text;                  # idle, loading, ready, serving, draining, lost
+  stageIndex @5 :Int32;            # -1 when unassigned
+  plannedBytes @6 :UInt64;
+  usedBytes @7 :UInt64;
+  blocks @8 :Text;                 # "vision..layer.7"
+  stepsCompleted @9 :UInt64;
+  lastHeartbeatMsAgo @10 :UInt32;
+}
+
+struct StatusReply {
+  epoch @0 :UInt64;
+  state @1 :Text;                  # waiting-for-workers, loading, serving, degraded
+  workers @2 :List(WorkerStatus);
+  queueDepth @3 :UInt32;           # requests waiting for admission
+  inFlight @4 :UInt32;             # sequences in the pipeline
+  completed @5 :UInt64;
+  failed @6 :UInt64;
+  model @7 :Text;
+  stages @8 :UInt32;
+}
+
 # The one top-level message.
 struct Envelope {
   union {
@@ -97,5 +272,18 @@ struct Envelope {
     welcome @1 :Welcome;
     heartbeat @2 :Heartbeat;
     error @3 :Error;
+    assignStage @4 :AssignStage;
+    loadProgress @5 :LoadProgress;
+    stageReady @6 :StageReady;
+    admitSequence @7 :AdmitSequence;
+    releaseSequences @8 :ReleaseSequences;
+    forward @9 :Forward;
+    stepResult @10 :StepResult;
+    drain @11 :Drain;
+    shutdown @12 :Shutdown;
+    submit @13 :Submit;
+    tokenEvent @14 :TokenEvent;
+    statusRequest @15 :StatusRequest;
+    statusReply @16 :StatusReply;
   }
 }

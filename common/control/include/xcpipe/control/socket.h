@@ -1,0 +1,81 @@
+// The control plane's ZeroMQ sockets. The coordinator binds one ROUTER; every worker and
+// client connects one DEALER. Each message is one Envelope (schemas/xcpipe.capnp) in one
+// frame (after the routing identity on the ROUTER side).
+//
+// Socket options that bound memory and time are always set: maximum message size, linger 0
+// (close never blocks), send/receive high-water marks, ZMTP heartbeats (dead TCP peers are
+// noticed by the transport; application liveness is the Heartbeat message), and
+// ROUTER_MANDATORY (sending to an unknown or gone peer fails instead of vanishing).
+//
+// Resource types: neither copyable nor movable; a socket lives and dies on one thread (the
+// actor that owns it). Nothing throws: zmq errors become Status values.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/schemas/wire.h"
+
+namespace xcpipe::control {
+
+// Tunables of the control plane, read in one place.
+struct ControlTimings {
+  static constexpr int kMaxMessageBytes = 512 << 20;  // images travel as pixels in Forward
+  static constexpr int kHighWaterMark = 10000;
+  static constexpr int kZmtpHeartbeatIvlMs = 1000;
+  static constexpr int kZmtpHeartbeatTimeoutMs = 5000;
+  static constexpr std::chrono::milliseconds kHeartbeatInterval{250};
+  static constexpr std::chrono::milliseconds kHeartbeatTimeout{2000};  // 8 missed heartbeats
+};
+
+// A received message with its sender (ROUTER side: the peer identity; DEALER side: empty).
+struct Incoming {
+  std::string peer;
+  std::unique_ptr<wire::DecodedEnvelope> message;
+};
+
+class ControlSocket {
+ public:
+  // ROUTER bound to `endpoint` ("tcp://10.0.0.1:7000"; a wildcard host is refused unless
+  // allow_wildcard). Unavailable when the address is in use.
+  static StatusOr<std::unique_ptr<ControlSocket>> BindRouter(zmq::context_t& context, const std::string& endpoint,
+                                                             bool allow_wildcard = false);
+  // DEALER connected to `endpoint`, with `identity` as its routing id (must be unique).
+  static StatusOr<std::unique_ptr<ControlSocket>> ConnectDealer(zmq::context_t& context, const std::string& endpoint,
+                                                                const std::string& identity);
+  ControlSocket(const ControlSocket&) = delete;
+  ControlSocket& operator=(const ControlSocket&) = delete;
+
+  // Sends one envelope (to `peer` on a ROUTER). Unavailable when the peer is unknown or gone,
+  // or when the send would block past `timeout`.
+  Status Send(capnp::MessageBuilder& message, const std::string& peer = {},
+              std::chrono::milliseconds timeout = std::chrono::milliseconds(1000));
+  Status SendBytes(const std::string& bytes, const std::string& peer = {},
+                   std::chrono::milliseconds timeout = std::chrono::milliseconds(1000));
+
+  // Receives one envelope within `timeout`; nullopt on timeout. A malformed message is
+  // returned as an error naming the sender (the caller answers it and keeps serving).
+  StatusOr<std::optional<Incoming>> Receive(std::chrono::milliseconds timeout);
+
+  zmq::socket_t& socket() { return socket_; }
+  // The endpoint actually bound (resolves port 0 / "*" to the real port).
+  std::string last_endpoint() const;
+
+ private:
+  ControlSocket(zmq::context_t& context, zmq::socket_type type);
+  zmq::socket_t socket_;
+  bool router_ = false;
+};
+
+// True when `endpoint` binds every interface ("tcp://*:7000", "tcp://0.0.0.0:7000").
+bool IsWildcardEndpoint(const std::string& endpoint);
+
+}  // namespace xcpipe::control

@@ -1,0 +1,126 @@
+#include "xcpipe/control/socket.h"
+
+namespace xcpipe::control {
+namespace {
+
+Status ZmqError(const std::string& what, const zmq::error_t& e) {
+  if (e.num() == EHOSTUNREACH) return UnavailableError(what + ": peer is not connected");
+  if (e.num() == EADDRINUSE) return UnavailableError(what + ": address already in use");
+  if (e.num() == EAGAIN) return UnavailableError(what + ": would block (peer not reading)");
+  if (e.num() == EINVAL || e.num() == EPROTONOSUPPORT) return InvalidArgumentError(what + ": " + e.what());
+  return UnavailableError(what + ": " + e.what());
+}
+
+void SetCommonOptions(zmq::socket_t& s) {
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::maxmsgsize, int64_t{ControlTimings::kMaxMessageBytes});
+  s.set(zmq::sockopt::sndhwm, ControlTimings::kHighWaterMark);
+  s.set(zmq::sockopt::rcvhwm, ControlTimings::kHighWaterMark);
+  s.set(zmq::sockopt::heartbeat_ivl, ControlTimings::kZmtpHeartbeatIvlMs);
+  s.set(zmq::sockopt::heartbeat_timeout, ControlTimings::kZmtpHeartbeatTimeoutMs);
+  s.set(zmq::sockopt::heartbeat_ttl, ControlTimings::kZmtpHeartbeatTimeoutMs);
+}
+
+}  // namespace
+
+bool IsWildcardEndpoint(const std::string& endpoint) {
+  return endpoint.find("://*") != std::string::npos || endpoint.find("://0.0.0.0") != std::string::npos ||
+         endpoint.find("://[::]") != std::string::npos;
+}
+
+ControlSocket::ControlSocket(zmq::context_t& context, zmq::socket_type type) : socket_(context, type) {}
+
+StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_t& context,
+                                                                   const std::string& endpoint, bool allow_wildcard) {
+  if (IsWildcardEndpoint(endpoint) && !allow_wildcard) {
+    return InvalidArgumentError("refusing to bind '" + endpoint +
+                                "' on every interface; name the address to listen on (e.g. tcp://10.0.0.1:7000)");
+  }
+  try {
+    std::unique_ptr<ControlSocket> s(new ControlSocket(context, zmq::socket_type::router));
+    s->router_ = true;
+    SetCommonOptions(s->socket_);
+    s->socket_.set(zmq::sockopt::router_mandatory, 1);
+    // A worker that restarts reuses its identity: the new connection takes over.
+    s->socket_.set(zmq::sockopt::router_handover, 1);
+    s->socket_.bind(endpoint);
+    return s;
+  } catch (const zmq::error_t& e) {
+    return ZmqError("bind " + endpoint, e);
+  }
+}
+
+StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::ConnectDealer(zmq::context_t& context,
+                                                                      const std::string& endpoint,
+                                                                      const std::string& identity) {
+  try {
+    std::unique_ptr<ControlSocket> s(new ControlSocket(context, zmq::socket_type::dealer));
+    SetCommonOptions(s->socket_);
+    s->socket_.set(zmq::sockopt::routing_id, identity);
+    s->socket_.set(zmq::sockopt::reconnect_ivl, 100);
+    s->socket_.set(zmq::sockopt::reconnect_ivl_max, 2000);
+    s->socket_.connect(endpoint);
+    return s;
+  } catch (const zmq::error_t& e) {
+    return ZmqError("connect " + endpoint, e);
+  }
+}
+
+Status ControlSocket::Send(capnp::MessageBuilder& message, const std::string& peer, std::chrono::milliseconds timeout) {
+  return SendBytes(wire::Encode(message), peer, timeout);
+}
+
+Status ControlSocket::SendBytes(const std::string& bytes, const std::string& peer, std::chrono::milliseconds timeout) {
+  try {
+    socket_.set(zmq::sockopt::sndtimeo, static_cast<int>(timeout.count()));
+    if (router_) {
+      if (!socket_.send(zmq::buffer(peer), zmq::send_flags::sndmore)) return UnavailableError("send timed out");
+    }
+    if (!socket_.send(zmq::buffer(bytes), zmq::send_flags::none)) {
+      return UnavailableError("send to '" + peer + "' timed out after " + std::to_string(timeout.count()) + " ms");
+    }
+    return OkStatus();
+  } catch (const zmq::error_t& e) {
+    return ZmqError("send to '" + peer + "'", e);
+  }
+}
+
+StatusOr<std::optional<Incoming>> ControlSocket::Receive(std::chrono::milliseconds timeout) {
+  try {
+    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, timeout) == 0) return std::optional<Incoming>();
+    Incoming in;
+    zmq::message_t frame;
+    if (router_) {
+      if (!socket_.recv(frame, zmq::recv_flags::dontwait)) return std::optional<Incoming>();
+      in.peer = frame.to_string();
+      if (!frame.more()) return InvalidArgumentError("message from '" + in.peer + "' has no body");
+    }
+    if (!socket_.recv(frame, zmq::recv_flags::dontwait)) return std::optional<Incoming>();
+    // Drain unexpected extra frames so the next Receive starts at a message boundary.
+    bool extra = false;
+    while (frame.more()) {
+      zmq::message_t rest;
+      (void)socket_.recv(rest, zmq::recv_flags::dontwait);
+      extra = true;
+      if (!rest.more()) break;
+    }
+    if (extra) return InvalidArgumentError("message from '" + in.peer + "' has extra frames; expected one envelope");
+    auto decoded = wire::Decode({static_cast<const std::byte*>(frame.data()), frame.size()});
+    if (!decoded.ok()) return decoded.status().WithContext("from '" + in.peer + "'");
+    in.message = std::move(decoded).value();
+    return std::optional<Incoming>(std::move(in));
+  } catch (const zmq::error_t& e) {
+    return ZmqError("receive", e);
+  }
+}
+
+std::string ControlSocket::last_endpoint() const {
+  try {
+    return socket_.get(zmq::sockopt::last_endpoint);
+  } catch (const zmq::error_t&) {
+    return {};
+  }
+}
+
+}  // namespace xcpipe::control

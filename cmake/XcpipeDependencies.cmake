@@ -29,6 +29,9 @@ find_package(spdlog REQUIRED)
 pkg_check_modules(PNG REQUIRED IMPORTED_TARGET libpng16)
 pkg_check_modules(TURBOJPEG REQUIRED IMPORTED_TARGET libturbojpeg)
 
+# Zip archives: torch.save's .bin files, read by `xcpipe convert` (common/checkpoint).
+pkg_check_modules(LIBZIP REQUIRED IMPORTED_TARGET libzip)
+
 # systemd readiness/watchdog notification (sd_notify).
 pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 

@@ -29,6 +29,8 @@ PACKAGES=(
   nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
   # image decoding
   libpng-dev libturbojpeg0-dev
+  # zip reader for `xcpipe convert` (torch.save .bin files are zip archives)
+  libzip-dev
   # systemd readiness notification (sd_notify)
   libsystemd-dev
   # tests

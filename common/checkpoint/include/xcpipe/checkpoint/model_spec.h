@@ -93,6 +93,8 @@ struct VisionConfig {
   int64_t qformer_intermediate = 0;
   int64_t query_tokens = 0;   // NQ; image rows = NQ + 2
   int64_t qformer_cross_attention_every = 2;
+  double qformer_eps = 1e-12;   // Q-Former (BERT, post-LN) LayerNorm eps
+  double ln_vision_eps = 1e-5;  // ln_vision, applied to the EVA output
 };
 
 enum class BlockKind : uint8_t { kVision, kEmbed, kLayer, kHead };
@@ -116,6 +118,9 @@ struct ModelSpec {
   LlmConfig llm;
   VisionConfig vision;
   std::vector<Block> blocks;  // pipeline order: vision, embed, layer.0 .. layer.{L-1}, head
+  // What was assumed rather than read (a default for a missing config key, a tower head count
+  // not in any config), one line each, for `xcpipe plan` and logs to show.
+  std::vector<std::string> notes;
 
   // Index of the block that owns `tensor_name`, or nullopt when no block claims it.
   std::optional<size_t> BlockOf(std::string_view tensor_name) const;
@@ -123,10 +128,47 @@ struct ModelSpec {
   int64_t ImageTokens(int64_t grid_h, int64_t grid_w) const;
 };
 
+// Which version a tensor table holds, from names and shapes only (config.json's
+// `architectures` cannot tell: 4KHD and 2.5 both say InternLM2ForCausalLM):
+//   internlm_model.*                  -> 1.0
+//   plora_glb_GN present (HD family)  -> by the CLIP position table: 577 rows (336 px tiles) 4KHD,
+//                                        1601 rows (560 px) 2.5; without the table, by
+//                                        clip_config image_size, then by video_mem_proj.* (2.5)
+//   otherwise model.* / vit.*         -> 2.0-VL
+// InvalidArgument (naming what was looked for) when none applies.
+StatusOr<ModelArch> DetectArch(const TensorTable& tensors, const nlohmann::json* clip_config = nullptr);
+
 // Builds the spec. `config` is config.json; `clip_config` is clip_vision_config.json when the
 // checkpoint has one (otherwise the released tower's values are used and cross-checked
 // against the tensor shapes). `tensors` decides the version (tensor names and shapes) and the
 // LoRA ranks. `arch_override` forces a version.
+//
+// Where each value comes from:
+//   LLM dims        config.json (hidden_size, num_hidden_layers, num_attention_heads,
+//                   num_key_value_heads, intermediate_size, vocab_size, rope_theta, rope_scaling,
+//                   rms_norm_eps, max_position_embeddings; `bias` (2.x) / `kqvo_bias` (1.0)).
+//   2.x PLoRA       rank = rows of layer 0's X.Plora_A.weight (default 256; 4KHD wqkv 8); scale
+//                   1.0, except 4KHD wqkv whose alpha is the class default 16 (r=8 -> 2.0).
+//   1.0 LoRA        config `internlm_lora` {learn_param, lora_r, lora_alpha}: those projections
+//                   must carry lora_A/lora_B of rank lora_r, scale alpha/r. Without it (the
+//                   real 1.0 layout), LoRA tensors are optional: rank from their shapes, scale 1
+//                   (what the official merge script uses), listed in `llm.lora` only if present.
+//   CLIP tower      clip_config (hidden_size, num_hidden_layers, num_attention_heads,
+//                   intermediate_size, layer_norm_eps, patch_size, image_size) or the released
+//                   ViT-L/14 (1024, 24, 16, 4096, 1e-5, 14); tile px: config img_size (VL, 490),
+//                   clip image_size or 336 (4KHD), or 560 (2.5). Cross-checked against
+//                   class_embedding, fc1 and the layer count: a mismatch is InvalidArgument.
+//   EVA / Q-Former  widths, depths, MLP sizes from tensor shapes; config `eva_vit_g` /
+//                   `qformer` objects (as in the 1.0 layout) when present; heads from those,
+//                   else the released value for the released width (16 for 1408, 12 for 768),
+//                   else width/16 (recorded in `notes`). NQ from config num_query_token, else
+//                   query_tokens. EVA eps 1e-6, ln_vision 1e-5, Q-Former 1e-12; cross-attention
+//                   on layers j % cross_attention_freq == 0 (default 2).
+//   stop ids        2.x {eos, 92542}; 1.0 {eos, 103027, 103028}.
+// Optional tensors: CLIP post_layernorm and embeddings.position_ids, video_mem_proj.*, the
+// Q-Former's position_ids, every rotary inv_freq, and 1.0 LoRA when the config has none.
+// A config that lacks a required key (hidden_size, num_hidden_layers, num_attention_heads,
+// intermediate_size, vocab_size) or holds a wrong type is InvalidArgument naming the key.
 StatusOr<ModelSpec> BuildModelSpec(const nlohmann::json& config, const nlohmann::json* clip_config,
                                    const TensorTable& tensors, std::optional<ModelArch> arch_override = {});
 
@@ -137,6 +179,11 @@ struct CheckpointDescription {
 };
 StatusOr<CheckpointDescription> DescribeCheckpoint(const std::filesystem::path& dir,
                                                    std::optional<ModelArch> arch_override = {});
+// The same for a real-size layout file (../shared/fixtures/real_layouts), using the config and
+// CLIP config stored in it. `tensors` is the layout's parameter table (without the 1.0 LoRA
+// pattern; append LayoutFile::lora_pattern to model a release that still carries LoRA).
+StatusOr<CheckpointDescription> DescribeLayout(const std::filesystem::path& layout_file,
+                                               std::optional<ModelArch> arch_override = {});
 
 // The coverage proof: every tensor belongs to exactly one block, nothing is missing.
 struct CoverageReport {

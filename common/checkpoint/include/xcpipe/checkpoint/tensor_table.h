@@ -47,10 +47,28 @@ StatusOr<TensorTable> ReadCheckpointTensorTable(const std::filesystem::path& dir
 
 // Reads a layout file: {"parameters": {name: {"shape": [...], "dtype": "..."}, ...}}.
 // Entries marked "optional": true are kept with optional=true in `optional_names`.
+//
+// Also understood (all optional): "optional" given as a non-empty string (a reason) counts as
+// true, and "in_released_checkpoint" other than true (false, or "unknown ...") marks the entry
+// optional too; "numel", when present, must equal the product of the shape. Entries keep the
+// file's (state_dict) order. Duplicated names, unknown dtypes and negative dimensions fail with
+// InvalidArgument naming the file and the entry.
 struct LayoutFile {
   TensorTable table;
   std::vector<std::string> optional_names;
   std::string model;  // the "model" field when present
+
+  // The config the layout was made with, as JSON text ("" when absent): "config_used" (2.x
+  // layouts) or "config" (the 1.0 layout, which also nests "eva_vit_g" and "qformer").
+  // Parse it and hand it to BuildModelSpec, or use DescribeLayout (model_spec.h).
+  std::string config_json;
+  std::string clip_config_json;      // "clip_vision_config" as JSON text ("" when absent)
+  // 1.0 only: "lora_parameters_pattern", every LoRA tensor the code can create, with a
+  // placeholder rank (the real rank is unknown). Not part of `table`.
+  TensorTable lora_pattern;
+  // "non_persistent_buffers": rotary caches and position ids rebuilt at construction; never
+  // in a checkpoint, listed so the planner can count them. Not part of `table`.
+  TensorTable non_persistent_buffers;
 };
 StatusOr<LayoutFile> ReadLayoutFile(const std::filesystem::path& path);
 

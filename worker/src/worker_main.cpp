@@ -4,13 +4,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
 
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
+#include "xcpipe/model/fixture_check.h"
 #include "xcpipe/worker/device_probe.h"
+
+#include <ATen/Parallel.h>
+#include <thread>
 
 int main(int argc, char** argv) {
   using namespace xcpipe;
@@ -35,7 +40,36 @@ int main(int argc, char** argv) {
   app.add_flag("--require-gpu", require_gpu, "fail instead of falling back to the CPU when no GPU is usable");
   app.add_flag("--probe", probe, "print the chosen device as JSON and exit");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--threads", threads, "compute threads (split the cores between workers sharing a host)")
+      ->capture_default_str();
+
+  // check-fixtures: the model half of `xcpipe check-fixtures` (the CLI runs the tokenizer and
+  // image checks itself: the tokenizer cannot share a process with libtorch).
+  CLI::App* check = app.add_subcommand(
+      "check-fixtures", "run the model checks of a fixtures folder; one JSON object per line on stdout");
+  std::string fixtures_dir;
+  std::string only_folder;
+  bool no_bf16 = false;
+  check->add_option("dir", fixtures_dir, "fixtures folder (../shared/fixtures format)")->required();
+  check->add_option("--folder", only_folder, "only this model folder, e.g. ixc2_vl");
+  check->add_flag("--no-bf16", no_bf16, "skip the bf16 top-k agreement checks");
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
+  at::set_num_threads(threads);
+
+  if (check->parsed()) {
+    if (auto st = InitLogging({"worker", log_level}); !st.ok()) return kExitUsage;
+    model::FixtureCheckOptions options;
+    options.check_bf16 = !no_bf16;
+    options.only_folder = only_folder;
+    options.on_result = [](const model::FixtureCheckResult& r) {
+      std::cout << nlohmann::json{{"case", r.name}, {"passed", r.passed}, {"message", r.message}}.dump() << std::endl;
+    };
+    auto results = model::RunModelFixtureChecks(fixtures_dir, options);
+    for (const auto& r : results)
+      if (!r.passed) return kExitCheckFailed;
+    return kExitOk;
+  }
 
   if (auto st = InitLogging({"worker", log_level}); !st.ok()) {
     std::fprintf(stderr, "xcpipe-worker: %s\n", st.ToString().c_str());

@@ -1,0 +1,44 @@
+// Model-side checks of a golden fixtures folder (the ../shared/fixtures format): for every
+// model folder (one with checkpoint/ and cases/*/manifest.json) and every case, run the C++
+// forward pass and compare with the official outputs, using the tolerances written in each
+// manifest. Everything is read from the folder (configs, manifests, arrays): nothing about a
+// particular fixture set is assumed.
+//
+// Checked per case, where the case has the file: vision tower hidden states, vision features,
+// image embeddings, input embeddings, every decoder layer's output, logits at the last two
+// prompt positions, the top-10 logits at every position, greedy tokens (repetition penalty 1.0
+// and 1.005), and in bf16 the agreement of the argmax with the official top-k.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/checkpoint/model_spec.h"
+
+namespace xcpipe::model {
+
+struct FixtureCheckResult {
+  std::string name;     // "<folder>/<case>/<check>"
+  bool passed = false;
+  std::string message;  // the worst error seen, or why it failed
+};
+
+struct FixtureCheckOptions {
+  bool check_bf16 = true;
+  std::string only_folder;  // run just this model folder (empty: all)
+  // Called after each result (progress); may be empty.
+  std::function<void(const FixtureCheckResult&)> on_result;
+};
+
+// Returns a result per check; a folder that cannot be read at all gives one failed result.
+std::vector<FixtureCheckResult> RunModelFixtureChecks(const std::filesystem::path& root,
+                                                      const FixtureCheckOptions& options);
+
+// Whether the official chat() hands generate() the prompt as input ids (the repetition penalty
+// then covers the prompt) rather than as embeddings (it then covers only a placeholder BOS).
+bool PenaltyCoversPrompt(checkpoint::ModelArch arch, bool has_images);
+
+}  // namespace xcpipe::model

@@ -1,0 +1,41 @@
+// Token selection on the last stage, with Hugging Face generate() semantics: the repetition
+// penalty (divide positive / multiply negative logits of every token already in the penalty
+// context, once per distinct token), then temperature, top-k, top-p; greedy takes the argmax
+// after the penalty. Sampling uses our own seeded generator so the same seed gives the same
+// tokens on any stage layout. Value types; Sampler is not thread-safe (one per sequence).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "xcpipe/base/status.h"
+
+namespace xcpipe::model {
+
+struct SamplingParams {
+  bool greedy = true;
+  double temperature = 1.0;
+  int64_t top_k = 0;      // 0 = off
+  double top_p = 1.0;     // 1.0 = off
+  double repetition_penalty = 1.0;
+  uint64_t seed = 0;
+};
+
+// Refuses out-of-range parameters with a message naming the parameter and its range.
+Status ValidateSamplingParams(const SamplingParams& params);
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  // logits: [V] float32. penalty_context: tokens the repetition penalty applies to.
+  int64_t Next(const at::Tensor& logits, const std::vector<int64_t>& penalty_context);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace xcpipe::model

@@ -1,0 +1,133 @@
+// StageModel: the XComposer forward pass for one contiguous range of blocks (a pipeline
+// stage), in libtorch. Holds only the weights of its blocks (memory-mapped from the
+// safetensors checkpoint; cast to the compute dtype when it differs) and the KV cache of the
+// decoder layers it owns.
+//
+// Stage contract (what travels between stages, see DESIGN.md):
+//   hidden [N, H]   packed rows of every sequence in the micro-batch, no padding
+//   im_mask [N]     1 at image-embedding rows (XComposer2 Partial-LoRA applies there only)
+//   segments        per sequence: id, rows in this step, first position (= tokens already cached)
+// Positions are start_pos + row within the segment. Attention runs per sequence over its own
+// cache, so prefill and decode rows of different sequences mix freely in one step.
+//
+// The first stage (embed block) takes token ids with -1 at image slots plus the image
+// embeddings; the vision block turns pixel inputs into image embeddings; the last stage
+// (head block) returns logits.
+//
+// Not thread-safe: one actor thread owns a StageModel. Errors are Status values; libtorch
+// exceptions are caught at this boundary.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/checkpoint/model_spec.h"
+
+namespace xcpipe::model {
+
+// Contiguous blocks [begin, end) of ModelSpec::blocks.
+struct BlockRange {
+  size_t begin = 0;
+  size_t end = 0;
+  bool Contains(size_t block) const { return block >= begin && block < end; }
+  bool empty() const { return end <= begin; }
+};
+
+enum class ComputeDType : uint8_t { kF32, kBF16 };
+
+struct StageOptions {
+  ComputeDType dtype = ComputeDType::kF32;
+  // KV cache budget for this stage in bytes; sequences are refused beyond it (no OOM later).
+  uint64_t kv_budget_bytes = uint64_t{1} << 30;
+};
+
+// One image ready for the vision block. For non-HD models `pixels` is [3, S, S]; for HD
+// models it is the padded HD image [3, gh*S, gw*S] and grid_h/grid_w give the tile grid.
+struct ImageInput {
+  at::Tensor pixels;  // float32
+  int64_t grid_h = 1;
+  int64_t grid_w = 1;
+};
+
+struct Segment {
+  uint64_t sequence_id = 0;
+  int64_t rows = 0;       // rows of this sequence in the step
+  int64_t start_pos = 0;  // tokens already in this sequence's cache
+};
+
+struct StepInput {
+  std::vector<Segment> segments;
+  at::Tensor hidden;     // [N, H] when this stage does not hold the embed block; on the embed
+                         // stage, given input embeddings replace the token lookup
+  at::Tensor token_ids;  // [N] int64, -1 at image rows, when this stage holds the embed block
+  std::vector<at::Tensor> image_embeds;  // [rows_i, H] per image, in slot order (embed stage)
+  at::Tensor im_mask;    // [N] bool
+  bool all_logits = false;      // last stage: logits for every row instead of the last per segment
+  bool collect_hidden = false;  // keep every layer's output (fixture checks)
+};
+
+struct StepOutput {
+  at::Tensor hidden;  // [N, H] output of the last layer held (before the final norm)
+  at::Tensor logits;  // last stage: [segments, V] (or [N, V] with all_logits), float32
+  at::Tensor embeds;  // embed stage: the input embeddings it built, [N, H]
+  std::vector<at::Tensor> layer_outputs;  // collect_hidden: output of each held layer; the
+                                          // final norm's output is appended on the last stage
+};
+
+class StageModel {
+ public:
+  // Loads the blocks in `range` from the checkpoint in `dir`, mapping only their tensors.
+  static StatusOr<std::unique_ptr<StageModel>> Load(const std::filesystem::path& dir,
+                                                    const checkpoint::ModelSpec& spec, BlockRange range,
+                                                    const StageOptions& options);
+  ~StageModel();
+  StageModel(const StageModel&) = delete;
+  StageModel& operator=(const StageModel&) = delete;
+
+  const checkpoint::ModelSpec& spec() const;
+  BlockRange range() const;
+  bool holds_vision() const;
+  bool holds_embed() const;
+  bool holds_head() const;
+  uint64_t weight_bytes() const;   // bytes of weights held (after any dtype cast)
+  uint64_t mapped_bytes() const;   // bytes of the checkpoint mapped by this stage
+
+  // Vision block: image embeddings [rows, H] for one image.
+  StatusOr<at::Tensor> EncodeImage(const ImageInput& image);
+  // Intermediate vision outputs of the last EncodeImage (fixture checks): tower hidden states
+  // per layer ([images, tokens, C] each) and the features before the projector.
+  struct VisionTrace {
+    std::vector<at::Tensor> tower_hidden;  // index 0 = embeddings (after pre-norm for CLIP)
+    at::Tensor features;                   // CLIP: [tokens, C or 4C]; 1.0: Q-Former output
+    at::Tensor qformer_input;              // 1.0: ln_vision output
+    std::vector<at::Tensor> qformer_hidden;
+  };
+  void set_trace_vision(bool on);
+  const VisionTrace& vision_trace() const;
+
+  // Reserves KV room for a sequence of up to max_tokens; ResourceExhausted when the budget
+  // is full. A sequence must be reserved before its first step on stages with layers.
+  Status ReserveSequence(uint64_t sequence_id, int64_t max_tokens);
+  void ReleaseSequence(uint64_t sequence_id);
+  uint64_t kv_bytes_per_token() const;
+  uint64_t kv_bytes_reserved() const;
+
+  StatusOr<StepOutput> Forward(const StepInput& input);
+
+ private:
+  StageModel();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Block range helpers over a spec.
+BlockRange WholeModel(const checkpoint::ModelSpec& spec);
+
+}  // namespace xcpipe::model

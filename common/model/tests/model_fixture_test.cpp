@@ -1,0 +1,139 @@
+// The forward pass against the official outputs, and the pipeline oracle: the model split
+// into stages gives the same hidden states and logits as the model run whole.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "xcpipe/model/fixture_check.h"
+#include "xcpipe/model/stage_model.h"
+#include "xcpipe/testing/paths.h"
+
+namespace xcpipe::model {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path Fixture(const std::string& folder) { return testing::FixturesDir() / folder; }
+
+class ModelFixtureTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModelFixtureTest, Fp32MatchesOfficialOutputs) {
+  if (!fs::exists(Fixture(GetParam()))) GTEST_SKIP() << "fixtures not found at " << Fixture(GetParam());
+  FixtureCheckOptions options;
+  options.only_folder = GetParam();
+  options.check_bf16 = true;
+  auto results = RunModelFixtureChecks(testing::FixturesDir(), options);
+  ASSERT_FALSE(results.empty());
+  int failed = 0;
+  for (const auto& r : results) {
+    if (!r.passed) ++failed;
+    EXPECT_TRUE(r.passed) << r.name << ": " << r.message;
+  }
+  std::cout << results.size() - failed << " passed, " << failed << " failed\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(Versions, ModelFixtureTest, ::testing::Values("ixc2_vl", "ixc2_4khd", "ixc2d5", "ixc1"));
+
+// Runs the text prompt of a case through a list of stages, passing hidden states on.
+at::Tensor RunPipeline(std::vector<std::unique_ptr<StageModel>>& stages, const at::Tensor& ids) {
+  StepInput in;
+  in.segments = {{1, ids.size(0), 0}};
+  in.token_ids = ids;
+  in.im_mask = at::zeros({ids.size(0)}, at::kBool);
+  in.all_logits = true;
+  at::Tensor logits;
+  for (auto& stage : stages) {
+    EXPECT_TRUE(stage->ReserveSequence(1, ids.size(0)).ok());
+    auto out = stage->Forward(in);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    if (!out.ok()) return {};
+    in.hidden = out->hidden;
+    in.token_ids = at::Tensor();
+    logits = out->logits;
+  }
+  return logits;
+}
+
+TEST(PipelineOracleTest, SplitModelEqualsWholeModel) {
+  auto dir = Fixture("ixc2_vl") / "checkpoint";
+  if (!fs::exists(dir)) GTEST_SKIP() << "fixtures not found at " << dir;
+  auto described = checkpoint::DescribeCheckpoint(dir);
+  ASSERT_TRUE(described.ok()) << described.status().ToString();
+  const auto& spec = described->spec;
+  const size_t n = spec.blocks.size();
+  at::Tensor ids = at::tensor(std::vector<int64_t>{1, 1, 92543, 1008, 364, 9843, 346, 5368}, at::kLong);
+
+  std::vector<std::unique_ptr<StageModel>> whole;
+  whole.push_back(std::move(StageModel::Load(dir, spec, WholeModel(spec), {})).value());
+  at::Tensor reference = RunPipeline(whole, ids);
+  ASSERT_TRUE(reference.defined());
+
+  // Every split into 2 and 3 contiguous stages.
+  for (size_t a = 1; a < n; ++a) {
+    for (size_t b = a; b < n; ++b) {
+      std::vector<size_t> cuts = {0, a};
+      if (b > a) cuts.push_back(b);
+      cuts.push_back(n);
+      std::vector<std::unique_ptr<StageModel>> stages;
+      for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+        auto s = StageModel::Load(dir, spec, {cuts[i], cuts[i + 1]}, {});
+        ASSERT_TRUE(s.ok()) << s.status().ToString();
+        stages.push_back(std::move(s).value());
+      }
+      at::Tensor logits = RunPipeline(stages, ids);
+      ASSERT_TRUE(logits.defined());
+      EXPECT_TRUE(at::equal(logits, reference)) << "split at " << a << "," << b;
+    }
+  }
+}
+
+TEST(StageModelTest, BadInputsAreRefusedWithAReason) {
+  auto dir = Fixture("ixc2_vl") / "checkpoint";
+  if (!fs::exists(dir)) GTEST_SKIP() << "fixtures not found at " << dir;
+  auto described = checkpoint::DescribeCheckpoint(dir);
+  ASSERT_TRUE(described.ok());
+  const auto& spec = described->spec;
+  auto bad_range = StageModel::Load(dir, spec, {2, 1}, {});
+  ASSERT_FALSE(bad_range.ok());
+  EXPECT_NE(bad_range.status().message().find("block range"), std::string::npos);
+
+  auto model = std::move(StageModel::Load(dir, spec, {2, spec.blocks.size()}, {})).value();
+  StepInput in;
+  in.segments = {{5, 4, 0}};
+  in.hidden = at::zeros({4, spec.llm.hidden});
+  auto no_room = model->Forward(in);
+  ASSERT_FALSE(no_room.ok());
+  EXPECT_NE(no_room.status().message().find("no KV room"), std::string::npos);
+
+  ASSERT_TRUE(model->ReserveSequence(5, 4).ok());
+  in.hidden = at::zeros({3, spec.llm.hidden});
+  auto wrong_rows = model->Forward(in);
+  ASSERT_FALSE(wrong_rows.ok());
+  EXPECT_NE(wrong_rows.status().message().find("hidden states must be"), std::string::npos);
+
+  in.segments = {{5, 5, 0}};
+  in.hidden = at::zeros({5, spec.llm.hidden});
+  auto too_long = model->Forward(in);
+  ASSERT_FALSE(too_long.ok());
+  EXPECT_EQ(too_long.status().code(), StatusCode::kResourceExhausted);
+}
+
+TEST(StageModelTest, KvBudgetRefusesBeyondCapacity) {
+  auto dir = Fixture("ixc2_vl") / "checkpoint";
+  if (!fs::exists(dir)) GTEST_SKIP() << "fixtures not found at " << dir;
+  auto described = checkpoint::DescribeCheckpoint(dir);
+  ASSERT_TRUE(described.ok());
+  StageOptions options;
+  auto probe = std::move(StageModel::Load(dir, described->spec, {2, 3}, options)).value();
+  options.kv_budget_bytes = probe->kv_bytes_per_token() * 100;
+  auto model = std::move(StageModel::Load(dir, described->spec, {2, 3}, options)).value();
+  EXPECT_TRUE(model->ReserveSequence(1, 60).ok());
+  auto full = model->ReserveSequence(2, 60);
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.code(), StatusCode::kResourceExhausted);
+  model->ReleaseSequence(1);
+  EXPECT_TRUE(model->ReserveSequence(2, 60).ok());
+  EXPECT_EQ(model->kv_bytes_reserved(), model->kv_bytes_per_token() * 60);
+}
+
+}  // namespace
+}  // namespace xcpipe::model

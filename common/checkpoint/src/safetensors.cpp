@@ -256,7 +256,12 @@ StatusOr<std::unique_ptr<SafetensorsFileWriter>> SafetensorsFileWriter::Create(
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const std::exception& e) {  // a name that is not valid UTF-8
+    return InvalidArgumentError(what + ": cannot write the header: " + e.what());
+  }
   // Pad so the data section starts 8-byte aligned (spaces are valid JSON whitespace).
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');
 
@@ -335,7 +340,13 @@ Status WriteSafetensorsIndex(const std::filesystem::path& dir, const std::map<st
   nlohmann::ordered_json doc;
   doc["metadata"] = {{"total_size", total_size}};
   doc["weight_map"] = weight_map;
-  return WriteFileAtomically(dir / kSafetensorsIndexFileName, doc.dump(2) + "\n");
+  std::string text;
+  try {
+    text = doc.dump(2) + "\n";
+  } catch (const std::exception& e) {  // a name that is not valid UTF-8
+    return InvalidArgumentError((dir / kSafetensorsIndexFileName).string() + ": cannot write: " + e.what());
+  }
+  return WriteFileAtomically(dir / kSafetensorsIndexFileName, text);
 }
 
 // ---------------------------------------------------------------------------------------------

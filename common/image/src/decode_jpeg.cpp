@@ -34,7 +34,8 @@ StatusOr<ImageHeader> ReadJpegHeader(std::string_view bytes) {
   int colorspace = 0;
   if (tjDecompressHeader3(handle.get(), Data(bytes), static_cast<unsigned long>(bytes.size()), &width, &height,
                           &subsampling, &colorspace) != 0) {
-    return InvalidArgumentError(std::string("corrupt or truncated JPEG header: ") + tjGetErrorStr2(handle.get()));
+    return InvalidArgumentError(std::string("corrupt or truncated JPEG header: ") + tjGetErrorStr2(handle.get()) +
+                                "; expected JPEG markers up to a frame header (SOFn)");
   }
   if (width <= 0 || height <= 0) {
     // libjpeg meets the end of a file cut inside its headers with a warning and a fake EOI, and
@@ -62,12 +63,12 @@ StatusOr<RgbImage> DecodeJpeg(std::string_view bytes, const ImageHeader& header)
                                static_cast<int>(header.height), TJPF_RGB, TJFLAG_LIMITSCANS);
   if (rc != 0) {
     const std::string message = tjGetErrorStr2(handle.get());
-    if (tjGetErrorCode(handle.get()) != TJERR_WARNING) return InvalidArgumentError("corrupt JPEG: " + message);
+    if (tjGetErrorCode(handle.get()) != TJERR_WARNING) return InvalidArgumentError("corrupt JPEG: " + message + "; expected a well-formed baseline or progressive JPEG");
     // libjpeg pads a file that ends early with grey and only warns; PIL refuses such files
     // ("image file is truncated"), and so do we. Other warnings (extraneous bytes before a
     // marker and the like) leave a complete image that PIL accepts.
     if (message.find("Premature end") != std::string::npos || message.find("premature end") != std::string::npos) {
-      return InvalidArgumentError("JPEG is truncated: " + message);
+      return InvalidArgumentError("JPEG is truncated: " + message + "; expected the whole file, up to its EOI marker");
     }
   }
   return image;

@@ -139,9 +139,11 @@ struct PngReadStructs {
 };
 
 Status PngFailure(const PngSource& source) {
-  std::string message = source.error[0] != '\0' ? source.error : "unknown libpng error";
-  if (message.find("truncated") != std::string::npos) return InvalidArgumentError("PNG is truncated: " + message);
-  return InvalidArgumentError("corrupt PNG: " + message);
+  const std::string message = source.error[0] != '\0' ? source.error : "unknown libpng error";
+  if (message.find("truncated") != std::string::npos) {
+    return InvalidArgumentError("PNG is truncated: " + message + "; expected the whole file, up to its IEND chunk");
+  }
+  return InvalidArgumentError("corrupt PNG: " + message + "; expected a well-formed PNG file");
 }
 
 }  // namespace

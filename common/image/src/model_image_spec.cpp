@@ -5,6 +5,7 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -209,6 +210,23 @@ StatusOr<ModelImageSpec> DetectModelImageSpec(const fs::path& checkpoint_dir) {
                                 "' tells 4KHD from 2.5");
   }
   return spec;
+}
+
+StatusOr<PreprocessedImage> PreprocessForModel(const RgbImage& image, const ModelImageSpec& spec, int64_t hd_num) {
+  PreprocessedImage out;
+  if (!spec.hd) {
+    XCPIPE_ASSIGN_OR_RETURN(out.pixel_values, PreprocessFixedSize(image, spec.input_size));
+    return out;
+  }
+  HdOptions options;
+  options.variant = spec.hd_variant;
+  options.tile_size = spec.input_size;
+  options.hd_num = hd_num > 0 ? hd_num : spec.default_hd_num;
+  XCPIPE_ASSIGN_OR_RETURN(HdPixelValues hd, PreprocessHd(image, options));
+  out.pixel_values = std::move(hd.pixel_values);
+  out.grid_h = hd.grid_h;
+  out.grid_w = hd.grid_w;
+  return out;
 }
 
 }  // namespace xcpipe::image

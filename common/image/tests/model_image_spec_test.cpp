@@ -122,5 +122,32 @@ TEST(DetectModelImageSpecTest, RefusesInconsistentOrUnknownCheckpoints) {
   EXPECT_EQ(d.status().code(), StatusCode::kNotFound);
 }
 
+TEST(PreprocessForModelTest, FollowsTheSpec) {
+  RgbImage image = RgbImage::Filled(60, 20, 10, 20, 30);
+  ModelImageSpec fixed;
+  fixed.version = "ixc2-vl";
+  fixed.input_size = 35;
+  auto a = PreprocessForModel(image, fixed);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->pixel_values.height, 35);
+  EXPECT_EQ(a->pixel_values.width, 35);
+  EXPECT_EQ(a->grid_h * a->grid_w, 1);
+
+  ModelImageSpec hd;
+  hd.version = "ixc2.5";
+  hd.hd = true;
+  hd.hd_variant = HdVariant::kXComposer2_5;
+  hd.input_size = 14;
+  hd.default_hd_num = 24;
+  auto b = PreprocessForModel(image, hd, 4);  // ratio 3: scale 3 (4 * ceil(4/3) = 8 > 4) -> 42x14
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->grid_w, 3);
+  EXPECT_EQ(b->grid_h, 1);
+  EXPECT_EQ(b->pixel_values.width, 42);
+  auto c = PreprocessForModel(image, hd);  // default hd_num 24
+  ASSERT_TRUE(c.ok());
+  EXPECT_GT(c->grid_w, b->grid_w);
+}
+
 }  // namespace
 }  // namespace xcpipe::image

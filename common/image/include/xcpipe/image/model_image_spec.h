@@ -38,6 +38,15 @@ struct ModelImageSpec {
 
 StatusOr<ModelImageSpec> DetectModelImageSpec(const std::filesystem::path& checkpoint_dir);
 
+// One image preprocessed the way `spec` says: what the coordinator sends to the vision stage.
+struct PreprocessedImage {
+  FloatImage pixel_values;  // fixed-size: [3, S, S]; HD: [3, grid_h * S, grid_w * S]
+  int64_t grid_h = 1;       // HD tile grid (1 x 1 for fixed-size versions)
+  int64_t grid_w = 1;
+};
+// hd_num <= 0 means the version's chat() default; it is ignored for fixed-size versions.
+StatusOr<PreprocessedImage> PreprocessForModel(const RgbImage& image, const ModelImageSpec& spec, int64_t hd_num = 0);
+
 // Tensor name -> shape for every tensor in the checkpoint (model.safetensors.index.json plus
 // the shard headers, or a single model.safetensors). Reads only the headers (capped at
 // 100 MiB each) and checks that each header is a JSON object of tensors with shapes.

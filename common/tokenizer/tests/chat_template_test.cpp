@@ -47,12 +47,16 @@ void ExpectTextSegmentsMatch(const ChatPrompt& built, const nlohmann::json& reco
     ASSERT_LT(t, texts.size());
     SCOPED_TRACE("segment text: " + seg["text"].get<std::string>());
     EXPECT_EQ(texts[t]->text, seg["text"].get<std::string>());
-    if (seg.contains("add_special_tokens")) EXPECT_EQ(texts[t]->add_bos, seg["add_special_tokens"].get<bool>());
+    if (seg.contains("add_special_tokens")) {
+      EXPECT_EQ(texts[t]->add_bos, seg["add_special_tokens"].get<bool>());
+    }
     EXPECT_EQ(ToI64(texts[t]->ids), seg["ids"].get<std::vector<int64_t>>());
     ++t;
   }
   EXPECT_EQ(t, texts.size());
-  if (images_listed) EXPECT_EQ(static_cast<int>(images), built.num_images());
+  if (images_listed) {
+    EXPECT_EQ(static_cast<int>(images), built.num_images());
+  }
 }
 
 class Ixc2CaseTest : public ::testing::TestWithParam<std::pair<std::string, ChatVersion>> {};
@@ -68,7 +72,9 @@ TEST_P(Ixc2CaseTest, TextChatIdsAndPromptText) {
   ASSERT_TRUE(built.ok()) << built.status().ToString();
   EXPECT_EQ(built->num_images(), 0);
   EXPECT_EQ(*built->ExpandedIds({}), ReadIdsRow(dir / "input_ids.npy"));
-  if (values.contains("prompt_text")) EXPECT_EQ(built->prompt_text, values["prompt_text"].get<std::string>());
+  if (values.contains("prompt_text")) {
+    EXPECT_EQ(built->prompt_text, values["prompt_text"].get<std::string>());
+  }
   if (values.contains("build_inputs_ids_if_image_is_None")) {
     ChatRequest req = RequestFromValues(values);
     req.text_only_path = TextOnlyPath::kBuildInputs;
@@ -95,7 +101,9 @@ TEST_P(Ixc2CaseTest, ImageChatPartsAndSlots) {
   EXPECT_EQ(*built->ExpandedIds(SlotRowsFromNpy(row)), row);
   const auto mask = ReadIdsRow(dir / "im_mask.npy");
   ASSERT_EQ(mask.size(), row.size());
-  for (size_t i = 0; i < row.size(); ++i) EXPECT_EQ(mask[i], row[i] == -1 ? 1 : 0) << i;
+  for (size_t i = 0; i < row.size(); ++i) {
+    EXPECT_EQ(mask[i], row[i] == -1 ? 1 : 0) << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Versions, Ixc2CaseTest,
@@ -140,7 +148,9 @@ TEST(ChatTemplateTest, Ixc1FirstTurnTextAndImage) {
     auto built = BuildChatPrompt(*tok, ChatVersion::kIxc1, req);
     ASSERT_TRUE(built.ok()) << built.status().ToString();
     ExpectTextSegmentsMatch(*built, values["text_segments"], true);
-    if (fs::exists(dir / "input_ids.npy")) EXPECT_EQ(*built->ExpandedIds(rows), ReadIdsRow(dir / "input_ids.npy"));
+    if (fs::exists(dir / "input_ids.npy")) {
+      EXPECT_EQ(*built->ExpandedIds(rows), ReadIdsRow(dir / "input_ids.npy"));
+    }
     if (fs::exists(dir / "input_ids_with_image_slots.npy")) {
       const auto ids = *built->ExpandedIds(rows);
       EXPECT_EQ(ids, ReadIdsRow(dir / "input_ids_with_image_slots.npy"));
@@ -148,7 +158,9 @@ TEST(ChatTemplateTest, Ixc1FirstTurnTextAndImage) {
       EXPECT_EQ(std::find(ids.begin(), ids.end(), -1) - ids.begin(), range[0]);
       EXPECT_EQ(static_cast<int64_t>(ids.size() - (std::find(ids.rbegin(), ids.rend(), -1) - ids.rbegin())), range[1]);
     }
-    if (values.contains("prompt_text")) EXPECT_EQ(built->prompt_text, values["prompt_text"].get<std::string>());
+    if (values.contains("prompt_text")) {
+      EXPECT_EQ(built->prompt_text, values["prompt_text"].get<std::string>());
+    }
   }
 }
 
@@ -359,7 +371,10 @@ TEST_F(TrainedTokenizerTest, RefusesRequestsThatDoNotFitTheVersion) {
   ASSERT_FALSE(utf.ok());
   EXPECT_NE(utf.status().message().find("UTF-8"), std::string::npos);
 
-  auto built = BuildChatPrompt(*v2_, ChatVersion::kIxc2_5, ChatRequest{.query = "x", .num_images = 1});
+  ChatRequest one_image;
+  one_image.query = "x";
+  one_image.num_images = 1;
+  auto built = BuildChatPrompt(*v2_, ChatVersion::kIxc2_5, one_image);
   ASSERT_TRUE(built.ok());
   EXPECT_FALSE(built->ExpandedIds({}).ok());
   EXPECT_EQ(built->ExpandedIds(std::vector<int64_t>{3})->size(), built->num_text_tokens() + 3);

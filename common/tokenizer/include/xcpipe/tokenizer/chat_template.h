@@ -26,6 +26,9 @@
 //                        [" <|Bot|>:", no BOS] [answer WITH BOS]; then [" <|User|>:", no BOS]
 //                        [image] [query] ["\n<TOKENS_UNUSED_0> <|Bot|>:"]; no meta at all.
 //
+// Not reproduced: interleav_wrap_chat's silent cut at max_length (the official code truncates
+// the embeddings); callers check the built length against the serving limits and refuse instead.
+//
 // Pure functions of their inputs (plus a const Tokenizer): thread-safe. Failure: a request that
 // does not fit its version (placeholder count differs from the image count, an ixc1 turn with
 // more than one image, ...) is InvalidArgument with a message that says what was expected;

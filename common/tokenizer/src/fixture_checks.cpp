@@ -699,11 +699,32 @@ void CheckBuiltAgainstSlots(const ChatPrompt& built, const std::vector<int64_t>*
 }
 
 // The request a case's main prompt was built from, for 2.x manifests.
+// Reads optional "history" ([[user, assistant], ...] or [{"user":..,"assistant":..}, ...]),
+// "use_meta" (2.5's chat() flag) and "meta_instruction".
 ChatRequest Ixc2CaseRequest(const json& values, const CaseFiles& files) {
   ChatRequest req;
   req.query = StringField(values, "query").value_or("");
-  if (auto meta = StringField(values, "meta_instruction")) req.meta_instruction = *meta;
-  req.num_images = CountImagePlaceholders(req.query);
+  if (auto meta = StringField(values, "meta_instruction")) {
+    req.meta_instruction = *meta;
+  } else if (const json* use_meta = Field(values, "use_meta"); use_meta && use_meta->is_boolean()) {
+    req.meta_instruction = use_meta->get<bool>() ? std::string(kIxc2MetaInstruction) : std::string();
+  }
+  int placeholders = CountImagePlaceholders(req.query);
+  if (const json* history = Field(values, "history"); history && history->is_array()) {
+    for (const json& turn : *history) {
+      ChatTurn t;
+      if (turn.is_array() && turn.size() == 2 && turn[0].is_string() && turn[1].is_string()) {
+        t.user = turn[0].get<std::string>();
+        t.assistant = turn[1].get<std::string>();
+      } else {
+        t.user = StringField(turn, "user").value_or("");
+        t.assistant = StringField(turn, "assistant").value_or("");
+      }
+      placeholders += CountImagePlaceholders(t.user) + CountImagePlaceholders(t.assistant);
+      req.history.push_back(std::move(t));
+    }
+  }
+  req.num_images = placeholders;
   if (req.num_images == 0 && files.slots) {
     const Ids row = Row(*files.slots, 0);
     if (std::find(row.begin(), row.end(), -1) != row.end()) req.num_images = 1;
@@ -867,16 +888,34 @@ void CheckCase(const Tokenizer& tok, ChatVersion version, const fs::path& case_d
       auto recorded = ReadRecordedSegments(*parts);
       if (!recorded.ok()) {
         r.Fail("text_parts", recorded.status().message());
-      } else if (auto built = build(Ixc2CaseRequest(values, files), "text_parts")) {
-        r.Compare("text_parts", DiffSegments(*recorded, *built, false),
-                  std::to_string(recorded->size()) + " text parts match");
-        CheckBuiltAgainstSlots(*built, nullptr, files, values, r);
+      } else {
+        // From the recorded query where there is one (this also tests the default system text),
+        // else from the parts themselves.
+        StatusOr<ChatRequest> req = Ixc2CaseRequest(values, files);
+        if (!Field(values, "query")) {
+          std::string joined;
+          for (size_t i = 0; i < recorded->size(); ++i) {
+            joined += (i > 0 ? std::string(kImagePlaceholder) : std::string()) + (*recorded)[i].text;
+          }
+          req = ParseIxc2Prompt(joined, version);
+        }
+        if (!req.ok()) {
+          r.Fail("text_parts", "cannot read the recorded parts: " + req.status().message());
+        } else if (auto built = build(*req, "text_parts")) {
+          r.Compare("text_parts", DiffSegments(*recorded, *built, false),
+                    std::to_string(recorded->size()) + " text parts match");
+          if (files.slots && Rows(*files.slots) == 1) CheckBuiltAgainstSlots(*built, nullptr, files, values, r);
+        }
       }
-    } else if (files.slots) {
+    } else if (files.slots && Rows(*files.slots) == 1 && Field(values, "query")) {
       checked_anything = true;
       if (auto built = build(Ixc2CaseRequest(values, files), "input_ids_with_image_slots")) {
         CheckBuiltAgainstSlots(*built, nullptr, files, values, r);
       }
+    } else if (files.slots) {
+      checked_anything = true;
+      r.Pass("input_ids_with_image_slots",
+             "skipped: image slots of a batch or without a recorded query; the prompt of each row is not recorded");
     }
     // Text-only prompts: one row with its query, or a left-padded batch of queries.
     if (files.input_ids && Rows(*files.input_ids) == 1 && Field(values, "query")) {

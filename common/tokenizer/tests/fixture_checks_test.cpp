@@ -170,6 +170,34 @@ TEST(FixtureChecksTest, DetectsEveryKindOfTampering) {
   }
 }
 
+TEST(FixtureChecksTest, ReadsPromptsFromTheirPartsWhenNoQueryIsRecorded) {
+  if (!RealFixturesPresent()) GTEST_SKIP() << "no fixtures at " << Fixtures();
+  TempDir tmp;
+  MirrorSmallFixtureFiles(Fixtures(), tmp.path());
+  for (const char* model : {"ixc2_vl", "ixc2d5"}) {
+    const fs::path manifest = tmp.path() / model / "cases" / "image_chat" / "manifest.json";
+    auto m = test::ReadJson(manifest);
+    m["values"].erase("query");
+    m["values"].erase("meta_instruction");
+    WriteText(manifest, m.dump());
+  }
+  auto results = RunTokenizerFixtureChecks(tmp.path());
+  EXPECT_EQ(Failures(results), std::vector<std::string>{});
+  const auto by_name = ByName(results);
+  EXPECT_TRUE(by_name.count("ixc2_vl/cases/image_chat: text_parts"));
+  EXPECT_TRUE(by_name.count("ixc2d5/cases/image_chat: input_ids_with_image_slots"));
+
+  // A recorded part that the template cannot produce is caught.
+  const fs::path manifest = tmp.path() / "ixc2_vl" / "cases" / "image_chat" / "manifest.json";
+  auto m = test::ReadJson(manifest);
+  m["values"]["text_parts"][1]["ids"][0] = 2;
+  WriteText(manifest, m.dump());
+  results = RunTokenizerFixtureChecks(tmp.path());
+  const auto failed = ByName(results).at("ixc2_vl/cases/image_chat: text_parts");
+  EXPECT_FALSE(failed.passed);
+  EXPECT_NE(failed.message.find("segment 1"), std::string::npos) << failed.message;
+}
+
 TEST(FixtureChecksTest, VersionFromArchitectureTensorNamesOrFolderName) {
   TempDir tmp;
   auto write_index = [&](const std::string& folder, const std::vector<std::string>& names) {

@@ -11,4 +11,6 @@ namespace xcpipe::cli {
 
 using Action = std::function<int()>;
 
+void AddConvertCommand(CLI::App& app, Action& action);
+
 }  // namespace xcpipe::cli

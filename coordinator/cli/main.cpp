@@ -27,7 +27,6 @@ const std::vector<PlannedCommand> kNotYetAvailable = {
     {"status", "show workers, stages, memory and queues of a running cluster"},
     {"check-fixtures", "compare the C++ model with the official outputs in a fixtures folder"},
     {"mkmodel", "write a random-weight model in the official layout"},
-    {"convert", "convert official pytorch_model-*.bin shards to safetensors"},
     {"bench", "benchmarks (placement strategies, decode, data plane)"},
     {"keys", "generate CURVE key pairs for authenticated control sockets"},
 };
@@ -61,6 +60,7 @@ int main(int argc, char** argv) {
   }
 
   // Implemented subcommands register here (each removes its entry from kNotYetAvailable).
+  cli::AddConvertCommand(app, action);
 
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (!action) return kExitUsage;

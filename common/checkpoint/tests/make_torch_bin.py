@@ -12,6 +12,10 @@ with stand-in classes registered under torch's module names, so pickle emits the
                                row-major bytes
   make_torch_bin.py evil DIR   pytorch_model.bin whose pickle calls os.system
   make_torch_bin.py legacy DIR pytorch_model.bin in the pre-zip format (a bare pickle)
+  make_torch_bin.py from_safetensors SRC DIR N
+                               the safetensors checkpoint folder SRC (index + shards) re-saved
+                               as N torch.save shards + index, with SRC's config files, i.e. the
+                               form the official release of that model would have
 """
 import collections
 import json
@@ -175,8 +179,9 @@ def good(out_dir):
     weight_map.update({name: "pytorch_model-00002-of-00002.bin" for name in shard2})
     with open(os.path.join(out_dir, "pytorch_model.bin.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump({"architectures": ["Test"]}, f)
+    # Not a model config (these tensors are no model); copied along like any other file.
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": True}, f)
     with open(os.path.join(out_dir, "expected.json"), "w") as f:
         json.dump(expected, f)
 
@@ -199,5 +204,49 @@ def legacy(out_dir):
         pickle.dump({"w": [1.0, 2.0]}, f, protocol=2)
 
 
+def read_safetensors(path):
+    """name -> (dtype, shape, bytes), in offset order."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header.pop("__metadata__", None)
+    out = collections.OrderedDict()
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
+        b, e = info["data_offsets"]
+        out[name] = (info["dtype"], info["shape"], data[8 + n + b:8 + n + e])
+    return out
+
+
+def from_safetensors(src, out_dir, shards):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(src, "model.safetensors.index.json")) as f:
+        weight_map = json.load(f)["weight_map"]
+    tensors = collections.OrderedDict()
+    for shard in sorted(set(weight_map.values())):
+        tensors.update(read_safetensors(os.path.join(src, shard)))
+    names = list(tensors)
+    per_shard = (len(names) + shards - 1) // shards
+    bin_map = {}
+    for k in range(shards):
+        file = "pytorch_model-%05d-of-%05d.bin" % (k + 1, shards)
+        state = collections.OrderedDict()
+        for i, name in enumerate(names[k * per_shard:(k + 1) * per_shard]):
+            dtype, shape, data = tensors[name]
+            state[name] = Tensor(Storage(str(i), dtype, data), 0, shape, contiguous_stride(shape))
+            bin_map[name] = file
+        state._metadata = collections.OrderedDict()
+        save(os.path.join(out_dir, file), state)
+    with open(os.path.join(out_dir, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": sum(len(t[2]) for t in tensors.values())}, "weight_map": bin_map}, f)
+    for extra in ("config.json", "clip_vision_config.json"):
+        if os.path.exists(os.path.join(src, extra)):
+            with open(os.path.join(src, extra), "rb") as f, open(os.path.join(out_dir, extra), "wb") as g:
+                g.write(f.read())
+
+
 if __name__ == "__main__":
-    {"good": good, "evil": evil, "legacy": legacy}[sys.argv[1]](sys.argv[2])
+    if sys.argv[1] == "from_safetensors":
+        from_safetensors(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        {"good": good, "evil": evil, "legacy": legacy}[sys.argv[1]](sys.argv[2])

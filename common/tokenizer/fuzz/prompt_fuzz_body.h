@@ -31,9 +31,11 @@ inline Status FuzzPromptOnce(std::string_view bytes, const Tokenizer* tokenizer,
   if (!prompts.ok()) return CheckRefusal(prompts.status(), "parsing");
   for (const std::string& prompt : *prompts) {
     const int placeholders = CountImagePlaceholders(prompt);
-    for (const auto version : {ChatVersion::kIxc1, ChatVersion::kIxc2Vl, ChatVersion::kIxc2_4khd, ChatVersion::kIxc2_5}) {
+    for (const auto version :
+         {ChatVersion::kIxc1, ChatVersion::kIxc2Vl, ChatVersion::kIxc2_4khd, ChatVersion::kIxc2_5}) {
       for (int images = 0; images <= 2; ++images) {
-        if (Status s = CheckRefusal(ValidatePromptImages(prompt, images, version), "image validation"); !s.ok()) return s;
+        if (Status s = CheckRefusal(ValidatePromptImages(prompt, images, version), "image validation"); !s.ok())
+          return s;
       }
       if (tokenizer == nullptr) continue;
       ChatRequest request;

@@ -58,9 +58,7 @@ class SegmentWriter {
     out_->segments.emplace_back(TextSegment{std::move(text), add_bos, std::move(ids).value()});
     return OkStatus();
   }
-  void Image() {
-    out_->segments.emplace_back(ImageSlot{next_image_++});
-  }
+  void Image() { out_->segments.emplace_back(ImageSlot{next_image_++}); }
 
  private:
   const Tokenizer& tokenizer_;
@@ -78,16 +76,23 @@ Status BuildIxc2(const Tokenizer& tokenizer, ChatVersion version, const ChatRequ
   bool interleaved = request.num_images > 0;
   if (!interleaved) {
     switch (request.text_only_path) {
-      case TextOnlyPath::kDefault: interleaved = version == ChatVersion::kIxc2_5; break;
-      case TextOnlyPath::kBuildInputs: interleaved = false; break;
-      case TextOnlyPath::kInterleaved: interleaved = true; break;
+      case TextOnlyPath::kDefault:
+        interleaved = version == ChatVersion::kIxc2_5;
+        break;
+      case TextOnlyPath::kBuildInputs:
+        interleaved = false;
+        break;
+      case TextOnlyPath::kInterleaved:
+        interleaved = true;
+        break;
     }
   }
   SegmentWriter writer(tokenizer, out);
 
   if (!interleaved) {
     if (placeholders > 0) {
-      return InvalidArgumentError("the prompt has " + Plural(placeholders, "<ImageHere> placeholder", "<ImageHere> placeholders") +
+      return InvalidArgumentError("the prompt has " +
+                                  Plural(placeholders, "<ImageHere> placeholder", "<ImageHere> placeholders") +
                                   " but no image was given; expected one image per placeholder (" + name + ")");
     }
     // build_inputs(): a literal "<s>" the tokenizer maps to id 1, and its own BOS before it.
@@ -187,10 +192,14 @@ Status BuildIxc1(const Tokenizer& tokenizer, const ChatRequest& request, ChatPro
 
 std::string_view ChatVersionName(ChatVersion version) {
   switch (version) {
-    case ChatVersion::kIxc1: return "ixc1";
-    case ChatVersion::kIxc2Vl: return "ixc2-vl";
-    case ChatVersion::kIxc2_4khd: return "ixc2-4khd";
-    case ChatVersion::kIxc2_5: return "ixc2.5";
+    case ChatVersion::kIxc1:
+      return "ixc1";
+    case ChatVersion::kIxc2Vl:
+      return "ixc2-vl";
+    case ChatVersion::kIxc2_4khd:
+      return "ixc2-4khd";
+    case ChatVersion::kIxc2_5:
+      return "ixc2.5";
   }
   return "unknown";
 }
@@ -205,10 +214,13 @@ std::optional<ChatVersion> ParseChatVersion(std::string_view name) {
 
 std::string_view DefaultMetaInstruction(ChatVersion version) {
   switch (version) {
-    case ChatVersion::kIxc1: return kIxc1MetaInstruction;
+    case ChatVersion::kIxc1:
+      return kIxc1MetaInstruction;
     case ChatVersion::kIxc2Vl:
-    case ChatVersion::kIxc2_4khd: return kIxc2MetaInstruction;
-    case ChatVersion::kIxc2_5: return {};  // chat(use_meta=False) passes meta_instruction=''
+    case ChatVersion::kIxc2_4khd:
+      return kIxc2MetaInstruction;
+    case ChatVersion::kIxc2_5:
+      return {};  // chat(use_meta=False) passes meta_instruction=''
   }
   return {};
 }

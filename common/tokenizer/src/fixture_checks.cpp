@@ -78,8 +78,8 @@ std::string DiffIds(const Ids& expected, const Ids& actual) {
   const size_t from = i >= 3 ? i - 3 : 0;
   std::string msg = "expected " + std::to_string(expected.size()) + " ids, got " + std::to_string(actual.size());
   if (i < expected.size() && i < actual.size()) {
-    msg += "; first difference at index " + std::to_string(i) + ": expected " + std::to_string(expected[i]) +
-           ", got " + std::to_string(actual[i]);
+    msg += "; first difference at index " + std::to_string(i) + ": expected " + std::to_string(expected[i]) + ", got " +
+           std::to_string(actual[i]);
   } else {
     msg += "; equal up to index " + std::to_string(i);
   }
@@ -259,7 +259,8 @@ StatusOr<std::vector<RecordedSegment>> ReadRecordedSegments(const json& array) {
     if (const json* wrapped = Field(*item, "retokenized_response")) item = wrapped;
     RecordedSegment seg;
     if (const json* rows = Field(*item, "image_slots")) {
-      if (!rows->is_number_integer()) return InvalidArgumentError("segment " + std::to_string(i) + ": image_slots is not an integer");
+      if (!rows->is_number_integer())
+        return InvalidArgumentError("segment " + std::to_string(i) + ": image_slots is not an integer");
       seg.is_image = true;
       seg.image_rows = rows->get<int64_t>();
     } else {
@@ -298,7 +299,8 @@ std::string DiffSegments(const std::vector<RecordedSegment>& expected, const Cha
       return at + "expected add_special_tokens=" + (*want[i]->add_bos ? "true" : "false") + ", got " +
              (text->add_bos ? "true" : "false");
     }
-    if (auto d = DiffIds(want[i]->ids, ToIds(text->ids)); !d.empty()) return at + "text " + Escape(text->text) + ": " + d;
+    if (auto d = DiffIds(want[i]->ids, ToIds(text->ids)); !d.empty())
+      return at + "text " + Escape(text->text) + ": " + d;
   }
   if (want.size() != got.size()) {
     return "expected " + std::to_string(want.size()) + " segments, built " + std::to_string(got.size());
@@ -466,7 +468,8 @@ void CheckSpecialIds(const Tokenizer& tok, const json& doc, Reporter& r) {
       }
     }
   }
-  if (const json* v = Field(doc, "vocab_size"); v && v->is_number_integer()) expect("vocab_size", v->get<int64_t>(), tok.vocab_size());
+  if (const json* v = Field(doc, "vocab_size"); v && v->is_number_integer())
+    expect("vocab_size", v->get<int64_t>(), tok.vocab_size());
   if (const json* v = Field(doc, "bos"); v && v->is_number_integer()) expect("bos", v->get<int64_t>(), tok.bos_id());
   if (const json* v = Field(doc, "eos"); v && v->is_number_integer()) expect("eos", v->get<int64_t>(), tok.eos_id());
   if (const json* v = Field(doc, "unk"); v && v->is_number_integer()) expect("unk", v->get<int64_t>(), tok.unk_id());
@@ -475,7 +478,8 @@ void CheckSpecialIds(const Tokenizer& tok, const json& doc, Reporter& r) {
     if (!v) continue;
     const auto piece = StringField(*v, "piece");
     const json* id = Field(*v, "id");
-    if (piece && id && id->is_number_integer()) expect(std::string(key) + " " + *piece, id->get<int64_t>(), hf_piece_id(*piece));
+    if (piece && id && id->is_number_integer())
+      expect(std::string(key) + " " + *piece, id->get<int64_t>(), hf_piece_id(*piece));
   }
   if (checked == 0) return;
   if (problems.empty()) {
@@ -564,7 +568,8 @@ void CheckChatPromptEntry(const Tokenizer& tok, ChatVersion version, const json&
         r.Fail(what + " " + key, "not a mask list or no row count in the key");
         continue;
       }
-      r.Compare(what + " " + key, DiffIds(*want, ImageMask(*built, rows)), std::to_string(want->size()) + " mask entries match");
+      r.Compare(what + " " + key, DiffIds(*want, ImageMask(*built, rows)),
+                std::to_string(want->size()) + " mask entries match");
     }
   }
 }
@@ -793,10 +798,9 @@ void CheckCase(const Tokenizer& tok, ChatVersion version, const fs::path& case_d
   const json& values = values_ptr && values_ptr->is_object() ? *values_ptr : kEmpty;
 
   CaseFiles files;
-  for (auto [name, slot] : {std::pair{"input_ids.npy", &files.input_ids},
-                            std::pair{"input_ids_with_image_slots.npy", &files.slots},
-                            std::pair{"im_mask.npy", &files.im_mask},
-                            std::pair{"attention_mask.npy", &files.attention_mask}}) {
+  for (auto [name, slot] :
+       {std::pair{"input_ids.npy", &files.input_ids}, std::pair{"input_ids_with_image_slots.npy", &files.slots},
+        std::pair{"im_mask.npy", &files.im_mask}, std::pair{"attention_mask.npy", &files.attention_mask}}) {
     auto a = MaybeReadNpy(case_dir / name);
     if (!a.ok()) {
       r.Fail(name, a.status().ToString());
@@ -816,7 +820,8 @@ void CheckCase(const Tokenizer& tok, ChatVersion version, const fs::path& case_d
 
   if (version == ChatVersion::kIxc1) {
     // First-turn prompts recorded as segments (text_chat, image_chat, history_chat's turn 1).
-    for (const auto& [seg_key, query_key] : {std::pair{"text_segments", "query"}, std::pair{"turn1_prompt_segments", "turn1_query"}}) {
+    for (const auto& [seg_key, query_key] :
+         {std::pair{"text_segments", "query"}, std::pair{"turn1_prompt_segments", "turn1_query"}}) {
       const json* segs = Field(values, seg_key);
       if (!segs) continue;
       checked_anything = true;
@@ -835,8 +840,7 @@ void CheckCase(const Tokenizer& tok, ChatVersion version, const fs::path& case_d
       req.num_images = static_cast<int>(rows.size());
       auto built = build(req, seg_key);
       if (!built) continue;
-      r.Compare(seg_key, DiffSegments(*recorded, *built, true),
-                std::to_string(recorded->size()) + " segments match");
+      r.Compare(seg_key, DiffSegments(*recorded, *built, true), std::to_string(recorded->size()) + " segments match");
       if (std::string_view(seg_key) == "text_segments") {
         if (auto pt = StringField(values, "prompt_text")) {
           r.Compare("prompt_text", DiffText(*pt, built->prompt_text), "prompt text matches");
@@ -1113,8 +1117,8 @@ std::vector<FixtureCheckResult> RunTokenizerFixtureChecks(const fs::path& fixtur
     if (IsModelFolder(dir)) CheckModelFolder(fixtures_root, dir, cache, &results);
   }
   if (results.empty()) {
-    results.push_back({fixtures_root.string(), false,
-                       "no tokenizer_cases.json and no model folder (cases/*/manifest.json) found"});
+    results.push_back(
+        {fixtures_root.string(), false, "no tokenizer_cases.json and no model folder (cases/*/manifest.json) found"});
   }
   return results;
 }

@@ -16,8 +16,7 @@ constexpr uint64_t kMaxModelFileBytes = uint64_t{256} << 20;
 
 Status CheckUtf8(std::string_view text) {
   if (auto err = FindUtf8Error(text)) {
-    return InvalidArgumentError("text is not valid UTF-8 at byte " + std::to_string(err->offset) + ": " +
-                                err->reason);
+    return InvalidArgumentError("text is not valid UTF-8 at byte " + std::to_string(err->offset) + ": " + err->reason);
   }
   return OkStatus();
 }
@@ -25,7 +24,7 @@ Status CheckUtf8(std::string_view text) {
 // Python's str.replace for each of transformers' clean_up_tokenization rules, in its order.
 std::string CleanUpTokenization(std::string s) {
   static constexpr std::pair<std::string_view, std::string_view> kRules[] = {
-      {" .", "."},   {" ?", "?"},     {" !", "!"},     {" ,", ","},     {" ' ", "'"},
+      {" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
       {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
   };
   for (const auto& [from, to] : kRules) {

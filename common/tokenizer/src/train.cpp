@@ -53,9 +53,9 @@ constexpr std::string_view kBuiltInCorpus[] = {
 };
 
 // Syllables for synthetic words: enough distinct pairs that BPE always finds merges to learn.
-constexpr std::string_view kOnsets[] = {"", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "qu",
-                                        "r", "s", "t", "v", "w", "x", "y", "z", "ch", "sh", "th", "st", "tr",
-                                        "pl", "gr", "br"};
+constexpr std::string_view kOnsets[] = {"",  "b", "c",  "d",  "f",  "g",  "h",  "j",  "k",  "l",
+                                        "m", "n", "p",  "qu", "r",  "s",  "t",  "v",  "w",  "x",
+                                        "y", "z", "ch", "sh", "th", "st", "tr", "pl", "gr", "br"};
 constexpr std::string_view kVowels[] = {"a", "e", "i", "o", "u", "ai", "ea", "io", "ou", "y"};
 constexpr std::string_view kCodas[] = {"", "", "n", "r", "s", "t", "l", "m", "ng", "ck", "x"};
 constexpr std::string_view kHanzi[] = {"的", "一", "是", "不", "了", "人", "我", "在", "有", "他", "这", "中",
@@ -163,8 +163,8 @@ StatusOr<std::string> TrainTokenizer(const TrainTokenizerOptions& options) {
   std::string model;
   const auto status = sentencepiece::SentencePieceTrainer::Train(args, &iterator, &model);
   if (!status.ok()) {
-    const std::string msg = "training a " + std::to_string(options.vocab_size) + "-piece tokenizer: " +
-                            std::string(status.message());
+    const std::string msg =
+        "training a " + std::to_string(options.vocab_size) + "-piece tokenizer: " + std::string(status.message());
     if (status.code() == sentencepiece::util::StatusCode::kInternal &&
         std::string_view(status.message()).find("Vocabulary size") != std::string_view::npos) {
       return InvalidArgumentError(msg);

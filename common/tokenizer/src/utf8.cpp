@@ -29,13 +29,15 @@ size_t DecodeOne(std::string_view text, size_t pos, char32_t* cp, std::string* e
   } else if (b0 >= 0xF0 && b0 <= 0xF4) {
     len = 4, value = b0 & 0x07, min_value = 0x10000;
   } else {
-    if (error) *error = (b0 == 0xC0 || b0 == 0xC1) ? "overlong encoding (lead byte " + HexByte(b0) + ")"
-                                                  : "invalid lead byte " + HexByte(b0);
+    if (error)
+      *error = (b0 == 0xC0 || b0 == 0xC1) ? "overlong encoding (lead byte " + HexByte(b0) + ")"
+                                          : "invalid lead byte " + HexByte(b0);
     return 0;
   }
   if (pos + len > text.size()) {
-    if (error) *error = "truncated sequence (lead byte " + HexByte(b0) + " needs " + std::to_string(len - 1) +
-                        " continuation bytes)";
+    if (error)
+      *error =
+          "truncated sequence (lead byte " + HexByte(b0) + " needs " + std::to_string(len - 1) + " continuation bytes)";
     return 0;
   }
   for (size_t i = 1; i < len; ++i) {
@@ -81,9 +83,8 @@ std::optional<Utf8Error> FindUtf8Error(std::string_view text) {
 }
 
 bool IsPythonWhitespace(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202F || c == 0x205F || c == 0x3000;
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 std::string_view LstripPythonWhitespace(std::string_view text) {

@@ -212,8 +212,9 @@ TEST(ChatTemplateTest, StopIdsAndResponsesMatchTheRecordedOnes) {
     EXPECT_NE(std::find(v1_stops.begin(), v1_stops.end(), id), v1_stops.end()) << id;
   }
   int compared = 0;
-  for (const auto& [folder, version] : {std::pair{"ixc2_vl", ChatVersion::kIxc2Vl}, std::pair{"ixc2_4khd", ChatVersion::kIxc2_4khd},
-                                        std::pair{"ixc2d5", ChatVersion::kIxc2_5}, std::pair{"ixc1", ChatVersion::kIxc1}}) {
+  for (const auto& [folder, version] :
+       {std::pair{"ixc2_vl", ChatVersion::kIxc2Vl}, std::pair{"ixc2_4khd", ChatVersion::kIxc2_4khd},
+        std::pair{"ixc2d5", ChatVersion::kIxc2_5}, std::pair{"ixc1", ChatVersion::kIxc1}}) {
     const Tokenizer& tok = version == ChatVersion::kIxc1 ? *v1 : *v2;
     for (const auto& entry : fs::directory_iterator(Fixtures() / folder / "cases")) {
       const auto values = ReadJson(entry.path() / "manifest.json")["values"];
@@ -286,7 +287,8 @@ TEST_F(TrainedTokenizerTest, TemplatePiecesUseTheTrainedIds) {
 
   auto v1_ids = LookupChatSpecialIds(*v1_, ChatVersion::kIxc1);
   ASSERT_TRUE(v1_ids.ok());
-  EXPECT_EQ(*StopTokenIds(*v1_, ChatVersion::kIxc1), (std::vector<TokenId>{v1_ids->turn_start, v1_ids->turn_end, v1_ids->eos}));
+  EXPECT_EQ(*StopTokenIds(*v1_, ChatVersion::kIxc1),
+            (std::vector<TokenId>{v1_ids->turn_start, v1_ids->turn_end, v1_ids->eos}));
   // A 2.x tokenizer lacks the 1.0 pieces: the lookup names what is missing.
   auto missing = LookupChatSpecialIds(*v2_, ChatVersion::kIxc1);
   ASSERT_FALSE(missing.ok());

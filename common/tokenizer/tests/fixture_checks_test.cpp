@@ -19,9 +19,9 @@ using test::Fixtures;
 class TempDir {
  public:
   TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("xcpipe_tok_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    path_ =
+        fs::temp_directory_path() / ("xcpipe_tok_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+                                     "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(path_);
     fs::create_directories(path_);
   }
@@ -107,18 +107,18 @@ TEST(FixtureChecksTest, EveryCheckOnTheSharedFixturesPasses) {
       EXPECT_TRUE(any) << prefix;
     }
   }
-  for (const char* name : {"ixc2_vl/cases/text_chat: input_ids", "ixc2_vl/cases/text_chat: prompt_text",
-                           "ixc2_vl/cases/image_chat: text_parts", "ixc2_vl/cases/image_chat: input_ids_with_image_slots",
-                           "ixc2_vl/cases/image_chat: im_mask", "ixc2_4khd/cases/batch2_text_leftpad: input_ids row 1",
-                           "ixc2_4khd/cases/batch2_text_leftpad: attention_mask row 0",
-                           "ixc2d5/cases/text_chat: build_inputs_ids_if_image_is_None",
-                           "ixc2d5/cases/image_chat: input_ids_with_image_slots", "ixc1/cases/text_chat: text_segments",
-                           "ixc1/cases/image_chat: image_slot_range",
-                           "ixc1/cases/history_chat: history_segments + turn2_segments",
-                           "ixc1/cases/history_chat: turn1_prompt_segments", "ixc1/cases/text_chat: generated_text_official",
-                           "tokenizer/tokenizer_cases.json: chat_prompts.xcomposer2_vl.text_only_with_history prompt_text",
-                           "tokenizer/tokenizer_cases.json: chat_prompts.xcomposer2d5.image_no_meta im_mask_with_3_image_rows",
-                           "tokenizer/tokenizer_cases.json: special ids", "ixc1/tokenizer/tokenizer_cases.json: special ids"}) {
+  for (const char* name :
+       {"ixc2_vl/cases/text_chat: input_ids", "ixc2_vl/cases/text_chat: prompt_text",
+        "ixc2_vl/cases/image_chat: text_parts", "ixc2_vl/cases/image_chat: input_ids_with_image_slots",
+        "ixc2_vl/cases/image_chat: im_mask", "ixc2_4khd/cases/batch2_text_leftpad: input_ids row 1",
+        "ixc2_4khd/cases/batch2_text_leftpad: attention_mask row 0",
+        "ixc2d5/cases/text_chat: build_inputs_ids_if_image_is_None",
+        "ixc2d5/cases/image_chat: input_ids_with_image_slots", "ixc1/cases/text_chat: text_segments",
+        "ixc1/cases/image_chat: image_slot_range", "ixc1/cases/history_chat: history_segments + turn2_segments",
+        "ixc1/cases/history_chat: turn1_prompt_segments", "ixc1/cases/text_chat: generated_text_official",
+        "tokenizer/tokenizer_cases.json: chat_prompts.xcomposer2_vl.text_only_with_history prompt_text",
+        "tokenizer/tokenizer_cases.json: chat_prompts.xcomposer2d5.image_no_meta im_mask_with_3_image_rows",
+        "tokenizer/tokenizer_cases.json: special ids", "ixc1/tokenizer/tokenizer_cases.json: special ids"}) {
     EXPECT_TRUE(by_name.count(name)) << name;
   }
 }

@@ -69,8 +69,7 @@ TEST(PromptJsonTest, TextChecks) {
             "prompt contains a NUL character at byte 1; expected text without NUL");
   PromptLimits limits;
   limits.max_prompt_bytes = 8;
-  EXPECT_EQ(Refusal(ParsePromptJson(json("123456789"), limits)),
-            "prompt is 9 bytes, longer than the limit of 8 bytes");
+  EXPECT_EQ(Refusal(ParsePromptJson(json("123456789"), limits)), "prompt is 9 bytes, longer than the limit of 8 bytes");
   limits.max_prompts = 2;
   EXPECT_EQ(Refusal(ParsePromptJsonText(R"(["a","b","c"])", limits)),
             "prompt list has 3 entries; at most 2 are allowed");

@@ -9,8 +9,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "xcpipe/tokenizer/tokenizer.h"
 #include "xcpipe/testing/paths.h"
+#include "xcpipe/tokenizer/tokenizer.h"
 
 namespace xcpipe::tokenizer::test {
 
@@ -26,7 +26,7 @@ std::vector<int64_t> ToI64(const std::vector<TokenId>& ids);
 
 }  // namespace xcpipe::tokenizer::test
 
-#define XCPIPE_REQUIRE(ptr, what)                                                                      \
-  do {                                                                                                 \
+#define XCPIPE_REQUIRE(ptr, what)                                                                               \
+  do {                                                                                                          \
     if ((ptr) == nullptr) GTEST_SKIP() << what << " not found under " << ::xcpipe::tokenizer::test::Fixtures(); \
   } while (0)

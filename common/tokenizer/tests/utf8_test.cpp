@@ -46,8 +46,8 @@ TEST(Utf8Test, NamesOffsetAndReason) {
 }
 
 TEST(Utf8Test, PythonWhitespaceSet) {
-  for (char32_t c : {U'\t', U'\n', U'\v', U'\f', U'\r', U'\x1c', U'\x1f', U' ', U'\x85', U'\xa0', U'\u1680',
-                     U'\u2000', U'\u200a', U'\u2028', U'\u2029', U'\u202f', U'\u205f', U'\u3000'}) {
+  for (char32_t c : {U'\t', U'\n', U'\v', U'\f', U'\r', U'\x1c', U'\x1f', U' ', U'\x85', U'\xa0', U'\u1680', U'\u2000',
+                     U'\u200a', U'\u2028', U'\u2029', U'\u202f', U'\u205f', U'\u3000'}) {
     EXPECT_TRUE(IsPythonWhitespace(c)) << static_cast<uint32_t>(c);
   }
   for (char32_t c : {U'a', U'\0', U'\x1b', U'\u200b', U'\ufeff', U'\u180e'}) {

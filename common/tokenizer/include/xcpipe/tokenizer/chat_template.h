@@ -65,9 +65,9 @@ inline bool IsIxc2Family(ChatVersion v) { return v != ChatVersion::kIxc1; }
 inline constexpr std::string_view kImagePlaceholder = "<ImageHere>";
 
 // Template pieces.
-inline constexpr std::string_view kIxc2TurnStart = "[UNUSED_TOKEN_146]";  // im_start
-inline constexpr std::string_view kIxc2TurnEnd = "[UNUSED_TOKEN_145]";    // im_end, a stop token
-inline constexpr std::string_view kIxc1EndOfHuman = "<TOKENS_UNUSED_0>";  // eoh, a stop token
+inline constexpr std::string_view kIxc2TurnStart = "[UNUSED_TOKEN_146]";      // im_start
+inline constexpr std::string_view kIxc2TurnEnd = "[UNUSED_TOKEN_145]";        // im_end, a stop token
+inline constexpr std::string_view kIxc1EndOfHuman = "<TOKENS_UNUSED_0>";      // eoh, a stop token
 inline constexpr std::string_view kIxc1EndOfAssistant = "<TOKENS_UNUSED_1>";  // eoa, a stop token
 inline constexpr std::string_view kIxc1UserPrefix = " <|User|>:";
 inline constexpr std::string_view kIxc1BotPrefix = " <|Bot|>:";
@@ -81,8 +81,8 @@ std::string_view DefaultMetaInstruction(ChatVersion version);
 
 // One earlier round of the conversation.
 struct ChatTurn {
-  std::string user;       // 2.x: may hold <ImageHere> placeholders (counted in num_images)
-  std::string assistant;  // the decoded answer of that round
+  std::string user;             // 2.x: may hold <ImageHere> placeholders (counted in num_images)
+  std::string assistant;        // the decoded answer of that round
   bool user_had_image = false;  // ixc1 only: that round carried an image (it has no placeholders)
 };
 
@@ -127,8 +127,7 @@ struct ChatPrompt {
   size_t num_text_tokens() const;
   // All text ids with each image expanded to rows_per_image[i] copies of `image_slot_id`
   // (the fixtures use -1). InvalidArgument when rows_per_image has the wrong length.
-  StatusOr<std::vector<int64_t>> ExpandedIds(std::span<const int64_t> rows_per_image,
-                                             int64_t image_slot_id = -1) const;
+  StatusOr<std::vector<int64_t>> ExpandedIds(std::span<const int64_t> rows_per_image, int64_t image_slot_id = -1) const;
 };
 
 StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, ChatVersion version, const ChatRequest& request);

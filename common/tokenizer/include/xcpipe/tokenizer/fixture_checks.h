@@ -31,7 +31,7 @@
 namespace xcpipe::tokenizer {
 
 struct FixtureCheckResult {
-  std::string name;     // "<relative path>: <what>", e.g. "ixc2_vl/cases/text_chat: input_ids"
+  std::string name;  // "<relative path>: <what>", e.g. "ixc2_vl/cases/text_chat: input_ids"
   bool passed = false;
   std::string message;  // on failure, the first difference; on success, what matched
 };

@@ -45,8 +45,8 @@ StatusOr<std::vector<std::string>> ParsePromptJsonText(std::string_view json_tex
 Status ValidatePromptText(std::string_view text, const PromptLimits& limits = {}, std::string_view label = "prompt");
 
 // One prompt against its images for a version (see the header comment for the rules).
-Status ValidatePromptImages(std::string_view text, int num_images, ChatVersion version,
-                            const PromptLimits& limits = {}, std::string_view label = "prompt");
+Status ValidatePromptImages(std::string_view text, int num_images, ChatVersion version, const PromptLimits& limits = {},
+                            std::string_view label = "prompt");
 
 // Every prompt of a (parsed) list: text checks and image checks. images_per_prompt has one
 // entry per prompt.

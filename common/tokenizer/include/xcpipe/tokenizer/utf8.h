@@ -15,9 +15,9 @@ namespace xcpipe::tokenizer {
 
 // Where and why a byte string stops being UTF-8.
 struct Utf8Error {
-  size_t offset = 0;    // byte offset of the first byte of the bad sequence
-  std::string reason;   // "invalid lead byte 0xff", "truncated sequence", "overlong encoding",
-                        // "surrogate code point U+D800", "code point above U+10FFFF"
+  size_t offset = 0;   // byte offset of the first byte of the bad sequence
+  std::string reason;  // "invalid lead byte 0xff", "truncated sequence", "overlong encoding",
+                       // "surrogate code point U+D800", "code point above U+10FFFF"
 };
 
 // Strict RFC 3629 check (no overlongs, no surrogates, nothing above U+10FFFF). nullopt when

@@ -13,6 +13,9 @@
 #include "xcpipe/base/log.h"
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/worker/device_probe.h"
+#include "xcpipe/worker/worker_actor.h"
+
+#include <unistd.h>
 
 #include <ATen/Parallel.h>
 #include <thread>
@@ -40,6 +43,14 @@ int main(int argc, char** argv) {
   app.add_flag("--require-gpu", require_gpu, "fail instead of falling back to the CPU when no GPU is usable");
   app.add_flag("--probe", probe, "print the chosen device as JSON and exit");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  std::string data_host = "127.0.0.1";
+  uint16_t data_port = 0;
+  int step_delay_ms = 0;
+  app.add_option("--data-host", data_host, "address the previous stage uses to reach this worker's data plane")
+      ->capture_default_str();
+  app.add_option("--data-port", data_port, "data-plane port (0: any free port, announced to the coordinator)")
+      ->capture_default_str();
+  app.add_option("--inject-step-delay-ms", step_delay_ms, "fault injection: sleep before every step (tests only)");
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "compute threads (split the cores between workers sharing a host)")
       ->capture_default_str();
@@ -92,6 +103,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xcpipe-worker: --coordinator is required (or --probe)\nRun with --help for usage.\n");
     return kExitUsage;
   }
-  spdlog::error("serving is not available in this build yet: the worker runtime is still being built");
-  return kExitNotImplemented;
+  worker::WorkerOptions options;
+  options.coordinator = coordinator;
+  options.device = *choice;
+  options.threads = threads;
+  options.data_host = data_host;
+  options.data_port = data_port;
+  options.step_delay = std::chrono::milliseconds(step_delay_ms);
+  options.worker_id = worker_id.empty() ? choice->device + "@" + std::to_string(getpid()) : worker_id;
+  worker::WorkerActor actor(std::move(options));
+  return actor.Run();
 }

@@ -196,6 +196,26 @@ Status StageModel::Impl::Load(const std::filesystem::path& dir) {
   if (!opened.ok()) return opened.status().WithContext("loading blocks [" + std::to_string(range.begin) + ", " +
                                                        std::to_string(range.end) + ")");
   mapped = std::move(opened).value();
+  if (options.prefault) {
+    // Read one byte per page: the kernel maps the weights in now, with progress reported.
+    const uint64_t total = mapped->tensor_bytes();
+    uint64_t done = 0, reported = 0;
+    volatile uint8_t sink = 0;
+    const size_t page = 4096;
+    for (const std::string& name : mapped->Names()) {
+      auto view = mapped->Get(name);
+      if (!view.ok()) continue;
+      const auto* bytes = static_cast<const uint8_t*>(view->data);
+      const uint64_t n = view->info->bytes();
+      for (uint64_t off = 0; off < n; off += page) sink = sink + bytes[off];
+      done += n;
+      if (options.on_progress && (done - reported >= (uint64_t{256} << 20) || done == total)) {
+        options.on_progress(done, total);
+        reported = done;
+      }
+    }
+    if (options.on_progress && reported != total) options.on_progress(total, total);
+  }
   for (const std::string& name : mapped->Names()) {
     auto view = mapped->Get(name);
     if (!view.ok()) return view.status();
@@ -598,6 +618,15 @@ Status StageModel::ReserveSequence(uint64_t sequence_id, int64_t max_tokens) {
   impl.caches.emplace(sequence_id, std::move(c));
   return OkStatus();
 }
+
+void StageModel::ReleaseAllSequences() {
+  impl_->caches.clear();
+  impl_->kv_reserved = 0;
+}
+
+bool StageModel::HoldsSequence(uint64_t sequence_id) const { return impl_->caches.count(sequence_id) > 0; }
+
+void StageModel::SetKvBudget(uint64_t bytes) { impl_->options.kv_budget_bytes = bytes; }
 
 void StageModel::ReleaseSequence(uint64_t sequence_id) {
   auto it = impl_->caches.find(sequence_id);

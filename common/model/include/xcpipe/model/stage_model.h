@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -46,6 +47,10 @@ struct StageOptions {
   ComputeDType dtype = ComputeDType::kF32;
   // KV cache budget for this stage in bytes; sequences are refused beyond it (no OOM later).
   uint64_t kv_budget_bytes = uint64_t{1} << 30;
+  // Touch every page of the mapped weights while loading, so "ready" means resident and the
+  // first request does not pay for page faults. Reports (bytes done, bytes total) as it goes.
+  bool prefault = true;
+  std::function<void(uint64_t, uint64_t)> on_progress;
 };
 
 // One image ready for the vision block. For non-HD models `pixels` is [3, S, S]; for HD
@@ -116,6 +121,10 @@ class StageModel {
   // is full. A sequence must be reserved before its first step on stages with layers.
   Status ReserveSequence(uint64_t sequence_id, int64_t max_tokens);
   void ReleaseSequence(uint64_t sequence_id);
+  void ReleaseAllSequences();
+  bool HoldsSequence(uint64_t sequence_id) const;
+  // A new plan may give the stage another budget; reservations already made are kept.
+  void SetKvBudget(uint64_t bytes);
   uint64_t kv_bytes_per_token() const;
   uint64_t kv_bytes_reserved() const;
 

@@ -1,0 +1,65 @@
+// WorkerActor: one worker process = one actor that owns a device, its control socket, its data
+// plane links and the StageModel of the blocks it holds. One thread of control: it reacts to
+// control messages (assign stage, admit/release sequences, forward, drain, shutdown) and to
+// activations arriving from the previous stage, and sends messages. The only other thread is
+// the data-plane receiver, which hands complete, validated frames to the actor through a queue
+// and wakes it over an inproc ZeroMQ socket.
+//
+// Lifecycle:
+//
+//            hello/welcome                assignStage                loaded + next stage connected
+//   (start) --------------> [idle] --------------------> [loading] ------------------------------> [ready]
+//                             ^                            |  load failed: error reported          |
+//                             +----------------------------+                                       | first forward
+//                                                                                                  v
+//   [draining] <--------------------------- drain -------------------------------------------- [serving]
+//       | nothing in flight: exit 0         (assignStage with a newer epoch from ready/serving: back to loading,
+//       v                                    keeping the model when the block range is unchanged)
+//     (exit)
+//
+// Failure: every libtorch/zmq error is caught in the dispatch and answered with an `error`
+// message naming the step; the actor keeps serving other sequences. Messages of an older epoch
+// are refused (a worker that was declared dead cannot act on stale work). When the coordinator
+// goes silent past the heartbeat timeout the worker keeps its weights and says hello again
+// until it is welcomed back.
+//
+// Not copyable or movable. Run() returns the process exit code.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "xcpipe/worker/device_probe.h"
+
+namespace xcpipe::worker {
+
+struct WorkerOptions {
+  std::string coordinator;        // "tcp://host:port"
+  std::string worker_id;          // stable name; also the control socket identity
+  std::string data_host = "127.0.0.1";  // where the previous stage reaches this worker's data plane
+  uint16_t data_port = 0;         // 0 = any free port (announced in hello)
+  DeviceChoice device;
+  int threads = 1;
+  uint64_t memory_limit_bytes = 0;  // 0 = the device's total
+  // Test hooks (fault injection), off by default.
+  std::chrono::milliseconds step_delay{0};  // sleep before each forward step
+};
+
+class WorkerActor {
+ public:
+  explicit WorkerActor(WorkerOptions options);
+  ~WorkerActor();
+  WorkerActor(const WorkerActor&) = delete;
+  WorkerActor& operator=(const WorkerActor&) = delete;
+
+  // Runs until shutdown, drain completion or a fatal error; returns the exit code.
+  int Run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace xcpipe::worker

@@ -138,7 +138,6 @@ class Reporter {
       Fail(what, diff);
     }
   }
-  const std::string& prefix() const { return prefix_; }
 
  private:
   void Add(std::string_view what, bool passed, std::string message) {
@@ -653,7 +652,7 @@ struct CaseFiles {
 
 // Row b of a [B,T] (or [T]) int array.
 Ids Row(const NpyArray& a, int64_t b) {
-  const Ids all = a.ToInt64();
+  Ids all = a.ToInt64();
   if (a.shape.size() < 2) return all;
   const int64_t t = a.shape.back();
   return Ids(all.begin() + b * t, all.begin() + (b + 1) * t);

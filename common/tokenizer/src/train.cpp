@@ -46,8 +46,8 @@ constexpr std::string_view kBuiltInCorpus[] = {
     "emoji: 😀👍🚀 and accents: àéîõü ñ ß ø",
     "[UNUSED_TOKEN_146]user\nWhat is this?[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n",
     "[UNUSED_TOKEN_146]system\nYou are helpful.[UNUSED_TOKEN_145]\n",
-    "[UNUSED_TOKEN_146]user\n<ImageHere>Please describe this image in detail.[UNUSED_TOKEN_145]\n"
-    "[UNUSED_TOKEN_146]assistant\nThe image shows a landscape.[UNUSED_TOKEN_145]\n",
+    "[UNUSED_TOKEN_146]user\n<ImageHere>Please describe this image.[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n",
+    "The image shows a landscape.[UNUSED_TOKEN_145]\n",
     " <|User|>:What is in this picture?\n<TOKENS_UNUSED_0> <|Bot|>: A dog.<TOKENS_UNUSED_1>\n",
     " <|User|>:Hello! Please introduce yourself in one sentence.\n<TOKENS_UNUSED_0> <|Bot|>:",
 };

@@ -29,15 +29,17 @@ size_t DecodeOne(std::string_view text, size_t pos, char32_t* cp, std::string* e
   } else if (b0 >= 0xF0 && b0 <= 0xF4) {
     len = 4, value = b0 & 0x07, min_value = 0x10000;
   } else {
-    if (error)
+    if (error) {
       *error = (b0 == 0xC0 || b0 == 0xC1) ? "overlong encoding (lead byte " + HexByte(b0) + ")"
                                           : "invalid lead byte " + HexByte(b0);
+    }
     return 0;
   }
   if (pos + len > text.size()) {
-    if (error)
+    if (error) {
       *error =
           "truncated sequence (lead byte " + HexByte(b0) + " needs " + std::to_string(len - 1) + " continuation bytes)";
+    }
     return 0;
   }
   for (size_t i = 1; i < len; ++i) {

@@ -4,8 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
+
+#include "xcpipe/testing/paths.h"
 
 namespace xcpipe::checkpoint {
 namespace {
@@ -167,6 +172,35 @@ TEST(TorchPickleTest, ObjectCountIsBounded) {
   auto tensors = ParseTorchStateDictPickle(bytes + ".", "many.bin");
   ASSERT_FALSE(tensors.ok());
   EXPECT_TRUE(Contains(tensors.status().message(), "objects")) << tensors.status().message();
+}
+
+// The pickle fuzzer's seed corpus (data.pkl files torch.save-format shards hold) as
+// regression tests.
+TEST(TorchPickleTest, ReplaysSeedCorpus) {
+  const auto dir = xcpipe::testing::SourceDir() / "common" / "checkpoint" / "fuzz" / "pickle_corpus";
+  ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir;
+  auto read = [&](const std::string& name) {
+    std::ifstream in(dir / name, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  auto a = ParseTorchStateDictPickle(read("ordered_dict_with_metadata.pkl"), "a");
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->size(), 4u);
+  auto b = ParseTorchStateDictPickle(read("parameter_strided_and_empty.pkl"), "b");
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_EQ(b->size(), 4u);
+  EXPECT_EQ((*b)[2].name, "model.norm.weight");  // a Parameter is read as its tensor
+  auto evil = ParseTorchStateDictPickle(read("os_system_payload.pkl"), "c");
+  ASSERT_FALSE(evil.ok());
+  EXPECT_TRUE(Contains(evil.status().message(), "'posix.system'")) << evil.status().message();
+  size_t files = 0;
+  for (const auto& item : std::filesystem::directory_iterator(dir)) {
+    ++files;
+    (void)ParseTorchStateDictPickle(read(item.path().filename().string()), "corpus");  // must not crash
+  }
+  EXPECT_GE(files, 3u);
 }
 
 }  // namespace

@@ -79,7 +79,9 @@ class MalformedFrameTest : public ::testing::Test {
     EXPECT_EQ(result.status().code(), code) << result.status().ToString();
     EXPECT_NE(result.status().message().find(needle), std::string::npos)
         << "'" << result.status().message() << "' does not mention '" << needle << "'";
-    if (!close_after) EXPECT_TRUE(peer.ClosedByPeer(2s)) << "the offending connection was not dropped";
+    if (!close_after) {
+      EXPECT_TRUE(peer.ClosedByPeer(2s)) << "the offending connection was not dropped";
+    }
     ExpectStillServes();
   }
 

@@ -135,7 +135,9 @@ TEST(StageHeaderTest, RandomBytesNeverCrash) {
     std::vector<std::byte> junk(8 * (1 + rng() % 64));
     for (auto& b : junk) b = std::byte(rng());
     auto result = DecodeStageHeader(junk, MessageLimits{});
-    if (!result.ok()) EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
+    if (!result.ok()) {
+      EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
+    }
   }
 }
 

@@ -16,13 +16,13 @@ using testing::ExpectSameMessage;
 using testing::MakeStageMessage;
 
 std::unique_ptr<TcpDataPlane> Listener(TcpLinkOptions link = {}, uint16_t port = 0) {
-  auto plane = TcpDataPlane::Create({.listen = TcpEndpoint{"127.0.0.1", port}, .next = std::nullopt, .link = link});
+  auto plane = TcpDataPlane::Create(testing::ListenOn({"127.0.0.1", port}, link));
   EXPECT_TRUE(plane.ok()) << plane.status().ToString();
   return plane.ok() ? std::move(*plane) : nullptr;
 }
 
 std::unique_ptr<TcpDataPlane> SenderTo(const TcpEndpoint& to, TcpLinkOptions link = {}) {
-  auto plane = TcpDataPlane::Create({.listen = std::nullopt, .next = to, .link = link});
+  auto plane = TcpDataPlane::Create(testing::SendTo(to, link));
   EXPECT_TRUE(plane.ok()) << plane.status().ToString();
   return plane.ok() ? std::move(*plane) : nullptr;
 }
@@ -51,16 +51,16 @@ TEST(TcpEndpointTest, ParsesAndPrints) {
 }
 
 TEST(TcpDataPlaneTest, ListenerNeedsAnExplicitAddress) {
-  auto wildcard = TcpDataPlane::Create({.listen = TcpEndpoint{"0.0.0.0", 0}});
+  auto wildcard = TcpDataPlane::Create(testing::ListenOn({"0.0.0.0", 0}));
   ASSERT_FALSE(wildcard.ok());
   EXPECT_EQ(wildcard.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(wildcard.status().message().find("wildcard"), std::string::npos) << wildcard.status().ToString();
-  auto empty = TcpDataPlane::Create({.listen = TcpEndpoint{"", 0}});
+  auto empty = TcpDataPlane::Create(testing::ListenOn({"", 0}));
   ASSERT_FALSE(empty.ok());
   EXPECT_NE(empty.status().message().find("explicitly"), std::string::npos) << empty.status().ToString();
   TcpLinkOptions allow;
   allow.allow_wildcard_listen = true;
-  EXPECT_TRUE(TcpDataPlane::Create({.listen = TcpEndpoint{"0.0.0.0", 0}, .link = allow}).ok());
+  EXPECT_TRUE(TcpDataPlane::Create(testing::ListenOn({"0.0.0.0", 0}, allow)).ok());
 }
 
 TEST(TcpDataPlaneTest, MissingLinksAreFailedPrecondition) {

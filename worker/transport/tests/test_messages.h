@@ -12,6 +12,7 @@
 #include "xcpipe/transport/checksum.h"
 #include "xcpipe/transport/frame.h"
 #include "xcpipe/transport/stage_message.h"
+#include "xcpipe/transport/tcp_data_plane.h"
 
 namespace xcpipe::transport::testing {
 
@@ -45,6 +46,20 @@ inline StageMessage MakeStageMessage(uint64_t step, int64_t rows, int64_t hidden
   add("im_mask", DType::kBool, {rows});
   add("positions", DType::kI64, {rows});
   return m;
+}
+
+inline TcpDataPlaneOptions ListenOn(TcpEndpoint at, TcpLinkOptions link = {}) {
+  TcpDataPlaneOptions o;
+  o.listen = std::move(at);
+  o.link = std::move(link);
+  return o;
+}
+
+inline TcpDataPlaneOptions SendTo(TcpEndpoint to, TcpLinkOptions link = {}) {
+  TcpDataPlaneOptions o;
+  o.next = std::move(to);
+  o.link = std::move(link);
+  return o;
 }
 
 // Compares metadata and every byte.

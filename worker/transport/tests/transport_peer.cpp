@@ -6,7 +6,7 @@
 //   send --to HOST:PORT --count N [--first-step S] [--rows R] [--hidden H]
 //                                                prints "sent STEP" per message, then "done N"
 //
-// Messages carry testing::PatternBytes so the other side can check every byte. Exit 0 on
+// Messages carry transport::testing::PatternBytes so the other side can check every byte. Exit 0 on
 // success; 1 with "error ..." on stdout otherwise.
 #include <chrono>
 #include <cstdio>
@@ -36,7 +36,7 @@ int Fail(const Status& s) {
 }
 
 bool SameBytes(const StageMessage& got, int64_t rows, int64_t hidden) {
-  StageMessage want = testing::MakeStageMessage(got.step, rows, hidden);
+  StageMessage want = transport::testing::MakeStageMessage(got.step, rows, hidden);
   if (want.tensors.size() != got.tensors.size() || want.segments != got.segments) return false;
   for (size_t i = 0; i < want.tensors.size(); ++i) {
     const auto& a = want.tensors[i];
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   if (mode == "receive") {
     auto at = TcpEndpoint::Parse(Flag(argc, argv, "--listen", "127.0.0.1:0"));
     if (!at.ok()) return Fail(at.status());
-    auto plane = TcpDataPlane::Create({.listen = *at});
+    auto plane = TcpDataPlane::Create(transport::testing::ListenOn(*at));
     if (!plane.ok()) return Fail(plane.status());
     std::printf("listening %u\n", (*plane)->listen_endpoint()->port);
     std::fflush(stdout);
@@ -82,10 +82,10 @@ int main(int argc, char** argv) {
     auto to = TcpEndpoint::Parse(Flag(argc, argv, "--to", ""));
     if (!to.ok()) return Fail(to.status());
     const uint64_t first = std::strtoull(Flag(argc, argv, "--first-step", "0"), nullptr, 10);
-    auto plane = TcpDataPlane::Create({.next = *to});
+    auto plane = TcpDataPlane::Create(transport::testing::SendTo(*to));
     if (!plane.ok()) return Fail(plane.status());
     for (int i = 0; i < count; ++i) {
-      Status s = (*plane)->Send(testing::MakeStageMessage(first + i, rows, hidden), DeadlineAfter(30s));
+      Status s = (*plane)->Send(transport::testing::MakeStageMessage(first + i, rows, hidden), DeadlineAfter(30s));
       if (!s.ok()) return Fail(s);
       std::printf("sent %llu\n", static_cast<unsigned long long>(first + i));
       std::fflush(stdout);

@@ -21,7 +21,9 @@ std::string PeerBinary() { return (ExecutableDir() / "xcpipe_transport_peer").st
 
 std::unique_ptr<Subprocess> StartPeer(std::vector<std::string> args) {
   args.insert(args.begin(), PeerBinary());
-  auto child = Subprocess::Start(args, SubprocessOptions{.capture_stdout = true});
+  SubprocessOptions options;
+  options.capture_stdout = true;
+  auto child = Subprocess::Start(args, options);
   EXPECT_TRUE(child.ok()) << child.status().ToString();
   return child.ok() ? std::move(*child) : nullptr;
 }
@@ -41,7 +43,7 @@ std::string ExpectLine(Subprocess& child, const std::string& prefix) {
 }
 
 std::unique_ptr<TcpDataPlane> Listener(uint16_t port = 0) {
-  auto plane = TcpDataPlane::Create({.listen = TcpEndpoint{"127.0.0.1", port}});
+  auto plane = TcpDataPlane::Create(testing::ListenOn({"127.0.0.1", port}));
   EXPECT_TRUE(plane.ok()) << plane.status().ToString();
   return plane.ok() ? std::move(*plane) : nullptr;
 }
@@ -68,7 +70,7 @@ TEST(TwoProcessTest, ParentSendsChildReceives) {
   ASSERT_NE(child, nullptr);
   const std::string port = ExpectLine(*child, "listening ");
   ASSERT_FALSE(port.empty());
-  auto tx = TcpDataPlane::Create({.next = TcpEndpoint{"127.0.0.1", static_cast<uint16_t>(std::stoi(port))}});
+  auto tx = TcpDataPlane::Create(testing::SendTo({"127.0.0.1", static_cast<uint16_t>(std::stoi(port))}));
   ASSERT_TRUE(tx.ok());
   for (uint64_t step = 0; step < 20; ++step) {
     Status s = (*tx)->Send(MakeStageMessage(step, kRows, kHidden), DeadlineAfter(30s));
@@ -122,7 +124,7 @@ TEST(TwoProcessTest, ReceiverProcessKilledAndRestartedOnTheSamePort) {
   ASSERT_NE(first, nullptr);
   const std::string port = ExpectLine(*first, "listening ");
   ASSERT_FALSE(port.empty());
-  auto tx = TcpDataPlane::Create({.next = TcpEndpoint{"127.0.0.1", static_cast<uint16_t>(std::stoi(port))}});
+  auto tx = TcpDataPlane::Create(testing::SendTo({"127.0.0.1", static_cast<uint16_t>(std::stoi(port))}));
   ASSERT_TRUE(tx.ok());
   ASSERT_TRUE((*tx)->Send(MakeStageMessage(0, kRows, kHidden), DeadlineAfter(30s)).ok());
   EXPECT_EQ(ExpectLine(*first, "got "), "0");

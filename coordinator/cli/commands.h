@@ -11,6 +11,8 @@ namespace xcpipe::cli {
 
 using Action = std::function<int()>;
 
+void AddPlanCommand(CLI::App& app, Action& action);
+
 void AddConvertCommand(CLI::App& app, Action& action);
 
 }  // namespace xcpipe::cli

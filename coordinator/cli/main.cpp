@@ -20,7 +20,6 @@ struct PlannedCommand {
 // Subcommands that are part of the CLI's design but not built yet: they are listed in --help
 // and say so plainly when run.
 const std::vector<PlannedCommand> kNotYetAvailable = {
-    {"plan", "plan which GPU holds which blocks, with predicted memory and speed"},
     {"run", "generate with the whole model in this machine, no cluster"},
     {"serve-local", "start a coordinator and N workers on this machine"},
     {"submit", "send a prompt (and images) to a coordinator and stream the answer"},
@@ -60,6 +59,7 @@ int main(int argc, char** argv) {
   }
 
   // Implemented subcommands register here (each removes its entry from kNotYetAvailable).
+  cli::AddPlanCommand(app, action);
   cli::AddConvertCommand(app, action);
 
   if (auto code = ParseOrExit(app, argc, argv)) return *code;

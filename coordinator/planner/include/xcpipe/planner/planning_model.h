@@ -1,0 +1,50 @@
+// What the planner places: a model's spec (ordered blocks), its tensor table, and the coverage
+// proof that assigns every tensor to exactly one block. Built from a checkpoint folder
+// (config.json + safetensors headers, no weights read) or from a layout file
+// (../shared/fixtures/real_layouts format: every tensor's name, shape and dtype plus the
+// config the model was built with).
+//
+// The proof runs before anything is planned: any unknown, duplicated, missing or wrongly
+// shaped tensor fails the load with InvalidArgument naming every offender, so no plan can
+// leave a parameter without a device. Value type; thread-compatible.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/checkpoint/model_spec.h"
+#include "xcpipe/checkpoint/tensor_table.h"
+
+namespace xcpipe::planner {
+
+struct PlanningModel {
+  std::string name;  // the layout's "model" field or the checkpoint folder's name
+  checkpoint::ModelSpec spec;
+  checkpoint::TensorTable tensors;
+  std::map<std::string, size_t> assignment;  // tensor name -> block index, every tensor once
+};
+
+// Runs the coverage proof over an already built spec and table.
+StatusOr<PlanningModel> MakePlanningModel(std::string name, checkpoint::ModelSpec spec,
+                                          checkpoint::TensorTable tensors);
+
+// A checkpoint folder: config.json (+ clip_vision_config.json) and safetensors headers.
+StatusOr<PlanningModel> LoadCheckpointForPlanning(const std::filesystem::path& dir,
+                                                  std::optional<checkpoint::ModelArch> arch = {});
+
+// A layout file. Its `config_used` (2.x) or `config` (1.0) object plays config.json, and its
+// `clip_vision_config` plays clip_vision_config.json.
+StatusOr<PlanningModel> LoadLayoutForPlanning(const std::filesystem::path& path,
+                                              std::optional<checkpoint::ModelArch> arch = {});
+
+// The config.json-like object a parsed layout file carries: `config_used`, else `config` with
+// its nested 1.0 tower tables kept as they are. InvalidArgument when neither is an object.
+StatusOr<nlohmann::json> LayoutModelConfig(const nlohmann::json& layout);
+
+}  // namespace xcpipe::planner

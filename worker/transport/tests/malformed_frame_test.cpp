@@ -9,10 +9,14 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 
 #include "test_messages.h"
+#include "xcpipe/testing/paths.h"
 #include "xcpipe/transport/tcp_link.h"
 
 namespace xcpipe::transport {
@@ -265,6 +269,39 @@ TEST_F(MalformedFrameTest, RandomCorruptionIsAlwaysRefusedOrDelivered) {
           << "flip at " << at << ": " << result.status().ToString();
     }
   }
+  ExpectStillServes();
+}
+
+// The fuzzer's seed corpus (worker/transport/fuzz/corpus), replayed through a real receiver:
+// files named bad_* must never be delivered; every other file must arrive intact.
+TEST_F(MalformedFrameTest, FuzzCorpusReplaysThroughARealReceiver) {
+  namespace fs = std::filesystem;
+  const fs::path corpus = ::xcpipe::testing::SourceDir() / "worker/transport/fuzz/corpus";
+  ASSERT_TRUE(fs::is_directory(corpus)) << corpus;
+  int delivered = 0, refused = 0;
+  for (const auto& entry : fs::directory_iterator(corpus)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::byte> bytes(chars.size());
+    std::memcpy(bytes.data(), chars.data(), chars.size());
+    const std::string name = entry.path().filename().string();
+    {
+      RawPeer peer(rx_->local_endpoint());
+      peer.Write(bytes);
+      peer.Close();
+    }
+    auto result = rx_->Receive(DeadlineAfter(500ms));
+    const bool bad = name.rfind("bad_", 0) == 0;
+    EXPECT_EQ(result.ok(), !bad) << name << ": " << result.status().ToString();
+    if (!result.ok()) {
+      EXPECT_FALSE(result.status().message().empty()) << name;
+      ++refused;
+    } else {
+      ++delivered;
+    }
+  }
+  EXPECT_GT(delivered, 0);
+  EXPECT_GT(refused, 0);
   ExpectStillServes();
 }
 

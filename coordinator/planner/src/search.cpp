@@ -26,7 +26,7 @@ namespace {
 constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
 // DP cells (orders x devices x blocks^2) one balanced search may spend; keeps 64 devices x
 // 100 blocks well under a second while small clusters try every order.
-constexpr double kWorkBudget = 4e7;
+constexpr double kWorkBudget = 3e7;
 
 struct StageFacts {
   double ms = 0;        // compute + hop
@@ -414,16 +414,20 @@ std::optional<Placement> SolveBalanced(const Problem& p) {
   const auto orders = CandidateOrders(p, OrderLimit(p));
   BottleneckOps phase1;
   double best = phase1.Inf();
-  for (const auto& order : orders) {
-    auto r = RunDp(p, order, phase1);
-    if (r && r->value < best) best = r->value;
+  std::vector<double> order_best(orders.size(), phase1.Inf());
+  for (size_t i = 0; i < orders.size(); ++i) {
+    auto r = RunDp(p, orders[i], phase1);
+    if (r) order_best[i] = r->value;
+    best = std::min(best, order_best[i]);
   }
   if (std::isinf(best)) return std::nullopt;
+  // Only orders that reach the optimum can hold a plan within it (phase 1 is exact per order).
   TieBreakOps phase2;
   phase2.cap = best;
   std::optional<DpResult<TieBreakOps>> winner;
-  for (const auto& order : orders) {
-    auto r = RunDp(p, order, phase2);
+  for (size_t i = 0; i < orders.size(); ++i) {
+    if (order_best[i] > best) continue;
+    auto r = RunDp(p, orders[i], phase2);
     if (r && (!winner || phase2.Less(r->value, winner->value))) winner = std::move(r);
   }
   if (!winner) return std::nullopt;  // unreachable: the phase-1 optimum meets its own cap

@@ -283,7 +283,7 @@ TEST_F(MalformedFrameTest, FuzzCorpusReplaysThroughARealReceiver) {
     std::ifstream in(entry.path(), std::ios::binary);
     std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     std::vector<std::byte> bytes(chars.size());
-    std::memcpy(bytes.data(), chars.data(), chars.size());
+    if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
     const std::string name = entry.path().filename().string();
     {
       RawPeer peer(rx_->local_endpoint());

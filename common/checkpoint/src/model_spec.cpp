@@ -737,6 +737,34 @@ bool ShapeMatches(const std::vector<int64_t>& expected, const std::vector<int64_
   return true;
 }
 
+// A 1.0 config.json names no EVA / Q-Former head counts. Fixture-style model folders
+// (<model>/checkpoint beside <model>/model_info.json) record them; take them from there when
+// the config has none, so small test towers get their real head counts.
+void MergeTowerHeadsFromModelInfo(const std::filesystem::path& dir, Json* config, std::vector<std::string>* notes) {
+  std::error_code ec;
+  const auto info_path = dir / ".." / "model_info.json";
+  if (!config->is_object() || !std::filesystem::exists(info_path, ec)) return;
+  auto info = ReadJsonFile(info_path);
+  if (!info.ok() || !info->is_object()) return;
+  auto merge = [&](const char* info_section, const char* info_key, const char* config_section,
+                   const char* config_key) {
+    auto section = info->find(info_section);
+    if (section == info->end() || !section->is_object()) return;
+    auto value = section->find(info_key);
+    if (value == section->end() || !value->is_number_integer()) return;
+    Json& target = (*config)[config_section];
+    if (target.is_null()) target = Json::object();
+    if (!target.is_object() || target.contains(config_key)) return;
+    target[config_key] = *value;
+    notes->push_back(std::string(config_section) + "." + config_key + " = " + value->dump() + " from " +
+                     info_path.lexically_normal().string());
+  };
+  if (config->contains("internlm_lora") || config->contains("num_query_token")) {  // 1.0 only
+    merge("vision", "num_heads", "eva_vit_g", "num_heads");
+    merge("qformer", "num_attention_heads", "qformer", "num_attention_heads");
+  }
+}
+
 }  // namespace
 
 std::string_view ArchName(ModelArch arch) {
@@ -866,8 +894,11 @@ StatusOr<CheckpointDescription> DescribeCheckpoint(const std::filesystem::path& 
   }
   auto table = ReadCheckpointTensorTable(dir);
   if (!table.ok()) return table.status().WithContext(context);
+  std::vector<std::string> extra_notes;
+  MergeTowerHeadsFromModelInfo(dir, &*config, &extra_notes);
   auto spec = BuildModelSpec(*config, clip ? &*clip : nullptr, *table, arch_override);
   if (!spec.ok()) return spec.status().WithContext(context);
+  spec->notes.insert(spec->notes.end(), extra_notes.begin(), extra_notes.end());
   return CheckpointDescription{std::move(spec).value(), std::move(table).value()};
 }
 

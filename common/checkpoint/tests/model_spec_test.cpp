@@ -267,10 +267,32 @@ TEST(ModelSpecTest, Ixc1Dimensions) {
   EXPECT_EQ(v.qformer_cross_attention_every, 2);
   EXPECT_EQ(v.proj_in, 32);
   EXPECT_EQ(s.ImageTokens(1, 1), 10);  // NQ + 2
-  // Tiny towers' head counts are not in any config: the assumption is on record.
+  // The tiny towers' head counts are in no config.json; the fixture folder's model_info.json
+  // supplies them, and the spec says so.
   bool noted = false;
-  for (const auto& n : s.notes) noted |= Contains(n, "EVA ViT heads");
+  for (const auto& n : s.notes) noted |= Contains(n, "eva_vit_g.num_heads = 2 from");
   EXPECT_TRUE(noted);
+}
+
+TEST(ModelSpecTest, Ixc1TowerHeadsWithoutAnyRecordAreAssumedAndNoted) {
+  SKIP_WITHOUT_FIXTURES();
+  auto table = ReadCheckpointTensorTable(Fixture("ixc1"));
+  ASSERT_TRUE(table.ok());
+  auto spec = BuildModelSpec(testing::ReadJson(Fixture("ixc1") / "config.json"), nullptr, *table);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->vision.heads, 2);  // width 32 / head_dim 16
+  EXPECT_EQ(spec->vision.qformer_heads, 2);
+  bool noted = false;
+  for (const auto& n : spec->notes) noted |= Contains(n, "EVA ViT heads not in config.json");
+  EXPECT_TRUE(noted);
+  // A config that names them wins.
+  auto config = testing::ReadJson(Fixture("ixc1") / "config.json");
+  config["eva_vit_g"] = {{"num_heads", 4}};
+  config["qformer"] = {{"num_attention_heads", 8}};
+  spec = BuildModelSpec(config, nullptr, *table);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->vision.heads, 4);
+  EXPECT_EQ(spec->vision.qformer_heads, 8);
 }
 
 TEST(ModelSpecTest, RealLayoutValues) {

@@ -122,9 +122,12 @@ struct ModelSpec {
   // not in any config), one line each, for `xcpipe plan` and logs to show.
   std::vector<std::string> notes;
 
-  // Index of the block that owns `tensor_name`, or nullopt when no block claims it.
+  // Index of the block that owns `tensor_name`, or nullopt when no block claims it. Layer
+  // names go straight to their block; cost is one scan of that block's tensors.
   std::optional<size_t> BlockOf(std::string_view tensor_name) const;
   // Image rows one image occupies in the LLM sequence for a tile grid (1 for non-HD).
+  // Non-HD models take one tower pass whatever the grid: VL gives (image_size/patch)^2 (1225),
+  // 1.0 gives NQ + 2. HD: (gh*gw + 1)*m^2 + 1 + (gh + 1)*m with m = image_size/patch/2.
   int64_t ImageTokens(int64_t grid_h, int64_t grid_w) const;
 };
 
@@ -173,6 +176,9 @@ StatusOr<ModelSpec> BuildModelSpec(const nlohmann::json& config, const nlohmann:
                                    const TensorTable& tensors, std::optional<ModelArch> arch_override = {});
 
 // Convenience: reads config.json, clip_vision_config.json (if present) and the shard headers.
+// For 1.0, whose config.json names no tower head counts, a fixture-style folder's
+// ../model_info.json (vision.num_heads, qformer.num_attention_heads) fills them in when the
+// config lacks them (noted in spec.notes). Errors carry "checkpoint <dir>: " as context.
 struct CheckpointDescription {
   ModelSpec spec;
   TensorTable tensors;

@@ -144,16 +144,16 @@ int main(int argc, char** argv) {
                        MakeCluster(8, 8, [](int, int) -> const Kind& { return kA100; })});
   scenarios.push_back({"100 blocks, 64 GPUs of 2 kinds, hosts alternating", 97,
                        MakeCluster(8, 8, [](int h, int) -> const Kind& { return h % 2 ? k4090 : kA100; })});
-  scenarios.push_back({"100 blocks, 64 GPUs of 4 kinds mixed inside every host", 97,
-                       MakeCluster(8, 8, [](int, int d) -> const Kind& {
-                         static const Kind* kinds[] = {&kA100, &k4090, &kA6000, &kL40S};
-                         return *kinds[d % 4];
-                       })});
-  scenarios.push_back({"100 blocks, 64 GPUs of 4 kinds on one host", 97,
-                       MakeCluster(1, 64, [](int, int d) -> const Kind& {
-                         static const Kind* kinds[] = {&kA100, &k4090, &kA6000, &kL40S};
-                         return *kinds[d % 4];
-                       })});
+  scenarios.push_back(
+      {"100 blocks, 64 GPUs of 4 kinds mixed inside every host", 97, MakeCluster(8, 8, [](int, int d) -> const Kind& {
+         static const Kind* kinds[] = {&kA100, &k4090, &kA6000, &kL40S};
+         return *kinds[d % 4];
+       })});
+  scenarios.push_back(
+      {"100 blocks, 64 GPUs of 4 kinds on one host", 97, MakeCluster(1, 64, [](int, int d) -> const Kind& {
+         static const Kind* kinds[] = {&kA100, &k4090, &kA6000, &kL40S};
+         return *kinds[d % 4];
+       })});
   scenarios.push_back({"35 blocks (a 7B model), 8 GPUs of 2 kinds on 2 hosts", 32,
                        MakeCluster(2, 4, [](int, int d) -> const Kind& { return d % 2 ? k4090 : kA6000; })});
 

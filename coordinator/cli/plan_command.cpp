@@ -43,15 +43,17 @@ int Fail(const Status& status) {
 
 int RunPlan(const PlanFlags& f) {
   if (f.model_dir.empty() == f.layout.empty()) {
-    std::fprintf(stderr, "xcpipe plan: give the model with exactly one of --model DIR or --layout FILE\n"
-                         "Run with --help for usage.\n");
+    std::fprintf(stderr,
+                 "xcpipe plan: give the model with exactly one of --model DIR or --layout FILE\n"
+                 "Run with --help for usage.\n");
     return kExitUsage;
   }
   std::optional<checkpoint::ModelArch> arch;
   if (!f.arch.empty()) {
     arch = checkpoint::ParseArch(f.arch);
     if (!arch) {
-      std::fprintf(stderr, "xcpipe plan: --arch must be ixc1, ixc2-vl, ixc2-4khd or ixc2.5, got '%s'\n", f.arch.c_str());
+      std::fprintf(stderr, "xcpipe plan: --arch must be ixc1, ixc2-vl, ixc2-4khd or ixc2.5, got '%s'\n",
+                   f.arch.c_str());
       return kExitUsage;
     }
   }

@@ -7,8 +7,8 @@
 #include "xcpipe/planner/cluster.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto cluster = xcpipe::planner::ParseClusterToml(
-      std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.toml");
+  auto cluster =
+      xcpipe::planner::ParseClusterToml(std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.toml");
   if (cluster.ok()) (void)xcpipe::planner::ValidateCluster(*cluster);
   return 0;
 }

@@ -110,8 +110,8 @@ class Context {
   }
 
   // Reads a finite number within (min, max] or [min, max] into `out` when present.
-  Status Number(const toml::table& table, const std::string& path, std::string_view key, bool required,
-                double min, bool min_inclusive, double max, double& out) const {
+  Status Number(const toml::table& table, const std::string& path, std::string_view key, bool required, double min,
+                bool min_inclusive, double max, double& out) const {
     const std::string field = Join(path, std::string(key));
     const toml::node* node = table.get(key);
     if (node == nullptr) {
@@ -227,7 +227,8 @@ Status ParsePlanner(const Context& ctx, const toml::table& table, PlannerSetting
 Status ParseNetwork(const Context& ctx, const toml::table& table, NetworkSpec& network) {
   const std::string path = "network";
   XCPIPE_RETURN_IF_ERROR(ctx.CheckKnownKeys(table, path, {"inter_host_gbps", "inter_host_latency_us"}));
-  XCPIPE_RETURN_IF_ERROR(ctx.Number(table, path, "inter_host_gbps", false, 0, false, kMaxRate, network.inter_host_gbps));
+  XCPIPE_RETURN_IF_ERROR(
+      ctx.Number(table, path, "inter_host_gbps", false, 0, false, kMaxRate, network.inter_host_gbps));
   XCPIPE_RETURN_IF_ERROR(
       ctx.Number(table, path, "inter_host_latency_us", false, 0, true, kMaxRate, network.inter_host_latency_us));
   return OkStatus();
@@ -248,7 +249,8 @@ Status ParseGpu(const Context& ctx, const toml::table& table, const std::string&
   gpu.reserved_gib = gpu.is_cuda() ? kDefaultCudaReservedGib : kDefaultCpuReservedGib;
   XCPIPE_RETURN_IF_ERROR(ctx.Number(table, path, "reserved_gib", false, 0, true, kMaxMemoryGib, gpu.reserved_gib));
   if (gpu.reserved_gib >= gpu.memory_gib) {
-    return ctx.Error(path + ".reserved_gib", table.get("reserved_gib") ? table.get("reserved_gib") : table.get("memory_gib"),
+    return ctx.Error(path + ".reserved_gib",
+                     table.get("reserved_gib") ? table.get("reserved_gib") : table.get("memory_gib"),
                      "the runtime's reserve (" + Context::Format(gpu.reserved_gib) +
                          " GiB) leaves nothing of memory_gib = " + Context::Format(gpu.memory_gib));
   }
@@ -270,7 +272,8 @@ Status ParseHost(const Context& ctx, const toml::table& table, const std::string
   }
   const toml::array* array = gpus->as_array();
   if (array == nullptr || array->empty()) {
-    return ctx.Error(path + ".gpus", gpus, "must be a non-empty array of tables ([[hosts.gpus]]), got " + Describe(*gpus));
+    return ctx.Error(path + ".gpus", gpus,
+                     "must be a non-empty array of tables ([[hosts.gpus]]), got " + Describe(*gpus));
   }
   if (array->size() > kMaxDevicesPerHost) return ctx.Error(path + ".gpus", gpus, "too many devices");
   std::set<std::string> devices;
@@ -339,8 +342,10 @@ StatusOr<ClusterSpec> ParseTable(const Context& ctx, const toml::table& root, st
 
 std::string_view VisionPlacementName(VisionPlacement placement) {
   switch (placement) {
-    case VisionPlacement::kFirstStage: return "first";
-    case VisionPlacement::kSeparateStage: return "separate";
+    case VisionPlacement::kFirstStage:
+      return "first";
+    case VisionPlacement::kSeparateStage:
+      return "separate";
   }
   return "first";
 }
@@ -369,21 +374,21 @@ Status ValidateServingLimits(const ServingLimits& s) {
   auto check = [](bool ok, const char* field, const std::string& what) {
     return ok ? OkStatus() : InvalidArgumentError(std::string("serving.") + field + ": " + what);
   };
-  XCPIPE_RETURN_IF_ERROR(check(s.max_sequences >= 1 && s.max_sequences <= kMaxSequences, "max_sequences",
-                               "must be from 1 to " + std::to_string(kMaxSequences) + ", got " +
-                                   std::to_string(s.max_sequences)));
-  XCPIPE_RETURN_IF_ERROR(check(s.max_context >= 1 && s.max_context <= kMaxContext, "max_context",
-                               "must be from 1 to " + std::to_string(kMaxContext) + ", got " +
-                                   std::to_string(s.max_context)));
-  XCPIPE_RETURN_IF_ERROR(check(s.max_images >= 0 && s.max_images <= kMaxImages, "max_images",
-                               "must be from 0 to " + std::to_string(kMaxImages) + ", got " +
-                                   std::to_string(s.max_images)));
-  XCPIPE_RETURN_IF_ERROR(check(!s.hd_tiles || (*s.hd_tiles >= 1 && *s.hd_tiles <= kMaxHdTiles), "hd_tiles",
-                               "must be from 1 to " + std::to_string(kMaxHdTiles) + ", got " +
-                                   std::to_string(s.hd_tiles.value_or(0))));
-  XCPIPE_RETURN_IF_ERROR(check(s.prefill_chunk >= 1 && s.prefill_chunk <= kMaxContext, "prefill_chunk",
-                               "must be from 1 to " + std::to_string(kMaxContext) + ", got " +
-                                   std::to_string(s.prefill_chunk)));
+  XCPIPE_RETURN_IF_ERROR(
+      check(s.max_sequences >= 1 && s.max_sequences <= kMaxSequences, "max_sequences",
+            "must be from 1 to " + std::to_string(kMaxSequences) + ", got " + std::to_string(s.max_sequences)));
+  XCPIPE_RETURN_IF_ERROR(
+      check(s.max_context >= 1 && s.max_context <= kMaxContext, "max_context",
+            "must be from 1 to " + std::to_string(kMaxContext) + ", got " + std::to_string(s.max_context)));
+  XCPIPE_RETURN_IF_ERROR(
+      check(s.max_images >= 0 && s.max_images <= kMaxImages, "max_images",
+            "must be from 0 to " + std::to_string(kMaxImages) + ", got " + std::to_string(s.max_images)));
+  XCPIPE_RETURN_IF_ERROR(
+      check(!s.hd_tiles || (*s.hd_tiles >= 1 && *s.hd_tiles <= kMaxHdTiles), "hd_tiles",
+            "must be from 1 to " + std::to_string(kMaxHdTiles) + ", got " + std::to_string(s.hd_tiles.value_or(0))));
+  XCPIPE_RETURN_IF_ERROR(
+      check(s.prefill_chunk >= 1 && s.prefill_chunk <= kMaxContext, "prefill_chunk",
+            "must be from 1 to " + std::to_string(kMaxContext) + ", got " + std::to_string(s.prefill_chunk)));
   XCPIPE_RETURN_IF_ERROR(check(s.dtype == DType::kBF16 || s.dtype == DType::kF16 || s.dtype == DType::kF32, "dtype",
                                "must be bf16, fp16 or fp32, got " + std::string(checkpoint::DTypeName(s.dtype))));
   return OkStatus();
@@ -396,7 +401,8 @@ Status ValidateCluster(const ClusterSpec& cluster) {
                                 Context::Format(cluster.planner.headroom_fraction));
   }
   if (cluster.hosts.empty()) return InvalidArgumentError("hosts: the cluster has no hosts");
-  if (cluster.hosts.size() > 1 && !(cluster.network.inter_host_gbps > 0 && cluster.network.inter_host_gbps <= kMaxRate)) {
+  if (cluster.hosts.size() > 1 &&
+      !(cluster.network.inter_host_gbps > 0 && cluster.network.inter_host_gbps <= kMaxRate)) {
     return InvalidArgumentError("network.inter_host_gbps: must be > 0 when the cluster has more than one host");
   }
   if (!(cluster.network.inter_host_latency_us >= 0 && cluster.network.inter_host_latency_us <= kMaxRate)) {

@@ -152,8 +152,8 @@ StatusOr<ModelCost> EstimateModelCost(const checkpoint::ModelSpec& spec, const c
     double activation = 0, send = hidden_send;
     switch (block.kind) {
       case BlockKind::kVision: {
-        const double flops_per_image = passes * (2.0 * tower_params * T + 4.0 * vis.layers * T * T * vwidth) +
-                                       2.0 * adapter_params * image_tokens;
+        const double flops_per_image =
+            passes * (2.0 * tower_params * T + 4.0 * vis.layers * T * T * vwidth) + 2.0 * adapter_params * image_tokens;
         c.flops_per_step = flops_per_image * images_per_step;
         c.bytes_read_per_step = weights * std::min(1.0, images_per_step);
         if (r.max_images > 0) {

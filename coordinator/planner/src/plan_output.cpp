@@ -38,10 +38,14 @@ std::string BlockSummary(const std::vector<std::string>& blocks) {
 
 std::string DtypeShort(checkpoint::DType dtype) {
   switch (dtype) {
-    case checkpoint::DType::kBF16: return "bf16";
-    case checkpoint::DType::kF16: return "fp16";
-    case checkpoint::DType::kF32: return "fp32";
-    default: return std::string(checkpoint::DTypeName(dtype));
+    case checkpoint::DType::kBF16:
+      return "bf16";
+    case checkpoint::DType::kF16:
+      return "fp16";
+    case checkpoint::DType::kF32:
+      return "fp32";
+    default:
+      return std::string(checkpoint::DTypeName(dtype));
   }
 }
 
@@ -75,17 +79,18 @@ std::string FormatPlanTable(const Plan& plan, const PlanningModel& model, const 
   std::string out;
   uint64_t weights = 0;
   for (const auto& b : plan.cost.blocks) weights += b.weight_bytes;
-  out += "model    " + model.name + " (" + std::string(checkpoint::ArchName(model.spec.arch)) + "): " +
-         std::to_string(model.tensors.tensors.size()) + " tensors in " + std::to_string(plan.cost.blocks.size()) +
-         " blocks, " + GibNumber(static_cast<double>(weights)) + " GiB of weights at " + DtypeShort(l.dtype) + "\n";
+  out += "model    " + model.name + " (" + std::string(checkpoint::ArchName(model.spec.arch)) +
+         "): " + std::to_string(model.tensors.tensors.size()) + " tensors in " +
+         std::to_string(plan.cost.blocks.size()) + " blocks, " + GibNumber(static_cast<double>(weights)) +
+         " GiB of weights at " + DtypeShort(l.dtype) + "\n";
   out += "cluster  " + cluster.source + ": " + std::to_string(cluster.hosts.size()) +
          (cluster.hosts.size() == 1 ? " host, " : " hosts, ") + std::to_string(cluster.device_count()) +
          (cluster.device_count() == 1 ? " device\n" : " devices\n");
-  out += "serving  " + std::to_string(l.max_sequences) + " sequences x " + std::to_string(l.max_context) +
-         " tokens, " + std::to_string(l.max_images) + (l.max_images == 1 ? " image" : " images");
+  out += "serving  " + std::to_string(l.max_sequences) + " sequences x " + std::to_string(l.max_context) + " tokens, " +
+         std::to_string(l.max_images) + (l.max_images == 1 ? " image" : " images");
   if (l.hd_tiles > 0) out += " of up to " + std::to_string(l.hd_tiles) + " HD tiles";
-  out += " (" + std::to_string(l.image_tokens) + " tokens each), prefill chunk " + std::to_string(l.prefill_chunk) +
-         "\n";
+  out +=
+      " (" + std::to_string(l.image_tokens) + " tokens each), prefill chunk " + std::to_string(l.prefill_chunk) + "\n";
   out += "plan     " + std::string(StrategyName(plan.strategy)) + ", vision " +
          (plan.vision == VisionPlacement::kSeparateStage ? "on a stage of its own" : "with the embeddings on stage 0") +
          ", headroom " + std::to_string(static_cast<int>(plan.headroom_fraction * 100 + 0.5)) + "%\n\n";
@@ -94,24 +99,23 @@ std::string FormatPlanTable(const Plan& plan, const PlanningModel& model, const 
                                                  "worksp.", "total / capacity GiB", "step ms", "headroom"}};
   for (const auto& s : plan.stages) {
     const double headroom = static_cast<double>(s.headroom_bytes());
-    std::string headroom_text = GibNumber(headroom) + " GiB (" +
-                                Fixed(100.0 * headroom / static_cast<double>(s.capacity_bytes), 0) + "%)";
+    std::string headroom_text =
+        GibNumber(headroom) + " GiB (" + Fixed(100.0 * headroom / static_cast<double>(s.capacity_bytes), 0) + "%)";
     if (!s.fits()) headroom_text += " OVER";
-    rows.push_back({std::to_string(s.index), s.host, s.device, BlockSummary(s.blocks),
-                    GibNumber(static_cast<double>(s.bytes.weights)), GibNumber(static_cast<double>(s.bytes.kv)),
-                    GibNumber(static_cast<double>(s.bytes.activations)),
-                    GibNumber(static_cast<double>(s.bytes.workspace)),
-                    GibNumber(static_cast<double>(s.bytes.total())) + " / " +
-                        GibNumber(static_cast<double>(s.capacity_bytes)),
-                    Fixed(s.step_ms(), 2) + (s.transfer_ms > 0 ? (s.crosses_host ? " (hop*)" : "") : ""),
-                    headroom_text});
+    rows.push_back(
+        {std::to_string(s.index), s.host, s.device, BlockSummary(s.blocks),
+         GibNumber(static_cast<double>(s.bytes.weights)), GibNumber(static_cast<double>(s.bytes.kv)),
+         GibNumber(static_cast<double>(s.bytes.activations)), GibNumber(static_cast<double>(s.bytes.workspace)),
+         GibNumber(static_cast<double>(s.bytes.total())) + " / " + GibNumber(static_cast<double>(s.capacity_bytes)),
+         Fixed(s.step_ms(), 2) + (s.transfer_ms > 0 ? (s.crosses_host ? " (hop*)" : "") : ""), headroom_text});
   }
   out += Render(rows, {true, false, false, false, true, true, true, true, true, true, false});
   out += "\n";
   if (!plan.stages.empty()) {
     out += "bottleneck: stage " + std::to_string(plan.bottleneck_stage) + ", " + Fixed(plan.bottleneck_ms, 2) +
            " ms per step (" + std::to_string(l.max_sequences) + " decode tokens + " + std::to_string(l.prefill_chunk) +
-           " prefill tokens), about " + TokensPerSecond(1000.0 * static_cast<double>(l.max_sequences) / plan.bottleneck_ms) +
+           " prefill tokens), about " +
+           TokensPerSecond(1000.0 * static_cast<double>(l.max_sequences) / plan.bottleneck_ms) +
            " decode tokens/s at full load; cross-host hops: " + std::to_string(plan.cross_host_hops) +
            (plan.cross_host_hops > 0 ? " (* marks a stage whose time includes one)" : "") + "\n";
   }
@@ -157,9 +161,10 @@ StatusOr<nlohmann::ordered_json> AccelerateDeviceMap(const Plan& plan, const Pla
   if (hosts.size() > 1) {
     std::string names;
     for (const auto& h : hosts) names += (names.empty() ? "" : ", ") + h;
-    return FailedPreconditionError("accelerate.dispatch_model places a model inside one process on one host, and this "
-                                   "plan spans " + std::to_string(hosts.size()) + " hosts (" + names +
-                                   "); plan with a one-host cluster file for accelerate");
+    return FailedPreconditionError(
+        "accelerate.dispatch_model places a model inside one process on one host, and this "
+        "plan spans " +
+        std::to_string(hosts.size()) + " hosts (" + names + "); plan with a one-host cluster file for accelerate");
   }
   // For every dotted prefix: the one stage all tensors under it use, or -1 when mixed.
   std::map<std::string, int64_t> prefix_stage;
@@ -199,8 +204,8 @@ StatusOr<nlohmann::ordered_json> AccelerateDeviceMap(const Plan& plan, const Pla
 }
 
 std::string InfeasibleMessage(const Plan& plan) {
-  std::string out = "The " + std::string(StrategyName(plan.strategy)) + " plan does not fit: " +
-                    plan.infeasible_reason + ".\n";
+  std::string out =
+      "The " + std::string(StrategyName(plan.strategy)) + " plan does not fit: " + plan.infeasible_reason + ".\n";
   if (!plan.suggestions.empty()) {
     out += "What would make it fit (each checked by planning again):\n";
     for (const auto& s : plan.suggestions) out += "  - " + s + "\n";

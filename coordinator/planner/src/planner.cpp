@@ -138,11 +138,10 @@ std::string OverflowReason(const Plan& plan, const Problem& p) {
     reason += DescribeStage(stage) + " needs " + Gib(static_cast<double>(stage.bytes.total())) + " but has " +
               Gib(static_cast<double>(stage.usable_bytes)) + " usable (" +
               Gib(static_cast<double>(stage.capacity_bytes)) + " less " +
-              std::to_string(static_cast<int>(std::lround(plan.headroom_fraction * 100))) +
-              "% headroom): over by " + Gib(static_cast<double>(stage.bytes.total() - stage.usable_bytes)) +
-              " (weights " + Gib(static_cast<double>(stage.bytes.weights)) + ", KV cache " +
-              Gib(static_cast<double>(stage.bytes.kv)) + ", activations " +
-              Gib(static_cast<double>(stage.bytes.activations)) + ", workspace " +
+              std::to_string(static_cast<int>(std::lround(plan.headroom_fraction * 100))) + "% headroom): over by " +
+              Gib(static_cast<double>(stage.bytes.total() - stage.usable_bytes)) + " (weights " +
+              Gib(static_cast<double>(stage.bytes.weights)) + ", KV cache " + Gib(static_cast<double>(stage.bytes.kv)) +
+              ", activations " + Gib(static_cast<double>(stage.bytes.activations)) + ", workspace " +
               Gib(static_cast<double>(stage.bytes.workspace)) + ")";
   }
   double need = 0, usable = 0;
@@ -196,9 +195,8 @@ std::vector<std::string> Suggestions(const PlanningModel& model, const ClusterSp
     out.push_back("the balanced strategy fits this cluster as it is (--strategy balanced)");
     return out;
   }
-  if (resolved.vision == VisionPlacement::kFirstStage && cluster.device_count() >= 2 &&
-      model.spec.blocks.size() > 0 && model.spec.blocks[0].kind == checkpoint::BlockKind::kVision &&
-      fits(base, VisionPlacement::kSeparateStage)) {
+  if (resolved.vision == VisionPlacement::kFirstStage && cluster.device_count() >= 2 && model.spec.blocks.size() > 0 &&
+      model.spec.blocks[0].kind == checkpoint::BlockKind::kVision && fits(base, VisionPlacement::kSeparateStage)) {
     out.push_back("vision on a device of its own fits (--vision-stage separate)");
   }
   auto with = [&](auto change) {
@@ -280,7 +278,8 @@ std::vector<std::string> Suggestions(const PlanningModel& model, const ClusterSp
                     double w = 0;
                     for (const auto& b : plan.cost.blocks) w += static_cast<double>(b.weight_bytes);
                     return w;
-                  }()) + "; add devices with more memory");
+                  }()) +
+                  "; add devices with more memory");
   }
   return out;
 }
@@ -289,20 +288,20 @@ std::vector<std::string> Notes(const ModelCost& cost, const PlanningModel& model
   std::vector<std::string> notes;
   const auto& l = cost.limits;
   if (l.context_capped) {
-    notes.push_back("max_context " + std::to_string(requested.max_context) + " is above the model's limit; planned for " +
-                    std::to_string(l.max_context) + " tokens");
+    notes.push_back("max_context " + std::to_string(requested.max_context) +
+                    " is above the model's limit; planned for " + std::to_string(l.max_context) + " tokens");
   }
   if (l.hd_tiles < l.requested_hd_tiles || l.max_images < l.requested_max_images) {
-    std::string asked = std::to_string(l.requested_max_images) +
-                        (l.requested_max_images == 1 ? " image" : " images");
+    std::string asked = std::to_string(l.requested_max_images) + (l.requested_max_images == 1 ? " image" : " images");
     if (l.requested_hd_tiles > 0) asked += " of " + std::to_string(l.requested_hd_tiles) + " HD tiles";
     std::string planned = std::to_string(l.max_images) + (l.max_images == 1 ? " image" : " images");
     if (l.hd_tiles > 0) planned += " of " + std::to_string(l.hd_tiles) + " tiles";
-    notes.push_back(asked + " would not fit in the " + std::to_string(l.max_context) +
-                    "-token context; planned for " + planned + " (" + std::to_string(l.image_tokens) +
+    notes.push_back(asked + " would not fit in the " + std::to_string(l.max_context) + "-token context; planned for " +
+                    planned + " (" + std::to_string(l.image_tokens) +
                     " tokens per image), the most a request can carry (raise --max-context for more)");
   }
-  (void)model;
+  // What the model spec assumed rather than read (a default for a missing config key, ...).
+  for (const auto& note : model.spec.notes) notes.push_back("model: " + note);
   return notes;
 }
 
@@ -310,9 +309,12 @@ std::vector<std::string> Notes(const ModelCost& cost, const PlanningModel& model
 
 std::string_view StrategyName(Strategy strategy) {
   switch (strategy) {
-    case Strategy::kBalanced: return "balanced";
-    case Strategy::kEven: return "even";
-    case Strategy::kGreedyMemory: return "greedy-memory";
+    case Strategy::kBalanced:
+      return "balanced";
+    case Strategy::kEven:
+      return "even";
+    case Strategy::kGreedyMemory:
+      return "greedy-memory";
   }
   return "balanced";
 }
@@ -333,9 +335,15 @@ StatusOr<Plan> MakePlan(const PlanningModel& model, const ClusterSpec& cluster, 
 
   std::optional<Placement> placement;
   switch (options.strategy) {
-    case Strategy::kBalanced: placement = internal::SolveBalanced(p); break;
-    case Strategy::kEven: placement = internal::EvenPlacement(p); break;
-    case Strategy::kGreedyMemory: placement = internal::GreedyMemoryPlacement(p); break;
+    case Strategy::kBalanced:
+      placement = internal::SolveBalanced(p);
+      break;
+    case Strategy::kEven:
+      placement = internal::EvenPlacement(p);
+      break;
+    case Strategy::kGreedyMemory:
+      placement = internal::GreedyMemoryPlacement(p);
+      break;
   }
   if (!placement || placement->empty()) placement = internal::SolveLeastOverflow(p);
 

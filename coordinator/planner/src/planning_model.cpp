@@ -1,9 +1,5 @@
 #include "xcpipe/planner/planning_model.h"
 
-#include <nlohmann/json.hpp>
-
-#include "xcpipe/base/files.h"
-
 namespace xcpipe::planner {
 
 StatusOr<PlanningModel> MakePlanningModel(std::string name, checkpoint::ModelSpec spec,
@@ -36,35 +32,18 @@ StatusOr<PlanningModel> LoadCheckpointForPlanning(const std::filesystem::path& d
   return MakePlanningModel(std::move(name), std::move(description.spec), std::move(description.tensors));
 }
 
-StatusOr<nlohmann::json> LayoutModelConfig(const nlohmann::json& layout) {
-  if (!layout.is_object()) return InvalidArgumentError("a layout file must hold a JSON object");
-  nlohmann::json config;
-  if (auto it = layout.find("config_used"); it != layout.end() && it->is_object()) {
-    config = *it;
-  } else if (auto it = layout.find("config"); it != layout.end() && it->is_object()) {
-    config = *it;  // 1.0: flat LLM fields plus nested eva_vit_g / qformer tables
-  } else {
-    return InvalidArgumentError("layout has neither a \"config_used\" nor a \"config\" object to build the model from");
-  }
-  // config.json records the checkpoint's dtype; the layout records it beside the config.
-  if (!config.contains("torch_dtype")) {
-    if (auto it = layout.find("dtype"); it != layout.end() && it->is_string()) config["torch_dtype"] = *it;
-  }
-  return config;
-}
-
 StatusOr<PlanningModel> LoadLayoutForPlanning(const std::filesystem::path& path,
                                               std::optional<checkpoint::ModelArch> arch) {
-  XCPIPE_ASSIGN_OR_RETURN(nlohmann::json layout, ReadJsonFile(path));
-  StatusOr<nlohmann::json> config = LayoutModelConfig(layout);
-  if (!config.ok()) return config.status().WithContext(path.string());
-  const nlohmann::json* clip = nullptr;
-  if (auto it = layout.find("clip_vision_config"); it != layout.end() && it->is_object()) clip = &*it;
-  XCPIPE_ASSIGN_OR_RETURN(checkpoint::LayoutFile file, checkpoint::ReadLayoutFile(path));
-  auto spec = checkpoint::BuildModelSpec(*config, clip, file.table, arch);
-  if (!spec.ok()) return spec.status().WithContext(path.string());
-  std::string name = !file.model.empty() ? file.model : path.stem().string();
-  return MakePlanningModel(std::move(name), std::move(spec).value(), std::move(file.table));
+  XCPIPE_ASSIGN_OR_RETURN(checkpoint::CheckpointDescription description, checkpoint::DescribeLayout(path, arch));
+  std::string name = path.filename().string();
+  for (const char* suffix : {".layout.json", ".json"}) {
+    const std::string_view s(suffix);
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
+      name.resize(name.size() - s.size());
+      break;
+    }
+  }
+  return MakePlanningModel(std::move(name), std::move(description.spec), std::move(description.tensors));
 }
 
 }  // namespace xcpipe::planner

@@ -39,9 +39,7 @@ class Problem {
   double headroom_fraction() const { return headroom_; }
 
   // Whether the first stage may be blocks [0, end).
-  bool ValidFirstEnd(size_t end) const {
-    return vision_ == VisionPlacement::kSeparateStage ? end == 1 : end >= lead_;
-  }
+  bool ValidFirstEnd(size_t end) const { return vision_ == VisionPlacement::kSeparateStage ? end == 1 : end >= lead_; }
   size_t lead() const { return lead_; }
   uint64_t StaticBytes(size_t first, size_t end) const { return prefix_static_[end] - prefix_static_[first]; }
   uint64_t ActivationBytes(size_t block) const { return cost_->blocks[block].activation_bytes; }

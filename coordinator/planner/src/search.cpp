@@ -29,10 +29,10 @@ constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
 constexpr double kWorkBudget = 3e7;
 
 struct StageFacts {
-  double ms = 0;        // compute + hop
-  uint64_t bytes = 0;   // predicted total
+  double ms = 0;       // compute + hop
+  uint64_t bytes = 0;  // predicted total
   uint64_t usable = 0;
-  bool cross = false;   // the hop leaves the host
+  bool cross = false;  // the hop leaves the host
 };
 
 // Value: the bottleneck (max of stage ms).
@@ -93,7 +93,7 @@ std::optional<DpResult<Ops>> RunDp(const Problem& p, const std::vector<size_t>& 
   auto at = [W](size_t k, size_t a) { return k * W + a; };
 
   std::vector<Value> start(G * W, ops.Inf());
-  std::vector<uint32_t> start_from(G * W, kNone);      // previous position in the order
+  std::vector<uint32_t> start_from(G * W, kNone);  // previous position in the order
   std::vector<Value> same(G * W, ops.Inf()), cross(G * W, ops.Inf());
   std::vector<uint32_t> same_arg(G * W, kNone), cross_arg(G * W, kNone);  // the stage's first block
   // Aggregates over processed positions: per host, the best "same host" hand-over into e;
@@ -241,7 +241,8 @@ std::optional<size_t> Problem::DeviceId(const DeviceRef& ref) const {
 double Problem::HopMs(size_t device, size_t end, bool cross) const {
   const uint64_t bytes = cost_->blocks[end - 1].send_bytes_per_step;
   const HostSpec& host = *devices_[device].host;
-  if (cross) return PredictTransferMs(bytes, cluster_->network.inter_host_gbps, cluster_->network.inter_host_latency_us);
+  if (cross)
+    return PredictTransferMs(bytes, cluster_->network.inter_host_gbps, cluster_->network.inter_host_latency_us);
   return PredictTransferMs(bytes, host.intra_host_gbps, host.intra_host_latency_us);
 }
 
@@ -252,8 +253,8 @@ uint64_t Problem::StageTotalBytes(size_t device, size_t first, size_t end) const
 }
 
 size_t OrderLimit(const Problem& p) {
-  const double cells = static_cast<double>(std::max<size_t>(p.devices(), 1)) *
-                       static_cast<double>(p.blocks() + 1) * static_cast<double>(p.blocks() + 1);
+  const double cells = static_cast<double>(std::max<size_t>(p.devices(), 1)) * static_cast<double>(p.blocks() + 1) *
+                       static_cast<double>(p.blocks() + 1);
   const double fit = std::floor(kWorkBudget / cells);
   return static_cast<size_t>(std::clamp(fit, 1.0, static_cast<double>(kMaxDeviceOrders)));
 }
@@ -277,8 +278,9 @@ std::vector<std::vector<size_t>> CandidateOrders(const Problem& p, size_t limit)
     for (size_t d : host_devices[h]) kinds.push_back(kind[d]);
     std::sort(kinds.begin(), kinds.end());
     const HostSpec& host = p.cluster().hosts[h];
-    host_sig[h] = sig_ids.emplace(std::make_tuple(host.intra_host_gbps, host.intra_host_latency_us, kinds),
-                                  sig_ids.size()).first->second;
+    host_sig[h] =
+        sig_ids.emplace(std::make_tuple(host.intra_host_gbps, host.intra_host_latency_us, kinds), sig_ids.size())
+            .first->second;
   }
 
   auto add = [&](const std::vector<size_t>& order) {
@@ -476,8 +478,12 @@ Placement EvenPlacement(const Problem& p) {
   size_t target = first_llm_device;
   for (size_t i = 0; i < N; ++i) {
     switch (blocks[i].kind) {
-      case checkpoint::BlockKind::kVision: device_of[i] = 0; break;
-      case checkpoint::BlockKind::kEmbed: device_of[i] = first_llm_device; break;
+      case checkpoint::BlockKind::kVision:
+        device_of[i] = 0;
+        break;
+      case checkpoint::BlockKind::kEmbed:
+        device_of[i] = first_llm_device;
+        break;
       case checkpoint::BlockKind::kLayer:
         if (used >= per_device && target + 1 < G) {
           ++target;
@@ -486,7 +492,9 @@ Placement EvenPlacement(const Problem& p) {
         device_of[i] = target;
         used += 1;
         break;
-      case checkpoint::BlockKind::kHead: device_of[i] = G - 1; break;
+      case checkpoint::BlockKind::kHead:
+        device_of[i] = G - 1;
+        break;
     }
   }
   Placement placement;

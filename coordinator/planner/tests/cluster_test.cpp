@@ -146,48 +146,58 @@ struct BadCase {
   std::vector<std::string> expected;  // substrings of the message
 };
 
-std::string Gpu(const std::string& fields) {
-  return "[[hosts]]\nname = \"a\"\n[[hosts.gpus]]\n" + fields + "\n";
-}
+std::string Gpu(const std::string& fields) { return "[[hosts]]\nname = \"a\"\n[[hosts.gpus]]\n" + fields + "\n"; }
 const std::string kGoodGpu = "device = \"cuda:0\"\nmemory_gib = 24\ntflops = 165\nmem_bw_gbps = 1008";
 
 TEST(ClusterFile, BadFilesNameTheField) {
   const std::vector<BadCase> cases = {
       {"no hosts", "[serving]\nmax_sequences = 2\n", {"bad.toml: hosts", "required"}},
       {"hosts not an array", "hosts = 3\n", {"hosts (line 1)", "array of tables", "got 3"}},
-      {"memory as text", Gpu("device = \"cuda:0\"\nmemory_gib = \"24GB\"\ntflops = 1\nmem_bw_gbps = 1"),
+      {"memory as text",
+       Gpu("device = \"cuda:0\"\nmemory_gib = \"24GB\"\ntflops = 1\nmem_bw_gbps = 1"),
        {"hosts[0].gpus[0].memory_gib (line 5)", "must be a number > 0", "\"24GB\""}},
-      {"negative memory", Gpu("device = \"cuda:0\"\nmemory_gib = -1\ntflops = 1\nmem_bw_gbps = 1"),
+      {"negative memory",
+       Gpu("device = \"cuda:0\"\nmemory_gib = -1\ntflops = 1\nmem_bw_gbps = 1"),
        {"hosts[0].gpus[0].memory_gib", "got -1"}},
-      {"infinite speed", Gpu("device = \"cuda:0\"\nmemory_gib = 1\ntflops = inf\nmem_bw_gbps = 1"),
+      {"infinite speed",
+       Gpu("device = \"cuda:0\"\nmemory_gib = 1\ntflops = inf\nmem_bw_gbps = 1"),
        {"hosts[0].gpus[0].tflops"}},
-      {"missing tflops", Gpu("device = \"cuda:0\"\nmemory_gib = 24\nmem_bw_gbps = 1"),
+      {"missing tflops",
+       Gpu("device = \"cuda:0\"\nmemory_gib = 24\nmem_bw_gbps = 1"),
        {"hosts[0].gpus[0].tflops", "required field is missing"}},
-      {"typo", Gpu("device = \"cuda:0\"\nmemory_gb = 24\ntflops = 1\nmem_bw_gbps = 1"),
+      {"typo",
+       Gpu("device = \"cuda:0\"\nmemory_gb = 24\ntflops = 1\nmem_bw_gbps = 1"),
        {"hosts[0].gpus[0].'memory_gb' (line 5)", "unknown field", "did you mean 'memory_gib'"}},
-      {"bad device", Gpu("device = \"gpu0\"\nmemory_gib = 24\ntflops = 1\nmem_bw_gbps = 1"),
+      {"bad device",
+       Gpu("device = \"gpu0\"\nmemory_gib = 24\ntflops = 1\nmem_bw_gbps = 1"),
        {"hosts[0].gpus[0].device", "\"cuda:N\"", "\"gpu0\""}},
       {"device twice",
        "[[hosts]]\nname = \"a\"\nintra_host_gbps = 10\n[[hosts.gpus]]\n" + kGoodGpu + "\n[[hosts.gpus]]\n" + kGoodGpu,
        {"hosts[0].gpus[1].device", "appears twice"}},
-      {"host twice", Gpu(kGoodGpu) + Gpu(kGoodGpu) + "[network]\ninter_host_gbps = 1\n",
+      {"host twice",
+       Gpu(kGoodGpu) + Gpu(kGoodGpu) + "[network]\ninter_host_gbps = 1\n",
        {"hosts[1].name", "appears twice"}},
-      {"no network", Gpu(kGoodGpu) + "[[hosts]]\nname = \"b\"\n[[hosts.gpus]]\n" + kGoodGpu,
+      {"no network",
+       Gpu(kGoodGpu) + "[[hosts]]\nname = \"b\"\n[[hosts.gpus]]\n" + kGoodGpu,
        {"network.inter_host_gbps", "more than one host"}},
-      {"no intra link", "[[hosts]]\nname = \"a\"\n[[hosts.gpus]]\n" + kGoodGpu +
-                            "\n[[hosts.gpus]]\ndevice = \"cuda:1\"\nmemory_gib = 24\ntflops = 1\nmem_bw_gbps = 1",
+      {"no intra link",
+       "[[hosts]]\nname = \"a\"\n[[hosts.gpus]]\n" + kGoodGpu +
+           "\n[[hosts.gpus]]\ndevice = \"cuda:1\"\nmemory_gib = 24\ntflops = 1\nmem_bw_gbps = 1",
        {"hosts[0].intra_host_gbps", "more than one device"}},
       {"no gpus", "[[hosts]]\nname = \"a\"\n", {"hosts[0].gpus", "at least one"}},
       {"empty gpus", "[[hosts]]\nname = \"a\"\ngpus = []\n", {"hosts[0].gpus", "non-empty"}},
       {"unnamed host", "[[hosts]]\n[[hosts.gpus]]\n" + kGoodGpu, {"hosts[0].name", "missing"}},
       {"bad dtype", "[serving]\ndtype = \"int8\"\n" + Gpu(kGoodGpu), {"serving.dtype (line 2)", "\"int8\""}},
       {"zero sequences", "[serving]\nmax_sequences = 0\n" + Gpu(kGoodGpu), {"serving.max_sequences", "got 0"}},
-      {"fractional context", "[serving]\nmax_context = 4096.5\n" + Gpu(kGoodGpu),
+      {"fractional context",
+       "[serving]\nmax_context = 4096.5\n" + Gpu(kGoodGpu),
        {"serving.max_context", "whole number"}},
-      {"unknown serving key", "[serving]\nmax_seqs = 4\n" + Gpu(kGoodGpu),
+      {"unknown serving key",
+       "[serving]\nmax_seqs = 4\n" + Gpu(kGoodGpu),
        {"serving.'max_seqs'", "did you mean 'max_sequences'"}},
       {"headroom too big", "[planner]\nheadroom_fraction = 1.5\n" + Gpu(kGoodGpu), {"planner.headroom_fraction"}},
-      {"bad vision stage", "[planner]\nvision_stage = \"middle\"\n" + Gpu(kGoodGpu),
+      {"bad vision stage",
+       "[planner]\nvision_stage = \"middle\"\n" + Gpu(kGoodGpu),
        {"planner.vision_stage", "\"first\" or \"separate\""}},
       {"reserve too big", Gpu(kGoodGpu + "\nreserved_gib = 30"), {"hosts[0].gpus[0].reserved_gib"}},
       {"serving not a table", "serving = 1\n" + Gpu(kGoodGpu), {"serving (line 1)", "must be a table"}},
@@ -225,8 +235,8 @@ TEST(ClusterFile, ValidateClusterChecksClustersBuiltInCode) {
 // parser gives a value or an error, never a crash or an exception.
 TEST(ClusterFile, SurvivesCorpusAndMutations) {
   std::vector<std::string> inputs;
-  for (const auto& dir : {xcpipe::testing::SourceDir() / "coordinator/planner/fuzz/corpus",
-                          xcpipe::testing::SourceDir() / "configs"}) {
+  for (const auto& dir :
+       {xcpipe::testing::SourceDir() / "coordinator/planner/fuzz/corpus", xcpipe::testing::SourceDir() / "configs"}) {
     ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir;
     for (const auto& entry : std::filesystem::directory_iterator(dir)) inputs.push_back(ReadText(entry.path()));
   }
@@ -241,10 +251,18 @@ TEST(ClusterFile, SurvivesCorpusAndMutations) {
       for (int e = 0; e < edits && !mutated.empty(); ++e) {
         const size_t at = rng() % mutated.size();
         switch (rng() % 4) {
-          case 0: mutated[at] = static_cast<char>(rng() % 256); break;
-          case 1: mutated.erase(at, 1 + rng() % 8); break;
-          case 2: mutated.insert(at, mutated.substr(rng() % mutated.size(), 1 + rng() % 16)); break;
-          case 3: mutated.resize(at); break;
+          case 0:
+            mutated[at] = static_cast<char>(rng() % 256);
+            break;
+          case 1:
+            mutated.erase(at, 1 + rng() % 8);
+            break;
+          case 2:
+            mutated.insert(at, mutated.substr(rng() % mutated.size(), 1 + rng() % 16));
+            break;
+          case 3:
+            mutated.resize(at);
+            break;
         }
       }
       auto cluster = ParseClusterToml(mutated, "mutated.toml");

@@ -17,9 +17,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string> kLayouts = {
-    "internlm-xcomposer2-vl-7b.layout.json", "internlm-xcomposer2-4khd-7b.layout.json",
-    "internlm-xcomposer2d5-7b.layout.json", "ixc1_7b.layout.json"};
+const std::vector<std::string> kLayouts = {"internlm-xcomposer2-vl-7b.layout.json",
+                                           "internlm-xcomposer2-4khd-7b.layout.json",
+                                           "internlm-xcomposer2d5-7b.layout.json", "ixc1_7b.layout.json"};
 const std::vector<std::string> kGpuClusters = {"cluster-1x80g.toml", "cluster-2x24g.toml", "cluster-4x24g.toml",
                                                "cluster-2hosts-2x24g.toml", "cluster-mixed-48-24.toml"};
 
@@ -44,8 +44,8 @@ std::string Quote(const std::string& arg) {
 
 fs::path ScratchDir() {
   static std::atomic<int> counter{0};
-  fs::path dir = fs::temp_directory_path() /
-                 ("xcpipe_plan_cli_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+  fs::path dir =
+      fs::temp_directory_path() / ("xcpipe_plan_cli_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
   fs::create_directories(dir);
   return dir;
 }
@@ -84,7 +84,8 @@ std::multiset<std::string> DeviceMapKeys(const std::string& text) {
     }
     return true;
   };
-  (void)nlohmann::json::parse(text, callback);
+  const nlohmann::json parsed = nlohmann::json::parse(text, callback);
+  (void)parsed;
   return keys;
 }
 
@@ -136,8 +137,8 @@ TEST_F(PlanCli, JsonMapsEveryTensorExactlyOnceAndEveryStageFits) {
 TEST_F(PlanCli, InfeasibleExitsThreeSayingByHowMuchWhereAndWhatWouldFit) {
   const Result r = RunPlan({"--layout", Layout(kLayouts[1]), "--cluster", Config("cluster-cpu-3.toml")});
   EXPECT_EQ(r.exit_code, 3) << r.err;
-  for (const std::string piece : {"does not fit", "over by", "GiB", "stage 0 (localhost cpu:", "usable",
-                                  "What would make it fit", "  - "}) {
+  for (const std::string piece :
+       {"does not fit", "over by", "GiB", "stage 0 (localhost cpu:", "usable", "What would make it fit", "  - "}) {
     EXPECT_NE(r.err.find(piece), std::string::npos) << piece << " in:\n" << r.err;
   }
   EXPECT_NE(r.out.find("OVER"), std::string::npos) << r.out;
@@ -158,8 +159,8 @@ TEST_F(PlanCli, InfeasibleExitsThreeSayingByHowMuchWhereAndWhatWouldFit) {
 
 TEST_F(PlanCli, BaselinesAndVisionStageFlags) {
   for (const std::string strategy : {"even", "greedy-memory"}) {
-    const Result r = RunPlan({"--layout", Layout(kLayouts[0]), "--cluster", Config("cluster-4x24g.toml"),
-                              "--strategy", strategy, "--json"});
+    const Result r = RunPlan(
+        {"--layout", Layout(kLayouts[0]), "--cluster", Config("cluster-4x24g.toml"), "--strategy", strategy, "--json"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(nlohmann::json::parse(r.out).at("strategy"), strategy);
   }
@@ -170,8 +171,8 @@ TEST_F(PlanCli, BaselinesAndVisionStageFlags) {
 }
 
 TEST_F(PlanCli, AccelerateDeviceMap) {
-  const Result r = RunPlan({"--layout", Layout(kLayouts[1]), "--cluster", Config("cluster-2x24g.toml"), "--format",
-                            "accelerate"});
+  const Result r =
+      RunPlan({"--layout", Layout(kLayouts[1]), "--cluster", Config("cluster-2x24g.toml"), "--format", "accelerate"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto map = nlohmann::json::parse(r.out);
   std::set<int> devices;
@@ -186,8 +187,8 @@ TEST_F(PlanCli, AccelerateDeviceMap) {
   EXPECT_EQ(map.at("plora_sub_GN"), 0);
   EXPECT_EQ(map.at("output"), 1);
 
-  const Result hosts = RunPlan({"--layout", Layout(kLayouts[1]), "--cluster", Config("cluster-2hosts-2x24g.toml"),
-                                "--format", "accelerate"});
+  const Result hosts = RunPlan(
+      {"--layout", Layout(kLayouts[1]), "--cluster", Config("cluster-2hosts-2x24g.toml"), "--format", "accelerate"});
   EXPECT_EQ(hosts.exit_code, 2);
   EXPECT_NE(hosts.err.find("one host"), std::string::npos) << hosts.err;
 }
@@ -213,16 +214,33 @@ TEST_F(PlanCli, BadClusterFilesNameTheField) {
   fs::remove_all(dir);
 }
 
+TEST_F(PlanCli, CoverageProblemsStopBeforePlanning) {
+  std::ifstream in(Layout(kLayouts[1]));
+  nlohmann::json layout = nlohmann::json::parse(in);
+  auto& parameters = layout.at("parameters");
+  parameters.erase("model.layers.5.attention.wo.Plora_B.weight");
+  parameters["mystery.weight"] = {{"shape", {8}}, {"dtype", "bfloat16"}, {"numel", 8}};
+  const fs::path dir = ScratchDir();
+  std::ofstream(dir / "broken.layout.json") << layout.dump();
+  const Result r = RunPlan({"--layout", (dir / "broken.layout.json").string(), "--cluster",
+                            Config("cluster-2x24g.toml"), "--json"});
+  EXPECT_EQ(r.exit_code, 4) << r.err;
+  EXPECT_NE(r.err.find("model.layers.5.attention.wo.Plora_B.weight"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("mystery.weight"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "") << "nothing is planned";
+  fs::remove_all(dir);
+}
+
 TEST_F(PlanCli, UsageErrors) {
   EXPECT_EQ(RunPlan({"--cluster", Config("cluster-2x24g.toml")}).exit_code, 2);
   EXPECT_EQ(RunPlan({"--layout", Layout(kLayouts[0]), "--model", "/tmp", "--cluster", Config("cluster-2x24g.toml")})
                 .exit_code,
             2);
   EXPECT_EQ(RunPlan({"--layout", Layout(kLayouts[0])}).exit_code, 2) << "--cluster is required";
-  EXPECT_EQ(RunPlan({"--layout", Layout(kLayouts[0]), "--cluster", Config("cluster-2x24g.toml"), "--strategy",
-                     "fastest"})
-                .exit_code,
-            2);
+  EXPECT_EQ(
+      RunPlan({"--layout", Layout(kLayouts[0]), "--cluster", Config("cluster-2x24g.toml"), "--strategy", "fastest"})
+          .exit_code,
+      2);
   EXPECT_EQ(RunPlan({"--layout", Layout(kLayouts[0]), "--cluster", Config("cluster-2x24g.toml"), "--dtype", "int4"})
                 .exit_code,
             2);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -182,8 +183,8 @@ TEST(Planner, EvenFollowsTheOfficialRecipe) {
   EXPECT_EQ(four.stages[1].blocks.front(), "layer.7");
   EXPECT_EQ(four.stages[1].blocks.back(), "layer.16");
   EXPECT_EQ(four.stages[2].blocks.back(), "layer.26");
-  EXPECT_EQ(four.stages[3].blocks, (std::vector<std::string>{"layer.27", "layer.28", "layer.29", "layer.30",
-                                                             "layer.31", "head"}));
+  EXPECT_EQ(four.stages[3].blocks,
+            (std::vector<std::string>{"layer.27", "layer.28", "layer.29", "layer.30", "layer.31", "head"}));
   ExpectRulesKept(four, model, "even on 4");
 }
 
@@ -387,8 +388,10 @@ TEST(Planner, SuggestsVisionOnItsOwnDeviceWhenThatFits) {
   const PlanningModel model = MakeSyntheticModel(options);
   auto cost = EstimateModelCost(model.spec, model.tensors, model.assignment, ServingLimits{});
   ASSERT_TRUE(cost.ok());
-  const double vision_gib = static_cast<double>(cost->blocks[0].weight_bytes + cost->blocks[0].activation_bytes +
-                                                cost->stage_buffer_bytes) / kBytesPerGib + 0.25;
+  const double vision_gib =
+      static_cast<double>(cost->blocks[0].weight_bytes + cost->blocks[0].activation_bytes + cost->stage_buffer_bytes) /
+          kBytesPerGib +
+      0.25;
   const double embed_gib = static_cast<double>(cost->blocks[1].weight_bytes) / kBytesPerGib;
   // Devices that hold vision alone (or the embeddings with a layer) but not both.
   const double size = (vision_gib + 0.6 * embed_gib) / 0.9;
@@ -436,6 +439,30 @@ TEST(Planner, EvaluatePlacementChecksTheRules) {
   EXPECT_FALSE(EvaluatePlacement(model, cluster, {{{0, 0}, 0, 5}}).ok()) << "blocks left over";
   EXPECT_FALSE(EvaluatePlacement(model, cluster, {{{0, 0}, 0, 5}, {{3, 0}, 5, N}}).ok()) << "no such device";
   EXPECT_FALSE(EvaluatePlacement(model, cluster, {}).ok());
+}
+
+TEST(Planner, CoverageProofStopsPlanningAndNamesEveryOffender) {
+  const PlanningModel good = MakeSyntheticModel();
+  checkpoint::TensorTable table = good.tensors;
+  auto drop = std::find_if(table.tensors.begin(), table.tensors.end(),
+                           [](const auto& t) { return t.name == "model.layers.0.ffn_norm.weight"; });
+  ASSERT_NE(drop, table.tensors.end());
+  table.tensors.erase(drop);
+  checkpoint::TensorInfo extra;
+  extra.name = "bogus.weight";
+  extra.shape = {4};
+  table.tensors.push_back(extra);
+  table.tensors.push_back(*table.Find("output.weight"));
+  for (auto& t : table.tensors) {
+    if (t.name == "model.layers.1.attention.wo.weight") t.shape = {3, 3};
+  }
+  auto model = MakePlanningModel("broken", good.spec, table);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kInvalidArgument);
+  for (const std::string name : {"broken", "model.layers.0.ffn_norm.weight", "bogus.weight", "output.weight",
+                                 "model.layers.1.attention.wo.weight"}) {
+    EXPECT_NE(model.status().message().find(name), std::string::npos) << name << " in " << model.status().message();
+  }
 }
 
 TEST(Planner, RejectsABadHeadroom) {

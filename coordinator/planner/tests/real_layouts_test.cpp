@@ -13,9 +13,9 @@
 namespace xcpipe::planner {
 namespace {
 
-const std::vector<std::string> kLayouts = {
-    "internlm-xcomposer2-vl-7b.layout.json", "internlm-xcomposer2-4khd-7b.layout.json",
-    "internlm-xcomposer2d5-7b.layout.json", "ixc1_7b.layout.json"};
+const std::vector<std::string> kLayouts = {"internlm-xcomposer2-vl-7b.layout.json",
+                                           "internlm-xcomposer2-4khd-7b.layout.json",
+                                           "internlm-xcomposer2d5-7b.layout.json", "ixc1_7b.layout.json"};
 const std::vector<std::string> kGpuClusters = {"cluster-1x80g.toml", "cluster-2x24g.toml", "cluster-4x24g.toml",
                                                "cluster-2hosts-2x24g.toml", "cluster-mixed-48-24.toml"};
 
@@ -85,8 +85,12 @@ TEST_F(RealLayouts, EveryTensorPlacedOnceAndEveryStageFits) {
         auto it = plan.device_map.find(name);
         ASSERT_NE(it, plan.device_map.end()) << what << ": " << name << " has no stage";
         ASSERT_LT(it->second, plan.stages.size()) << what;
-        if (IsVisionTensor(name)) EXPECT_EQ(it->second, 0u) << what << ": " << name;
-        if (IsHeadTensor(name)) EXPECT_EQ(it->second, plan.stages.size() - 1) << what << ": " << name;
+        if (IsVisionTensor(name)) {
+          EXPECT_EQ(it->second, 0u) << what << ": " << name;
+        }
+        if (IsHeadTensor(name)) {
+          EXPECT_EQ(it->second, plan.stages.size() - 1) << what << ": " << name;
+        }
       }
       std::set<std::string> devices;
       for (const auto& stage : plan.stages) {
@@ -109,10 +113,14 @@ TEST_F(RealLayouts, BalancedIsNeverSlowerThanTheBaselinesAndFasterOnMixedAndTwoH
       for (Strategy strategy : {Strategy::kEven, Strategy::kGreedyMemory}) {
         const Plan baseline = PlanWith(model, cluster, strategy);
         const std::string versus = what + ", balanced vs " + std::string(StrategyName(strategy));
-        if (must_win) ASSERT_TRUE(baseline.feasible) << versus;
+        if (must_win) {
+          ASSERT_TRUE(baseline.feasible) << versus;
+        }
         if (!baseline.feasible) continue;
         EXPECT_LE(balanced.bottleneck_ms, baseline.bottleneck_ms) << versus;
-        if (must_win) EXPECT_LT(balanced.bottleneck_ms, baseline.bottleneck_ms) << versus;
+        if (must_win) {
+          EXPECT_LT(balanced.bottleneck_ms, baseline.bottleneck_ms) << versus;
+        }
       }
     }
   }

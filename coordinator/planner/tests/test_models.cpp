@@ -61,8 +61,7 @@ PlanningModel MakeSyntheticModel(const SyntheticModelOptions& o) {
   spec.blocks.push_back(std::move(embed));
   const int64_t qkv = (o.heads + 2 * o.kv_heads) * (o.hidden / o.heads);
   for (int64_t i = 0; i < o.layers; ++i) {
-    const int64_t ffn = o.layer_intermediate.empty() ? o.intermediate
-                                                     : o.layer_intermediate[static_cast<size_t>(i)];
+    const int64_t ffn = o.layer_intermediate.empty() ? o.intermediate : o.layer_intermediate[static_cast<size_t>(i)];
     Block layer{BlockKind::kLayer, i, "layer." + std::to_string(i), {}};
     const std::string p = "model.layers." + std::to_string(i) + ".";
     add(layer, p + "attention_norm.weight", {o.hidden});

@@ -22,7 +22,7 @@ struct SyntheticModelOptions {
   int64_t vision_width = 256;
   int64_t vision_layers = 4;
   int64_t image_size = 224;
-  bool hd = false;               // HD tiling (4KHD-like)
+  bool hd = false;  // HD tiling (4KHD-like)
   // Per-layer FFN widths; empty: every layer uses `intermediate`.
   std::vector<int64_t> layer_intermediate;
   checkpoint::DType table_dtype = checkpoint::DType::kBF16;

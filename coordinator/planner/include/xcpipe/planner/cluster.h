@@ -68,12 +68,12 @@ std::string_view VisionPlacementName(VisionPlacement placement);  // "first", "s
 std::optional<VisionPlacement> ParseVisionPlacement(std::string_view name);
 
 struct GpuSpec {
-  std::string device;        // "cuda:0", "cpu", "cpu:1"
-  std::string model;         // free text for people ("RTX 4090"); may be empty
+  std::string device;  // "cuda:0", "cpu", "cpu:1"
+  std::string model;   // free text for people ("RTX 4090"); may be empty
   double memory_gib = 0;
   double tflops = 0;
-  double mem_bw_gbps = 0;    // GB/s
-  double reserved_gib = 0;   // filled with the default for the device kind when absent
+  double mem_bw_gbps = 0;   // GB/s
+  double reserved_gib = 0;  // filled with the default for the device kind when absent
 
   bool is_cuda() const { return device.rfind("cuda", 0) == 0; }
   uint64_t capacity_bytes() const { return static_cast<uint64_t>(memory_gib * kBytesPerGib); }

@@ -58,16 +58,16 @@ inline constexpr int64_t kHeaderBytesPerSequence = 64;
 // at admission, so no stage needs room for them): HD tiles are lowered first, then images.
 struct ResolvedLimits {
   int64_t max_sequences = 0;
-  int64_t max_context = 0;        // after capping at the model's max_position_embeddings
-  bool context_capped = false;    // the requested max_context was above the model's limit
-  int64_t max_images = 0;         // after lowering to what the context holds
-  int64_t hd_tiles = 0;           // 0 for models without HD tiling; lowered likewise
+  int64_t max_context = 0;      // after capping at the model's max_position_embeddings
+  bool context_capped = false;  // the requested max_context was above the model's limit
+  int64_t max_images = 0;       // after lowering to what the context holds
+  int64_t hd_tiles = 0;         // 0 for models without HD tiling; lowered likewise
   int64_t requested_max_images = 0;
   int64_t requested_hd_tiles = 0;
-  int64_t image_tokens = 0;       // LLM rows of one image at hd_tiles (worst tile grid)
-  int64_t vision_passes = 0;      // tower passes per image (tiles + global view, or 1)
-  int64_t tokens_per_pass = 0;    // tower sequence length (patches + CLS)
-  int64_t prefill_chunk = 0;      // capped at max_context
+  int64_t image_tokens = 0;     // LLM rows of one image at hd_tiles (worst tile grid)
+  int64_t vision_passes = 0;    // tower passes per image (tiles + global view, or 1)
+  int64_t tokens_per_pass = 0;  // tower sequence length (patches + CLS)
+  int64_t prefill_chunk = 0;    // capped at max_context
   checkpoint::DType dtype = checkpoint::DType::kBF16;
   int64_t step_tokens() const { return max_sequences + prefill_chunk; }
 };
@@ -78,7 +78,7 @@ struct BlockCost {
   size_t tensor_count = 0;
   uint64_t weight_bytes = 0;
   uint64_t kv_bytes = 0;
-  uint64_t activation_bytes = 0;   // transient peak while this block runs
+  uint64_t activation_bytes = 0;  // transient peak while this block runs
   double flops_per_step = 0;
   double bytes_read_per_step = 0;  // weights, KV and activations streamed per step
   // Bytes sent per step to the next stage when a stage boundary follows this block.
@@ -95,8 +95,7 @@ struct ModelCost {
 // `assignment` maps tensor name -> block index (CheckCoverage's proof); every tensor of
 // `tensors` must be in it.
 StatusOr<ModelCost> EstimateModelCost(const checkpoint::ModelSpec& spec, const checkpoint::TensorTable& tensors,
-                                      const std::map<std::string, size_t>& assignment,
-                                      const ServingLimits& limits);
+                                      const std::map<std::string, size_t>& assignment, const ServingLimits& limits);
 
 struct StageBytes {
   uint64_t weights = 0;

@@ -80,9 +80,7 @@ struct StagePlan {
   double step_ms() const { return compute_ms + transfer_ms; }
   bool fits() const { return bytes.total() <= usable_bytes; }
   // capacity - total: negative when over.
-  int64_t headroom_bytes() const {
-    return static_cast<int64_t>(capacity_bytes) - static_cast<int64_t>(bytes.total());
-  }
+  int64_t headroom_bytes() const { return static_cast<int64_t>(capacity_bytes) - static_cast<int64_t>(bytes.total()); }
 };
 
 struct Plan {

@@ -15,8 +15,6 @@
 #include <optional>
 #include <string>
 
-#include <nlohmann/json_fwd.hpp>
-
 #include "xcpipe/base/status.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/checkpoint/tensor_table.h"
@@ -24,7 +22,7 @@
 namespace xcpipe::planner {
 
 struct PlanningModel {
-  std::string name;  // the layout's "model" field or the checkpoint folder's name
+  std::string name;  // the layout file's or the checkpoint folder's name
   checkpoint::ModelSpec spec;
   checkpoint::TensorTable tensors;
   std::map<std::string, size_t> assignment;  // tensor name -> block index, every tensor once
@@ -38,13 +36,9 @@ StatusOr<PlanningModel> MakePlanningModel(std::string name, checkpoint::ModelSpe
 StatusOr<PlanningModel> LoadCheckpointForPlanning(const std::filesystem::path& dir,
                                                   std::optional<checkpoint::ModelArch> arch = {});
 
-// A layout file. Its `config_used` (2.x) or `config` (1.0) object plays config.json, and its
-// `clip_vision_config` plays clip_vision_config.json.
+// A layout file (checkpoint::DescribeLayout: its `config_used` or `config` object plays
+// config.json, its `clip_vision_config` plays clip_vision_config.json). Named after the file.
 StatusOr<PlanningModel> LoadLayoutForPlanning(const std::filesystem::path& path,
                                               std::optional<checkpoint::ModelArch> arch = {});
-
-// The config.json-like object a parsed layout file carries: `config_used`, else `config` with
-// its nested 1.0 tower tables kept as they are. InvalidArgument when neither is an object.
-StatusOr<nlohmann::json> LayoutModelConfig(const nlohmann::json& layout);
 
 }  // namespace xcpipe::planner

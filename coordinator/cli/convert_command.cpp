@@ -28,10 +28,11 @@ int RunConvert(const ConvertArgs& args) {
   namespace fs = std::filesystem;
   checkpoint::ConvertOptions options;
   options.overwrite = args.force;
-  auto summary = checkpoint::ConvertTorchCheckpoint(args.in, args.out, options, [](const checkpoint::ConvertedShard& s) {
-    std::fprintf(stderr, "xcpipe convert: %s -> %s (%zu tensors, %.2f GiB)\n", s.source.c_str(), s.output.c_str(),
-                 s.tensors, GiB(s.bytes));
-  });
+  auto summary =
+      checkpoint::ConvertTorchCheckpoint(args.in, args.out, options, [](const checkpoint::ConvertedShard& s) {
+        std::fprintf(stderr, "xcpipe convert: %s -> %s (%zu tensors, %.2f GiB)\n", s.source.c_str(), s.output.c_str(),
+                     s.tensors, GiB(s.bytes));
+      });
   if (!summary.ok()) {
     std::fprintf(stderr, "xcpipe convert: %s\n", summary.status().ToString().c_str());
     return ExitCodeFor(summary.status());

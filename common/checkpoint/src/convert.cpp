@@ -119,9 +119,9 @@ StatusOr<ConvertSummary> ConvertTorchCheckpoint(const fs::path& in_dir, const fs
       if (!plan.expected_shard.empty()) {
         auto it = plan.expected_shard.find(t.name);
         if (it == plan.expected_shard.end() || it->second != source) {
-          return InvalidArgumentError((in_dir / source).string() + " holds tensor '" + t.name + "', which " +
-                                      kTorchIndexFileName +
-                                      (it == plan.expected_shard.end() ? " does not list" : " places in " + it->second));
+          return InvalidArgumentError(
+              (in_dir / source).string() + " holds tensor '" + t.name + "', which " + kTorchIndexFileName +
+              (it == plan.expected_shard.end() ? " does not list" : " places in " + it->second));
         }
       }
       source_of[t.name] = source;

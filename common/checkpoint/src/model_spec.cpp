@@ -17,9 +17,9 @@ namespace {
 using Json = nlohmann::json;
 
 // Token ids of the 2.x and 1.0 tokenizers that end a turn (see fixtures/README.md).
-constexpr int64_t kIxc2ImEndId = 92542;      // [UNUSED_TOKEN_145]
-constexpr int64_t kIxc1EohId = 103027;       // <TOKENS_UNUSED_0>, end of human
-constexpr int64_t kIxc1EoaId = 103028;       // <TOKENS_UNUSED_1>, end of assistant
+constexpr int64_t kIxc2ImEndId = 92542;  // [UNUSED_TOKEN_145]
+constexpr int64_t kIxc1EohId = 103027;   // <TOKENS_UNUSED_0>, end of human
+constexpr int64_t kIxc1EoaId = 103028;   // <TOKENS_UNUSED_1>, end of assistant
 
 // The released CLIP ViT-L/14 tower the 2.x code hard-codes.
 constexpr int64_t kClipWidth = 1024;
@@ -147,8 +147,8 @@ class ConfigReader {
   Status TypeError(std::string_view key, std::string_view expected, const Json& v) const {
     std::string found = v.dump();
     if (found.size() > 60) found = found.substr(0, 60) + "...";
-    return InvalidArgumentError(what_ + ": \"" + std::string(key) + "\" must be " + std::string(expected) +
-                                ", found " + found);
+    return InvalidArgumentError(what_ + ": \"" + std::string(key) + "\" must be " + std::string(expected) + ", found " +
+                                found);
   }
 
   const Json& config_;
@@ -173,7 +173,9 @@ StatusOr<int64_t> Resolve(std::string_view quantity, std::optional<int64_t> from
 }
 
 Status CheckPositive(std::string_view what, std::string_view key, int64_t v) {
-  if (v <= 0) return InvalidArgumentError(std::string(what) + ": \"" + std::string(key) + "\" must be positive, found " + std::to_string(v));
+  if (v <= 0)
+    return InvalidArgumentError(std::string(what) + ": \"" + std::string(key) + "\" must be positive, found " +
+                                std::to_string(v));
   return OkStatus();
 }
 
@@ -334,8 +336,9 @@ Status BuildVision2x(ModelArch arch, const ConfigReader& cfg, const Json* clip_c
   v.positions = grid * grid + 1;
   v.proj_in = v.hd ? 4 * v.width : v.width;
   if (!clip_config) {
-    spec->notes.push_back("no clip_vision_config.json: using the released CLIP ViT-L/14 tower (width 1024, 24 "
-                          "layers, 16 heads, MLP 4096), checked against the tensor shapes");
+    spec->notes.push_back(
+        "no clip_vision_config.json: using the released CLIP ViT-L/14 tower (width 1024, 24 "
+        "layers, 16 heads, MLP 4096), checked against the tensor shapes");
   }
   return OkStatus();
 }
@@ -389,8 +392,8 @@ void AddVisionTensors2x(const ModelSpec& spec, Block* block) {
 }
 
 // Rank of a (P)LoRA module from the rows of its A matrix in the first layer that has one.
-std::optional<int64_t> LoraRankFromTensors(const TensorTable& table, const std::string& layer_prefix,
-                                           int64_t layers, const std::string& module_and_a) {
+std::optional<int64_t> LoraRankFromTensors(const TensorTable& table, const std::string& layer_prefix, int64_t layers,
+                                           const std::string& module_and_a) {
   for (int64_t i = 0; i < std::max<int64_t>(layers, 1); ++i) {
     if (auto r = DimOf(table, layer_prefix + std::to_string(i) + "." + module_and_a, 0)) return r;
   }
@@ -402,7 +405,7 @@ struct Plora2x {
   const char* path;  // module path inside a layer
 };
 constexpr Plora2x kPloraModules[] = {
-    {"wqkv", "attention.wqkv"}, {"wo", "attention.wo"},        {"w1", "feed_forward.w1"},
+    {"wqkv", "attention.wqkv"}, {"wo", "attention.wo"},    {"w1", "feed_forward.w1"},
     {"w3", "feed_forward.w3"},  {"w2", "feed_forward.w2"},
 };
 
@@ -482,14 +485,13 @@ struct Lora1 {
   const char* path;   // module path inside a layer
 };
 constexpr Lora1 kLora1Modules[] = {
-    {"q", "q_proj", "self_attn.q_proj"},   {"k", "k_proj", "self_attn.k_proj"},
-    {"v", "v_proj", "self_attn.v_proj"},   {"o", "o_proj", "self_attn.o_proj"},
-    {"ffn", "up_proj", "mlp.up_proj"},     {"ffn", "down_proj", "mlp.down_proj"},
+    {"q", "q_proj", "self_attn.q_proj"}, {"k", "k_proj", "self_attn.k_proj"}, {"v", "v_proj", "self_attn.v_proj"},
+    {"o", "o_proj", "self_attn.o_proj"}, {"ffn", "up_proj", "mlp.up_proj"},   {"ffn", "down_proj", "mlp.down_proj"},
 };
 
 // Tower heads: config, else the released value at the released width, else head_dim 16.
-int64_t TowerHeads(std::optional<int64_t> from_config, int64_t width, int64_t released_width,
-                   int64_t released_heads, std::string_view tower, std::vector<std::string>* notes) {
+int64_t TowerHeads(std::optional<int64_t> from_config, int64_t width, int64_t released_width, int64_t released_heads,
+                   std::string_view tower, std::vector<std::string>* notes) {
   if (from_config) return *from_config;
   if (width == released_width) return released_heads;
   int64_t heads = width % 16 == 0 ? width / 16 : 1;
@@ -550,8 +552,9 @@ StatusOr<ModelSpec> Build1(const Json& config, const TensorTable& table) {
       if (r) llm.lora[m.key] = LoraSpec{*r, 1.0};
     }
     if (!llm.lora.empty()) {
-      spec.notes.push_back("config.json has no internlm_lora: LoRA ranks read from the tensors, scale 1 "
-                           "(as the official merge script uses)");
+      spec.notes.push_back(
+          "config.json has no internlm_lora: LoRA ranks read from the tensors, scale 1 "
+          "(as the official merge script uses)");
     }
   }
 
@@ -568,14 +571,14 @@ StatusOr<ModelSpec> Build1(const Json& config, const TensorTable& table) {
   v.qformer_eps = 1e-12;
   {
     XCPIPE_ASSIGN_OR_RETURN(auto width, eva.OptionalInt("embed_dim"));
-    XCPIPE_ASSIGN_OR_RETURN(v.width, Resolve("EVA width", width, "config.json eva_vit_g.embed_dim",
-                                             DimOf(table, "visual_encoder.cls_token", 2), "visual_encoder.cls_token",
-                                             kEvaWidth));
+    XCPIPE_ASSIGN_OR_RETURN(
+        v.width, Resolve("EVA width", width, "config.json eva_vit_g.embed_dim",
+                         DimOf(table, "visual_encoder.cls_token", 2), "visual_encoder.cls_token", kEvaWidth));
     XCPIPE_ASSIGN_OR_RETURN(auto depth, eva.OptionalInt("depth"));
     int64_t counted = CountIndexed(table, "visual_encoder.blocks.");
-    XCPIPE_ASSIGN_OR_RETURN(v.layers, Resolve("EVA depth", depth, "config.json eva_vit_g.depth",
-                                              counted ? std::optional<int64_t>(counted) : std::nullopt,
-                                              "visual_encoder.blocks.*", 39));
+    XCPIPE_ASSIGN_OR_RETURN(
+        v.layers, Resolve("EVA depth", depth, "config.json eva_vit_g.depth",
+                          counted ? std::optional<int64_t>(counted) : std::nullopt, "visual_encoder.blocks.*", 39));
     XCPIPE_ASSIGN_OR_RETURN(auto mlp, eva.OptionalInt("mlp_hidden"));
     XCPIPE_ASSIGN_OR_RETURN(v.mlp, Resolve("EVA MLP width", mlp, "config.json eva_vit_g.mlp_hidden",
                                            DimOf(table, "visual_encoder.blocks.0.mlp.fc1.weight", 0),
@@ -601,16 +604,14 @@ StatusOr<ModelSpec> Build1(const Json& config, const TensorTable& table) {
                                                      DimOf(table, "query_tokens", 2), "query_tokens", kQformerWidth));
     XCPIPE_ASSIGN_OR_RETURN(auto layers, qf.OptionalInt("num_hidden_layers"));
     int64_t counted = CountIndexed(table, "Qformer.bert.encoder.layer.");
-    XCPIPE_ASSIGN_OR_RETURN(v.qformer_layers,
-                            Resolve("Q-Former depth", layers, "config.json qformer.num_hidden_layers",
-                                    counted ? std::optional<int64_t>(counted) : std::nullopt,
-                                    "Qformer.bert.encoder.layer.*", 12));
+    XCPIPE_ASSIGN_OR_RETURN(v.qformer_layers, Resolve("Q-Former depth", layers, "config.json qformer.num_hidden_layers",
+                                                      counted ? std::optional<int64_t>(counted) : std::nullopt,
+                                                      "Qformer.bert.encoder.layer.*", 12));
     XCPIPE_ASSIGN_OR_RETURN(auto inter, qf.OptionalInt("intermediate_size"));
-    XCPIPE_ASSIGN_OR_RETURN(
-        v.qformer_intermediate,
-        Resolve("Q-Former FFN width", inter, "config.json qformer.intermediate_size",
-                DimOf(table, "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0),
-                "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 3072));
+    XCPIPE_ASSIGN_OR_RETURN(v.qformer_intermediate,
+                            Resolve("Q-Former FFN width", inter, "config.json qformer.intermediate_size",
+                                    DimOf(table, "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0),
+                                    "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 3072));
     XCPIPE_ASSIGN_OR_RETURN(auto heads, qf.OptionalInt("num_attention_heads"));
     v.qformer_heads = TowerHeads(heads, v.qformer_width, kQformerWidth, kQformerHeads, "Q-Former", &spec.notes);
     XCPIPE_ASSIGN_OR_RETURN(auto freq, qf.OptionalInt("cross_attention_freq"));
@@ -623,8 +624,7 @@ StatusOr<ModelSpec> Build1(const Json& config, const TensorTable& table) {
       v.query_tokens = *nq;
     } else if (auto rows = DimOf(table, "query_tokens", 1)) {
       v.query_tokens = *rows;
-      spec.notes.push_back("num_query_token not in config.json; read " + std::to_string(*rows) +
-                           " from query_tokens");
+      spec.notes.push_back("num_query_token not in config.json; read " + std::to_string(*rows) + " from query_tokens");
     } else {
       v.query_tokens = 32;
       spec.notes.push_back("num_query_token not in config.json and no query_tokens tensor; using 32");
@@ -746,8 +746,7 @@ void MergeTowerHeadsFromModelInfo(const std::filesystem::path& dir, Json* config
   if (!config->is_object() || !std::filesystem::exists(info_path, ec)) return;
   auto info = ReadJsonFile(info_path);
   if (!info.ok() || !info->is_object()) return;
-  auto merge = [&](const char* info_section, const char* info_key, const char* config_section,
-                   const char* config_key) {
+  auto merge = [&](const char* info_section, const char* info_key, const char* config_section, const char* config_key) {
     auto section = info->find(info_section);
     if (section == info->end() || !section->is_object()) return;
     auto value = section->find(info_key);
@@ -769,10 +768,14 @@ void MergeTowerHeadsFromModelInfo(const std::filesystem::path& dir, Json* config
 
 std::string_view ArchName(ModelArch arch) {
   switch (arch) {
-    case ModelArch::kIxc1: return "ixc1";
-    case ModelArch::kIxc2Vl: return "ixc2-vl";
-    case ModelArch::kIxc2_4khd: return "ixc2-4khd";
-    case ModelArch::kIxc2_5: return "ixc2.5";
+    case ModelArch::kIxc1:
+      return "ixc1";
+    case ModelArch::kIxc2Vl:
+      return "ixc2-vl";
+    case ModelArch::kIxc2_4khd:
+      return "ixc2-4khd";
+    case ModelArch::kIxc2_5:
+      return "ixc2.5";
   }
   return "unknown";
 }
@@ -797,7 +800,8 @@ StatusOr<ModelArch> DetectArch(const TensorTable& tensors, const nlohmann::json*
   const std::string where = tensors.source.empty() ? std::string("tensor table") : tensors.source;
   if (has_ixc1) return ModelArch::kIxc1;
   if (!has_ixc2) {
-    return InvalidArgumentError(where + ": not an InternLM-XComposer checkpoint (no internlm_model.* tensors (1.0) "
+    return InvalidArgumentError(where +
+                                ": not an InternLM-XComposer checkpoint (no internlm_model.* tensors (1.0) "
                                 "and no model.* / vit.* tensors (2.x))");
   }
   if (!has_glb) return ModelArch::kIxc2Vl;
@@ -807,7 +811,8 @@ StatusOr<ModelArch> DetectArch(const TensorTable& tensors, const nlohmann::json*
     const int64_t rows = pos->shape[0];
     int64_t patch = kClipPatch;
     if (auto p = DimOf(tensors, std::string(kVit) + "embeddings.patch_embedding.weight", 2); p && *p > 0) patch = *p;
-    const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(rows - 1, 0)))));
+    const auto grid =
+        static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(rows - 1, 0)))));
     if (grid * grid + 1 == rows) {
       if (grid * patch == 336) return ModelArch::kIxc2_4khd;
       if (grid * patch == 560) return ModelArch::kIxc2_5;

@@ -82,8 +82,8 @@ Status ParseEntry(const std::string& name, const Json& entry, uint64_t data_byte
   if (*end < *begin) return fail("data_offsets " + offsets_it->dump() + " end before they begin");
   if (*end - *begin != bytes) {
     return fail("data_offsets [" + std::to_string(*begin) + "," + std::to_string(*end) + "] hold " +
-                std::to_string(*end - *begin) + " bytes, but shape " + ShapeText(shape) + " of " + dtype_name +
-                " (" + std::to_string(DTypeBytes(*dtype)) + " bytes per element) needs " + std::to_string(bytes) +
+                std::to_string(*end - *begin) + " bytes, but shape " + ShapeText(shape) + " of " + dtype_name + " (" +
+                std::to_string(DTypeBytes(*dtype)) + " bytes per element) needs " + std::to_string(bytes) +
                 " (wrong dtype size or shape)");
   }
   if (*end > data_bytes) {
@@ -251,9 +251,8 @@ StatusOr<std::unique_ptr<SafetensorsFileWriter>> SafetensorsFileWriter::Create(
       }
     }
     uint64_t bytes = numel * DTypeBytes(e.dtype);
-    header[e.name] = {{"dtype", std::string(DTypeName(e.dtype))},
-                      {"shape", e.shape},
-                      {"data_offsets", {offset, offset + bytes}}};
+    header[e.name] = {
+        {"dtype", std::string(DTypeName(e.dtype))}, {"shape", e.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text;
@@ -387,8 +386,8 @@ StatusOr<TensorTable> ReadCheckpointTensorTable(const std::filesystem::path& dir
       std::string list;
       for (size_t i = 0; i < unlisted.size() && i < 20; ++i) list += (i ? ", " : "") + unlisted[i];
       if (unlisted.size() > 20) list += ", ... (" + std::to_string(unlisted.size()) + " in all)";
-      return InvalidArgumentError(dir.string() + ": shards hold tensors that " + std::string(kSafetensorsIndexFileName) +
-                                  " does not list: " + list);
+      return InvalidArgumentError(dir.string() + ": shards hold tensors that " +
+                                  std::string(kSafetensorsIndexFileName) + " does not list: " + list);
     }
     return table;
   }

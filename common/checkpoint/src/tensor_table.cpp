@@ -139,7 +139,8 @@ bool IsOptionalEntry(const OrderedJson& entry) {
 
 Status ReadEntries(const OrderedJson& object, std::string_view what, std::string_view field, TensorTable* table,
                    std::vector<std::string>* optional_names) {
-  if (!object.is_object()) return InvalidArgumentError(std::string(what) + ": \"" + std::string(field) + "\" is not an object");
+  if (!object.is_object())
+    return InvalidArgumentError(std::string(what) + ": \"" + std::string(field) + "\" is not an object");
   for (const auto& [name, entry] : object.items()) {
     XCPIPE_ASSIGN_OR_RETURN(TensorInfo info, ParseLayoutEntry(name, entry, what));
     if (optional_names && IsOptionalEntry(entry)) optional_names->push_back(name);
@@ -177,8 +178,7 @@ StatusOr<LayoutFile> ReadLayoutFile(const std::filesystem::path& path) {
   }
   if (auto it = doc.find("non_persistent_buffers"); it != doc.end()) {
     layout.non_persistent_buffers.source = what + " (non_persistent_buffers)";
-    XCPIPE_RETURN_IF_ERROR(
-        ReadEntries(*it, what, "non_persistent_buffers", &layout.non_persistent_buffers, nullptr));
+    XCPIPE_RETURN_IF_ERROR(ReadEntries(*it, what, "non_persistent_buffers", &layout.non_persistent_buffers, nullptr));
   }
   return layout;
 }

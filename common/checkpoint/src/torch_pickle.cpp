@@ -41,9 +41,9 @@ struct StorageClass {
   DType dtype;
 };
 constexpr StorageClass kStorageClasses[] = {
-    {"torch.FloatStorage", DType::kF32},  {"torch.HalfStorage", DType::kF16},  {"torch.BFloat16Storage", DType::kBF16},
-    {"torch.DoubleStorage", DType::kF64}, {"torch.LongStorage", DType::kI64},  {"torch.IntStorage", DType::kI32},
-    {"torch.ShortStorage", DType::kI16},  {"torch.CharStorage", DType::kI8},   {"torch.ByteStorage", DType::kU8},
+    {"torch.FloatStorage", DType::kF32},  {"torch.HalfStorage", DType::kF16}, {"torch.BFloat16Storage", DType::kBF16},
+    {"torch.DoubleStorage", DType::kF64}, {"torch.LongStorage", DType::kI64}, {"torch.IntStorage", DType::kI32},
+    {"torch.ShortStorage", DType::kI16},  {"torch.CharStorage", DType::kI8},  {"torch.ByteStorage", DType::kU8},
     {"torch.BoolStorage", DType::kBool},
 };
 
@@ -59,22 +59,47 @@ bool AllowedGlobal(std::string_view global) {
          global == kRebuildParameter || global == kRebuildParameterWithState || StorageDType(global).has_value();
 }
 
-enum class Kind : uint8_t { kNone, kBool, kInt, kFloat, kString, kBytes, kTuple, kList, kDict, kGlobal, kStorage, kTensor };
+enum class Kind : uint8_t {
+  kNone,
+  kBool,
+  kInt,
+  kFloat,
+  kString,
+  kBytes,
+  kTuple,
+  kList,
+  kDict,
+  kGlobal,
+  kStorage,
+  kTensor
+};
 
 const char* KindName(Kind kind) {
   switch (kind) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "a bool";
-    case Kind::kInt: return "an int";
-    case Kind::kFloat: return "a float";
-    case Kind::kString: return "a string";
-    case Kind::kBytes: return "bytes";
-    case Kind::kTuple: return "a tuple";
-    case Kind::kList: return "a list";
-    case Kind::kDict: return "a dict";
-    case Kind::kGlobal: return "a class or function";
-    case Kind::kStorage: return "a storage";
-    case Kind::kTensor: return "a tensor";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "a bool";
+    case Kind::kInt:
+      return "an int";
+    case Kind::kFloat:
+      return "a float";
+    case Kind::kString:
+      return "a string";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kTuple:
+      return "a tuple";
+    case Kind::kList:
+      return "a list";
+    case Kind::kDict:
+      return "a dict";
+    case Kind::kGlobal:
+      return "a class or function";
+    case Kind::kStorage:
+      return "a storage";
+    case Kind::kTensor:
+      return "a tensor";
   }
   return "?";
 }
@@ -106,7 +131,8 @@ class PickleMachine {
       if (op == '.') break;  // STOP
       XCPIPE_RETURN_IF_ERROR(Step(op));
     }
-    if (stack_.size() != 1 || !marks_.empty()) return Fail("STOP with " + std::to_string(stack_.size()) + " values on the stack");
+    if (stack_.size() != 1 || !marks_.empty())
+      return Fail("STOP with " + std::to_string(stack_.size()) + " values on the stack");
     return Extract(stack_.back());
   }
 
@@ -116,7 +142,8 @@ class PickleMachine {
   }
 
   StatusOr<size_t> New(Object object) {
-    if (objects_.size() >= kMaxTorchPickleObjects) return Fail("more than " + std::to_string(kMaxTorchPickleObjects) + " objects");
+    if (objects_.size() >= kMaxTorchPickleObjects)
+      return Fail("more than " + std::to_string(kMaxTorchPickleObjects) + " objects");
     objects_.push_back(std::move(object));
     return objects_.size() - 1;
   }
@@ -270,7 +297,8 @@ class PickleMachine {
   Status PersistentLoad(size_t pid_id) {
     const Object& pid = objects_[pid_id];
     auto bad = [&](const std::string& why) { return Fail("persistent id " + why); };
-    if (pid.kind != Kind::kTuple || pid.items.size() != 5) return bad("is not a 5-tuple ('storage', type, key, location, numel)");
+    if (pid.kind != Kind::kTuple || pid.items.size() != 5)
+      return bad("is not a 5-tuple ('storage', type, key, location, numel)");
     const Object& tag = objects_[pid.items[0]];
     const Object& type = objects_[pid.items[1]];
     const Object& key = objects_[pid.items[2]];
@@ -659,9 +687,10 @@ StatusOr<std::unique_ptr<TorchZipFile>> TorchZipFile::Open(const std::filesystem
     in.read(magic, 4);
     if (std::memcmp(magic, "PK\x03\x04", 4) != 0) {
       if (static_cast<unsigned char>(magic[0]) == 0x80) {
-        return InvalidArgumentError(what + ": a legacy (non-zip) torch.save file, written by torch < 1.6 or with "
-                                           "_use_new_zipfile_serialization=False; re-save it with a newer torch "
-                                           "(torch.save(torch.load(f), f)) and convert again");
+        return InvalidArgumentError(what +
+                                    ": a legacy (non-zip) torch.save file, written by torch < 1.6 or with "
+                                    "_use_new_zipfile_serialization=False; re-save it with a newer torch "
+                                    "(torch.save(torch.load(f), f)) and convert again");
       }
       return InvalidArgumentError(what + ": not a torch.save zip archive (no zip signature)");
     }
@@ -680,15 +709,16 @@ StatusOr<std::unique_ptr<TorchZipFile>> TorchZipFile::Open(const std::filesystem
     if (!name) continue;
     std::string entry = name;
     out->archive_->entries.emplace(entry, static_cast<zip_uint64_t>(i));
-    const bool top_level_pickle = entry == "data.pkl" ||
-                                  (entry.size() > 9 && entry.compare(entry.size() - 9, 9, "/data.pkl") == 0 &&
-                                   entry.find('/') == entry.size() - 9);
+    const bool top_level_pickle =
+        entry == "data.pkl" || (entry.size() > 9 && entry.compare(entry.size() - 9, 9, "/data.pkl") == 0 &&
+                                entry.find('/') == entry.size() - 9);
     if (top_level_pickle) {
       if (!pickle_entry.empty()) return InvalidArgumentError(what + ": more than one data.pkl in the archive");
       pickle_entry = entry;
     }
   }
-  if (pickle_entry.empty()) return InvalidArgumentError(what + ": zip archive without <name>/data.pkl (not torch.save?)");
+  if (pickle_entry.empty())
+    return InvalidArgumentError(what + ": zip archive without <name>/data.pkl (not torch.save?)");
   out->prefix_ = pickle_entry.substr(0, pickle_entry.size() - std::string("data.pkl").size());
 
   if (out->archive_->entries.count(out->prefix_ + "byteorder")) {
@@ -720,7 +750,8 @@ StatusOr<std::string> TorchZipFile::ReadTensor(const TorchTensorRecord& t) {
   const std::string what = file_.string();
   const size_t element = DTypeBytes(t.dtype);
   const uint64_t storage_bytes = static_cast<uint64_t>(t.storage_numel) * element;
-  XCPIPE_ASSIGN_OR_RETURN(std::string storage, archive_->Read(prefix_ + "data/" + t.storage_key, storage_bytes + 64, what));
+  XCPIPE_ASSIGN_OR_RETURN(std::string storage,
+                          archive_->Read(prefix_ + "data/" + t.storage_key, storage_bytes + 64, what));
   if (storage.size() < storage_bytes) {
     return InvalidArgumentError(what + ": storage of tensor '" + t.name + "' is short");
   }

@@ -50,7 +50,8 @@ TEST_F(ConvertTest, ConvertsShardsByteForByte) {
   std::vector<std::string> reported;
   auto summary = ConvertTorchCheckpoint(in, out, {}, [&](const ConvertedShard& s) { reported.push_back(s.output); });
   ASSERT_TRUE(summary.ok()) << summary.status().ToString();
-  EXPECT_EQ(reported, (std::vector<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}));
+  EXPECT_EQ(reported,
+            (std::vector<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}));
   EXPECT_EQ(summary->tensors, 8u);
   ASSERT_EQ(summary->shards.size(), 2u);
   EXPECT_EQ(summary->shards[0].source, "pytorch_model-00001-of-00002.bin");

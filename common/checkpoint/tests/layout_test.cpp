@@ -56,17 +56,17 @@ TEST_P(RealLayoutTest, ParsesEveryEntry) {
   EXPECT_EQ(numel_sum, c.parameter_count);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllFour, RealLayoutTest,
-    ::testing::Values(LayoutCase{"internlm-xcomposer2-vl-7b.layout.json", 942, 2, 0, 97, "model.tok_embeddings.weight",
-                                 DType::kF16, 8666840064ull},
-                      LayoutCase{"internlm-xcomposer2-4khd-7b.layout.json", 944, 2, 0, 97, "plora_glb_GN", DType::kBF16,
-                                 8597501952ull},
-                      LayoutCase{"internlm-xcomposer2d5-7b.layout.json", 948, 6, 0, 97, "plora_glb_GN", DType::kBF16,
-                                 8679815168ull + 23076864ull},
-                      LayoutCase{"ixc1_7b.layout.json", 1224, 0, 384, 0, "query_tokens", DType::kF32,
-                                 // num_parameters_without_lora + the 512 Q-Former position_ids
-                                 8416192384ull + 512ull}));
+INSTANTIATE_TEST_SUITE_P(AllFour, RealLayoutTest,
+                         ::testing::Values(LayoutCase{"internlm-xcomposer2-vl-7b.layout.json", 942, 2, 0, 97,
+                                                      "model.tok_embeddings.weight", DType::kF16, 8666840064ull},
+                                           LayoutCase{"internlm-xcomposer2-4khd-7b.layout.json", 944, 2, 0, 97,
+                                                      "plora_glb_GN", DType::kBF16, 8597501952ull},
+                                           LayoutCase{"internlm-xcomposer2d5-7b.layout.json", 948, 6, 0, 97,
+                                                      "plora_glb_GN", DType::kBF16, 8679815168ull + 23076864ull},
+                                           LayoutCase{"ixc1_7b.layout.json", 1224, 0, 384, 0, "query_tokens",
+                                                      DType::kF32,
+                                                      // num_parameters_without_lora + the 512 Q-Former position_ids
+                                                      8416192384ull + 512ull}));
 
 TEST(LayoutFileTest, FourKhdReleasedBytesMatchTheReleasedIndex) {
   const auto path = Layouts() / "internlm-xcomposer2-4khd-7b.layout.json";

@@ -84,7 +84,8 @@ TEST_F(SyntheticCheckpointTest, StageWithLayers3To5MapsOnlyThoseTensors) {
   auto described = DescribeCheckpoint(dir_.path());
   ASSERT_TRUE(described.ok()) << described.status().ToString();
   const ModelSpec& spec = described->spec;
-  ASSERT_TRUE(CheckCoverage(spec, described->tensors).ok()) << CheckCoverage(spec, described->tensors).ToStatus().ToString();
+  ASSERT_TRUE(CheckCoverage(spec, described->tensors).ok())
+      << CheckCoverage(spec, described->tensors).ToStatus().ToString();
   ASSERT_EQ(spec.llm.layers, 8);
 
   // The stage's filter, as a worker builds it: tensors of the blocks layer.3 .. layer.5.

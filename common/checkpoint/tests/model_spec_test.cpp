@@ -18,7 +18,9 @@ bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-std::filesystem::path Fixture(const std::string& model) { return xcpipe::testing::FixturesDir() / model / "checkpoint"; }
+std::filesystem::path Fixture(const std::string& model) {
+  return xcpipe::testing::FixturesDir() / model / "checkpoint";
+}
 
 // The block a tensor belongs to, written from DESIGN.md's table by name prefix alone: an
 // oracle independent of the spec builder.
@@ -142,9 +144,9 @@ StatusOr<CheckpointDescription> Tiny(const std::string& model) {
   return DescribeCheckpoint(Fixture(model));
 }
 
-#define SKIP_WITHOUT_FIXTURES()                                                  \
-  if (!std::filesystem::exists(xcpipe::testing::FixturesDir() / "ixc2_vl")) {    \
-    GTEST_SKIP() << "no fixtures at " << xcpipe::testing::FixturesDir();         \
+#define SKIP_WITHOUT_FIXTURES()                                               \
+  if (!std::filesystem::exists(xcpipe::testing::FixturesDir() / "ixc2_vl")) { \
+    GTEST_SKIP() << "no fixtures at " << xcpipe::testing::FixturesDir();      \
   }
 
 TEST(ModelSpecTest, Ixc2VlDimensions) {
@@ -391,10 +393,12 @@ TEST(DetectArchTest, DecidesFromNamesAndShapes) {
   auto detect = [](const TensorTable& t, const Json* clip = nullptr) { return DetectArch(t, clip); };
   EXPECT_EQ(*detect(Table({{"internlm_model.model.norm.weight", DType::kF32, {8}, ""}})), ModelArch::kIxc1);
   EXPECT_EQ(*detect(Table({{"model.norm.weight", DType::kF32, {8}, ""}})), ModelArch::kIxc2Vl);
-  EXPECT_EQ(*detect(Table({{"plora_glb_GN", DType::kF32, {1, 1, 64}, ""}, {pos, DType::kF32, {577, 16}, ""},
+  EXPECT_EQ(*detect(Table({{"plora_glb_GN", DType::kF32, {1, 1, 64}, ""},
+                           {pos, DType::kF32, {577, 16}, ""},
                            {"model.norm.weight", DType::kF32, {8}, ""}})),
             ModelArch::kIxc2_4khd);
-  EXPECT_EQ(*detect(Table({{"plora_glb_GN", DType::kF32, {1, 1, 64}, ""}, {pos, DType::kF32, {1601, 16}, ""},
+  EXPECT_EQ(*detect(Table({{"plora_glb_GN", DType::kF32, {1, 1, 64}, ""},
+                           {pos, DType::kF32, {1601, 16}, ""},
                            {"model.norm.weight", DType::kF32, {8}, ""}})),
             ModelArch::kIxc2_5);
   // Without the position table: the CLIP config's image size, then video_mem_proj.
@@ -451,7 +455,8 @@ TEST(ModelSpecTest, ConfigErrorsNameTheKey) {
   wrong_type["num_attention_heads"] = "four";
   spec = BuildModelSpec(wrong_type, &clip, *table);
   ASSERT_FALSE(spec.ok());
-  EXPECT_TRUE(Contains(spec.status().message(), "\"num_attention_heads\" must be an integer")) << spec.status().message();
+  EXPECT_TRUE(Contains(spec.status().message(), "\"num_attention_heads\" must be an integer"))
+      << spec.status().message();
   auto not_divisible = config;
   not_divisible["num_key_value_heads"] = 3;
   spec = BuildModelSpec(not_divisible, &clip, *table);
@@ -511,9 +516,7 @@ class BadCheckpointCoverageTest : public ::testing::Test {
   Json config_, clip_;
 };
 
-TEST_F(BadCheckpointCoverageTest, CleanSyntheticCheckpointPasses) {
-  EXPECT_TRUE(Check(tensors_).ok());
-}
+TEST_F(BadCheckpointCoverageTest, CleanSyntheticCheckpointPasses) { EXPECT_TRUE(Check(tensors_).ok()); }
 
 TEST_F(BadCheckpointCoverageTest, UnknownTensorIsNamed) {
   auto tensors = tensors_;
@@ -555,7 +558,7 @@ TEST_F(BadCheckpointCoverageTest, MissingTensorIsNamedButOptionalOnesMayBeAbsent
   std::vector<TensorInfo> tensors;
   for (const auto& t : tensors_) {
     if (t.name == "model.layers.2.feed_forward.w2.Plora_B.weight") continue;  // required
-    if (t.name.find("post_layernorm") != std::string::npos) continue;     // optional
+    if (t.name.find("post_layernorm") != std::string::npos) continue;         // optional
     tensors.push_back(t);
   }
   auto report = Check(tensors);

@@ -52,8 +52,8 @@ class Pickle {
   Pickle& Mark() { return Op('('); }
   Pickle& Tuple() { return Op('t'); }
   // _rebuild_tensor_v2(('storage', torch.<type>, key, 'cpu', numel), offset, size, stride, False, OrderedDict())
-  Pickle& Tensor(const std::string& storage_type, const std::string& key, int numel, int offset,
-                 std::vector<int> size, std::vector<int> stride) {
+  Pickle& Tensor(const std::string& storage_type, const std::string& key, int numel, int offset, std::vector<int> size,
+                 std::vector<int> stride) {
     Global("torch._utils", "_rebuild_tensor_v2").Mark();
     Mark().Str("storage").Global("torch", storage_type).Str(key).Str("cpu").Int(numel).Tuple().Op('Q');
     Int(offset);
@@ -107,9 +107,12 @@ TEST(TorchPickleTest, ReadsAPlainDict) {
 }
 
 TEST(TorchPickleTest, RefusesUnexpectedGlobalsWithoutCallingThem) {
-  for (const auto& [module, name] : std::vector<std::pair<std::string, std::string>>{
-           {"os", "system"}, {"posix", "system"}, {"builtins", "eval"}, {"subprocess", "Popen"},
-           {"torch", "load"}, {"collections", "defaultdict"}}) {
+  for (const auto& [module, name] : std::vector<std::pair<std::string, std::string>>{{"os", "system"},
+                                                                                     {"posix", "system"},
+                                                                                     {"builtins", "eval"},
+                                                                                     {"subprocess", "Popen"},
+                                                                                     {"torch", "load"},
+                                                                                     {"collections", "defaultdict"}}) {
     Pickle p;
     p.Op('}').Str("payload").Global(module, name).Mark().Str("touch /tmp/pwned").Tuple().Op('R').Op('s');
     auto tensors = ParseTorchStateDictPickle(p.Stop(), "evil.bin");
@@ -147,9 +150,15 @@ TEST(TorchPickleTest, RefusesMalformedPickles) {
       {"\x80\x02h\x05."s, "never stored"},
       {"\x80\x02K\x01."s, "not a dict of tensors"},
       {dict_with([](Pickle& p) { p.Int(3); }), "'w' is an int, not a tensor"},
-      {dict_with([](Pickle& p) { p.Tensor("FloatStorage", "0", 4, 2, {2, 2}, {2, 1}); }), "reaches past its storage"},
+      {dict_with([](Pickle& p) {
+         p.Tensor("FloatStorage", "0", 4, 2, {2, 2}, {2, 1});
+       }),
+       "reaches past its storage"},
       {dict_with([](Pickle& p) { p.Tensor("FloatStorage", "../x", 4, 0, {4}, {1}); }), "bad storage key"},
-      {dict_with([](Pickle& p) { p.Tensor("FloatStorage", "0", 4, 0, {4}, {1, 1}); }), "differ in length"},
+      {dict_with([](Pickle& p) {
+         p.Tensor("FloatStorage", "0", 4, 0, {4}, {1, 1});
+       }),
+       "differ in length"},
   };
   for (const auto& c : cases) {
     auto tensors = ParseTorchStateDictPickle(c.bytes, "bad.bin");

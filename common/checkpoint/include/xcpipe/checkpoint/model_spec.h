@@ -31,10 +31,10 @@
 namespace xcpipe::checkpoint {
 
 enum class ModelArch : uint8_t {
-  kIxc1,      // InternLM-XComposer 1.0: EVA ViT-g + Q-Former + InternLM-7B with LoRA
-  kIxc2Vl,    // XComposer2-VL: CLIP-L/14 at 490 px + InternLM2 with Partial-LoRA
-  kIxc2_4khd, // XComposer2-4KHD: HD tiles of 336 px, GN separators, wqkv PLoRA r=8 alpha=16
-  kIxc2_5,    // XComposer-2.5: HD tiles of 560 px, GN separators, padding at the bottom
+  kIxc1,       // InternLM-XComposer 1.0: EVA ViT-g + Q-Former + InternLM-7B with LoRA
+  kIxc2Vl,     // XComposer2-VL: CLIP-L/14 at 490 px + InternLM2 with Partial-LoRA
+  kIxc2_4khd,  // XComposer2-4KHD: HD tiles of 336 px, GN separators, wqkv PLoRA r=8 alpha=16
+  kIxc2_5,     // XComposer-2.5: HD tiles of 560 px, GN separators, padding at the bottom
 };
 std::string_view ArchName(ModelArch arch);  // "ixc1", "ixc2-vl", "ixc2-4khd", "ixc2.5"
 std::optional<ModelArch> ParseArch(std::string_view name);
@@ -51,7 +51,7 @@ struct LlmConfig {
   int64_t hidden = 0;
   int64_t layers = 0;
   int64_t heads = 0;
-  int64_t kv_heads = 0;     // == heads for 1.0 (no GQA)
+  int64_t kv_heads = 0;  // == heads for 1.0 (no GQA)
   int64_t head_dim = 0;
   int64_t intermediate = 0;
   int64_t vocab = 0;
@@ -75,23 +75,23 @@ enum class VisionKind : uint8_t { kClip, kEvaQformer };
 
 struct VisionConfig {
   VisionKind kind = VisionKind::kClip;
-  int64_t image_size = 0;     // input px of one tower pass (490 VL, 336 4KHD, 560 2.5, 224 1.0)
+  int64_t image_size = 0;  // input px of one tower pass (490 VL, 336 4KHD, 560 2.5, 224 1.0)
   int64_t patch = 14;
-  int64_t width = 0;          // tower hidden size C
+  int64_t width = 0;  // tower hidden size C
   int64_t layers = 0;
   int64_t heads = 0;
   int64_t mlp = 0;
-  double eps = 1e-5;          // tower LayerNorm eps (1e-6 for EVA)
-  int64_t positions = 0;      // rows of the position table (1 + (image_size/patch)^2)
-  bool hd = false;            // 4KHD / 2.5 tiling with 2x2 merge and GN separators
-  int64_t default_hd_num = 0; // chat() default tile budget (25 for 4KHD, 24 for 2.5)
-  int64_t proj_in = 0;        // projector input width (C, or 4C for HD)
+  double eps = 1e-5;           // tower LayerNorm eps (1e-6 for EVA)
+  int64_t positions = 0;       // rows of the position table (1 + (image_size/patch)^2)
+  bool hd = false;             // 4KHD / 2.5 tiling with 2x2 merge and GN separators
+  int64_t default_hd_num = 0;  // chat() default tile budget (25 for 4KHD, 24 for 2.5)
+  int64_t proj_in = 0;         // projector input width (C, or 4C for HD)
   // 1.0 only.
   int64_t qformer_width = 0;
   int64_t qformer_layers = 0;
   int64_t qformer_heads = 0;
   int64_t qformer_intermediate = 0;
-  int64_t query_tokens = 0;   // NQ; image rows = NQ + 2
+  int64_t query_tokens = 0;  // NQ; image rows = NQ + 2
   int64_t qformer_cross_attention_every = 2;
   double qformer_eps = 1e-12;   // Q-Former (BERT, post-LN) LayerNorm eps
   double ln_vision_eps = 1e-5;  // ln_vision, applied to the EVA output
@@ -108,8 +108,8 @@ struct ExpectedTensor {
 
 struct Block {
   BlockKind kind = BlockKind::kLayer;
-  int64_t layer = -1;     // decoder layer index for kLayer, else -1
-  std::string name;       // "vision", "embed", "layer.7", "head"
+  int64_t layer = -1;  // decoder layer index for kLayer, else -1
+  std::string name;    // "vision", "embed", "layer.7", "head"
   std::vector<ExpectedTensor> tensors;
 };
 
@@ -193,10 +193,10 @@ StatusOr<CheckpointDescription> DescribeLayout(const std::filesystem::path& layo
 
 // The coverage proof: every tensor belongs to exactly one block, nothing is missing.
 struct CoverageReport {
-  std::vector<std::string> unknown;      // in the checkpoint, claimed by no block
-  std::vector<std::string> duplicated;   // appears more than once in the checkpoint
-  std::vector<std::string> missing;      // required by a block, absent from the checkpoint
-  std::vector<std::string> wrong_shape;  // "name: expected [a,b], found [c,d]"
+  std::vector<std::string> unknown;          // in the checkpoint, claimed by no block
+  std::vector<std::string> duplicated;       // appears more than once in the checkpoint
+  std::vector<std::string> missing;          // required by a block, absent from the checkpoint
+  std::vector<std::string> wrong_shape;      // "name: expected [a,b], found [c,d]"
   std::map<std::string, size_t> assignment;  // tensor name -> block index (present tensors)
 
   bool ok() const { return unknown.empty() && duplicated.empty() && missing.empty() && wrong_shape.empty(); }

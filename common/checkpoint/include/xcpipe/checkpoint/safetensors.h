@@ -37,8 +37,8 @@ struct SafetensorsEntry {
 };
 
 struct SafetensorsHeader {
-  uint64_t header_bytes = 0;       // N
-  uint64_t data_section_offset = 0;  // 8 + N
+  uint64_t header_bytes = 0;              // N
+  uint64_t data_section_offset = 0;       // 8 + N
   std::vector<SafetensorsEntry> entries;  // in offset order
   std::map<std::string, std::string> metadata;
 };
@@ -97,7 +97,7 @@ class MappedCheckpoint {
 
   StatusOr<View> Get(std::string_view name) const;  // NotFound when absent or not mapped
   bool Has(std::string_view name) const;
-  std::vector<std::string> Names() const;            // mapped tensors, sorted
+  std::vector<std::string> Names() const;                  // mapped tensors, sorted
   uint64_t mapped_bytes() const { return mapped_bytes_; }  // sum of mapping lengths
   uint64_t tensor_bytes() const { return tensor_bytes_; }  // sum of mapped tensors' sizes
 
@@ -141,9 +141,9 @@ class SafetensorsFileWriter {
     DType dtype = DType::kF32;
     std::vector<int64_t> shape;
   };
-  static StatusOr<std::unique_ptr<SafetensorsFileWriter>> Create(const std::filesystem::path& file,
-                                                                 std::vector<Entry> entries,
-                                                                 const std::map<std::string, std::string>& metadata = {});
+  static StatusOr<std::unique_ptr<SafetensorsFileWriter>> Create(
+      const std::filesystem::path& file, std::vector<Entry> entries,
+      const std::map<std::string, std::string>& metadata = {});
   ~SafetensorsFileWriter();
   SafetensorsFileWriter(const SafetensorsFileWriter&) = delete;
   SafetensorsFileWriter& operator=(const SafetensorsFileWriter&) = delete;

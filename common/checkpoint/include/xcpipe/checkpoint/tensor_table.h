@@ -62,7 +62,7 @@ struct LayoutFile {
   // layouts) or "config" (the 1.0 layout, which also nests "eva_vit_g" and "qformer").
   // Parse it and hand it to BuildModelSpec, or use DescribeLayout (model_spec.h).
   std::string config_json;
-  std::string clip_config_json;      // "clip_vision_config" as JSON text ("" when absent)
+  std::string clip_config_json;  // "clip_vision_config" as JSON text ("" when absent)
   // 1.0 only: "lora_parameters_pattern", every LoRA tensor the code can create, with a
   // placeholder rank (the real rank is unknown). Not part of `table`.
   TensorTable lora_pattern;

@@ -173,9 +173,10 @@ StatusOr<int64_t> Resolve(std::string_view quantity, std::optional<int64_t> from
 }
 
 Status CheckPositive(std::string_view what, std::string_view key, int64_t v) {
-  if (v <= 0)
+  if (v <= 0) {
     return InvalidArgumentError(std::string(what) + ": \"" + std::string(key) + "\" must be positive, found " +
                                 std::to_string(v));
+  }
   return OkStatus();
 }
 

@@ -197,7 +197,7 @@ class PickleMachine {
     return out;
   }
 
-  Status PushGlobal(std::string module, std::string name) {
+  Status PushGlobal(const std::string& module, const std::string& name) {
     std::string global = module + "." + name;
     if (!AllowedGlobal(global)) {
       return Fail("refusing pickle GLOBAL '" + global +
@@ -648,7 +648,7 @@ struct TorchZipFile::Archive {
       if (n <= 0) break;
       done += static_cast<uint64_t>(n);
     }
-    std::string error = n_error(file);
+    std::string error = FileErrorText(file);
     zip_fclose(file);
     if (done != st.size) {
       return InvalidArgumentError(what + ": archive entry '" + name + "' is short (" + std::to_string(done) + " of " +
@@ -657,7 +657,7 @@ struct TorchZipFile::Archive {
     }
     return out;
   }
-  static std::string n_error(zip_file_t* file) {
+  static std::string FileErrorText(zip_file_t* file) {
     zip_error_t* e = zip_file_get_error(file);
     return (e && zip_error_code_zip(e) != ZIP_ER_OK) ? zip_error_strerror(e) : "";
   }

@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
                       {"hidden", o.hidden},
                       {"socket_buffer_bytes", defaults.socket_buffer_bytes},
                       {"cores", std::thread::hardware_concurrency()},
-                      {"crc32c_hardware", Crc32cIsHardwareAccelerated()},
+                      {"crc32c_implementation", std::string(Crc32cImplName(Crc32cBestImpl()))},
                       {"goal_ratio", 0.8}};
   report["results"] = nlohmann::json::array();
 

@@ -55,10 +55,12 @@ class WakeSignal {
 namespace {
 
 // Tunables of the byte pumps (named here, read nowhere else).
-constexpr size_t kReadAheadBytes = size_t{256} << 10;      // staging buffer for small reads
-constexpr size_t kDirectReadThreshold = size_t{64} << 10;  // larger remainders are read in place
-constexpr size_t kDirectReadChunk = size_t{512} << 10;     // checksummed while still in L2
-constexpr size_t kMaxGatherBuffers = 64;                   // Asio's per-call buffer limit on Linux
+// Preambles and headers come through a small read-ahead buffer (one read usually brings both);
+// tensor bytes are read in place with scatter reads, so they are copied once, by the kernel.
+constexpr size_t kReadAheadBytes = size_t{16} << 10;
+constexpr size_t kDirectReadThreshold = kReadAheadBytes;  // larger header remainders are read in place
+constexpr size_t kDirectReadChunk = size_t{512} << 10;    // checksummed while still in L2
+constexpr size_t kMaxGatherBuffers = 64;                  // Asio's per-call buffer limit on Linux
 constexpr int kListenBacklog = 16;
 constexpr size_t kPayloadAlignment = 64;
 
@@ -469,6 +471,7 @@ struct TcpReceiverLink::Impl {
   StageHeader header;
   std::shared_ptr<HostBuffer> block;
   std::vector<size_t> offsets;
+  std::vector<asio::mutable_buffer> scatter;
   size_t tensor = 0;
   uint64_t tensor_got = 0;
   uint32_t crc = 0;
@@ -609,9 +612,11 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
     state_ = State::kListening;
   };
   // Reads into the staging buffer; kWouldBlock, or an error naming how the peer went away.
-  auto read_some = [&](std::byte* dest, size_t len, size_t& got) -> StatusOr<bool> {
+  // Reads into `buffers` (one or a scatter list): true when bytes came, false when none are
+  // there yet, or a Status naming how the peer went away.
+  auto read_into = [&](const auto& buffers, size_t& got) -> StatusOr<bool> {
     error_code ec;
-    got = impl.conn->read_some(asio::buffer(dest, len), ec);
+    got = impl.conn->read_some(buffers, ec);
     if (got > 0) {
       counters_.bytes.fetch_add(got, std::memory_order_relaxed);
       return true;
@@ -625,6 +630,9 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
                               " bytes; partial frame dropped");
     }
     return UnavailableError("reading from the previous stage " + impl.peer + ": " + ec.message());
+  };
+  auto read_some = [&](std::byte* dest, size_t len, size_t& got) -> StatusOr<bool> {
+    return read_into(asio::buffer(dest, len), got);
   };
   auto refuse = [&](const Status& status) {
     counters_.refused.fetch_add(1, std::memory_order_relaxed);
@@ -741,10 +749,11 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
         }
         case Phase::kPayload: {
           const auto& tensors = impl.header.tensors;
+          const bool crc = impl.header.checksum_kind == ChecksumKind::kCrc32c;
           // Finish every tensor whose bytes are all here (zero-length ones at once).
           while (impl.tensor < tensors.size() && impl.tensor_got == tensors[impl.tensor].byte_length) {
             const auto& d = tensors[impl.tensor];
-            if (impl.header.checksum_kind == ChecksumKind::kCrc32c && impl.crc != d.checksum) {
+            if (crc && impl.crc != d.checksum) {
               return refuse(InvalidArgumentError(
                   "checksum mismatch on tensor '" + d.name + "' (" + std::to_string(d.byte_length) +
                   " bytes): the header says " + Hex32(d.checksum) + ", the bytes received hash to " + Hex32(impl.crc)));
@@ -757,24 +766,66 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
             impl.phase = Phase::kComplete;
             return Progress::kComplete;
           }
-          const auto& d = tensors[impl.tensor];
-          std::byte* dest = impl.block->data() + impl.offsets[impl.tensor] + impl.tensor_got;
-          const uint64_t need = d.byte_length - impl.tensor_got;
-          size_t n = impl.TakeFromStage(dest, static_cast<size_t>(std::min<uint64_t>(need, SIZE_MAX)));
-          if (n == 0) {
-            if (need >= kDirectReadThreshold) {
-              XCPIPE_ASSIGN_OR_RETURN(
-                  bool any, read_some(dest, static_cast<size_t>(std::min<uint64_t>(need, kDirectReadChunk)), n));
-              if (!any) return Progress::kWouldBlock;
-            } else {
-              XCPIPE_ASSIGN_OR_RETURN(bool any, fill());
-              if (!any) return Progress::kWouldBlock;
-              continue;
-            }
+          auto dest_of = [&](size_t t, uint64_t at) { return impl.block->data() + impl.offsets[t] + at; };
+          // Bytes the read-ahead already holds go first (at most one staging buffer's worth).
+          if (impl.stage_end > impl.stage_begin) {
+            const uint64_t need = tensors[impl.tensor].byte_length - impl.tensor_got;
+            std::byte* dest = dest_of(impl.tensor, impl.tensor_got);
+            size_t n = impl.TakeFromStage(dest, static_cast<size_t>(std::min<uint64_t>(need, kReadAheadBytes)));
+            if (crc) impl.crc = Crc32cExtend(impl.crc, {dest, n});
+            impl.tensor_got += n;
+            impl.frame_got += n;
+            break;
           }
-          if (impl.header.checksum_kind == ChecksumKind::kCrc32c) impl.crc = Crc32cExtend(impl.crc, {dest, n});
-          impl.tensor_got += n;
+          // Then one scatter read straight into place: the rest of this tensor and the next ones,
+          // at most kDirectReadChunk bytes so they are checksummed while still in cache.
+          impl.scatter.clear();
+          size_t planned = 0;
+          for (size_t t = impl.tensor;
+               t < tensors.size() && impl.scatter.size() < kMaxGatherBuffers && planned < kDirectReadChunk; ++t) {
+            const uint64_t from = t == impl.tensor ? impl.tensor_got : 0;
+            const uint64_t left = tensors[t].byte_length - from;
+            if (left == 0) continue;
+            const size_t take = static_cast<size_t>(std::min<uint64_t>(left, kDirectReadChunk - planned));
+            impl.scatter.emplace_back(dest_of(t, from), take);
+            planned += take;
+          }
+          // When this read can finish the frame, let it also bring the start of the next one
+          // (preamble and header) into the empty read-ahead buffer: one read per hand-off.
+          uint64_t remaining = tensors[impl.tensor].byte_length - impl.tensor_got;
+          for (size_t t = impl.tensor + 1; t < tensors.size(); ++t) remaining += tensors[t].byte_length;
+          const bool read_ahead = planned == remaining;
+          if (read_ahead) impl.scatter.emplace_back(impl.stage.data(), impl.stage.size());
+          size_t n = 0;
+          XCPIPE_ASSIGN_OR_RETURN(bool any, read_into(impl.scatter, n));
+          if (!any) return Progress::kWouldBlock;
+          if (read_ahead && n > planned) {
+            impl.stage_begin = 0;
+            impl.stage_end = n - planned;
+            n = planned;
+          }
           impl.frame_got += n;
+          // Hand the bytes to the tensors they landed in, checksumming each piece.
+          for (size_t t = impl.tensor; n > 0; ++t) {
+            const uint64_t from = t == impl.tensor ? impl.tensor_got : 0;
+            const size_t k = static_cast<size_t>(std::min<uint64_t>(tensors[t].byte_length - from, n));
+            if (t != impl.tensor) {
+              // The previous tensor is complete: verify it before moving on.
+              const auto& done = tensors[impl.tensor];
+              if (crc && impl.crc != done.checksum) {
+                return refuse(InvalidArgumentError("checksum mismatch on tensor '" + done.name + "' (" +
+                                                   std::to_string(done.byte_length) + " bytes): the header says " +
+                                                   Hex32(done.checksum) + ", the bytes received hash to " +
+                                                   Hex32(impl.crc)));
+              }
+              impl.tensor = t;
+              impl.tensor_got = 0;
+              impl.crc = 0;
+            }
+            if (crc && k > 0) impl.crc = Crc32cExtend(impl.crc, {dest_of(t, from), k});
+            impl.tensor_got += k;
+            n -= k;
+          }
           break;
         }
         case Phase::kComplete:

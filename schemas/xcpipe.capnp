@@ -233,6 +233,8 @@ struct TokenEvent {
   finishReason @4 :Text;           # "stop", "length", or the error code name when failed
   promptTokens @5 :UInt32;
   ttftMicros @6 :UInt64;           # admission to first token
+  promptIndex @7 :UInt32;          # which prompt of a list-of-strings submit this event belongs to
+  error @8 :Text;                  # failed requests: what went wrong and what was expected
 }
 
 struct StatusRequest {

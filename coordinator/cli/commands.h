@@ -15,4 +15,10 @@ void AddPlanCommand(CLI::App& app, Action& action);
 
 void AddConvertCommand(CLI::App& app, Action& action);
 
+void AddCheckFixturesCommand(CLI::App& app, Action& action);
+void AddRunCommand(CLI::App& app, Action& action);
+void AddServeLocalCommand(CLI::App& app, Action& action);
+void AddSubmitCommand(CLI::App& app, Action& action);
+void AddStatusCommand(CLI::App& app, Action& action);
+
 }  // namespace xcpipe::cli

@@ -20,11 +20,6 @@ struct PlannedCommand {
 // Subcommands that are part of the CLI's design but not built yet: they are listed in --help
 // and say so plainly when run.
 const std::vector<PlannedCommand> kNotYetAvailable = {
-    {"run", "generate with the whole model in this machine, no cluster"},
-    {"serve-local", "start a coordinator and N workers on this machine"},
-    {"submit", "send a prompt (and images) to a coordinator and stream the answer"},
-    {"status", "show workers, stages, memory and queues of a running cluster"},
-    {"check-fixtures", "compare the C++ model with the official outputs in a fixtures folder"},
     {"mkmodel", "write a random-weight model in the official layout"},
     {"bench", "benchmarks (placement strategies, decode, data plane)"},
     {"keys", "generate CURVE key pairs for authenticated control sockets"},
@@ -61,6 +56,11 @@ int main(int argc, char** argv) {
   // Implemented subcommands register here (each removes its entry from kNotYetAvailable).
   cli::AddPlanCommand(app, action);
   cli::AddConvertCommand(app, action);
+  cli::AddCheckFixturesCommand(app, action);
+  cli::AddRunCommand(app, action);
+  cli::AddServeLocalCommand(app, action);
+  cli::AddSubmitCommand(app, action);
+  cli::AddStatusCommand(app, action);
 
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (!action) return kExitUsage;

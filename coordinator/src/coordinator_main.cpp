@@ -7,6 +7,7 @@
 
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
+#include "xcpipe/coordinator/coordinator.h"
 
 int main(int argc, char** argv) {
   using namespace xcpipe;
@@ -25,6 +26,14 @@ int main(int argc, char** argv) {
   app.add_option("--model", model, "checkpoint folder (config.json + safetensors shards + index)");
   app.add_option("--listen", listen, "control address to bind, e.g. tcp://10.0.0.1:7000 (no wildcard default)");
   app.add_option("--expect-workers", expect_workers, "workers to wait for before planning")->capture_default_str();
+  std::string tokenizer, dtype = "f32", spec_overrides;
+  int worker_wait_s = 300;
+  app.add_option("--tokenizer", tokenizer, "tokenizer.model (default: found next to the model)");
+  app.add_option("--dtype", dtype, "compute dtype on workers: f32 or bf16")->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--spec-overrides", spec_overrides, "JSON of model facts a checkpoint cannot state");
+  app.add_option("--worker-wait-s", worker_wait_s, "give up when the expected workers have not registered by then")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (auto st = InitLogging({"coordinator", log_level}); !st.ok()) {
@@ -35,6 +44,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xcpipe-coordinator: --model and --listen are required\nRun with --help for usage.\n");
     return kExitUsage;
   }
-  spdlog::error("serving is not available in this build yet: the coordinator runtime is still being built");
-  return kExitNotImplemented;
+  coordinator::CoordinatorOptions options;
+  options.model_dir = model;
+  options.tokenizer = tokenizer;
+  options.listen = listen;
+  options.expect_workers = expect_workers;
+  options.dtype = dtype;
+  options.spec_overrides = spec_overrides;
+  options.worker_wait = std::chrono::seconds(worker_wait_s);
+  options.on_ready = [](const std::string& address) { std::printf("ready %s\n", address.c_str()); std::fflush(stdout); };
+  coordinator::Coordinator c(std::move(options));
+  return c.Run();
 }

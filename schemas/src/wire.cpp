@@ -30,15 +30,12 @@ StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> byt
                                 std::to_string(kMaxControlMessageBytes));
   }
   std::unique_ptr<DecodedEnvelope> out(new DecodedEnvelope());
-  kj::ArrayPtr<const capnp::word> words;
-  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) != 0) {
-    out->aligned_ = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
-    std::memcpy(out->aligned_.begin(), bytes.data(), bytes.size());
-    words = kj::ArrayPtr<const capnp::word>(out->aligned_.begin(), out->aligned_.size());
-  } else {
-    words = kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(bytes.data()),
-                                            bytes.size() / sizeof(capnp::word));
-  }
+  // Always copy: the envelope must own its bytes (the caller's buffer, e.g. a ZeroMQ frame,
+  // dies before the envelope is handled), and the copy is word-aligned, which Cap'n Proto
+  // needs and ZeroMQ frames received over TCP do not guarantee.
+  out->aligned_ = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  std::memcpy(out->aligned_.begin(), bytes.data(), bytes.size());
+  kj::ArrayPtr<const capnp::word> words(out->aligned_.begin(), out->aligned_.size());
   try {
     out->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words, UntrustedReaderOptions());
     out->envelope_ = out->reader_->getRoot<proto::Envelope>();

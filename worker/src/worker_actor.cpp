@@ -112,7 +112,7 @@ struct WorkerActor::Impl {
   bool welcomed = false;
   Clock::time_point last_from_coordinator = Clock::now();
   Clock::time_point next_heartbeat = Clock::now();
-  Clock::time_point last_hello = Clock::time_point::min();
+  Clock::time_point last_hello = Clock::now() - std::chrono::hours(1);
   uint64_t heartbeat_seq = 0;
   uint64_t steps_completed = 0;
 

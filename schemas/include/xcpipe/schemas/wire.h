@@ -1,8 +1,9 @@
 // Framing of control messages: one Envelope = one flat Cap'n Proto message = one byte string.
 //
 // Encoding is trivial; decoding is where outside bytes enter, so it
-//   * copies into word-aligned storage when the buffer is not 8-byte aligned (ZeroMQ frames
-//     received over TCP are sometimes only 4-byte aligned, and Cap'n Proto 0.9 throws on that),
+//   * copies into word-aligned storage it owns (ZeroMQ frames received over TCP are sometimes
+//     only 4-byte aligned, and Cap'n Proto 0.9 throws on that; and the frame dies before the
+//     envelope is handled),
 //   * applies explicit ReaderOptions (traversal and nesting limits),
 //   * checks the size is a whole number of words and within kMaxControlMessageBytes,
 //   * turns every kj::Exception into an InvalidArgument Status. Nothing throws out of here.
@@ -42,7 +43,7 @@ class DecodedEnvelope {
  private:
   friend StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> bytes);
   DecodedEnvelope() = default;
-  kj::Array<capnp::word> aligned_;  // set when the input had to be copied
+  kj::Array<capnp::word> aligned_;  // the message bytes, owned and word-aligned
   std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
   proto::Envelope::Reader envelope_;
 };

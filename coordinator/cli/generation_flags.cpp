@@ -1,0 +1,89 @@
+#include "generation_flags.h"
+
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "xcpipe/base/exit_codes.h"
+#include "xcpipe/base/files.h"
+
+namespace xcpipe::cli {
+
+void AddGenerationFlags(CLI::App& sub, GenerationFlags& f) {
+  auto* prompt = sub.add_option("--prompt", f.prompt, "the prompt text; put <ImageHere> where each image goes");
+  auto* file = sub.add_option("--prompt-file", f.prompt_file,
+                              "read the prompt from a file (.json: a JSON string or list of strings; else plain text)");
+  prompt->excludes(file);
+  sub.add_option("--image", f.images, "an image file (PNG or JPEG); repeat for several, in placeholder order");
+  sub.add_option("--max-new-tokens", f.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  auto* greedy = sub.add_flag("--greedy", f.greedy, "greedy decoding (the default unless sampling flags are given)");
+  auto* t = sub.add_option("--temperature", f.temperature, "sampling temperature");
+  auto* p = sub.add_option("--top-p", f.top_p, "nucleus sampling threshold");
+  auto* k = sub.add_option("--top-k", f.top_k, "sample from the k most likely tokens");
+  auto* s = sub.add_option("--seed", f.seed, "random seed for sampling");
+  for (auto* o : {t, p, k, s}) o->excludes(greedy);
+  sub.add_option("--repetition-penalty", f.repetition_penalty, "Hugging Face repetition penalty (1 = off)")
+      ->capture_default_str();
+  sub.add_flag("--json", f.json, R"(print {"token_ids": [...], "text": ..., "ttft_ms": ..., "tokens_per_s": ...})");
+}
+
+StatusOr<coordinator::GenerateRequest> BuildRequest(const GenerationFlags& f, const CLI::App& sub) {
+  coordinator::GenerateRequest r;
+  if (!f.prompt_file.empty()) {
+    XCPIPE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(f.prompt_file, 16 << 20));
+    if (f.prompt_file.size() > 5 && f.prompt_file.substr(f.prompt_file.size() - 5) == ".json") {
+      r.prompt_json = text;
+    } else {
+      r.prompt_json = nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+  } else if (sub.count("--prompt") > 0) {
+    r.prompt_json = nlohmann::json(f.prompt).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  } else {
+    return InvalidArgumentError("give the prompt with --prompt TEXT or --prompt-file FILE");
+  }
+  for (const auto& path : f.images) {
+    auto bytes = ReadFileToString(path, 64 << 20);
+    if (!bytes.ok()) return bytes.status().WithContext("--image");
+    r.images.push_back(std::move(bytes).value());
+  }
+  r.max_new_tokens = f.max_new_tokens;
+  const bool sampling = sub.count("--temperature") + sub.count("--top-p") + sub.count("--top-k") + sub.count("--seed") > 0;
+  r.sampling.greedy = !sampling;
+  r.sampling.temperature = f.temperature;
+  r.sampling.top_p = f.top_p;
+  r.sampling.top_k = f.top_k;
+  r.sampling.seed = f.seed;
+  r.sampling.repetition_penalty = f.repetition_penalty;
+  return r;
+}
+
+int PrintResult(const GenerationFlags& f, const coordinator::GenerateResult& result) {
+  if (!result.error.empty()) {
+    std::fprintf(stderr, "request failed: %s\n", result.error.c_str());
+    if (f.json) std::cout << nlohmann::json{{"error", result.error}}.dump() << "\n";
+    return result.error.rfind("InvalidArgument", 0) == 0 || result.error.rfind("ResourceExhausted", 0) == 0
+               ? kExitInvalidInput : kExitFailure;
+  }
+  if (f.json) {
+    nlohmann::json out;
+    if (result.token_ids.size() == 1) {
+      out["token_ids"] = result.token_ids[0];
+      out["text"] = result.texts[0];
+    } else {
+      out["token_ids"] = result.token_ids;
+      out["text"] = result.texts;
+    }
+    out["ttft_ms"] = result.ttft_ms;
+    out["tokens_per_s"] = result.tokens_per_s;
+    out["finish_reason"] = result.finish_reasons.size() == 1 ? nlohmann::json(result.finish_reasons[0])
+                                                             : nlohmann::json(result.finish_reasons);
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << "\n";
+    std::fprintf(stderr, "[%zu token(s), first after %.1f ms, %.1f tokens/s]\n",
+                 result.token_ids.empty() ? 0 : result.token_ids[0].size(), result.ttft_ms, result.tokens_per_s);
+  }
+  return kExitOk;
+}
+
+}  // namespace xcpipe::cli

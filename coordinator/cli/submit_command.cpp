@@ -1,0 +1,51 @@
+// xcpipe submit: send a prompt (and images) to a running coordinator and stream the answer.
+#include <cstdio>
+#include <iostream>
+
+#include "commands.h"
+#include "generation_flags.h"
+#include "xcpipe/base/exit_codes.h"
+
+namespace xcpipe::cli {
+
+void AddSubmitCommand(CLI::App& app, Action& action) {
+  auto* sub = app.add_subcommand("submit", "send a prompt (and images) to a coordinator and stream the answer");
+  sub->footer(
+      "Examples:\n"
+      "  xcpipe submit --coordinator tcp://127.0.0.1:7000 --prompt '<ImageHere>Describe it.' --image cat.png\n"
+      "  xcpipe submit --coordinator tcp://10.0.0.1:7000 --prompt-file questions.json --json\n"
+      "Exit codes: 0 answered, 4 the request was refused (bad prompt/image/settings), 5 coordinator\n"
+      "unreachable or no answer in time, 1 the request failed in the cluster.");
+  auto coordinator = std::make_shared<std::string>();
+  auto timeout_s = std::make_shared<int>(600);
+  auto flags = std::make_shared<GenerationFlags>();
+  sub->add_option("--coordinator", *coordinator, "coordinator address, e.g. tcp://127.0.0.1:7000")->required();
+  sub->add_option("--timeout-s", *timeout_s, "give up after this many seconds")->capture_default_str();
+  AddGenerationFlags(*sub, *flags);
+  sub->callback([&action, sub, coordinator, timeout_s, flags] {
+    action = [=]() -> int {
+      auto request = BuildRequest(*flags, *sub);
+      if (!request.ok()) {
+        std::fprintf(stderr, "xcpipe submit: %s\n", request.status().message().c_str());
+        return kExitInvalidInput;
+      }
+      auto client = coordinator::Client::Connect(*coordinator, std::chrono::seconds(10));
+      if (!client.ok()) {
+        std::fprintf(stderr, "xcpipe submit: %s\n", client.status().ToString().c_str());
+        return ExitCodeFor(client.status());
+      }
+      const bool stream = !flags->json;
+      auto result = (*client)->Generate(*request, std::chrono::seconds(*timeout_s),
+                                        [stream](uint32_t, const std::string& text) {
+                                          if (stream) std::cout << text << std::flush;
+                                        });
+      if (!result.ok()) {
+        std::fprintf(stderr, "xcpipe submit: %s\n", result.status().ToString().c_str());
+        return ExitCodeFor(result.status());
+      }
+      return PrintResult(*flags, *result);
+    };
+  });
+}
+
+}  // namespace xcpipe::cli

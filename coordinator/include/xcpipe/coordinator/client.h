@@ -1,0 +1,61 @@
+// Client of a coordinator: what `xcpipe submit` and `xcpipe status` use, and what tests use
+// to drive a cluster. Connects a DEALER, says hello (role client), then submits prompts and
+// collects the streamed tokens, or asks for the cluster status.
+//
+// Not thread-safe: one Client per thread. Nothing throws; every wait has a deadline.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/coordinator/edge.h"
+
+namespace xcpipe::coordinator {
+
+struct GenerateRequest {
+  std::string prompt_json;            // a JSON string or list of strings
+  std::vector<std::string> images;    // encoded PNG/JPEG bytes
+  uint32_t max_new_tokens = 64;
+  Sampling sampling;
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int64_t>> token_ids;  // per prompt
+  std::vector<std::string> texts;               // per prompt
+  std::vector<std::string> finish_reasons;      // per prompt: "stop", "length" or an error code name
+  std::string error;                            // set when the request failed
+  double ttft_ms = 0;        // submit to first token (first prompt)
+  double total_ms = 0;       // submit to last event
+  double tokens_per_s = 0;   // generated tokens / time after the first token
+};
+
+class Client {
+ public:
+  static StatusOr<std::unique_ptr<Client>> Connect(const std::string& endpoint, std::chrono::milliseconds timeout);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Streams: on_text(prompt_index, new_text) is called as tokens arrive. The request's own
+  // failures (refused input, faults) come back in GenerateResult::error with ok() status;
+  // a non-OK status means the coordinator could not be reached in time.
+  StatusOr<GenerateResult> Generate(const GenerateRequest& request, std::chrono::milliseconds timeout,
+                                    const std::function<void(uint32_t, const std::string&)>& on_text = {});
+
+  // The coordinator's status as JSON (same fields as proto StatusReply).
+  StatusOr<nlohmann::json> GetStatus(std::chrono::milliseconds timeout);
+
+ private:
+  Client();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace xcpipe::coordinator

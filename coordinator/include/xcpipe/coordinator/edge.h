@@ -1,0 +1,95 @@
+// The serving edge: turns what a client sends (a prompt as JSON text, encoded images,
+// generation settings) into what the pipeline runs (token ids with image slots, the image mask,
+// preprocessed images, stop ids, the repetition-penalty context), exactly as the official
+// chat() builds them. Bad input is refused here, before it reaches any worker, with a message
+// naming what was wrong and what was expected.
+//
+// RequestPreparer is immutable after Create and safe to share between threads.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xcpipe/base/status.h"
+#include "xcpipe/checkpoint/model_spec.h"
+#include "xcpipe/image/model_image_spec.h"
+#include "xcpipe/tokenizer/chat_template.h"
+#include "xcpipe/tokenizer/tokenizer.h"
+
+namespace xcpipe::coordinator {
+
+struct EdgeLimits {
+  size_t max_prompt_bytes = 64 << 10;
+  int64_t max_prompt_tokens = 8192;  // text tokens plus image rows
+  int64_t max_new_tokens = 4096;
+  int max_images = 4;
+  size_t max_image_bytes = 32 << 20;
+  int max_prompts = 16;              // entries of a list-of-strings prompt
+};
+
+struct Sampling {
+  bool greedy = true;
+  double temperature = 1.0;
+  uint32_t top_k = 0;
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;
+  uint64_t seed = 0;
+};
+
+struct PreparedImage {
+  std::vector<float> pixels;  // CHW float32
+  int64_t channels = 0, height = 0, width = 0;
+  int64_t grid_h = 1, grid_w = 1;
+  int64_t rows = 0;           // LLM rows this image occupies
+};
+
+// One sequence to generate.
+struct PreparedPrompt {
+  std::vector<int64_t> ids;       // -1 at image rows
+  std::vector<uint8_t> im_mask;   // 1 at image rows (Partial-LoRA positions)
+  std::vector<PreparedImage> images;
+  std::vector<int64_t> penalty_context;
+};
+
+class RequestPreparer {
+ public:
+  // model_dir: checkpoint folder; tokenizer: its tokenizer.model (see FindTokenizer).
+  static StatusOr<std::unique_ptr<RequestPreparer>> Create(const std::filesystem::path& model_dir,
+                                                           const std::filesystem::path& tokenizer_model,
+                                                           EdgeLimits limits = {});
+
+  // `prompt_json`: a JSON string, or a list of strings (each becomes its own sequence).
+  // Images are given in placeholder order across the list.
+  StatusOr<std::vector<PreparedPrompt>> Prepare(const std::string& prompt_json,
+                                                const std::vector<std::string>& encoded_images) const;
+  Status ValidateGeneration(int64_t max_new_tokens, const Sampling& sampling) const;
+
+  // Decodes generated ids to the response text (special tokens skipped, cut at the turn end).
+  StatusOr<std::string> DecodeResponse(const std::vector<int64_t>& ids) const;
+
+  const checkpoint::ModelSpec& spec() const { return spec_; }
+  const std::vector<int64_t>& stop_ids() const { return stop_ids_; }
+  const EdgeLimits& limits() const { return limits_; }
+  tokenizer::ChatVersion version() const { return version_; }
+
+ private:
+  RequestPreparer() = default;
+  checkpoint::ModelSpec spec_;
+  image::ModelImageSpec image_spec_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  tokenizer::ChatVersion version_ = tokenizer::ChatVersion::kIxc2Vl;
+  std::vector<int64_t> stop_ids_;
+  EdgeLimits limits_;
+};
+
+// The tokenizer of a model folder: <dir>/tokenizer.model, else <dir>/../tokenizer/tokenizer.model,
+// else <dir>/../../tokenizer/tokenizer.model (the fixtures' layout). NotFound naming the paths tried.
+StatusOr<std::filesystem::path> FindTokenizer(const std::filesystem::path& model_dir);
+
+tokenizer::ChatVersion ChatVersionFor(checkpoint::ModelArch arch);
+
+}  // namespace xcpipe::coordinator

@@ -1,0 +1,68 @@
+// LocalCluster: a coordinator (on its own thread in this process) and N xcpipe-worker
+// processes on this machine, talking over loopback exactly as across hosts. Used by
+// `xcpipe serve-local`, `xcpipe run` (one worker), `xcpipe check-fixtures --workers N`, the
+// benchmarks and the integration tests.
+//
+// Start() returns once the cluster serves (or fails, naming why). The destructor stops the
+// coordinator, which tells the workers to shut down, then waits for them (killing any that
+// outlive a grace period). Not copyable or movable; use from one thread.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xcpipe/base/subprocess.h"
+#include "xcpipe/coordinator/coordinator.h"
+
+namespace xcpipe::coordinator {
+
+struct LocalClusterOptions {
+  std::filesystem::path model_dir;
+  std::filesystem::path tokenizer;   // empty: found next to the model
+  int workers = 2;
+  std::string listen = "tcp://127.0.0.1:*";
+  std::string dtype = "f32";
+  int threads_per_worker = 0;        // 0: the machine's cores split between the workers
+  std::filesystem::path worker_binary;  // empty: xcpipe-worker next to this executable
+  std::vector<std::vector<std::string>> worker_extra_args;  // per worker (fault injection)
+  std::chrono::milliseconds start_timeout{180000};
+  bool quiet_workers = false;        // send the workers' logs to /dev/null
+  CoordinatorOptions coordinator;    // model_dir/listen/expect_workers/dtype are filled in
+};
+
+class LocalCluster {
+ public:
+  static StatusOr<std::unique_ptr<LocalCluster>> Start(LocalClusterOptions options);
+  ~LocalCluster();
+  LocalCluster(const LocalCluster&) = delete;
+  LocalCluster& operator=(const LocalCluster&) = delete;
+
+  const std::string& address() const { return address_; }
+  // Worker i's process (for fault injection: signals).
+  Subprocess& worker(size_t i) { return *workers_.at(i); }
+  size_t worker_count() const { return workers_.size(); }
+  // Stops everything now; returns the coordinator's exit code.
+  int Stop();
+  // True once the coordinator thread has returned (it stops on its own after a fatal error).
+  bool coordinator_exited() const { return exited_->load(); }
+
+ private:
+  LocalCluster() = default;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::thread thread_;
+  std::shared_ptr<std::atomic<bool>> exited_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<std::atomic<int>> exit_code_ = std::make_shared<std::atomic<int>>(0);
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::string address_;
+  bool stopped_ = false;
+};
+
+// Model facts a tiny fixture checkpoint cannot state (its test towers' head counts), read from
+// <model>/../model_info.json when that file exists; "" otherwise.
+std::string FixtureSpecOverrides(const std::filesystem::path& model_dir);
+
+}  // namespace xcpipe::coordinator

@@ -1,0 +1,799 @@
+#include "xcpipe/coordinator/coordinator.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <csignal>
+#include <deque>
+#include <map>
+#include <set>
+
+#include "xcpipe/base/exit_codes.h"
+#include "xcpipe/control/socket.h"
+#include "xcpipe/planner/planner.h"
+#include "xcpipe/planner/planning_model.h"
+
+namespace xcpipe::coordinator {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<bool> g_signal_stop{false};
+void OnSignal(int) { g_signal_stop.store(true); }
+
+enum class WorkerState { kIdle, kLoading, kReady, kServing, kLost };
+const char* WorkerStateName(WorkerState s) {
+  switch (s) {
+    case WorkerState::kIdle: return "idle";
+    case WorkerState::kLoading: return "loading";
+    case WorkerState::kReady: return "ready";
+    case WorkerState::kServing: return "serving";
+    case WorkerState::kLost: return "lost";
+  }
+  return "?";
+}
+
+struct WorkerInfo {
+  std::string peer, id, host, device, device_name, data_address;
+  uint32_t pid = 0, threads = 1;
+  uint64_t memory = 0;
+  WorkerState state = WorkerState::kIdle;
+  int stage = -1;
+  Clock::time_point last_seen = Clock::now();
+  uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;
+};
+
+struct StageInfo {
+  std::string peer;
+  size_t first = 0, end = 0;
+  uint64_t kv_budget = 0, kv_per_token = 0, kv_reserved = 0, weight_bytes = 0, planned_bytes = 0;
+  bool ready = false;
+};
+
+enum class SeqState { kQueued, kReady, kInFlight, kDone };
+
+struct Sequence {
+  uint64_t id = 0;
+  uint64_t request = 0;     // internal request id
+  uint32_t prompt_index = 0;
+  PreparedPrompt prompt;
+  std::vector<int64_t> generated;
+  int64_t max_new = 0;
+  Sampling sampling;
+  SeqState state = SeqState::kQueued;
+  int64_t cached = 0;       // tokens in the stages' caches
+  uint64_t max_tokens = 0;
+  Clock::time_point admitted_at;
+  size_t text_sent = 0;     // bytes of decoded text already streamed
+};
+
+struct Request {
+  std::string peer;
+  uint64_t client_id = 0;
+  std::vector<uint64_t> sequences;
+  size_t done = 0;
+  Clock::time_point received = Clock::now();
+};
+
+enum class ClusterState { kWaiting, kLoading, kServing };
+const char* ClusterStateName(ClusterState s) {
+  switch (s) {
+    case ClusterState::kWaiting: return "waiting-for-workers";
+    case ClusterState::kLoading: return "loading";
+    case ClusterState::kServing: return "serving";
+  }
+  return "?";
+}
+
+}  // namespace
+
+struct Coordinator::Impl {
+  CoordinatorOptions opt;
+  std::atomic<bool> stop{false};
+  zmq::context_t context;
+  std::unique_ptr<control::ControlSocket> socket;
+  std::unique_ptr<RequestPreparer> edge;
+  std::string bound;
+
+  ClusterState state = ClusterState::kWaiting;
+  uint64_t epoch = 1;
+  std::map<std::string, WorkerInfo> workers;  // by peer identity
+  std::set<std::string> clients;
+  std::vector<StageInfo> stages;
+  Clock::time_point started = Clock::now();
+  Clock::time_point next_heartbeat = Clock::now();
+
+  uint64_t next_request = 1, next_sequence = 1, next_micro_batch = 1, step_counter = 0;
+  std::map<uint64_t, Request> requests;
+  std::map<uint64_t, Sequence> sequences;
+  std::deque<uint64_t> queue;            // sequences waiting for admission, in arrival order
+  std::map<uint64_t, std::vector<uint64_t>> in_flight;  // micro-batch -> sequences
+  uint64_t completed = 0, failed = 0;
+
+  void Send(capnp::MallocMessageBuilder& m, const std::string& peer) {
+    if (Status st = socket->Send(m, peer); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
+  }
+  void SendError(const std::string& peer, const Status& st, uint64_t request_id) {
+    capnp::MallocMessageBuilder m;
+    wire::SetError(m.initRoot<proto::Envelope>(), st, request_id);
+    Send(m, peer);
+  }
+
+  void Dispatch(const std::string& peer, const proto::Envelope::Reader& env);
+  void OnHello(const std::string& peer, proto::Hello::Reader h);
+  void OnSubmit(const std::string& peer, proto::Submit::Reader s);
+  void OnStepResult(proto::StepResult::Reader r);
+  void OnStatus(const std::string& peer);
+  void OnWorkerError(const std::string& peer, proto::Error::Reader e);
+  void MaybePlan();
+  void Admit();
+  void Schedule();
+  void Heartbeats();
+  void FinishSequence(Sequence& seq, const std::string& reason);
+  void FailRequest(uint64_t request_id, const Status& reason);
+  void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish);
+  uint64_t ReadyWorkers() const {
+    uint64_t n = 0;
+    for (const auto& [p, w] : workers) n += w.state != WorkerState::kLost;
+    return n;
+  }
+};
+
+void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h) {
+  if (h.getProtocolVersion() != proto::K_PROTOCOL_VERSION) {
+    SendError(peer, FailedPreconditionError("protocol version " + std::to_string(h.getProtocolVersion()) +
+                                            " is not supported; this coordinator speaks version " +
+                                            std::to_string(proto::K_PROTOCOL_VERSION)), 0);
+    return;
+  }
+  capnp::MallocMessageBuilder m;
+  auto w = m.initRoot<proto::Envelope>().initWelcome();
+  w.setProtocolVersion(proto::K_PROTOCOL_VERSION);
+  w.setEpoch(epoch);
+  w.setHeartbeatIntervalMs(static_cast<uint32_t>(control::ControlTimings::kHeartbeatInterval.count()));
+  w.setHeartbeatTimeoutMs(static_cast<uint32_t>(control::ControlTimings::kHeartbeatTimeout.count()));
+  if (h.getRole() == proto::Role::CLIENT) {
+    clients.insert(peer);
+    Send(m, peer);
+    return;
+  }
+  if (h.getRole() != proto::Role::WORKER) {
+    SendError(peer, InvalidArgumentError("only workers and clients may say hello to a coordinator"), 0);
+    return;
+  }
+  auto caps = h.getCapabilities();
+  auto it = workers.find(peer);
+  const bool known = it != workers.end() && it->second.state != WorkerState::kLost;
+  WorkerInfo& info = workers[peer];
+  info.peer = peer;
+  info.id = h.getWorkerId().cStr();
+  info.host = caps.getHost().cStr();
+  info.pid = caps.getPid();
+  info.device = caps.getDevice().cStr();
+  info.device_name = caps.getDeviceName().cStr();
+  info.memory = caps.getMemoryBytes();
+  info.threads = caps.getThreads();
+  info.data_address = caps.getDataAddress().cStr();
+  info.last_seen = Clock::now();
+  if (!known) {
+    info.state = WorkerState::kIdle;
+    info.stage = -1;
+    spdlog::info("worker {} registered: {} on {} (pid {}), data plane {} [{} of {} expected]", info.id, info.device,
+                 info.host, info.pid, info.data_address, ReadyWorkers(), opt.expect_workers);
+  }
+  Send(m, peer);
+}
+
+void Coordinator::Impl::MaybePlan() {
+  if (state != ClusterState::kWaiting) return;
+  std::vector<WorkerInfo*> pool;
+  for (auto& [peer, w] : workers)
+    if (w.state != WorkerState::kLost) pool.push_back(&w);
+  if (static_cast<int>(pool.size()) < opt.expect_workers) {
+    if (Clock::now() - started > opt.worker_wait) {
+      spdlog::error("waited {} s for {} workers, only {} registered", opt.worker_wait.count() / 1000,
+                    opt.expect_workers, pool.size());
+      stop.store(true);
+    }
+    return;
+  }
+  std::sort(pool.begin(), pool.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
+  if (!model.ok()) {
+    spdlog::error("cannot plan: {}", model.status().ToString());
+    stop.store(true);
+    return;
+  }
+  // The cluster as registered: one host per host name, one device per worker.
+  planner::ClusterSpec cluster;
+  cluster.source = "registered workers";
+  cluster.serving.max_sequences = opt.max_sequences;
+  cluster.serving.max_context = std::min<int64_t>(4096, model->spec.llm.max_position_embeddings > 0
+                                                            ? model->spec.llm.max_position_embeddings : 4096);
+  cluster.serving.dtype = opt.dtype == "bf16" ? checkpoint::DType::kBF16 : checkpoint::DType::kF32;
+  cluster.network.inter_host_gbps = 10;
+  std::vector<std::pair<size_t, size_t>> where(pool.size());
+  for (size_t i = 0; i < pool.size(); ++i) {
+    auto h = std::find_if(cluster.hosts.begin(), cluster.hosts.end(),
+                          [&](const planner::HostSpec& x) { return x.name == pool[i]->host; });
+    if (h == cluster.hosts.end()) {
+      planner::HostSpec host;
+      host.name = pool[i]->host;
+      host.address = pool[i]->host;
+      host.intra_host_gbps = 100;
+      cluster.hosts.push_back(host);
+      h = cluster.hosts.end() - 1;
+    }
+    planner::GpuSpec gpu;
+    const bool cuda = pool[i]->device.rfind("cuda", 0) == 0;
+    gpu.device = cuda ? pool[i]->device : "cpu:" + std::to_string(i);
+    gpu.memory_gib = static_cast<double>(pool[i]->memory) / double(1ull << 30);
+    gpu.tflops = cuda ? 100.0 : 0.05 * std::max<uint32_t>(1, pool[i]->threads);
+    gpu.mem_bw_gbps = cuda ? 1000.0 : 20.0;
+    where[i] = {static_cast<size_t>(h - cluster.hosts.begin()), h->gpus.size()};
+    h->gpus.push_back(gpu);
+  }
+  auto plan = planner::MakePlan(*model, cluster, {});
+  if (!plan.ok() || !plan->feasible) {
+    spdlog::error("no plan fits the registered workers: {}",
+                  plan.ok() ? plan->infeasible_reason : plan.status().ToString());
+    stop.store(true);
+    return;
+  }
+  ++epoch;
+  stages.clear();
+  for (const auto& sp : plan->stages) {
+    WorkerInfo* w = nullptr;
+    for (size_t i = 0; i < pool.size(); ++i)
+      if (where[i].first == sp.device_ref.host && where[i].second == sp.device_ref.gpu) w = pool[i];
+    if (w == nullptr) {
+      spdlog::error("plan names a device no worker holds");
+      stop.store(true);
+      return;
+    }
+    StageInfo st;
+    st.peer = w->peer;
+    st.first = sp.first_block;
+    st.end = sp.end_block;
+    st.kv_budget = opt.kv_budget_bytes ? opt.kv_budget_bytes : sp.bytes.kv;
+    st.planned_bytes = sp.bytes.total();
+    stages.push_back(st);
+  }
+  spdlog::info("plan (epoch {}): {} stages, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan->bottleneck_ms);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    WorkerInfo& w = workers[stages[i].peer];
+    w.stage = static_cast<int>(i);
+    w.state = WorkerState::kLoading;
+    w.planned = stages[i].planned_bytes;
+    capnp::MallocMessageBuilder m;
+    auto a = m.initRoot<proto::Envelope>().initAssignStage();
+    a.setEpoch(epoch);
+    a.setStageIndex(static_cast<uint32_t>(i));
+    a.setStageCount(static_cast<uint32_t>(stages.size()));
+    a.setBlockBegin(static_cast<uint32_t>(stages[i].first));
+    a.setBlockEnd(static_cast<uint32_t>(stages[i].end));
+    a.setModelPath(std::filesystem::absolute(opt.model_dir).string());
+    a.setDtype(opt.dtype);
+    a.setKvBudgetBytes(stages[i].kv_budget);
+    a.setNextDataAddress(i + 1 < stages.size() ? workers[stages[i + 1].peer].data_address : "");
+    a.setSpecOverrides(opt.spec_overrides);
+    a.setMaxBatchRows(static_cast<uint32_t>(opt.max_batch_rows));
+    spdlog::info("stage {}: worker {} holds blocks [{}, {}) ({} .. {})", i, w.id, stages[i].first, stages[i].end,
+                 model->spec.blocks[stages[i].first].name, model->spec.blocks[stages[i].end - 1].name);
+    Send(m, w.peer);
+  }
+  state = ClusterState::kLoading;
+}
+
+void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader s) {
+  const uint64_t client_id = s.getRequestId();
+  auto refuse = [&](const Status& st) {
+    capnp::MallocMessageBuilder m;
+    auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+    e.setRequestId(client_id);
+    e.setDone(true);
+    e.setFinishReason(std::string(StatusCodeName(st.code())));
+    e.setError(st.message());
+    Send(m, peer);
+    spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
+  };
+  if (static_cast<int64_t>(queue.size()) >= opt.max_queue) {
+    return refuse(ResourceExhaustedError("the coordinator is busy: " + std::to_string(queue.size()) +
+                                         " requests are waiting; retry later"));
+  }
+  Sampling sampling;
+  auto sp = s.getSampling();
+  sampling.greedy = sp.getGreedy();
+  sampling.temperature = sp.getTemperature();
+  sampling.top_k = sp.getTopK();
+  sampling.top_p = sp.getTopP();
+  sampling.repetition_penalty = sp.getRepetitionPenalty();
+  sampling.seed = sp.getSeed();
+  const int64_t max_new = s.getMaxNewTokens();
+  if (Status st = edge->ValidateGeneration(max_new, sampling); !st.ok()) return refuse(st);
+  std::vector<std::string> images;
+  for (auto img : s.getImages()) images.emplace_back(reinterpret_cast<const char*>(img.begin()), img.size());
+  auto prepared = edge->Prepare(s.getPromptJson().cStr(), images);
+  if (!prepared.ok()) return refuse(prepared.status());
+  const uint64_t rid = next_request++;
+  Request& req = requests[rid];
+  req.peer = peer;
+  req.client_id = client_id;
+  for (size_t i = 0; i < prepared->size(); ++i) {
+    Sequence seq;
+    seq.id = next_sequence++;
+    seq.request = rid;
+    seq.prompt_index = static_cast<uint32_t>(i);
+    seq.prompt = std::move((*prepared)[i]);
+    seq.max_new = max_new;
+    seq.sampling = sampling;
+    seq.max_tokens = seq.prompt.ids.size() + static_cast<uint64_t>(max_new);
+    req.sequences.push_back(seq.id);
+    queue.push_back(seq.id);
+    sequences.emplace(seq.id, std::move(seq));
+  }
+  spdlog::info("request {} (client {} #{}): {} prompt(s), {} image(s), queued", rid, peer, client_id, prepared->size(),
+               images.size());
+}
+
+void Coordinator::Impl::Admit() {
+  if (state != ClusterState::kServing) return;
+  int64_t active = 0;
+  for (const auto& [id, s] : sequences) active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
+  while (!queue.empty() && active < opt.max_sequences) {
+    Sequence& seq = sequences.at(queue.front());
+    bool room = true;
+    for (const auto& st : stages)
+      if (st.kv_per_token > 0 && st.kv_reserved + seq.max_tokens * st.kv_per_token > st.kv_budget) room = false;
+    if (!room) {
+      bool fits_ever = true;
+      for (const auto& st : stages)
+        if (st.kv_per_token > 0 && seq.max_tokens * st.kv_per_token > st.kv_budget) fits_ever = false;
+      if (!fits_ever) {
+        queue.pop_front();
+        FailRequest(seq.request, ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
+                                                        " tokens) exceeds a stage's whole KV cache"));
+        continue;
+      }
+      break;  // wait for room
+    }
+    queue.pop_front();
+    for (auto& st : stages) st.kv_reserved += seq.max_tokens * st.kv_per_token;
+    for (const auto& st : stages) {
+      capnp::MallocMessageBuilder m;
+      auto a = m.initRoot<proto::Envelope>().initAdmitSequence();
+      a.setEpoch(epoch);
+      a.setSequenceId(seq.id);
+      a.setMaxTokens(static_cast<uint32_t>(seq.max_tokens));
+      auto sp = a.initSampling();
+      sp.setGreedy(seq.sampling.greedy);
+      sp.setTemperature(seq.sampling.temperature);
+      sp.setTopK(seq.sampling.top_k);
+      sp.setTopP(seq.sampling.top_p);
+      sp.setRepetitionPenalty(seq.sampling.repetition_penalty);
+      sp.setSeed(seq.sampling.seed);
+      auto ctx = a.initPenaltyContext(seq.prompt.penalty_context.size() + seq.generated.size());
+      size_t k = 0;
+      for (int64_t t : seq.prompt.penalty_context) ctx.set(k++, t);
+      for (int64_t t : seq.generated) ctx.set(k++, t);
+      Send(m, st.peer);
+    }
+    seq.state = SeqState::kReady;
+    seq.admitted_at = Clock::now();
+    ++active;
+  }
+}
+
+void Coordinator::Impl::Schedule() {
+  if (state != ClusterState::kServing || stages.empty()) return;
+  std::vector<uint64_t> ready;
+  int64_t active = 0;
+  for (const auto& [id, s] : sequences) {
+    if (s.state == SeqState::kReady) ready.push_back(id);
+    active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
+  }
+  // Up to one micro-batch per stage in flight; each about active/stages sequences, so the
+  // groups rotate through the pipeline and every stage has work.
+  const size_t target = std::max<size_t>(1, (active + stages.size() - 1) / stages.size());
+  size_t next = 0;
+  while (next < ready.size() && in_flight.size() < stages.size()) {
+    capnp::MallocMessageBuilder m;
+    auto f = m.initRoot<proto::Envelope>().initForward();
+    const uint64_t mb = next_micro_batch++;
+    std::vector<uint64_t> members;
+    int64_t rows = 0;
+    while (next < ready.size() && members.size() < target) {
+      const Sequence& s = sequences.at(ready[next]);
+      const int64_t r = s.cached == 0 ? static_cast<int64_t>(s.prompt.ids.size()) : 1;
+      if (!members.empty() && rows + r > opt.max_batch_rows) break;
+      members.push_back(ready[next++]);
+      rows += r;
+    }
+    f.setEpoch(epoch);
+    f.setMicroBatchId(mb);
+    f.setStep(++step_counter);
+    auto segs = f.initSegments(members.size());
+    auto ids = f.initTokenIds(rows);
+    std::vector<uint8_t> mask(rows, 0);
+    std::vector<const PreparedImage*> images;
+    int64_t row = 0;
+    for (size_t i = 0; i < members.size(); ++i) {
+      Sequence& s = sequences.at(members[i]);
+      const bool prefill = s.cached == 0;
+      const int64_t r = prefill ? static_cast<int64_t>(s.prompt.ids.size()) : 1;
+      segs[i].setSequenceId(s.id);
+      segs[i].setRows(static_cast<uint32_t>(r));
+      segs[i].setStartPos(static_cast<uint32_t>(s.cached));
+      if (prefill) {
+        for (int64_t t = 0; t < r; ++t, ++row) {
+          ids.set(row, s.prompt.ids[t]);
+          mask[row] = s.prompt.im_mask[t];
+        }
+        for (const auto& img : s.prompt.images) images.push_back(&img);
+      } else {
+        ids.set(row++, s.generated.back());
+      }
+      s.state = SeqState::kInFlight;
+    }
+    f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
+    auto imgs = f.initImages(images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      imgs[i].setChannels(static_cast<uint32_t>(images[i]->channels));
+      imgs[i].setHeight(static_cast<uint32_t>(images[i]->height));
+      imgs[i].setWidth(static_cast<uint32_t>(images[i]->width));
+      imgs[i].setGridH(static_cast<uint32_t>(images[i]->grid_h));
+      imgs[i].setGridW(static_cast<uint32_t>(images[i]->grid_w));
+      imgs[i].setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(images[i]->pixels.data()),
+                                     images[i]->pixels.size() * sizeof(float)));
+    }
+    in_flight[mb] = members;
+    Send(m, stages[0].peer);
+  }
+}
+
+void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done,
+                                     const std::string& finish) {
+  auto rit = requests.find(seq.request);
+  if (rit == requests.end()) return;
+  capnp::MallocMessageBuilder m;
+  auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+  e.setRequestId(rit->second.client_id);
+  e.setPromptIndex(seq.prompt_index);
+  auto t = e.initTokens(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) t.set(i, tokens[i]);
+  auto text = edge->DecodeResponse(seq.generated);
+  if (text.ok()) {
+    // Stream only whole UTF-8 characters: hold back a trailing partial sequence.
+    size_t end = text->size();
+    if (!done) {
+      size_t k = end;
+      while (k > 0 && (static_cast<unsigned char>((*text)[k - 1]) & 0xC0) == 0x80) --k;
+      if (k > 0 && static_cast<unsigned char>((*text)[k - 1]) >= 0xC0) end = k - 1;
+    }
+    if (end > seq.text_sent && text->compare(0, seq.text_sent, *text, 0, seq.text_sent) == 0) {
+      e.setText(text->substr(seq.text_sent, end - seq.text_sent));
+      seq.text_sent = end;
+    }
+  }
+  e.setDone(done);
+  e.setFinishReason(finish);
+  e.setPromptTokens(static_cast<uint32_t>(seq.prompt.ids.size()));
+  e.setTtftMicros(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - seq.admitted_at).count()));
+  if (Status st = socket->Send(m, rit->second.peer); !st.ok()) {
+    spdlog::info("client {} gone: cancelling request {}", rit->second.peer, seq.request);
+    FailRequest(seq.request, CancelledError("client disconnected"));
+  }
+}
+
+void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason) {
+  seq.state = SeqState::kDone;
+  for (auto& st : stages) {
+    st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
+    capnp::MallocMessageBuilder m;
+    auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
+    r.setEpoch(epoch);
+    r.initSequenceIds(1).set(0, seq.id);
+    Send(m, st.peer);
+  }
+  auto rit = requests.find(seq.request);
+  if (rit != requests.end() && ++rit->second.done == rit->second.sequences.size()) {
+    ++completed;
+    spdlog::info("request {} completed ({})", seq.request, reason);
+    for (uint64_t id : rit->second.sequences) sequences.erase(id);
+    requests.erase(rit);
+  }
+}
+
+void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
+  auto rit = requests.find(request_id);
+  if (rit == requests.end()) return;
+  ++failed;
+  spdlog::warn("request {} failed: {}", request_id, reason.ToString());
+  for (uint64_t id : rit->second.sequences) {
+    auto sit = sequences.find(id);
+    if (sit == sequences.end()) continue;
+    Sequence& seq = sit->second;
+    if (seq.state != SeqState::kQueued && seq.state != SeqState::kDone) {
+      for (auto& st : stages) {
+        st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
+        capnp::MallocMessageBuilder m;
+        auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
+        r.setEpoch(epoch);
+        r.initSequenceIds(1).set(0, seq.id);
+        Send(m, st.peer);
+      }
+    }
+    queue.erase(std::remove(queue.begin(), queue.end(), id), queue.end());
+    for (auto& [mb, members] : in_flight) members.erase(std::remove(members.begin(), members.end(), id), members.end());
+    if (reason.code() != StatusCode::kCancelled && seq.state != SeqState::kDone) {
+      capnp::MallocMessageBuilder m;
+      auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+      e.setRequestId(rit->second.client_id);
+      e.setPromptIndex(seq.prompt_index);
+      e.setDone(true);
+      e.setFinishReason(std::string(StatusCodeName(reason.code())));
+      e.setError(reason.message());
+      (void)socket->Send(m, rit->second.peer);
+    }
+    sequences.erase(sit);
+  }
+  requests.erase(rit);
+}
+
+void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
+  auto mb = in_flight.find(r.getMicroBatchId());
+  if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
+  in_flight.erase(mb);
+  auto ids = r.getSequenceIds();
+  auto tokens = r.getTokens();
+  for (size_t i = 0; i < ids.size() && i < tokens.size(); ++i) {
+    auto it = sequences.find(ids[i]);
+    if (it == sequences.end()) continue;
+    Sequence& seq = it->second;
+    const int64_t token = tokens[i];
+    seq.cached += seq.cached == 0 ? static_cast<int64_t>(seq.prompt.ids.size()) : 1;
+    seq.generated.push_back(token);
+    const bool stop_token = std::find(edge->stop_ids().begin(), edge->stop_ids().end(), token) != edge->stop_ids().end();
+    const bool length = static_cast<int64_t>(seq.generated.size()) >= seq.max_new;
+    const bool done = stop_token || length;
+    const uint64_t request = seq.request;
+    StreamTokens(seq, {token}, done, stop_token ? "stop" : (length ? "length" : ""));
+    if (!requests.count(request)) continue;  // the client went away
+    if (done) FinishSequence(seq, stop_token ? "stop" : "length");
+    else seq.state = SeqState::kReady;
+  }
+  for (const auto& [peer, w] : workers) {
+    (void)peer;
+    (void)w;
+  }
+}
+
+void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Reader e) {
+  const Status st(wire::FromWire(e.getCode()), e.getMessage().cStr());
+  auto w = workers.find(peer);
+  const std::string who = w != workers.end() ? w->second.id : peer;
+  spdlog::error("worker {}: {}", who, st.ToString());
+  if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading) {
+    spdlog::error("stage {} could not load; stopping", w->second.stage);
+    stop.store(true);
+    return;
+  }
+  // A failed step fails the requests of its micro-batch with the stated reason.
+  auto mb = in_flight.find(e.getRequestId());
+  if (mb != in_flight.end()) {
+    std::set<uint64_t> reqs;
+    for (uint64_t id : mb->second)
+      if (sequences.count(id)) reqs.insert(sequences.at(id).request);
+    in_flight.erase(mb);
+    for (uint64_t r : reqs) FailRequest(r, st.WithContext("worker " + who));
+  }
+}
+
+void Coordinator::Impl::OnStatus(const std::string& peer) {
+  capnp::MallocMessageBuilder m;
+  auto r = m.initRoot<proto::Envelope>().initStatusReply();
+  r.setEpoch(epoch);
+  r.setState(ClusterStateName(state));
+  r.setModel(opt.model_dir.string());
+  r.setStages(static_cast<uint32_t>(stages.size()));
+  r.setQueueDepth(static_cast<uint32_t>(queue.size()));
+  uint32_t inflight = 0;
+  for (const auto& [id, s] : sequences) inflight += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
+  r.setInFlight(inflight);
+  r.setCompleted(completed);
+  r.setFailed(failed);
+  auto list = r.initWorkers(workers.size());
+  size_t i = 0;
+  const auto now = Clock::now();
+  for (const auto& [peer_id, w] : workers) {
+    auto x = list[i++];
+    x.setWorkerId(w.id);
+    x.setHost(w.host);
+    x.setPid(w.pid);
+    x.setDevice(w.device);
+    x.setState(WorkerStateName(w.state));
+    x.setStageIndex(w.stage);
+    x.setPlannedBytes(w.planned);
+    x.setUsedBytes(w.resident);
+    if (w.stage >= 0 && w.stage < static_cast<int>(stages.size())) {
+      const auto& st = stages[w.stage];
+      x.setBlocks(std::to_string(st.first) + ".." + std::to_string(st.end - 1));
+    }
+    x.setStepsCompleted(w.steps);
+    x.setLastHeartbeatMsAgo(static_cast<uint32_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()));
+  }
+  Send(m, peer);
+}
+
+void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope::Reader& env) {
+  auto w = workers.find(peer);
+  if (w != workers.end()) w->second.last_seen = Clock::now();
+  switch (env.which()) {
+    case proto::Envelope::HELLO: return OnHello(peer, env.getHello());
+    case proto::Envelope::HEARTBEAT:
+      if (w != workers.end()) {
+        w->second.steps = env.getHeartbeat().getStepsCompleted();
+        w->second.resident = env.getHeartbeat().getResidentBytes();
+      }
+      return;
+    case proto::Envelope::LOAD_PROGRESS:
+      if (w != workers.end()) {
+        w->second.load_done = env.getLoadProgress().getBytesDone();
+        w->second.load_total = env.getLoadProgress().getBytesTotal();
+        spdlog::info("stage {} loading: {} / {} MiB", w->second.stage, w->second.load_done >> 20,
+                     w->second.load_total >> 20);
+      }
+      return;
+    case proto::Envelope::STAGE_READY: {
+      auto r = env.getStageReady();
+      if (w == workers.end() || r.getEpoch() != epoch || r.getStageIndex() >= stages.size()) return;
+      auto& st = stages[r.getStageIndex()];
+      st.ready = true;
+      st.kv_per_token = r.getKvBytesPerToken();
+      st.weight_bytes = r.getWeightBytes();
+      w->second.state = WorkerState::kReady;
+      w->second.resident = r.getResidentBytes();
+      spdlog::info("stage {} ready in {} ms ({} MiB weights)", r.getStageIndex(), r.getLoadMs(), st.weight_bytes >> 20);
+      if (std::all_of(stages.begin(), stages.end(), [](const StageInfo& s) { return s.ready; })) {
+        state = ClusterState::kServing;
+        for (const auto& s : stages) workers[s.peer].state = WorkerState::kServing;
+        spdlog::info("serving on {}", bound);
+        if (opt.on_ready) opt.on_ready(bound);
+      }
+      return;
+    }
+    case proto::Envelope::STEP_RESULT: return OnStepResult(env.getStepResult());
+    case proto::Envelope::ERROR:
+      if (w != workers.end()) return OnWorkerError(peer, env.getError());
+      return;
+    case proto::Envelope::SUBMIT:
+      if (!clients.count(peer)) {
+        return SendError(peer, FailedPreconditionError("say hello (role client) before submitting"),
+                         env.getSubmit().getRequestId());
+      }
+      if (state != ClusterState::kServing) {
+        capnp::MallocMessageBuilder m;
+        auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+        e.setRequestId(env.getSubmit().getRequestId());
+        e.setDone(true);
+        e.setFinishReason("Unavailable");
+        e.setError(std::string("the cluster is not serving yet (") + ClusterStateName(state) + "); retry shortly");
+        Send(m, peer);
+        return;
+      }
+      return OnSubmit(peer, env.getSubmit());
+    case proto::Envelope::STATUS_REQUEST: return OnStatus(peer);
+    case proto::Envelope::WELCOME:
+    case proto::Envelope::ASSIGN_STAGE:
+    case proto::Envelope::ADMIT_SEQUENCE:
+    case proto::Envelope::RELEASE_SEQUENCES:
+    case proto::Envelope::FORWARD:
+    case proto::Envelope::DRAIN:
+    case proto::Envelope::SHUTDOWN:
+    case proto::Envelope::TOKEN_EVENT:
+    case proto::Envelope::STATUS_REPLY:
+      return SendError(peer, InvalidArgumentError("a coordinator does not accept this message"), 0);
+  }
+  SendError(peer, InvalidArgumentError("unknown message type"), 0);
+}
+
+void Coordinator::Impl::Heartbeats() {
+  const auto now = Clock::now();
+  if (now < next_heartbeat) return;
+  next_heartbeat = now + control::ControlTimings::kHeartbeatInterval;
+  for (auto& [peer, w] : workers) {
+    if (w.state == WorkerState::kLost) continue;
+    if (now - w.last_seen > control::ControlTimings::kHeartbeatTimeout) {
+      spdlog::error("worker {} (stage {}) lost: silent for {} ms", w.id, w.stage,
+                    std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count());
+      w.state = WorkerState::kLost;
+      if (w.stage >= 0) {
+        std::vector<uint64_t> reqs;
+        for (const auto& [id, r] : requests) reqs.push_back(id);
+        for (uint64_t r : reqs) FailRequest(r, UnavailableError("stage " + std::to_string(w.stage) + " (worker " + w.id + ") was lost"));
+        in_flight.clear();
+        state = ClusterState::kWaiting;
+        stages.clear();
+        for (auto& [p2, w2] : workers) {
+          if (w2.state != WorkerState::kLost) { w2.state = WorkerState::kIdle; w2.stage = -1; }
+        }
+      }
+      continue;
+    }
+    capnp::MallocMessageBuilder m;
+    auto hb = m.initRoot<proto::Envelope>().initHeartbeat();
+    hb.setEpoch(epoch);
+    Send(m, peer);
+  }
+}
+
+Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }
+Coordinator::~Coordinator() = default;
+void Coordinator::RequestStop() { impl_->stop.store(true); }
+
+StatusOr<std::string> Coordinator::Bind() {
+  Impl& s = *impl_;
+  if (s.socket) return s.bound;
+  std::filesystem::path tok = s.opt.tokenizer;
+  if (tok.empty()) {
+    auto found = FindTokenizer(s.opt.model_dir);
+    if (!found.ok()) return found.status();
+    tok = *found;
+  }
+  auto edge = RequestPreparer::Create(s.opt.model_dir, tok, s.opt.edge);
+  if (!edge.ok()) return edge.status().WithContext("model " + s.opt.model_dir.string());
+  s.edge = std::move(edge).value();
+  auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen);
+  if (!socket.ok()) return socket.status();
+  s.socket = std::move(socket).value();
+  s.bound = s.socket->last_endpoint();
+  return s.bound;
+}
+
+int Coordinator::Run() {
+  Impl& s = *impl_;
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  auto bound = Bind();
+  if (!bound.ok()) {
+    spdlog::error("{}", bound.status().ToString());
+    return ExitCodeFor(bound.status());
+  }
+  s.started = Clock::now();
+  spdlog::info("coordinator listening on {} for {} worker(s); model {} ({})", s.bound, s.opt.expect_workers,
+               s.opt.model_dir.string(), checkpoint::ArchName(s.edge->spec().arch));
+  while (!s.stop.load() && !g_signal_stop.load()) {
+    auto in = s.socket->Receive(s.in_flight.empty() ? 50ms : 5ms);
+    while (true) {
+      if (!in.ok()) {
+        spdlog::warn("{}", in.status().ToString());
+      } else if (in->has_value()) {
+        try {
+          s.Dispatch((*in)->peer, (*in)->message->envelope());
+        } catch (const std::exception& e) {
+          s.SendError((*in)->peer, InternalError(std::string("coordinator: ") + e.what()), 0);
+        }
+      } else {
+        break;
+      }
+      in = s.socket->Receive(0ms);
+    }
+    s.MaybePlan();
+    s.Admit();
+    s.Schedule();
+    s.Heartbeats();
+  }
+  spdlog::info("coordinator stopping: telling {} worker(s) to shut down", s.workers.size());
+  for (auto& [peer, w] : s.workers) {
+    if (w.state == WorkerState::kLost) continue;
+    capnp::MallocMessageBuilder m;
+    m.initRoot<proto::Envelope>().initShutdown().setReason("coordinator stopping");
+    (void)s.socket->Send(m, peer, 200ms);
+  }
+  return kExitOk;
+}
+
+}  // namespace xcpipe::coordinator

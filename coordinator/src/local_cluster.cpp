@@ -1,0 +1,106 @@
+#include "xcpipe/coordinator/local_cluster.h"
+
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <csignal>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "xcpipe/base/files.h"
+
+namespace xcpipe::coordinator {
+
+using Clock = std::chrono::steady_clock;
+
+std::string FixtureSpecOverrides(const std::filesystem::path& model_dir) {
+  auto info = ReadJsonFile(model_dir / ".." / "model_info.json");
+  if (!info.ok()) return "";
+  nlohmann::json out = nlohmann::json::object();
+  const auto& j = *info;
+  if (j.contains("vision") && j["vision"].contains("num_heads")) out["vision_heads"] = j["vision"]["num_heads"];
+  if (j.contains("vision") && j["vision"].contains("clip_heads")) out["vision_heads"] = j["vision"]["clip_heads"];
+  if (j.contains("qformer") && j["qformer"].contains("num_attention_heads")) {
+    out["qformer_heads"] = j["qformer"]["num_attention_heads"];
+  }
+  return out.empty() ? "" : out.dump();
+}
+
+StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions options) {
+  if (options.workers < 1) return InvalidArgumentError("--workers must be at least 1");
+  std::unique_ptr<LocalCluster> c(new LocalCluster());
+  CoordinatorOptions co = options.coordinator;
+  co.model_dir = options.model_dir;
+  co.tokenizer = options.tokenizer;
+  co.listen = options.listen;
+  co.expect_workers = options.workers;
+  co.dtype = options.dtype;
+  if (co.spec_overrides.empty()) co.spec_overrides = FixtureSpecOverrides(options.model_dir);
+  co.worker_wait = options.start_timeout;
+  auto ready_mutex = std::make_shared<std::mutex>();
+  auto ready_cv = std::make_shared<std::condition_variable>();
+  auto ready = std::make_shared<bool>(false);
+  co.on_ready = [ready_mutex, ready_cv, ready](const std::string&) {
+    std::lock_guard<std::mutex> lock(*ready_mutex);
+    *ready = true;
+    ready_cv->notify_all();
+  };
+  c->coordinator_ = std::make_unique<Coordinator>(std::move(co));
+  auto bound = c->coordinator_->Bind();
+  if (!bound.ok()) return bound.status();
+  c->address_ = *bound;
+
+  const auto worker_binary = options.worker_binary.empty() ? ExecutableDir() / "xcpipe-worker" : options.worker_binary;
+  int threads = options.threads_per_worker;
+  if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / options.workers);
+  for (int i = 0; i < options.workers; ++i) {
+    std::vector<std::string> argv = {worker_binary.string(), "--coordinator", c->address_, "--worker-id",
+                                     "local-" + std::to_string(i), "--device", "cpu", "--threads",
+                                     std::to_string(threads)};
+    if (static_cast<size_t>(i) < options.worker_extra_args.size()) {
+      for (const auto& a : options.worker_extra_args[i]) argv.push_back(a);
+    }
+    auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = options.quiet_workers});
+    if (!p.ok()) return p.status().WithContext("starting worker " + std::to_string(i));
+    c->workers_.push_back(std::move(p).value());
+  }
+  Coordinator* coord = c->coordinator_.get();
+  auto exited = c->exited_;
+  auto code = c->exit_code_;
+  c->thread_ = std::thread([coord, exited, code, ready_mutex, ready_cv] {
+    code->store(coord->Run());
+    exited->store(true);
+    std::lock_guard<std::mutex> lock(*ready_mutex);
+    ready_cv->notify_all();
+  });
+  std::unique_lock<std::mutex> lock(*ready_mutex);
+  ready_cv->wait_for(lock, options.start_timeout, [&] { return *ready || exited->load(); });
+  if (!*ready) {
+    lock.unlock();
+    c->Stop();
+    return UnavailableError("the local cluster did not start serving within " +
+                            std::to_string(options.start_timeout.count() / 1000) + " s (see the log above)");
+  }
+  return c;
+}
+
+int LocalCluster::Stop() {
+  if (stopped_) return exit_code_->load();
+  stopped_ = true;
+  if (coordinator_) coordinator_->RequestStop();
+  if (thread_.joinable()) thread_.join();
+  // The coordinator told the workers to shut down; give them a moment, then make sure.
+  for (auto& w : workers_) {
+    auto code = w->Wait(std::chrono::seconds(10));
+    if (!code.ok()) {
+      w->Signal(SIGKILL);
+      (void)w->Wait(std::chrono::seconds(5));
+    }
+  }
+  return exit_code_->load();
+}
+
+LocalCluster::~LocalCluster() { Stop(); }
+
+}  // namespace xcpipe::coordinator

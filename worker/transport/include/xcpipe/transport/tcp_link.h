@@ -4,8 +4,11 @@
 //
 // I/O model: synchronous, non-blocking sockets with deadlines, on the caller's thread; no I/O
 // thread. Each call does non-blocking reads/writes and waits in ppoll() for readiness, the
-// deadline, or Close(). Why not an I/O thread: a hand-off is one large sequential transfer,
-// and on 2-core hosts an extra thread plus queue hops cost throughput without buying overlap.
+// deadline, or Close(). A frame goes out in one gather write (preamble, header, every tensor);
+// tensor bytes come in by scatter reads straight into a pooled block (copied once, by the
+// kernel) and are checksummed in 512 KiB pieces while still in cache. Why not an I/O thread:
+// a hand-off is one large sequential transfer, and on 2-core hosts an extra thread plus queue
+// hops cost throughput without buying overlap.
 //
 // Thread-safety: each link serialises its own calls (one mutex per link); Close() and stats
 // may be called from any thread, and wake a blocked call (an eventfd is part of every wait).
@@ -35,6 +38,10 @@
 //   restarted); a frame cut short by that is reported as Unavailable. A receive that times
 //   out mid-frame keeps its progress: the next Receive resumes the same frame.
 //   any state --Close()--> [Closed].
+//
+// Delivery: a frame is delivered whole and checked, or not at all. Send returning OK means the
+// kernel took every byte; a frame taken just before the receiver died is lost without an
+// error here (TCP cannot tell), so exactly-once is the coordinator's replay, not this layer's.
 //
 // Failure: nothing throws; errors are Status values (see data_plane.h for the codes). A frame
 // that fails a check is refused (InvalidArgument naming the check), its connection dropped,

@@ -6,8 +6,10 @@
 #if defined(__x86_64__)
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*()
 // placeholders (a known false positive); nothing of ours is uninitialised.
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #endif
 
@@ -350,6 +352,6 @@ bool Crc32cIsHardwareAccelerated() { return Crc32cBestImpl() != Crc32cImpl::kPor
 
 }  // namespace xcpipe::transport
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif

@@ -14,6 +14,7 @@ using Action = std::function<int()>;
 void AddPlanCommand(CLI::App& app, Action& action);
 
 void AddConvertCommand(CLI::App& app, Action& action);
+void AddMkmodelCommand(CLI::App& app, Action& action);
 
 void AddCheckFixturesCommand(CLI::App& app, Action& action);
 void AddRunCommand(CLI::App& app, Action& action);

@@ -20,7 +20,6 @@ struct PlannedCommand {
 // Subcommands that are part of the CLI's design but not built yet: they are listed in --help
 // and say so plainly when run.
 const std::vector<PlannedCommand> kNotYetAvailable = {
-    {"mkmodel", "write a random-weight model in the official layout"},
     {"bench", "benchmarks (placement strategies, decode, data plane)"},
     {"keys", "generate CURVE key pairs for authenticated control sockets"},
 };
@@ -56,6 +55,7 @@ int main(int argc, char** argv) {
   // Implemented subcommands register here (each removes its entry from kNotYetAvailable).
   cli::AddPlanCommand(app, action);
   cli::AddConvertCommand(app, action);
+  cli::AddMkmodelCommand(app, action);
   cli::AddCheckFixturesCommand(app, action);
   cli::AddRunCommand(app, action);
   cli::AddServeLocalCommand(app, action);

@@ -119,13 +119,6 @@ int RunPlan(const PlanFlags& f) {
 void AddPlanCommand(CLI::App& app, Action& action) {
   auto flags = std::make_shared<PlanFlags>();
   CLI::App* sub = app.add_subcommand("plan", "plan which GPU holds which blocks, with predicted memory and speed");
-  sub->description(
-      "Plan which device holds which blocks of a model: every tensor placed exactly once (checked before\n"
-      "planning), predicted memory per device by category, predicted step time per stage. No GPU and no\n"
-      "weights needed.\n\n"
-      "  xcpipe plan --layout internlm-xcomposer2-4khd-7b.layout.json --cluster configs/cluster-2x24g.toml\n"
-      "  xcpipe plan --model /tmp/m --cluster configs/cluster-cpu-3.toml --json\n"
-      "  xcpipe plan --model /tmp/m --cluster configs/cluster-1x80g.toml --format accelerate > device_map.json");
   sub->add_option("--model", flags->model_dir, "checkpoint folder: config.json + safetensors (only headers are read)");
   sub->add_option("--layout", flags->layout, "layout file: every tensor's name, shape, dtype and the model config");
   sub->add_option("--cluster", flags->cluster, "cluster file (TOML; see configs/)")->required();
@@ -150,9 +143,16 @@ void AddPlanCommand(CLI::App& app, Action& action) {
   sub->add_option("--headroom", flags->headroom, "share of each device's memory to leave free (default 0.10)")
       ->check(CLI::Range(0.0, 0.9));
   sub->add_option("--arch", flags->arch, "force the model version: ixc1, ixc2-vl, ixc2-4khd, ixc2.5");
-  sub->footer(std::string("Exit codes: 0 the plan fits, 2 usage error, 3 the plan cannot fit (the message says by how\n"
-                          "much, where, and what would make it fit), 4 invalid model, layout or cluster file.\n\n") +
-              kExitCodeHelp);
+  sub->footer(
+      std::string(
+          "Every tensor is placed exactly once (checked before planning); the plan shows memory per device\n"
+          "by category and predicted step time per stage. No GPU and no weights are needed.\n\n"
+          "  xcpipe plan --layout internlm-xcomposer2-4khd-7b.layout.json --cluster configs/cluster-2x24g.toml\n"
+          "  xcpipe plan --model /tmp/m --cluster configs/cluster-cpu-3.toml --json\n"
+          "  xcpipe plan --model /tmp/m --cluster configs/cluster-1x80g.toml --format accelerate > map.json\n\n"
+          "Exit codes: 0 the plan fits, 2 usage error, 3 the plan cannot fit (the message says by how\n"
+          "much, where, and what would make it fit), 4 invalid model, layout or cluster file.\n\n") +
+      kExitCodeHelp);
   sub->callback([&action, flags] { action = [flags] { return RunPlan(*flags); }; });
 }
 

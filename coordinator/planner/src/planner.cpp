@@ -348,22 +348,27 @@ StatusOr<Plan> MakePlan(const PlanningModel& model, const ClusterSpec& cluster, 
   if (!placement || placement->empty()) placement = internal::SolveLeastOverflow(p);
 
   Plan plan;
-  if (placement && !placement->empty()) {
-    auto evaluated = Evaluate(model, p, *placement, options.strategy);
-    if (!evaluated.ok()) return evaluated.status().WithContext("internal: the planner built an invalid placement");
+  plan.strategy = options.strategy;
+  plan.vision = p.vision();
+  plan.headroom_fraction = resolved.headroom;
+  plan.cost = cost;
+  std::string rule_problem;
+  if (!placement || placement->empty()) {
+    rule_problem = "vision on a stage of its own needs at least 2 devices; the cluster has " +
+                   std::to_string(cluster.device_count());
+  } else if (auto evaluated = Evaluate(model, p, *placement, options.strategy); evaluated.ok()) {
     plan = std::move(evaluated).value();
+  } else if (options.strategy == Strategy::kBalanced) {
+    return evaluated.status().WithContext("internal: the planner built an invalid placement");
   } else {
-    plan.strategy = options.strategy;
-    plan.vision = p.vision();
-    plan.headroom_fraction = resolved.headroom;
-    plan.cost = cost;
-    plan.feasible = false;
+    // A baseline can corner itself (greedy-memory with vision alone on the last device).
+    rule_problem = "the " + std::string(StrategyName(options.strategy)) +
+                   " strategy found no placement that keeps the rules: " + evaluated.status().message();
   }
   plan.notes = Notes(cost, model, cluster.serving);
   if (!plan.feasible) {
     if (plan.stages.empty()) {
-      plan.infeasible_reason = "vision on a stage of its own needs at least 2 devices; the cluster has " +
-                               std::to_string(cluster.device_count());
+      plan.infeasible_reason = rule_problem;
     } else {
       plan.infeasible_reason = OverflowReason(plan, p);
     }

@@ -304,6 +304,7 @@ std::vector<std::vector<size_t>> CandidateOrders(const Problem& p, size_t limit)
   // Host orders: distinct permutations of the host signatures (hosts of one signature keep
   // their file order among themselves).
   std::vector<std::vector<size_t>> host_orders;
+  bool all_host_orders = true;
   {
     std::vector<size_t> sig_perm = host_sig;
     std::sort(sig_perm.begin(), sig_perm.end());
@@ -319,7 +320,11 @@ std::vector<std::vector<size_t>> CandidateOrders(const Problem& p, size_t limit)
         }
       }
       host_orders.push_back(std::move(hosts));
-    } while (host_orders.size() < limit && std::next_permutation(sig_perm.begin(), sig_perm.end()));
+      if (host_orders.size() >= limit) {
+        all_host_orders = !std::next_permutation(sig_perm.begin(), sig_perm.end());
+        break;
+      }
+    } while (std::next_permutation(sig_perm.begin(), sig_perm.end()));
   }
 
   // Every distinct sequence of kinds inside each host, when the product of their counts and
@@ -349,7 +354,7 @@ std::vector<std::vector<size_t>> CandidateOrders(const Problem& p, size_t limit)
     } while (host_sequences[h].size() <= limit && std::next_permutation(kinds.begin(), kinds.end()));
     total *= static_cast<double>(host_sequences[h].size());
   }
-  if (total <= static_cast<double>(limit)) {
+  if (all_host_orders && total <= static_cast<double>(limit)) {
     for (const auto& hosts : host_orders) {
       std::vector<size_t> choice(H, 0);  // an odometer over each host's sequences
       while (true) {

@@ -323,6 +323,22 @@ TEST(Planner, SeparateVisionStage) {
   EXPECT_NE(one.infeasible_reason.find("at least 2 devices"), std::string::npos) << one.infeasible_reason;
 }
 
+TEST(Planner, GreedyMemoryThatCornersItselfIsInfeasibleNotAnError) {
+  // Vision alone fits only on the last device: greedy-memory skips the first, then has nothing
+  // left for the rest of the model.
+  SyntheticModelOptions options;
+  options.vision_layers = 64;
+  options.vision_width = 1024;
+  const PlanningModel model = MakeSyntheticModel(options);
+  PlanOptions plan_options;
+  plan_options.strategy = Strategy::kGreedyMemory;
+  plan_options.vision = VisionPlacement::kSeparateStage;
+  const Plan plan = MustPlan(model, MakeCluster({{{0.5, 10, 100}, {4, 10, 100}}}), plan_options);
+  EXPECT_FALSE(plan.feasible);
+  EXPECT_NE(plan.infeasible_reason.find("greedy-memory strategy found no placement"), std::string::npos)
+      << plan.infeasible_reason;
+}
+
 TEST(Planner, VisionStageCanComeFromTheClusterFile) {
   ClusterSpec cluster = MakeCluster({{{}, {}}});
   cluster.planner.vision = VisionPlacement::kSeparateStage;

@@ -3,7 +3,9 @@
 // the `xcpipe plan` binary.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -124,6 +126,42 @@ TEST_F(RealLayouts, BalancedIsNeverSlowerThanTheBaselinesAndFasterOnMixedAndTwoH
       }
     }
   }
+}
+
+// Every split of the 4KHD model over every ordered choice of the mixed cluster's devices.
+TEST_F(RealLayouts, BalancedMatchesExhaustiveSearchOnTheMixedCluster) {
+  const PlanningModel model = Model(kLayouts[1]);
+  const ClusterSpec cluster = Cluster("cluster-mixed-48-24.toml");
+  const size_t N = model.spec.blocks.size();
+  const std::vector<DeviceRef> devices = {{0, 0}, {0, 1}, {0, 2}};
+  double best = INFINITY;
+  size_t evaluated = 0;
+  std::vector<StageAssignment> stages;
+  std::vector<bool> used(devices.size(), false);
+  std::function<void(size_t)> place = [&](size_t first) {
+    if (first == N) {
+      auto plan = EvaluatePlacement(model, cluster, stages);
+      ++evaluated;
+      if (plan.ok() && plan->feasible) best = std::min(best, plan->bottleneck_ms);
+      return;
+    }
+    for (size_t d = 0; d < devices.size(); ++d) {
+      if (used[d]) continue;
+      // The first stage holds vision and the embeddings (the rules; others are refused anyway).
+      for (size_t end = first == 0 ? 2 : first + 1; end <= N; ++end) {
+        used[d] = true;
+        stages.push_back({devices[d], first, end});
+        place(end);
+        stages.pop_back();
+        used[d] = false;
+      }
+    }
+  };
+  place(0);
+  ASSERT_GT(evaluated, 1000u);
+  const Plan plan = PlanWith(model, cluster, Strategy::kBalanced);
+  ASSERT_TRUE(plan.feasible);
+  EXPECT_DOUBLE_EQ(plan.bottleneck_ms, best);
 }
 
 TEST_F(RealLayouts, SevenBillionParametersDoNotFitTheCpuCluster) {

@@ -2,19 +2,19 @@
 // memory per category and predicted step time per stage (cost_model.h).
 //
 // Strategies:
-//   balanced       (default) the exact optimum, over host-contiguous device orders, of the
-//                  slowest stage's predicted step time, subject to every device's memory
-//                  minus headroom. A dynamic program over (device in order, first block of
-//                  its stage) may skip devices, so a slow or small device is left out when
-//                  that is faster. Ties are broken by fewer cross-host hops, then by a shorter
-//                  sum of stage times. Hops are part of the stage time (the sender pays).
-//                  Device orders tried: the file's own order; then every host-contiguous
-//                  order (hosts permuted, each host's devices in every distinct sequence of
-//                  kinds; identical devices and hosts are interchangeable) when there are at
-//                  most kMaxDeviceOrders of them within the search's work budget, which makes
-//                  the result exact over host-contiguous orders; beyond that (large, varied
-//                  clusters), orders that group each host's devices by kind, with hosts and
-//                  kind priorities permuted.
+//   balanced       (default) minimises the slowest stage's predicted step time subject to
+//                  every device's memory minus headroom. For a given device order, a dynamic
+//                  program over (device in order, first block of its stage) finds the exact
+//                  optimum; it may skip devices, so a slow or small device is left out when
+//                  that is faster. Ties go to fewer cross-host hops, then to a shorter sum of
+//                  stage times; a hop's time is part of the sending stage's time.
+//                  Orders tried: the file's own order, then every host-contiguous order (hosts
+//                  permuted, each host's devices in every distinct sequence of kinds; identical
+//                  devices and hosts are interchangeable) while there are at most
+//                  kMaxDeviceOrders of them within the search's work budget, which makes the
+//                  result exact over all host-contiguous orders (every cluster in configs/ is
+//                  such a case); beyond that, orders that group each host's devices by kind,
+//                  with hosts and kind priorities permuted.
 //   even           layer counting as the official XComposer utils do (auto_configure_device_map:
 //                  vision + embeddings weigh 3 layers on the first device, (L + 6) / N layers
 //                  per device, head on the last), devices in file order.

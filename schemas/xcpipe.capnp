@@ -222,6 +222,14 @@ struct Submit {
   maxNewTokens @3 :UInt32;
   sampling @4 :SamplingParams;
   deadlineMs @5 :UInt32;           # 0 = the coordinator's default
+  # Pre-tokenized form (when tokenIds is not empty, promptJson and images are ignored): the
+  # prompt exactly as the model sees it, for clients that build prompts themselves and for
+  # checking a cluster against golden outputs. Ids are checked against the vocabulary.
+  tokenIds @6 :List(Int64);        # -1 at image rows
+  imMask @7 :Data;                 # one byte per token, 1 at Partial-LoRA rows
+  pixelImages @8 :List(ImageTensor);  # preprocessed images in slot order
+  penaltyContext @9 :List(Int64);  # tokens the repetition penalty covers before generation
+  wantLogits @10 :Bool;            # return the logits each token was chosen from
 }
 
 # Coordinator -> client: tokens as they are generated, then a final event.
@@ -235,6 +243,7 @@ struct TokenEvent {
   ttftMicros @6 :UInt64;           # admission to first token
   promptIndex @7 :UInt32;          # which prompt of a list-of-strings submit this event belongs to
   error @8 :Text;                  # failed requests: what went wrong and what was expected
+  logits @9 :Data;                 # wantLogits: float32 [vocab] the token was chosen from
 }
 
 struct StatusRequest {

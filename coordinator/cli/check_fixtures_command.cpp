@@ -4,7 +4,10 @@
 // sentencepiece cannot share a process, see PLATFORM.md) whose JSON lines are merged here.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <optional>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -12,7 +15,14 @@
 
 #include "commands.h"
 #include "xcpipe/base/exit_codes.h"
+#include "xcpipe/base/files.h"
+#include "xcpipe/base/npy.h"
 #include "xcpipe/base/subprocess.h"
+#include "xcpipe/checkpoint/model_spec.h"
+#include "xcpipe/coordinator/client.h"
+#include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/image/decode.h"
+#include "xcpipe/image/preprocess.h"
 #include "xcpipe/image/fixture_checks.h"
 #include "xcpipe/tokenizer/fixture_checks.h"
 
@@ -29,16 +39,201 @@ struct Tally {
   }
 };
 
+// Reads an .npy the case must have; a failure is reported as the check's failure.
+std::optional<NpyArray> Load(const std::filesystem::path& file, Tally& tally, const std::string& name) {
+  auto a = ReadNpy(file);
+  if (!a.ok()) {
+    tally.Print(false, name, a.status().ToString());
+    return std::nullopt;
+  }
+  return std::move(a).value();
+}
+
+// The model checks through a local cluster of `workers` worker processes: every case's prompt
+// (ids and images exactly as the fixture has them) is submitted to the coordinator; the greedy
+// tokens must equal the official ones and the logits of the first generated token must match
+// the official logits at the last prompt position.
+void RunClusterChecks(const std::string& dir, const std::string& only_folder, int workers, Tally& tally) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> folders;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (fs::exists(e.path() / "checkpoint") && fs::exists(e.path() / "cases")) folders.push_back(e.path());
+  }
+  std::sort(folders.begin(), folders.end());
+  for (const auto& folder : folders) {
+    const std::string fname = folder.filename().string();
+    if (!only_folder.empty() && fname != only_folder) continue;
+    const std::string prefix = "cluster" + std::to_string(workers) + "/" + fname;
+    auto described = checkpoint::DescribeCheckpoint(folder / "checkpoint");
+    if (!described.ok()) {
+      tally.Print(false, prefix, described.status().ToString());
+      continue;
+    }
+    const auto& spec = described->spec;
+    coordinator::LocalClusterOptions o;
+    o.model_dir = folder / "checkpoint";
+    o.workers = workers;
+    o.quiet_workers = true;
+    o.coordinator.edge.max_prompt_tokens = 1 << 16;
+    auto cluster = coordinator::LocalCluster::Start(o);
+    if (!cluster.ok()) {
+      tally.Print(false, prefix, cluster.status().ToString());
+      continue;
+    }
+    auto client = coordinator::Client::Connect((*cluster)->address(), std::chrono::seconds(10));
+    if (!client.ok()) {
+      tally.Print(false, prefix, client.status().ToString());
+      continue;
+    }
+    std::vector<fs::path> cases;
+    for (const auto& e : fs::directory_iterator(folder / "cases"))
+      if (fs::exists(e.path() / "manifest.json")) cases.push_back(e.path());
+    std::sort(cases.begin(), cases.end());
+    for (const auto& cdir : cases) {
+      const std::string name = prefix + "/" + cdir.filename().string();
+      auto manifest = ReadJsonFile(cdir / "manifest.json");
+      if (!manifest.ok()) {
+        tally.Print(false, name, manifest.status().ToString());
+        continue;
+      }
+      const fs::path ids_file = fs::exists(cdir / "input_ids_with_image_slots.npy") ? cdir / "input_ids_with_image_slots.npy"
+                                                                                   : cdir / "input_ids.npy";
+      if (!fs::exists(ids_file)) {
+        tally.Print(true, name, "skipped: the case records embeddings only (checked in-process)");
+        continue;
+      }
+      auto ids = Load(ids_file, tally, name);
+      if (!ids) continue;
+      std::optional<NpyArray> mask, attn;
+      if (fs::exists(cdir / "im_mask.npy")) mask = Load(cdir / "im_mask.npy", tally, name);
+      if (fs::exists(cdir / "attention_mask.npy")) attn = Load(cdir / "attention_mask.npy", tally, name);
+      // Images, preprocessed as the official code (or as recorded).
+      std::vector<coordinator::PreparedImage> images;
+      const auto& values = (*manifest)["values"];
+      int64_t gh = 1, gw = 1;
+      if (values.contains("tile_grid_hw")) {
+        gh = values["tile_grid_hw"][0].get<int64_t>();
+        gw = values["tile_grid_hw"][1].get<int64_t>();
+      }
+      auto add_image = [&](image::FloatImage f) {
+        coordinator::PreparedImage p;
+        p.channels = f.channels;
+        p.height = f.height;
+        p.width = f.width;
+        p.grid_h = gh;
+        p.grid_w = gw;
+        p.pixels = std::move(f.data);
+        images.push_back(std::move(p));
+      };
+      if (fs::exists(cdir / "pixel_values.npy")) {
+        auto pv = Load(cdir / "pixel_values.npy", tally, name);
+        if (!pv) continue;
+        auto values_f = pv->ToFloat();
+        const int64_t per = pv->shape[1] * pv->shape[2] * pv->shape[3];
+        for (int64_t b = 0; b < pv->shape[0]; ++b) {
+          image::FloatImage f{pv->shape[1], pv->shape[2], pv->shape[3],
+                              std::vector<float>(values_f.begin() + b * per, values_f.begin() + (b + 1) * per)};
+          add_image(std::move(f));
+        }
+      } else if (fs::exists(cdir / "hd_image.png")) {
+        auto rgb = image::ReadImageFile(cdir / "hd_image.png");
+        if (!rgb.ok()) { tally.Print(false, name, rgb.status().ToString()); continue; }
+        add_image(image::ToNormalizedTensor(*rgb, image::ClipNormalize()));
+      } else if (fs::exists(cdir / "image.png")) {
+        auto rgb = image::ReadImageFile(cdir / "image.png");
+        if (!rgb.ok()) { tally.Print(false, name, rgb.status().ToString()); continue; }
+        auto f = image::PreprocessFixedSize(*rgb, spec.vision.image_size);
+        if (!f.ok()) { tally.Print(false, name, f.status().ToString()); continue; }
+        add_image(std::move(*f));
+      }
+      const int64_t B = ids->shape[0], T = ids->shape[1];
+      auto id_values = ids->ToInt64();
+      std::vector<int64_t> mask_values = mask ? mask->ToInt64() : std::vector<int64_t>(B * T, 0);
+      std::vector<int64_t> attn_values = attn ? attn->ToInt64() : std::vector<int64_t>(B * T, 1);
+      size_t next_image = 0;
+      for (auto [file, penalty] : {std::pair<std::string, double>{"generated_ids.npy", 1.0},
+                                   std::pair<std::string, double>{"generated_ids_rep1005.npy", 1.005}}) {
+        if (!fs::exists(cdir / file)) continue;
+        auto want = Load(cdir / file, tally, name);
+        if (!want) continue;
+        auto want_ids = want->ToInt64();
+        const int64_t n_new = want->shape[1];
+        next_image = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          coordinator::GenerateRequest r;
+          for (int64_t t = 0; t < T; ++t) {
+            if (attn_values[b * T + t] == 0) continue;
+            r.token_ids.push_back(id_values[b * T + t]);
+            r.im_mask.push_back(static_cast<uint8_t>(mask_values[b * T + t] != 0));
+          }
+          int64_t slots = 0;
+          for (int64_t id : r.token_ids) slots += id < 0;
+          while (slots > 0 && next_image < images.size()) {
+            r.pixel_images.push_back(images[next_image]);
+            slots -= spec.ImageTokens(images[next_image].grid_h, images[next_image].grid_w);
+            ++next_image;
+          }
+          const bool has_images = !r.pixel_images.empty();
+          if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images)) r.penalty_context = r.token_ids;
+          r.max_new_tokens = static_cast<uint32_t>(n_new);
+          r.sampling.repetition_penalty = penalty;
+          r.want_logits = penalty == 1.0;
+          const std::string row_name = name + "/" + file.substr(0, file.size() - 4) + (B > 1 ? "/row" + std::to_string(b) : "");
+          auto result = (*client)->Generate(r, std::chrono::minutes(5));
+          if (!result.ok() || !result->error.empty()) {
+            tally.Print(false, row_name, result.ok() ? result->error : result.status().ToString());
+            continue;
+          }
+          const auto& got = result->token_ids.empty() ? std::vector<int64_t>{} : result->token_ids[0];
+          bool same = true;
+          std::string why;
+          for (int64_t t = 0; t < n_new; ++t) {
+            const int64_t expected = want_ids[b * n_new + t];
+            if (t >= static_cast<int64_t>(got.size())) {
+              // Finished rows are padded in the official batch output; we stop at the stop id.
+              const bool stopped = !got.empty() && std::find(spec.llm.stop_ids.begin(), spec.llm.stop_ids.end(),
+                                                             got.back()) != spec.llm.stop_ids.end();
+              if (!stopped) { same = false; why = "stopped early at token " + std::to_string(t); }
+              break;
+            }
+            if (got[t] != expected) {
+              same = false;
+              why = "token " + std::to_string(t) + ": ours " + std::to_string(got[t]) + ", expected " + std::to_string(expected);
+              break;
+            }
+          }
+          tally.Print(same, row_name, same ? "identical (" + std::to_string(got.size()) + " tokens)" : why);
+          // The first token's logits are the official logits at the last prompt position.
+          if (r.want_logits && fs::exists(cdir / "logits_last2.npy") && !result->logits.empty()) {
+            auto ref = Load(cdir / "logits_last2.npy", tally, name);
+            if (!ref) continue;
+            const int64_t V = ref->shape[2];
+            auto ref_values = ref->ToFloat();
+            const auto& ours = result->logits[0];
+            double worst = 0, max_abs = 0;
+            const double atol = 1e-4, rtol = 1e-4;
+            for (int64_t v = 0; v < V && v < static_cast<int64_t>(ours.size()); ++v) {
+              const double e = ref_values[(b * 2 + 1) * V + v];
+              const double d = std::abs(ours[v] - e);
+              max_abs = std::max(max_abs, d);
+              worst = std::max(worst, d - (atol + rtol * std::abs(e)));
+            }
+            tally.Print(worst <= 0 && static_cast<int64_t>(ours.size()) == V, row_name + "/logits",
+                        "max abs diff " + std::to_string(max_abs));
+          }
+        }
+      }
+    }
+    (*cluster)->Stop();
+  }
+}
+
 int RunCheckFixtures(const std::string& dir, const std::string& only_folder, bool bf16, int workers) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) {
     std::fprintf(stderr, "xcpipe check-fixtures: '%s' is not a folder; expected a fixtures folder with\n"
                          "tokenizer/ and model folders holding checkpoint/ and cases/\n", dir.c_str());
     return kExitInvalidInput;
-  }
-  if (workers != 0) {
-    std::fprintf(stderr, "xcpipe check-fixtures --workers: running through a local cluster is not available yet\n");
-    return kExitNotImplemented;
   }
   Tally tally;
   auto in_folder = [&](const std::string& name) {
@@ -51,6 +246,11 @@ int RunCheckFixtures(const std::string& dir, const std::string& only_folder, boo
     if (in_folder(r.case_name)) tally.Print(r.passed, "image/" + r.case_name, r.message);
   }
 
+  if (workers > 0) {
+    RunClusterChecks(dir, only_folder, workers, tally);
+    std::printf("%d passed, %d failed\n", tally.passed, tally.failed);
+    return tally.failed == 0 ? kExitOk : kExitCheckFailed;
+  }
   std::vector<std::string> argv = {(ExecutableDir() / "xcpipe-worker").string(), "check-fixtures", dir};
   if (!only_folder.empty()) argv.insert(argv.end(), {"--folder", only_folder});
   if (!bf16) argv.push_back("--no-bf16");

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstring>
 #include <random>
 
 #include "xcpipe/control/socket.h"
@@ -67,6 +68,24 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   sp.setTopP(request.sampling.top_p);
   sp.setRepetitionPenalty(request.sampling.repetition_penalty);
   sp.setSeed(request.sampling.seed);
+  if (!request.token_ids.empty()) {
+    auto ids = s.initTokenIds(request.token_ids.size());
+    for (size_t i = 0; i < request.token_ids.size(); ++i) ids.set(i, request.token_ids[i]);
+    s.setImMask(kj::arrayPtr(request.im_mask.data(), request.im_mask.size()));
+    auto px = s.initPixelImages(request.pixel_images.size());
+    for (size_t i = 0; i < request.pixel_images.size(); ++i) {
+      const auto& img = request.pixel_images[i];
+      px[i].setChannels(static_cast<uint32_t>(img.channels));
+      px[i].setHeight(static_cast<uint32_t>(img.height));
+      px[i].setWidth(static_cast<uint32_t>(img.width));
+      px[i].setGridH(static_cast<uint32_t>(img.grid_h));
+      px[i].setGridW(static_cast<uint32_t>(img.grid_w));
+      px[i].setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(img.pixels.data()), img.pixels.size() * sizeof(float)));
+    }
+    auto ctx = s.initPenaltyContext(request.penalty_context.size());
+    for (size_t i = 0; i < request.penalty_context.size(); ++i) ctx.set(i, request.penalty_context[i]);
+    s.setWantLogits(request.want_logits);
+  }
   const auto start = Clock::now();
   if (Status st = impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
   GenerateResult result;
@@ -106,6 +125,11 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
       result.ttft_ms = std::chrono::duration<double, std::milli>(first_token - start).count();
     }
     for (int64_t t : e.getTokens()) result.token_ids[index].push_back(t);
+    if (index == 0 && e.hasLogits() && e.getLogits().size() > 0) {
+      std::vector<float> row(e.getLogits().size() / sizeof(float));
+      std::memcpy(row.data(), e.getLogits().begin(), row.size() * sizeof(float));
+      result.logits.push_back(std::move(row));
+    }
     tokens += e.getTokens().size();
     std::string text = e.getText().cStr();
     result.texts[index] += text;

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 #include <csignal>
 #include <deque>
 #include <map>
@@ -66,6 +67,7 @@ struct Sequence {
   uint64_t max_tokens = 0;
   Clock::time_point admitted_at;
   size_t text_sent = 0;     // bytes of decoded text already streamed
+  bool want_logits = false;
 };
 
 struct Request {
@@ -123,6 +125,7 @@ struct Coordinator::Impl {
   void Dispatch(const std::string& peer, const proto::Envelope::Reader& env);
   void OnHello(const std::string& peer, proto::Hello::Reader h);
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);
+  StatusOr<std::vector<PreparedPrompt>> PreparePretokenized(proto::Submit::Reader s) const;
   void OnStepResult(proto::StepResult::Reader r);
   void OnStatus(const std::string& peer);
   void OnWorkerError(const std::string& peer, proto::Error::Reader e);
@@ -132,7 +135,8 @@ struct Coordinator::Impl {
   void Heartbeats();
   void FinishSequence(Sequence& seq, const std::string& reason);
   void FailRequest(uint64_t request_id, const Status& reason);
-  void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish);
+  void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish,
+                    kj::ArrayPtr<const kj::byte> logits = {});
   uint64_t ReadyWorkers() const {
     uint64_t n = 0;
     for (const auto& [p, w] : workers) n += w.state != WorkerState::kLost;
@@ -314,7 +318,9 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   if (Status st = edge->ValidateGeneration(max_new, sampling); !st.ok()) return refuse(st);
   std::vector<std::string> images;
   for (auto img : s.getImages()) images.emplace_back(reinterpret_cast<const char*>(img.begin()), img.size());
-  auto prepared = edge->Prepare(s.getPromptJson().cStr(), images);
+  StatusOr<std::vector<PreparedPrompt>> prepared = s.getTokenIds().size() > 0
+                                                       ? PreparePretokenized(s)
+                                                       : edge->Prepare(s.getPromptJson().cStr(), images);
   if (!prepared.ok()) return refuse(prepared.status());
   const uint64_t rid = next_request++;
   Request& req = requests[rid];
@@ -329,12 +335,63 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     seq.max_new = max_new;
     seq.sampling = sampling;
     seq.max_tokens = seq.prompt.ids.size() + static_cast<uint64_t>(max_new);
+    seq.want_logits = s.getWantLogits();
     req.sequences.push_back(seq.id);
     queue.push_back(seq.id);
     sequences.emplace(seq.id, std::move(seq));
   }
   spdlog::info("request {} (client {} #{}): {} prompt(s), {} image(s), queued", rid, peer, client_id, prepared->size(),
                images.size());
+}
+
+StatusOr<std::vector<PreparedPrompt>> Coordinator::Impl::PreparePretokenized(proto::Submit::Reader s) const {
+  PreparedPrompt p;
+  const int64_t vocab = edge->spec().llm.vocab;
+  for (int64_t id : s.getTokenIds()) {
+    if (id < -1 || id >= vocab) {
+      return InvalidArgumentError("token id " + std::to_string(id) + " is outside the vocabulary; expected 0.." +
+                                  std::to_string(vocab - 1) + " or -1 for an image row");
+    }
+    p.ids.push_back(id);
+  }
+  if (static_cast<int64_t>(p.ids.size()) > edge->limits().max_prompt_tokens) {
+    return InvalidArgumentError("prompt of " + std::to_string(p.ids.size()) + " tokens; at most " +
+                                std::to_string(edge->limits().max_prompt_tokens) + " are allowed");
+  }
+  auto mask = s.getImMask();
+  if (mask.size() != p.ids.size()) {
+    return InvalidArgumentError("imMask has " + std::to_string(mask.size()) + " bytes for " +
+                                std::to_string(p.ids.size()) + " tokens; expected one byte per token");
+  }
+  p.im_mask.assign(mask.begin(), mask.end());
+  int64_t slots = 0;
+  for (int64_t id : p.ids) slots += id < 0;
+  int64_t rows = 0;
+  for (auto img : s.getPixelImages()) {
+    PreparedImage out;
+    out.channels = img.getChannels();
+    out.height = img.getHeight();
+    out.width = img.getWidth();
+    out.grid_h = std::max<uint32_t>(1, img.getGridH());
+    out.grid_w = std::max<uint32_t>(1, img.getGridW());
+    const uint64_t n = uint64_t(out.channels) * out.height * out.width;
+    if (out.channels != 3 || n == 0 || img.getPixels().size() != n * sizeof(float)) {
+      return InvalidArgumentError("pixel image of " + std::to_string(img.getPixels().size()) +
+                                  " bytes does not match a 3 x height x width float32 image");
+    }
+    out.pixels.resize(n);
+    std::memcpy(out.pixels.data(), img.getPixels().begin(), n * sizeof(float));
+    out.rows = edge->spec().ImageTokens(out.grid_h, out.grid_w);
+    rows += out.rows;
+    p.images.push_back(std::move(out));
+  }
+  if (rows != slots) {
+    return InvalidArgumentError("the prompt has " + std::to_string(slots) + " image rows but its images fill " +
+                                std::to_string(rows));
+  }
+  for (int64_t t : s.getPenaltyContext()) p.penalty_context.push_back(t);
+  if (p.penalty_context.empty()) p.penalty_context = {edge->spec().llm.bos_id};
+  return std::vector<PreparedPrompt>{std::move(p)};
 }
 
 void Coordinator::Impl::Admit() {
@@ -437,6 +494,9 @@ void Coordinator::Impl::Schedule() {
       s.state = SeqState::kInFlight;
     }
     f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
+    bool want_logits = false;
+    for (uint64_t id : members) want_logits |= sequences.at(id).want_logits;
+    f.setWantLogits(want_logits);
     auto imgs = f.initImages(images.size());
     for (size_t i = 0; i < images.size(); ++i) {
       imgs[i].setChannels(static_cast<uint32_t>(images[i]->channels));
@@ -453,7 +513,7 @@ void Coordinator::Impl::Schedule() {
 }
 
 void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done,
-                                     const std::string& finish) {
+                                     const std::string& finish, kj::ArrayPtr<const kj::byte> logits) {
   auto rit = requests.find(seq.request);
   if (rit == requests.end()) return;
   capnp::MallocMessageBuilder m;
@@ -476,6 +536,7 @@ void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& 
       seq.text_sent = end;
     }
   }
+  if (seq.want_logits && logits.size() > 0) e.setLogits(logits);
   e.setDone(done);
   e.setFinishReason(finish);
   e.setPromptTokens(static_cast<uint32_t>(seq.prompt.ids.size()));
@@ -559,14 +620,15 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
     const bool length = static_cast<int64_t>(seq.generated.size()) >= seq.max_new;
     const bool done = stop_token || length;
     const uint64_t request = seq.request;
-    StreamTokens(seq, {token}, done, stop_token ? "stop" : (length ? "length" : ""));
+    kj::ArrayPtr<const kj::byte> row;
+    const size_t vocab_bytes = static_cast<size_t>(edge->spec().llm.vocab) * sizeof(float);
+    if (r.hasLogits() && r.getLogits().size() >= (i + 1) * vocab_bytes) {
+      row = r.getLogits().slice(i * vocab_bytes, (i + 1) * vocab_bytes);
+    }
+    StreamTokens(seq, {token}, done, stop_token ? "stop" : (length ? "length" : ""), row);
     if (!requests.count(request)) continue;  // the client went away
     if (done) FinishSequence(seq, stop_token ? "stop" : "length");
     else seq.state = SeqState::kReady;
-  }
-  for (const auto& [peer, w] : workers) {
-    (void)peer;
-    (void)w;
   }
 }
 

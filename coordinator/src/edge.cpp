@@ -143,11 +143,8 @@ StatusOr<std::vector<PreparedPrompt>> RequestPreparer::Prepare(const std::string
       p.im_mask[t] = p.ids[t] < 0 && spec_.arch != checkpoint::ModelArch::kIxc1 ? 1 : 0;
       has_images |= p.ids[t] < 0;
     }
-    // The official chat() hands generate() ids only for text-only VL/4KHD prompts (the penalty
-    // then covers the prompt); otherwise embeddings, and the penalty covers a placeholder BOS.
-    const bool ids_path = !has_images && (spec_.arch == checkpoint::ModelArch::kIxc2Vl ||
-                                          spec_.arch == checkpoint::ModelArch::kIxc2_4khd);
-    if (ids_path) p.penalty_context = p.ids; else p.penalty_context = {spec_.llm.bos_id};
+    if (checkpoint::PenaltyCoversPrompt(spec_.arch, has_images)) p.penalty_context = p.ids;
+    else p.penalty_context = {spec_.llm.bos_id};
     out.push_back(std::move(p));
   }
   return out;

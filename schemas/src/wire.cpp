@@ -2,13 +2,14 @@
 
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace xcpipe::wire {
 
-capnp::ReaderOptions UntrustedReaderOptions() {
+capnp::ReaderOptions UntrustedReaderOptions(size_t message_bytes) {
   capnp::ReaderOptions options;
-  options.traversalLimitInWords = (size_t{8} << 20) / sizeof(capnp::word);
+  options.traversalLimitInWords = std::max<size_t>(1024, 4 * (message_bytes / sizeof(capnp::word)));
   options.nestingLimit = 32;
   return options;
 }
@@ -37,7 +38,7 @@ StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> byt
   std::memcpy(out->aligned_.begin(), bytes.data(), bytes.size());
   kj::ArrayPtr<const capnp::word> words(out->aligned_.begin(), out->aligned_.size());
   try {
-    out->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words, UntrustedReaderOptions());
+    out->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words, UntrustedReaderOptions(bytes.size()));
     out->envelope_ = out->reader_->getRoot<proto::Envelope>();
     // Touch the union tag so framing errors surface here, not in a handler.
     (void)out->envelope_.which();

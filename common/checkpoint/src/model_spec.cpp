@@ -978,4 +978,8 @@ Status CoverageReport::ToStatus() const {
   return InvalidArgumentError(std::move(message));
 }
 
+bool PenaltyCoversPrompt(ModelArch arch, bool has_images) {
+  return !has_images && (arch == ModelArch::kIxc2Vl || arch == ModelArch::kIxc2_4khd);
+}
+
 }  // namespace xcpipe::checkpoint

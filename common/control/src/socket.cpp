@@ -13,7 +13,7 @@ Status ZmqError(const std::string& what, const zmq::error_t& e) {
 
 void SetCommonOptions(zmq::socket_t& s) {
   s.set(zmq::sockopt::linger, 0);
-  s.set(zmq::sockopt::maxmsgsize, int64_t{ControlTimings::kMaxMessageBytes});
+  s.set(zmq::sockopt::maxmsgsize, ControlTimings::kMaxMessageBytes);
   s.set(zmq::sockopt::sndhwm, ControlTimings::kHighWaterMark);
   s.set(zmq::sockopt::rcvhwm, ControlTimings::kHighWaterMark);
   s.set(zmq::sockopt::heartbeat_ivl, ControlTimings::kZmtpHeartbeatIvlMs);

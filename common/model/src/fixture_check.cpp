@@ -20,12 +20,6 @@ namespace xcpipe::model {
 using checkpoint::ModelArch;
 namespace fs = std::filesystem;
 
-bool PenaltyCoversPrompt(ModelArch arch, bool has_images) {
-  // XComposer2-VL and 4KHD build text-only prompts with build_inputs() and pass input_ids;
-  // every other path (images, 2.5's interleav_wrap_chat, 1.0's wrap_prompt) passes embeddings.
-  return !has_images && (arch == ModelArch::kIxc2Vl || arch == ModelArch::kIxc2_4khd);
-}
-
 namespace {
 
 at::Tensor ToTensor(const NpyArray& a) {
@@ -354,7 +348,7 @@ void CheckCase(const fs::path& case_dir, const std::string& prefix, StageModel& 
     if (!c.Has(file)) continue;
     at::Tensor want = *c.Load(file);
     auto gen = Generate(model, rows, row_images, use_embeds, want.size(1), penalty,
-                        PenaltyCoversPrompt(spec.arch, has_images));
+                        checkpoint::PenaltyCoversPrompt(spec.arch, has_images));
     if (!gen.ok()) {
       c.Report(file, false, gen.status().ToString());
       continue;

@@ -24,6 +24,12 @@ struct GenerateRequest {
   std::vector<std::string> images;    // encoded PNG/JPEG bytes
   uint32_t max_new_tokens = 64;
   Sampling sampling;
+  // Pre-tokenized form (used when token_ids is not empty; see proto Submit).
+  std::vector<int64_t> token_ids;
+  std::vector<uint8_t> im_mask;
+  std::vector<PreparedImage> pixel_images;
+  std::vector<int64_t> penalty_context;
+  bool want_logits = false;
 };
 
 struct GenerateResult {
@@ -31,6 +37,7 @@ struct GenerateResult {
   std::vector<std::string> texts;               // per prompt
   std::vector<std::string> finish_reasons;      // per prompt: "stop", "length" or an error code name
   std::string error;                            // set when the request failed
+  std::vector<std::vector<float>> logits;       // want_logits: per generated token (first prompt)
   double ttft_ms = 0;        // submit to first token (first prompt)
   double total_ms = 0;       // submit to last event
   double tokens_per_s = 0;   // generated tokens / time after the first token

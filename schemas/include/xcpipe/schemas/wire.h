@@ -24,11 +24,13 @@
 
 namespace xcpipe::wire {
 
-// Control messages are small; anything larger is refused before parsing.
-inline constexpr size_t kMaxControlMessageBytes = size_t{16} << 20;
+// Control messages carry preprocessed images (an HD image of 25 tiles is ~34 MB of float32);
+// anything larger than this is refused before parsing.
+inline constexpr size_t kMaxControlMessageBytes = size_t{256} << 20;
 
-// Limits for untrusted messages: 8 MiB of words traversed, nesting 32.
-capnp::ReaderOptions UntrustedReaderOptions();
+// Limits for an untrusted message of `message_bytes`: at most 4 times its own words may be
+// traversed (bounds the amplification a crafted message can cause), nesting 32.
+capnp::ReaderOptions UntrustedReaderOptions(size_t message_bytes);
 
 // Serialises a builder to bytes.
 std::string Encode(capnp::MessageBuilder& message);

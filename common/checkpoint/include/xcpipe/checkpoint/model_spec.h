@@ -205,4 +205,9 @@ struct CoverageReport {
 };
 CoverageReport CheckCoverage(const ModelSpec& spec, const TensorTable& tensors);
 
+// Whether the official chat() hands generate() the prompt as input ids (the repetition penalty
+// then covers the whole prompt) rather than as embeddings (it then covers only the placeholder
+// BOS that generate() seeds). Ids: text-only XComposer2-VL and 4KHD prompts (build_inputs).
+bool PenaltyCoversPrompt(ModelArch arch, bool has_images);
+
 }  // namespace xcpipe::checkpoint

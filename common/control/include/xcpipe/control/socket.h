@@ -28,7 +28,7 @@ namespace xcpipe::control {
 
 // Tunables of the control plane, read in one place.
 struct ControlTimings {
-  static constexpr int kMaxMessageBytes = 512 << 20;  // images travel as pixels in Forward
+  static constexpr int64_t kMaxMessageBytes = wire::kMaxControlMessageBytes;  // images travel as pixels
   static constexpr int kHighWaterMark = 10000;
   static constexpr int kZmtpHeartbeatIvlMs = 1000;
   static constexpr int kZmtpHeartbeatTimeoutMs = 5000;

@@ -37,8 +37,4 @@ struct FixtureCheckOptions {
 std::vector<FixtureCheckResult> RunModelFixtureChecks(const std::filesystem::path& root,
                                                       const FixtureCheckOptions& options);
 
-// Whether the official chat() hands generate() the prompt as input ids (the repetition penalty
-// then covers the prompt) rather than as embeddings (it then covers only a placeholder BOS).
-bool PenaltyCoversPrompt(checkpoint::ModelArch arch, bool has_images);
-
 }  // namespace xcpipe::model

@@ -63,6 +63,8 @@ int main(int argc, char** argv) {
   cli::AddStatusCommand(app, action);
 
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
+  // Logs go to stderr; stdout carries results ("ready <address>", JSON, tables).
+  (void)InitLogging({"xcpipe", "info"});
   if (!action) return kExitUsage;
   return action();
 }

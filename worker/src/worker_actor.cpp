@@ -227,6 +227,12 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     model::StageOptions so;
     so.dtype = dtype == "bf16" ? model::ComputeDType::kBF16 : model::ComputeDType::kF32;
     so.kv_budget_bytes = a.getKvBudgetBytes();
+    so.between_layers = [this] {
+      if (welcomed && Clock::now() >= next_heartbeat) {
+        SendHeartbeat();
+        next_heartbeat = Clock::now() + control::ControlTimings::kHeartbeatInterval;
+      }
+    };
     so.on_progress = [this](uint64_t done, uint64_t total) {
       capnp::MallocMessageBuilder m;
       auto p = m.initRoot<proto::Envelope>().initLoadProgress();

@@ -450,6 +450,7 @@ at::Tensor StageModel::Impl::ClipTower(const at::Tensor& pixels) {
     y = ops::LayerNorm(x, L.ln2_w, L.ln2_b, spec.vision.eps);
     x = r + ops::Linear(ops::QuickGelu(ops::Linear(y, L.fc1_w, L.fc1_b)), L.fc2_w, L.fc2_b);
     if (trace_vision) trace.tower_hidden.push_back(x);
+    if (options.between_layers) options.between_layers();
   }
   return x;
 }
@@ -526,6 +527,7 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeEva(const ImageInput& image) {
     y = ops::LayerNorm(x, B.norm2_w, B.norm2_b, spec.vision.eps);
     x = x + ops::Linear(ops::GeluErf(ops::Linear(y, B.fc1_w, B.fc1_b)), B.fc2_w, B.fc2_b);
     if (trace_vision) trace.tower_hidden.push_back(x);
+    if (options.between_layers) options.between_layers();
   }
   at::Tensor feats = ops::LayerNorm(x.select(0, 0), ln_vision_w, ln_vision_b, 1e-5);  // [257, D]
   if (trace_vision) trace.qformer_input = feats;
@@ -692,6 +694,7 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
     at::Tensor positions = at::tensor(pos, at::kLong);
     for (size_t i = 0; i < impl.layers.size(); ++i) {
       h = impl.LayerForward(i, impl.layers[i], h, in.segments, image_rows, positions);
+      if (impl.options.between_layers) impl.options.between_layers();
       if (in.collect_hidden) out.layer_outputs.push_back(h);
     }
     out.hidden = h;

@@ -45,7 +45,7 @@ struct CoordinatorOptions {
   uint64_t kv_budget_bytes = 0;         // per stage; 0 = from the plan
   int64_t max_sequences = 64;           // sequences in the pipeline at once
   int64_t max_queue = 256;              // requests waiting for admission before "busy"
-  int64_t max_batch_rows = 8192;        // rows one micro-batch may carry
+  int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
   std::chrono::milliseconds worker_wait{120000};  // give up waiting for workers after this
   EdgeLimits edge;
   // Called once with the bound address when the cluster starts serving.

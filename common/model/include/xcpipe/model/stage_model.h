@@ -51,6 +51,9 @@ struct StageOptions {
   // first request does not pay for page faults. Reports (bytes done, bytes total) as it goes.
   bool prefault = true;
   std::function<void(uint64_t, uint64_t)> on_progress;
+  // Called between layers (decoder and vision) during long steps, on the calling thread: the
+  // worker sends its heartbeats from here, so a long prefill is never mistaken for a hang.
+  std::function<void()> between_layers;
 };
 
 // One image ready for the vision block. For non-HD models `pixels` is [3, S, S]; for HD

@@ -1,0 +1,161 @@
+// The runtime end to end: a coordinator and worker processes on loopback (LocalCluster), driven
+// by real clients. Uses the tiny XComposer2-VL fixture checkpoint.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include "xcpipe/base/files.h"
+#include "xcpipe/base/npy.h"
+#include "xcpipe/coordinator/client.h"
+#include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/testing/paths.h"
+
+namespace xcpipe::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+fs::path ModelDir() { return testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
+
+std::unique_ptr<LocalCluster> StartCluster(int workers) {
+  LocalClusterOptions o;
+  o.model_dir = ModelDir();
+  o.workers = workers;
+  o.quiet_workers = true;
+  o.worker_binary = testing::BinDir() / "xcpipe-worker";
+  auto c = LocalCluster::Start(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(c).value() : nullptr;
+}
+
+std::string Image() { return ReadFileToString(testing::FixturesDir() / "ixc2_vl/cases/image_chat/image.png").value(); }
+
+// 32 requests of mixed lengths, with and without images.
+std::vector<GenerateRequest> MixedRequests() {
+  const std::vector<std::string> questions = {"Hello!", "What is in the picture?",
+                                              "Describe the colours, the shapes and the layout in great detail, please.",
+                                              "Write one short sentence about the sky."};
+  std::vector<GenerateRequest> out;
+  const std::string image = Image();
+  for (int i = 0; i < 32; ++i) {
+    GenerateRequest r;
+    const bool with_image = i % 3 == 0;
+    const std::string q = questions[i % questions.size()] + (i % 2 ? " Answer briefly." : "");
+    r.prompt_json = nlohmann::json(with_image ? "<ImageHere>" + q : q).dump();
+    if (with_image) r.images = {image};
+    r.max_new_tokens = 4 + (i * 7) % 13;
+    r.sampling.repetition_penalty = i % 4 == 1 ? 1.005 : 1.0;
+    out.push_back(r);
+  }
+  return out;
+}
+
+TEST(ClusterTest, ConcurrentRequestsEqualOneAtATime) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto cluster = StartCluster(3);
+  ASSERT_NE(cluster, nullptr);
+  const auto requests = MixedRequests();
+
+  // One at a time.
+  std::vector<std::vector<int64_t>> sequential;
+  {
+    auto client = Client::Connect(cluster->address(), 10s);
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    for (const auto& r : requests) {
+      auto result = (*client)->Generate(r, 120s);
+      ASSERT_TRUE(result.ok()) << result.status().ToString();
+      ASSERT_TRUE(result->error.empty()) << result->error;
+      ASSERT_EQ(result->token_ids.size(), 1u);
+      EXPECT_EQ(result->token_ids[0].size(), r.max_new_tokens);
+      sequential.push_back(result->token_ids[0]);
+    }
+  }
+  // All at once, each from its own client.
+  std::vector<std::future<StatusOr<GenerateResult>>> futures;
+  for (const auto& r : requests) {
+    futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
+      auto client = Client::Connect(cluster->address(), 10s);
+      if (!client.ok()) return client.status();
+      return (*client)->Generate(r, 300s);
+    }));
+  }
+  int identical = 0;
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto result = futures[i].get();
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    ASSERT_TRUE(result->error.empty()) << result->error;
+    EXPECT_EQ(result->token_ids[0], sequential[i]) << "request " << i;
+    identical += result->token_ids[0] == sequential[i];
+  }
+  std::cout << "requests: 32, completed: 32, lost: 0, tokens identical: " << identical << "/32\n";
+  auto client = Client::Connect(cluster->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  auto status = (*client)->GetStatus(5s);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ((*status)["completed"].get<uint64_t>(), 64u);
+  EXPECT_EQ((*status)["failed"].get<uint64_t>(), 0u);
+  EXPECT_EQ((*status)["stages"].get<int>(), 3);
+}
+
+TEST(ClusterTest, BadInputIsRefusedAtTheEdgeAndServingGoesOn) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto client = Client::Connect(cluster->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  struct Case {
+    std::string prompt_json;
+    std::vector<std::string> images;
+    uint32_t max_new;
+    std::string expect;  // part of the error message
+  };
+  const std::string png = Image();
+  const std::vector<Case> cases = {
+      {"42", {}, 4, "string or a list of strings"},
+      {R"({"text": "hi"})", {}, 4, "string or a list of strings"},
+      {"\"<ImageHere>Two? <ImageHere>\"", {png}, 4, "placeholder"},
+      {"\"Describe it.\"", {png}, 4, "placeholder"},
+      {"\"<ImageHere>What is it?\"", {"not an image at all"}, 4, "image 1"},
+      {"\"<ImageHere>What is it?\"", {png.substr(0, png.size() / 2)}, 4, "image 1"},
+      {"\"Hello\"", {}, 0, "max_new_tokens"},
+      {"[\"a\", 3]", {}, 4, "string"},
+      {"\"\\ud800 broken\"", {}, 4, ""},
+  };
+  for (const auto& c : cases) {
+    GenerateRequest r;
+    r.prompt_json = c.prompt_json;
+    r.images = c.images;
+    r.max_new_tokens = c.max_new;
+    auto result = (*client)->Generate(r, 30s);
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    EXPECT_FALSE(result->error.empty()) << c.prompt_json << " was accepted";
+    EXPECT_NE(result->error.find("InvalidArgument"), std::string::npos) << result->error;
+    EXPECT_NE(result->error.find(c.expect), std::string::npos) << result->error;
+  }
+  // Sampling settings out of range.
+  GenerateRequest hot;
+  hot.prompt_json = "\"Hello\"";
+  hot.sampling.greedy = false;
+  hot.sampling.temperature = -1;
+  auto refused = (*client)->Generate(hot, 30s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->error.find("temperature"), std::string::npos) << refused->error;
+  // The cluster still serves a good request afterwards.
+  GenerateRequest good;
+  good.prompt_json = "\"<ImageHere>Please describe this image in detail.\"";
+  good.images = {png};
+  good.max_new_tokens = 8;
+  auto ok = (*client)->Generate(good, 60s);
+  ASSERT_TRUE(ok.ok());
+  ASSERT_TRUE(ok->error.empty()) << ok->error;
+  // The official greedy answer for this prompt and image (fixtures, image_chat).
+  auto official = ReadNpy(testing::FixturesDir() / "ixc2_vl/cases/image_chat/generated_ids.npy");
+  ASSERT_TRUE(official.ok());
+  EXPECT_EQ(ok->token_ids[0], official->ToInt64());
+}
+
+}  // namespace
+}  // namespace xcpipe::coordinator

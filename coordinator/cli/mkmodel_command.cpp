@@ -60,7 +60,7 @@ int RunMkmodel(const MkmodelArgs& args) {
   std::printf("wrote %s: %s (%s preset, %s, seed %llu)\n", std::filesystem::absolute(model->dir).string().c_str(),
               std::string(checkpoint::ArchName(model->spec.arch)).c_str(), args.preset.c_str(), args.dtype.c_str(),
               static_cast<unsigned long long>(args.seed));
-  std::printf("  %llu parameters, %zu tensors in %d shards, %llu bytes of weights (%.1f MiB), %llu bytes on disk\n",
+  std::printf("  %llu parameters, %zu tensors in %d shard(s), %llu bytes of weights (%.1f MiB), %llu bytes on disk\n",
               static_cast<unsigned long long>(plan.parameters()), plan.tensors.size(), plan.num_shards,
               static_cast<unsigned long long>(plan.total_bytes()), MiB(plan.total_bytes()),
               static_cast<unsigned long long>(model->file_bytes));
@@ -101,7 +101,9 @@ void AddMkmodelCommand(CLI::App& app, Action& action) {
   sub->add_option("--arch", args->arch, "model version")
       ->required()
       ->check(CLI::IsMember({"ixc2-vl", "ixc2-4khd", "ixc2.5", "ixc1"}));
-  sub->add_option("--preset", args->preset, "model size")->capture_default_str()->check(CLI::IsMember({"tiny", "small"}));
+  sub->add_option("--preset", args->preset, "model size")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tiny", "small"}));
   sub->add_option("--out", args->out, "folder to write the model into (created if missing)")->required();
   sub->add_option("--seed", args->seed, "seed of the weights and of the tokenizer's corpus")->capture_default_str();
   sub->add_option("--dtype", args->dtype, "weight dtype: f32 or bf16")

@@ -33,7 +33,7 @@ constexpr float kBiasStd = 0.01f;
 
 // Shard size caps: tiny models still get several shards (multi-shard loading is exercised);
 // small ones get a handful of ~100 MB files.
-constexpr uint64_t kTinyShardCapBytes = uint64_t{1} << 20;
+constexpr uint64_t kTinyShardCapBytes = uint64_t{512} << 10;
 constexpr uint64_t kSmallShardCapBytes = uint64_t{128} << 20;
 
 constexpr int kTinyVocab = 2048;
@@ -221,16 +221,12 @@ Json Ixc1Config(const Dims& d, int vocab, DType dtype) {
   // which no tensor shape shows. model_spec reads these objects (the same keys as the real-size
   // layout's config, fixtures/real_layouts/ixc1_7b.layout.json).
   c["eva_vit_g"] = {
-      {"img_size", d.eva_image}, {"patch_size", kPatch},   {"embed_dim", d.eva_width},    {"depth", d.eva_depth},
+      {"img_size", d.eva_image},  {"patch_size", kPatch},    {"embed_dim", d.eva_width}, {"depth", d.eva_depth},
       {"num_heads", d.eva_heads}, {"mlp_hidden", d.eva_mlp}, {"layer_norm_eps", 1e-06},
   };
   c["qformer"] = {
-      {"hidden_size", d.qf_width},
-      {"num_hidden_layers", d.qf_layers},
-      {"num_attention_heads", d.qf_heads},
-      {"intermediate_size", d.qf_ffn},
-      {"cross_attention_freq", 2},
-      {"encoder_width", d.eva_width},
+      {"hidden_size", d.qf_width},     {"num_hidden_layers", d.qf_layers}, {"num_attention_heads", d.qf_heads},
+      {"intermediate_size", d.qf_ffn}, {"cross_attention_freq", 2},        {"encoder_width", d.eva_width},
       {"layer_norm_eps", 1e-12},
   };
   return c;
@@ -281,7 +277,6 @@ class TensorList {
   DType dtype_;
   std::vector<PlannedTensor> tensors_;
 };
-
 
 // 2.x: InternLMXComposer2ForCausalLM.state_dict() order (fixtures/real_layouts).
 std::vector<PlannedTensor> Ixc2Tensors(ModelArch arch, const Dims& d, int64_t vocab, DType dtype) {
@@ -676,7 +671,7 @@ StatusOr<GeneratedModel> GenerateModel(const GeneratorOptions& options, const fs
   XCPIPE_RETURN_IF_ERROR(PrepareOutputDir(dir, options.overwrite));
   GeneratedModel result;
   result.dir = dir;
-  auto report = [&](WrittenFile file) {
+  auto report = [&](const WrittenFile& file) {
     result.file_bytes += file.bytes;
     if (progress) progress(file);
   };
@@ -735,8 +730,7 @@ StatusOr<GeneratedModel> GenerateModel(const GeneratorOptions& options, const fs
   }
 
   // 3. Index and configs; config.json last, so only a complete folder reads as a model.
-  XCPIPE_RETURN_IF_ERROR(
-      checkpoint::WriteSafetensorsIndex(dir, weight_map, plan.total_bytes()).WithContext(context));
+  XCPIPE_RETURN_IF_ERROR(checkpoint::WriteSafetensorsIndex(dir, weight_map, plan.total_bytes()).WithContext(context));
   report({checkpoint::kSafetensorsIndexFileName, 0, FileSize(dir / checkpoint::kSafetensorsIndexFileName), -1,
           plan.num_shards});
   if (plan.clip_config) {

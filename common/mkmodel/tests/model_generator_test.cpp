@@ -107,6 +107,29 @@ TEST(MkmodelPlanTest, TinyPlanIsTheFixtureLayout) {
       }
     }
     for (const auto& [name, shape] : planned) EXPECT_TRUE(expected.count(name)) << "not in the fixture: " << name;
+    // The configs carry the fixtures' (official) field sets; torch_dtype is added, and 1.0's
+    // tower sizes (eva_vit_g, qformer).
+    auto keys = [](const nlohmann::json& j) {
+      std::set<std::string> out;
+      for (const auto& [key, value] : j.items()) out.insert(key);
+      return out;
+    };
+    auto fixture_config = ReadJsonFile(dir / "config.json");
+    ASSERT_TRUE(fixture_config.ok());
+    auto expected_keys = keys(*fixture_config);
+    expected_keys.insert("torch_dtype");
+    if (arch == ModelArch::kIxc1) expected_keys.insert({"eva_vit_g", "qformer"});
+    EXPECT_EQ(keys(plan->config), expected_keys);
+    for (const auto& [key, value] : fixture_config->items()) {
+      if (key != "vocab_size") {
+        EXPECT_EQ(plan->config[key], value) << key;
+      }
+    }
+    if (plan->clip_config) {
+      auto fixture_clip = ReadJsonFile(dir / "clip_vision_config.json");
+      ASSERT_TRUE(fixture_clip.ok());
+      EXPECT_EQ(*plan->clip_config, *fixture_clip);  // the tiny towers are the fixtures' own
+    }
     // Buffers keep their own dtypes (as in the fixture); everything else is f32 here.
     for (const auto& t : plan->tensors) {
       const auto* f = fixture->Find(t.name);
@@ -131,7 +154,7 @@ TEST(MkmodelPlanTest, EveryPlanReadsBackAsItsVersion) {
         EXPECT_EQ(spec->arch, arch);
         EXPECT_EQ(spec->llm.vocab, PresetVocabSize(preset));
         EXPECT_EQ(plan->config["vocab_size"], PresetVocabSize(preset));
-        EXPECT_TRUE(checkpoint::CheckCoverage(*spec, table).ok()) 
+        EXPECT_TRUE(checkpoint::CheckCoverage(*spec, table).ok())
             << checkpoint::CheckCoverage(*spec, table).ToStatus().ToString();
         EXPECT_EQ(plan->config["torch_dtype"], dtype == DType::kBF16 ? "bfloat16" : "float32");
         for (const auto& t : plan->tensors) {
@@ -186,10 +209,13 @@ TEST(MkmodelPlanTest, SmallPresetIsBenchmarkSized) {
 }
 
 TEST(MkmodelPlanTest, ShardsRespectTheCap) {
-  for (auto preset : {Preset::kTiny, Preset::kSmall}) {
-    auto plan = PlanModel(Options(ModelArch::kIxc2Vl, preset));
+  for (auto [arch, preset] :
+       {std::pair{ModelArch::kIxc2Vl, Preset::kTiny}, std::pair{ModelArch::kIxc2Vl, Preset::kSmall},
+        std::pair{ModelArch::kIxc2_4khd, Preset::kTiny}, std::pair{ModelArch::kIxc1, Preset::kTiny}}) {
+    SCOPED_TRACE(Name(arch) + " " + std::string(PresetName(preset)));
+    auto plan = PlanModel(Options(arch, preset));
     ASSERT_TRUE(plan.ok());
-    EXPECT_GT(plan->num_shards, 1);
+    EXPECT_GT(plan->num_shards, 1);  // every model exercises multi-shard loading
     std::vector<uint64_t> shard_bytes(plan->num_shards);
     std::vector<size_t> shard_tensors(plan->num_shards);
     int last = 0;
@@ -206,7 +232,8 @@ TEST(MkmodelPlanTest, ShardsRespectTheCap) {
         EXPECT_LE(shard_bytes[s], plan->shard_cap_bytes) << s;
       }
     }
-    EXPECT_EQ(plan->ShardFileName(0), "model-00001-of-" + std::string(5 - std::to_string(plan->num_shards).size(), '0') +
+    EXPECT_EQ(plan->ShardFileName(0), "model-00001-of-" +
+                                          std::string(5 - std::to_string(plan->num_shards).size(), '0') +
                                           std::to_string(plan->num_shards) + ".safetensors");
   }
 }

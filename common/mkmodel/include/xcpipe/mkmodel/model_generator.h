@@ -27,10 +27,10 @@
 // Values: deterministic in (seed, tensor name) and independent of shard layout and write order.
 // Each tensor has its own counter-based stream (splitmix64 of seed ^ FNV-1a(name), advanced by a
 // counter); a "normal" value is the Irwin-Hall sum of four uniforms rescaled to unit variance,
-// times the tensor's stddev. Only integer and IEEE +,-,*,/ are involved, so the bytes are the
-// same on every platform and libm. Matrices and embeddings: stddev 0.02; biases 0.01; norm
-// weights 1.0; PLoRA/LoRA B matrices are random too (not zero as at training start), so the
-// (P)LoRA paths change the output. bf16 is rounded to nearest even from the fp32 value.
+// times the tensor's stddev. Only integer and IEEE +,-,*,/ are involved, so these bytes are the
+// same on every platform and libm (inv_freq alone goes through std::pow). Matrices and embeddings: stddev 0.02; biases
+// 0.01; norm weights 1.0; PLoRA/LoRA B matrices are random too (not zero as at training start), so the (P)LoRA paths
+// change the output. bf16 is rounded to nearest even from the fp32 value.
 //
 // Thread-safety: PlanModel and FillTensor are pure and thread-safe. GenerateModel trains a
 // tokenizer (TrainTokenizer is not reentrant: one GenerateModel at a time per process) and owns
@@ -113,9 +113,9 @@ struct ModelPlan {
   int num_shards = 0;
   uint64_t shard_cap_bytes = 0;
 
-  std::string ShardFileName(int shard) const;  // "model-00001-of-00004.safetensors"
-  uint64_t total_bytes() const;                // sum of tensor bytes (index metadata.total_size)
-  uint64_t parameters() const;                 // elements of every tensor except buffers
+  std::string ShardFileName(int shard) const;     // "model-00001-of-00004.safetensors"
+  uint64_t total_bytes() const;                   // sum of tensor bytes (index metadata.total_size)
+  uint64_t parameters() const;                    // elements of every tensor except buffers
   checkpoint::TensorTable ToTensorTable() const;  // names, dtypes, shapes, shard files
 };
 
@@ -142,7 +142,7 @@ struct GeneratedModel {
   ModelPlan plan;
   std::filesystem::path dir;
   int tokenizer_vocab = 0;
-  uint64_t file_bytes = 0;  // every file written, headers and configs included
+  uint64_t file_bytes = 0;     // every file written, headers and configs included
   checkpoint::ModelSpec spec;  // as DescribeCheckpoint reads it back
 };
 

@@ -274,6 +274,10 @@ struct StatusReply {
   failed @6 :UInt64;
   model @7 :Text;
   stages @8 :UInt32;
+  faults @9 :UInt32;               # stages lost since start
+  replays @10 :UInt64;             # sequences replayed after faults
+  lastDetectMs @11 :Float64;       # last fault: the lost worker's last sign of life to detection
+  lastRecoverMs @12 :Float64;      # last fault: detection to the first step served under the new plan
 }
 
 # The one top-level message.

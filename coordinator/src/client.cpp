@@ -177,6 +177,10 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["in_flight"] = r.getInFlight();
     j["completed"] = r.getCompleted();
     j["failed"] = r.getFailed();
+    j["faults"] = r.getFaults();
+    j["replays"] = r.getReplays();
+    j["last_detect_ms"] = r.getLastDetectMs();
+    j["last_recover_ms"] = r.getLastRecoverMs();
     j["workers"] = nlohmann::json::array();
     for (auto w : r.getWorkers()) {
       j["workers"].push_back({{"id", w.getWorkerId().cStr()},

@@ -110,7 +110,22 @@ struct Coordinator::Impl {
   std::map<uint64_t, Request> requests;
   std::map<uint64_t, Sequence> sequences;
   std::deque<uint64_t> queue;            // sequences waiting for admission, in arrival order
-  std::map<uint64_t, std::vector<uint64_t>> in_flight;  // micro-batch -> sequences
+  // micro-batch -> its sequences and the rows each contributed
+  std::map<uint64_t, std::vector<std::pair<uint64_t, int64_t>>> in_flight;
+  // Fault handling: a stage was lost; re-plan on the workers that are left (or that come back)
+  // and replay every admitted sequence from its prompt and the tokens already generated.
+  bool recovering = false;
+  bool planned_once = false;
+  bool planned_once_served = false;  // the cluster has served at least once
+  bool capacity_lost = false;    // recovery found no feasible plan: refuse until a worker returns
+  bool workers_changed = true;   // re-plan only when the set of live workers changed
+  Clock::time_point fault_detected_at;
+  uint64_t faults = 0, replays = 0;
+  double last_detect_ms = 0, last_recover_ms = 0;
+  void OnStageLost(WorkerInfo& w, const std::string& why);
+  // Re-plans on the live workers and replays every admitted sequence (after a lost stage, or a
+  // step that failed in the pipeline).
+  void Recover(const std::string& why);
   uint64_t completed = 0, failed = 0;
 
   void Send(capnp::MallocMessageBuilder& m, const std::string& peer) {
@@ -183,6 +198,7 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
   if (!known) {
     info.state = WorkerState::kIdle;
     info.stage = -1;
+    workers_changed = true;
     spdlog::info("worker {} registered: {} on {} (pid {}), data plane {} [{} of {} expected]", info.id, info.device,
                  info.host, info.pid, info.data_address, ReadyWorkers(), opt.expect_workers);
   }
@@ -191,11 +207,13 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
 
 void Coordinator::Impl::MaybePlan() {
   if (state != ClusterState::kWaiting) return;
+  if (planned_once && !workers_changed) return;
   std::vector<WorkerInfo*> pool;
   for (auto& [peer, w] : workers)
     if (w.state != WorkerState::kLost) pool.push_back(&w);
-  if (static_cast<int>(pool.size()) < opt.expect_workers) {
-    if (Clock::now() - started > opt.worker_wait) {
+  const int needed = planned_once ? 1 : opt.expect_workers;  // after a fault: whatever is alive
+  if (static_cast<int>(pool.size()) < needed) {
+    if (!planned_once && Clock::now() - started > opt.worker_wait) {
       spdlog::error("waited {} s for {} workers, only {} registered", opt.worker_wait.count() / 1000,
                     opt.expect_workers, pool.size());
       stop.store(true);
@@ -203,6 +221,7 @@ void Coordinator::Impl::MaybePlan() {
     return;
   }
   std::sort(pool.begin(), pool.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  workers_changed = false;
   auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
   if (!model.ok()) {
     spdlog::error("cannot plan: {}", model.status().ToString());
@@ -240,11 +259,26 @@ void Coordinator::Impl::MaybePlan() {
   }
   auto plan = planner::MakePlan(*model, cluster, {});
   if (!plan.ok() || !plan->feasible) {
-    spdlog::error("no plan fits the registered workers: {}",
-                  plan.ok() ? plan->infeasible_reason : plan.status().ToString());
-    stop.store(true);
+    const std::string why = plan.ok() ? plan->infeasible_reason : plan.status().ToString();
+    if (!planned_once) {
+      spdlog::error("no plan fits the registered workers: {}", why);
+      stop.store(true);
+      return;
+    }
+    // After a fault: the survivors cannot hold the model. Fail what is waiting, with the reason,
+    // and keep refusing new requests until capacity returns (a worker registers again).
+    spdlog::error("cannot recover on {} worker(s): {}", pool.size(), why);
+    std::vector<uint64_t> ids;
+    for (const auto& [id, r] : requests) ids.push_back(id);
+    for (uint64_t id : ids) {
+      FailRequest(id, ResourceExhaustedError("a stage was lost and the remaining workers cannot hold the model (" + why +
+                                             "); waiting for capacity to return"));
+    }
+    capacity_lost = true;
     return;
   }
+  planned_once = true;
+  capacity_lost = false;
   ++epoch;
   stages.clear();
   for (const auto& sp : plan->stages) {
@@ -459,10 +493,11 @@ void Coordinator::Impl::Schedule() {
     auto f = m.initRoot<proto::Envelope>().initForward();
     const uint64_t mb = next_micro_batch++;
     std::vector<uint64_t> members;
+    std::vector<std::pair<uint64_t, int64_t>> member_rows;
     int64_t rows = 0;
     while (next < ready.size() && members.size() < target) {
       const Sequence& s = sequences.at(ready[next]);
-      const int64_t r = s.cached == 0 ? static_cast<int64_t>(s.prompt.ids.size()) : 1;
+      const int64_t r = s.cached == 0 ? static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) : 1;
       if (!members.empty() && rows + r > opt.max_batch_rows) break;
       members.push_back(ready[next++]);
       rows += r;
@@ -478,15 +513,18 @@ void Coordinator::Impl::Schedule() {
     for (size_t i = 0; i < members.size(); ++i) {
       Sequence& s = sequences.at(members[i]);
       const bool prefill = s.cached == 0;
-      const int64_t r = prefill ? static_cast<int64_t>(s.prompt.ids.size()) : 1;
+      // A replayed sequence prefills its prompt and every token it already generated.
+      const int64_t r = prefill ? static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) : 1;
+      member_rows.emplace_back(s.id, r);
       segs[i].setSequenceId(s.id);
       segs[i].setRows(static_cast<uint32_t>(r));
       segs[i].setStartPos(static_cast<uint32_t>(s.cached));
       if (prefill) {
-        for (int64_t t = 0; t < r; ++t, ++row) {
+        for (size_t t = 0; t < s.prompt.ids.size(); ++t, ++row) {
           ids.set(row, s.prompt.ids[t]);
           mask[row] = s.prompt.im_mask[t];
         }
+        for (int64_t token : s.generated) ids.set(row++, token);
         for (const auto& img : s.prompt.images) images.push_back(&img);
       } else {
         ids.set(row++, s.generated.back());
@@ -507,7 +545,7 @@ void Coordinator::Impl::Schedule() {
       imgs[i].setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(images[i]->pixels.data()),
                                      images[i]->pixels.size() * sizeof(float)));
     }
-    in_flight[mb] = members;
+    in_flight[mb] = member_rows;
     Send(m, stages[0].peer);
   }
 }
@@ -587,7 +625,10 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
       }
     }
     queue.erase(std::remove(queue.begin(), queue.end(), id), queue.end());
-    for (auto& [mb, members] : in_flight) members.erase(std::remove(members.begin(), members.end(), id), members.end());
+    for (auto& [mb, members] : in_flight) {
+      members.erase(std::remove_if(members.begin(), members.end(), [id](const auto& m) { return m.first == id; }),
+                    members.end());
+    }
     if (reason.code() != StatusCode::kCancelled && seq.state != SeqState::kDone) {
       capnp::MallocMessageBuilder m;
       auto e = m.initRoot<proto::Envelope>().initTokenEvent();
@@ -606,7 +647,14 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
 void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   auto mb = in_flight.find(r.getMicroBatchId());
   if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
+  std::map<uint64_t, int64_t> rows_of(mb->second.begin(), mb->second.end());
   in_flight.erase(mb);
+  if (recovering) {
+    recovering = false;
+    last_recover_ms = std::chrono::duration<double, std::milli>(Clock::now() - fault_detected_at).count();
+    spdlog::info("recovered: first step of epoch {} completed {:.0f} ms after the fault was detected", epoch,
+                 last_recover_ms);
+  }
   auto ids = r.getSequenceIds();
   auto tokens = r.getTokens();
   for (size_t i = 0; i < ids.size() && i < tokens.size(); ++i) {
@@ -614,7 +662,9 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
     if (it == sequences.end()) continue;
     Sequence& seq = it->second;
     const int64_t token = tokens[i];
-    seq.cached += seq.cached == 0 ? static_cast<int64_t>(seq.prompt.ids.size()) : 1;
+    auto rows = rows_of.find(seq.id);
+    if (rows == rows_of.end()) continue;  // not in this micro-batch (stale)
+    seq.cached += rows->second;
     seq.generated.push_back(token);
     const bool stop_token = std::find(edge->stop_ids().begin(), edge->stop_ids().end(), token) != edge->stop_ids().end();
     const bool length = static_cast<int64_t>(seq.generated.size()) >= seq.max_new;
@@ -638,15 +688,29 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   const std::string who = w != workers.end() ? w->second.id : peer;
   spdlog::error("worker {}: {}", who, st.ToString());
   if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading) {
-    spdlog::error("stage {} could not load; stopping", w->second.stage);
-    stop.store(true);
+    if (!planned_once_served) {
+      spdlog::error("stage {} could not load; stopping", w->second.stage);
+      stop.store(true);
+      return;
+    }
+    // During recovery a neighbour may be dead but not yet detected: plan again (the dead one
+    // drops out when its heartbeats stop).
+    Recover("stage " + std::to_string(w->second.stage) + " could not start: " + st.message());
     return;
   }
-  // A failed step fails the requests of its micro-batch with the stated reason.
+  // A step that broke in the pipeline (a neighbour unreachable, a hand-off cut short) is a
+  // fault, not the requests' fault: re-plan and replay them. Other errors fail the requests of
+  // the micro-batch with the stated reason.
   auto mb = in_flight.find(e.getRequestId());
+  if (mb != in_flight.end() && state == ClusterState::kServing &&
+      (st.code() == StatusCode::kAborted || st.code() == StatusCode::kUnavailable ||
+       st.code() == StatusCode::kDeadlineExceeded)) {
+    Recover("a step failed on worker " + who + ": " + st.message());
+    return;
+  }
   if (mb != in_flight.end()) {
     std::set<uint64_t> reqs;
-    for (uint64_t id : mb->second)
+    for (const auto& [id, rows] : mb->second)
       if (sequences.count(id)) reqs.insert(sequences.at(id).request);
     in_flight.erase(mb);
     for (uint64_t r : reqs) FailRequest(r, st.WithContext("worker " + who));
@@ -666,6 +730,10 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setInFlight(inflight);
   r.setCompleted(completed);
   r.setFailed(failed);
+  r.setFaults(static_cast<uint32_t>(faults));
+  r.setReplays(replays);
+  r.setLastDetectMs(last_detect_ms);
+  r.setLastRecoverMs(last_recover_ms);
   auto list = r.initWorkers(workers.size());
   size_t i = 0;
   const auto now = Clock::now();
@@ -721,6 +789,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       spdlog::info("stage {} ready in {} ms ({} MiB weights)", r.getStageIndex(), r.getLoadMs(), st.weight_bytes >> 20);
       if (std::all_of(stages.begin(), stages.end(), [](const StageInfo& s) { return s.ready; })) {
         state = ClusterState::kServing;
+        planned_once_served = true;
         for (const auto& s : stages) workers[s.peer].state = WorkerState::kServing;
         spdlog::info("serving on {}", bound);
         if (opt.on_ready) opt.on_ready(bound);
@@ -736,13 +805,16 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         return SendError(peer, FailedPreconditionError("say hello (role client) before submitting"),
                          env.getSubmit().getRequestId());
       }
-      if (state != ClusterState::kServing) {
+      if (state != ClusterState::kServing && (!planned_once || capacity_lost)) {
         capnp::MallocMessageBuilder m;
         auto e = m.initRoot<proto::Envelope>().initTokenEvent();
         e.setRequestId(env.getSubmit().getRequestId());
         e.setDone(true);
         e.setFinishReason("Unavailable");
-        e.setError(std::string("the cluster is not serving yet (") + ClusterStateName(state) + "); retry shortly");
+        e.setError(capacity_lost ? std::string("the cluster lost a stage and the remaining workers cannot hold the model; "
+                                               "retry when a worker has been restarted")
+                                 : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
+                                       "); retry shortly");
         Send(m, peer);
         return;
       }
@@ -772,17 +844,9 @@ void Coordinator::Impl::Heartbeats() {
       spdlog::error("worker {} (stage {}) lost: silent for {} ms", w.id, w.stage,
                     std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count());
       w.state = WorkerState::kLost;
-      if (w.stage >= 0) {
-        std::vector<uint64_t> reqs;
-        for (const auto& [id, r] : requests) reqs.push_back(id);
-        for (uint64_t r : reqs) FailRequest(r, UnavailableError("stage " + std::to_string(w.stage) + " (worker " + w.id + ") was lost"));
-        in_flight.clear();
-        state = ClusterState::kWaiting;
-        stages.clear();
-        for (auto& [p2, w2] : workers) {
-          if (w2.state != WorkerState::kLost) { w2.state = WorkerState::kIdle; w2.stage = -1; }
-        }
-      }
+      workers_changed = true;
+      if (w.stage >= 0) OnStageLost(w, "silent for " + std::to_string(
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()) + " ms");
       continue;
     }
     capnp::MallocMessageBuilder m;
@@ -790,6 +854,45 @@ void Coordinator::Impl::Heartbeats() {
     hb.setEpoch(epoch);
     Send(m, peer);
   }
+}
+
+void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
+  ++faults;
+  fault_detected_at = Clock::now();
+  last_detect_ms = std::chrono::duration<double, std::milli>(fault_detected_at - lost.last_seen).count();
+  spdlog::error("stage {} (worker {}) lost ({}): re-planning on the remaining workers and replaying", lost.stage,
+                lost.id, why);
+  lost.stage = -1;
+  Recover(why);
+}
+
+void Coordinator::Impl::Recover(const std::string& why) {
+  if (!recovering) fault_detected_at = Clock::now();
+  spdlog::warn("recovering: {}", why);
+  ++epoch;  // anything still in flight under the old epoch is ignored from now on
+  workers_changed = true;
+  // Every admitted sequence goes back to the front of the queue, keeping its generated tokens:
+  // it will be re-admitted under the new plan and prefill its prompt plus those tokens.
+  std::vector<uint64_t> replay;
+  for (auto& [id, seq] : sequences) {
+    if (seq.state == SeqState::kReady || seq.state == SeqState::kInFlight) {
+      seq.state = SeqState::kQueued;
+      seq.cached = 0;
+      replay.push_back(id);
+    }
+  }
+  replays += replay.size();
+  for (auto it = replay.rbegin(); it != replay.rend(); ++it) queue.push_front(*it);
+  in_flight.clear();
+  stages.clear();
+  for (auto& [peer, w] : workers) {
+    if (w.state != WorkerState::kLost) {
+      w.state = WorkerState::kIdle;
+      w.stage = -1;
+    }
+  }
+  state = ClusterState::kWaiting;
+  recovering = true;
 }
 
 Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }

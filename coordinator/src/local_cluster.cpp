@@ -51,19 +51,13 @@ StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions 
   if (!bound.ok()) return bound.status();
   c->address_ = *bound;
 
-  const auto worker_binary = options.worker_binary.empty() ? ExecutableDir() / "xcpipe-worker" : options.worker_binary;
-  int threads = options.threads_per_worker;
-  if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / options.workers);
+  c->options_ = options;
+  c->threads_ = options.threads_per_worker;
+  if (c->threads_ <= 0) c->threads_ = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / options.workers);
   for (int i = 0; i < options.workers; ++i) {
-    std::vector<std::string> argv = {worker_binary.string(), "--coordinator", c->address_, "--worker-id",
-                                     "local-" + std::to_string(i), "--device", "cpu", "--threads",
-                                     std::to_string(threads)};
-    if (static_cast<size_t>(i) < options.worker_extra_args.size()) {
-      for (const auto& a : options.worker_extra_args[i]) argv.push_back(a);
-    }
-    auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = options.quiet_workers});
-    if (!p.ok()) return p.status().WithContext("starting worker " + std::to_string(i));
-    c->workers_.push_back(std::move(p).value());
+    std::vector<std::string> extra;
+    if (static_cast<size_t>(i) < options.worker_extra_args.size()) extra = options.worker_extra_args[i];
+    if (Status st = c->AddWorker(extra); !st.ok()) return st;
   }
   Coordinator* coord = c->coordinator_.get();
   auto exited = c->exited_;
@@ -83,6 +77,18 @@ StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions 
                             std::to_string(options.start_timeout.count() / 1000) + " s (see the log above)");
   }
   return c;
+}
+
+Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
+  const auto binary = options_.worker_binary.empty() ? ExecutableDir() / "xcpipe-worker" : options_.worker_binary;
+  const size_t i = workers_.size();
+  std::vector<std::string> argv = {binary.string(), "--coordinator", address_, "--worker-id", "local-" + std::to_string(i),
+                                   "--device", "cpu", "--threads", std::to_string(threads_)};
+  for (const auto& a : extra_args) argv.push_back(a);
+  auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = options_.quiet_workers});
+  if (!p.ok()) return p.status().WithContext("starting worker " + std::to_string(i));
+  workers_.push_back(std::move(p).value());
+  return OkStatus();
 }
 
 int LocalCluster::Stop() {

@@ -43,8 +43,11 @@ std::string HostName() {
   return name;
 }
 
-// How long a hand-off to the next stage may take before the step is reported as failed.
-constexpr auto kSendDeadline = 30s;
+// How long a hand-off to the next stage may take before the step is reported as failed. The
+// receiver drains its socket on its own thread, so a live neighbour takes a hand-off at once;
+// the bound stays well under the heartbeat timeout so a dead neighbour never makes this
+// stage look dead too (the actor sends no heartbeats while it waits).
+constexpr auto kSendDeadline = 1s;
 // How long an activation may wait for its sequences' admission before it is refused.
 constexpr auto kDeferLimit = 10s;
 
@@ -262,7 +265,9 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     }
     auto link = transport::TcpSenderLink::Create(*endpoint, {});
     if (link.ok()) {
-      Status st = (*link)->Connect(transport::DeadlineAfter(30s));
+      // Bounded well under the heartbeat timeout: a dead neighbour must not make this stage
+      // look dead; the coordinator plans again and the dead one drops out.
+      Status st = (*link)->Connect(transport::DeadlineAfter(1500ms));
       if (!st.ok()) {
         state = State::kIdle;
         return SendError(st.WithContext("connecting to stage " + std::to_string(stage_index + 1) + " at " + next), 0);

@@ -45,6 +45,8 @@ class LocalCluster {
   // Worker i's process (for fault injection: signals).
   Subprocess& worker(size_t i) { return *workers_.at(i); }
   size_t worker_count() const { return workers_.size(); }
+  // Starts one more worker process (it registers as a spare until a re-plan uses it).
+  Status AddWorker(const std::vector<std::string>& extra_args = {});
   // Stops everything now; returns the coordinator's exit code.
   int Stop();
   // True once the coordinator thread has returned (it stops on its own after a fatal error).
@@ -59,6 +61,8 @@ class LocalCluster {
   std::vector<std::unique_ptr<Subprocess>> workers_;
   std::string address_;
   bool stopped_ = false;
+  LocalClusterOptions options_;
+  int threads_ = 1;
 };
 
 // Model facts a tiny fixture checkpoint cannot state (its test towers' head counts), read from

@@ -33,7 +33,7 @@ struct ControlTimings {
   static constexpr int kZmtpHeartbeatIvlMs = 1000;
   static constexpr int kZmtpHeartbeatTimeoutMs = 5000;
   static constexpr std::chrono::milliseconds kHeartbeatInterval{250};
-  static constexpr std::chrono::milliseconds kHeartbeatTimeout{2000};  // 8 missed heartbeats
+  static constexpr std::chrono::milliseconds kHeartbeatTimeout{2500};  // 10 missed heartbeats
 };
 
 // A received message with its sender (ROUTER side: the peer identity; DEALER side: empty).

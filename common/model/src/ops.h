@@ -9,7 +9,16 @@
 
 namespace xcpipe::model::ops {
 
+// y = x W^T (+ b). One float32 row (a decode step) goes through GEMV: under OpenBLAS,
+// at::mv(W, x) streams W once, about twice as fast as at::linear's GEMM for one token on these
+// machines (bench/decode_bench, "sweep" columns). bf16 stays on at::linear (its oneDNN GEMM
+// beats the bf16 GEMV), as do more rows (one GEMM reads W once for all of them).
 inline at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  if (x.dim() == 2 && x.size(0) == 1 && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+      w.dim() == 2 && w.is_contiguous()) {
+    at::Tensor row = x.select(0, 0);
+    return (b.defined() ? at::addmv(b, w, row) : at::mv(w, row)).unsqueeze(0);
+  }
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 

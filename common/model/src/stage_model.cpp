@@ -1,7 +1,9 @@
 #include "xcpipe/model/stage_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <dlfcn.h>
 
 #include <cmath>
 #include <map>
@@ -34,6 +36,45 @@ at::ScalarType ToTorch(checkpoint::DType d) {
   }
   return at::kFloat;
 }
+
+// Thread policy of one step (PLATFORM.md item 3). libtorch runs its own operators on an
+// OpenMP team sized by at::set_num_threads; OpenBLAS runs the projections on its own pthread
+// pool, which defaults to every core and ignores at::set_num_threads. Two effects, measured
+// with bench/decode_bench on 2 cores: a worker started with --threads 1 still ran 2 BLAS
+// threads (so two workers ran 4 on 2 cores), and at 2 threads a decode step took 3x as long as
+// at 1: after each parallel region the OpenMP team spin-waits on the core that OpenBLAS's
+// second thread needs. So OpenBLAS follows at::get_num_threads(), and small steps (decode: a
+// few rows) run libtorch's own operators on the calling thread only (they are tiny; the
+// projections, which are the work, keep their BLAS threads). Looked up at run time: no-ops
+// when the BLAS is not OpenBLAS or libtorch was built without OpenMP.
+constexpr int64_t kSmallStepRows = 16;
+
+class StepThreads {
+ public:
+  explicit StepThreads(int64_t rows) {
+    using SetFn = void (*)(int);
+    using GetFn = int (*)();
+    static const auto blas_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    static const auto blas_get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    static const auto omp_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+    const int threads = at::get_num_threads();
+    if (blas_set != nullptr && blas_get != nullptr && blas_get() != threads) blas_set(threads);
+    if (omp_set != nullptr && threads > 1 && rows <= kSmallStepRows) {
+      omp_set_ = omp_set;
+      omp_set_(1);
+      restore_ = threads;
+    }
+  }
+  ~StepThreads() {
+    if (restore_ > 0) omp_set_(restore_);
+  }
+  StepThreads(const StepThreads&) = delete;
+  StepThreads& operator=(const StepThreads&) = delete;
+
+ private:
+  void (*omp_set_)(int) = nullptr;
+  int restore_ = 0;
+};
 
 bool IsFloating(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble; }
 
@@ -123,7 +164,7 @@ struct StageModel::Impl {
   at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor LayerForward(size_t layer_slot, const DecoderLayer& layer, const at::Tensor& h,
                           const std::vector<Segment>& segments, const at::Tensor& image_rows,
-                          const at::Tensor& positions);
+                          const at::Tensor& cos, const at::Tensor& sin);
 
   StatusOr<at::Tensor> EncodeClip(const ImageInput& image);
   StatusOr<at::Tensor> EncodeEva(const ImageInput& image);
@@ -375,7 +416,7 @@ at::Tensor StageModel::Impl::ApplyRope(const at::Tensor& x, const at::Tensor& co
 
 at::Tensor StageModel::Impl::LayerForward(size_t slot, const DecoderLayer& L, const at::Tensor& h,
                                           const std::vector<Segment>& segments, const at::Tensor& image_rows,
-                                          const at::Tensor& positions) {
+                                          const at::Tensor& cos, const at::Tensor& sin) {
   const auto& llm = spec.llm;
   const int64_t N = h.size(0), nh = llm.heads, nkv = llm.kv_heads, d = llm.head_dim;
   at::Tensor x = ops::RmsNorm(h, L.attn_norm, llm.rms_eps);
@@ -392,10 +433,6 @@ at::Tensor StageModel::Impl::LayerForward(size_t slot, const DecoderLayer& L, co
     k = qkv.select(2, g);
     v = qkv.select(2, g + 1);
   }
-  int64_t max_len = 0;
-  for (const auto& s : segments) max_len = std::max(max_len, s.start_pos + s.rows);
-  at::Tensor cos = RopeCosSin(positions, max_len, false);
-  at::Tensor sin = RopeCosSin(positions, max_len, true);
   q = ApplyRope(q, cos, sin);
   k = ApplyRope(k, cos, sin);
 
@@ -657,6 +694,7 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
     N += s.rows;
   }
   try {
+    StepThreads step_threads(N);
     StepOutput out;
     at::Tensor h;
     if (impl.has_embed && !in.hidden.defined()) {
@@ -691,9 +729,17 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
     pos.reserve(N);
     for (const auto& s : in.segments)
       for (int64_t r = 0; r < s.rows; ++r) pos.push_back(s.start_pos + r);
-    at::Tensor positions = at::tensor(pos, at::kLong);
+    // Rotary cos/sin of every row's position: the same for every layer, so computed once.
+    at::Tensor cos, sin;
+    if (!impl.layers.empty()) {
+      at::Tensor positions = at::tensor(pos, at::kLong);
+      int64_t max_len = 0;
+      for (const auto& s : in.segments) max_len = std::max(max_len, s.start_pos + s.rows);
+      cos = impl.RopeCosSin(positions, max_len, false);
+      sin = impl.RopeCosSin(positions, max_len, true);
+    }
     for (size_t i = 0; i < impl.layers.size(); ++i) {
-      h = impl.LayerForward(i, impl.layers[i], h, in.segments, image_rows, positions);
+      h = impl.LayerForward(i, impl.layers[i], h, in.segments, image_rows, cos, sin);
       if (impl.options.between_layers) impl.options.between_layers();
       if (in.collect_hidden) out.layer_outputs.push_back(h);
     }

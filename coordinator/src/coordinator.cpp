@@ -149,6 +149,8 @@ struct Coordinator::Impl {
   void Schedule();
   void Heartbeats();
   void FinishSequence(Sequence& seq, const std::string& reason);
+  // Frees the sequence's KV room in the accounting and on every stage.
+  void ReleaseOnStages(const Sequence& seq);
   void FailRequest(uint64_t request_id, const Status& reason);
   void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish,
                     kj::ArrayPtr<const kj::byte> logits = {});
@@ -586,8 +588,7 @@ void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& 
   }
 }
 
-void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason) {
-  seq.state = SeqState::kDone;
+void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
   for (auto& st : stages) {
     st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
     capnp::MallocMessageBuilder m;
@@ -596,6 +597,11 @@ void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason)
     r.initSequenceIds(1).set(0, seq.id);
     Send(m, st.peer);
   }
+}
+
+void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason) {
+  seq.state = SeqState::kDone;
+  ReleaseOnStages(seq);
   auto rit = requests.find(seq.request);
   if (rit != requests.end() && ++rit->second.done == rit->second.sequences.size()) {
     ++completed;
@@ -614,16 +620,7 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
     auto sit = sequences.find(id);
     if (sit == sequences.end()) continue;
     Sequence& seq = sit->second;
-    if (seq.state != SeqState::kQueued && seq.state != SeqState::kDone) {
-      for (auto& st : stages) {
-        st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
-        capnp::MallocMessageBuilder m;
-        auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
-        r.setEpoch(epoch);
-        r.initSequenceIds(1).set(0, seq.id);
-        Send(m, st.peer);
-      }
-    }
+    if (seq.state != SeqState::kQueued && seq.state != SeqState::kDone) ReleaseOnStages(seq);
     queue.erase(std::remove(queue.begin(), queue.end(), id), queue.end());
     for (auto& [mb, members] : in_flight) {
       members.erase(std::remove_if(members.begin(), members.end(), [id](const auto& m) { return m.first == id; }),

@@ -447,6 +447,16 @@ at::Tensor StageModel::Impl::LayerForward(size_t slot, const DecoderLayer& L, co
     cv.narrow(1, s.start_pos, s.rows).copy_(v.narrow(0, offset, s.rows).transpose(0, 1));
     const int64_t total = s.start_pos + s.rows;
     at::Tensor keys = ck.narrow(1, 0, total), values = cv.narrow(1, 0, total);
+    if (s.rows == 1 && nh != nkv) {
+      // One decode row: the g query heads of a KV head attend together ([nkv, g, d] against
+      // [nkv, total, d]; no causal mask for the last position), so the cache is read in place
+      // instead of copied g times by repeat_interleave.
+      at::Tensor qg = q.narrow(0, offset, 1).view({nkv, nh / nkv, d});
+      at::Tensor o = ops::Attention(qg, keys, values, scale, -1);  // [nkv, g, d]
+      attn_out.narrow(0, offset, 1).copy_(o.reshape({1, nh * d}));
+      offset += 1;
+      continue;
+    }
     if (nh != nkv) {
       keys = keys.repeat_interleave(nh / nkv, 0);
       values = values.repeat_interleave(nh / nkv, 0);

@@ -37,21 +37,21 @@ at::ScalarType ToTorch(checkpoint::DType d) {
   return at::kFloat;
 }
 
-// Thread policy of one step (PLATFORM.md item 3). libtorch runs its own operators on an
+// Thread policy of a Forward step (PLATFORM.md item 3). libtorch runs its own operators on an
 // OpenMP team sized by at::set_num_threads; OpenBLAS runs the projections on its own pthread
-// pool, which defaults to every core and ignores at::set_num_threads. Two effects, measured
-// with bench/decode_bench on 2 cores: a worker started with --threads 1 still ran 2 BLAS
-// threads (so two workers ran 4 on 2 cores), and at 2 threads a decode step took 3x as long as
-// at 1: after each parallel region the OpenMP team spin-waits on the core that OpenBLAS's
-// second thread needs. So OpenBLAS follows at::get_num_threads(), and small steps (decode: a
-// few rows) run libtorch's own operators on the calling thread only (they are tiny; the
-// projections, which are the work, keep their BLAS threads). Looked up at run time: no-ops
-// when the BLAS is not OpenBLAS or libtorch was built without OpenMP.
-constexpr int64_t kSmallStepRows = 16;
-
+// pool, which defaults to every core and ignores at::set_num_threads. Measured with
+// bench/decode_bench on 2 cores: a worker started with --threads 1 still ran 2 BLAS threads (two
+// workers ran 4 on 2 cores), and at 2 threads a decode step took 3x and a 320-token prefill 1.5x
+// as long as at 1 thread: after each parallel region the OpenMP team spin-waits on the core
+// that OpenBLAS's second thread needs. So OpenBLAS follows at::get_num_threads() (a worker's
+// --threads bounds both pools), and during a step libtorch's own operators (element-wise,
+// norms, softmax: small next to the projections) run on the calling thread while the BLAS
+// calls, which are the work, get the threads (at 2 threads: a 320-token prefill ~850 -> ~340 ms,
+// and the decode step no longer slower than at 1 thread). Looked up at run time: no-ops when
+// the BLAS is not OpenBLAS or libtorch was built without OpenMP.
 class StepThreads {
  public:
-  explicit StepThreads(int64_t rows) {
+  StepThreads() {
     using SetFn = void (*)(int);
     using GetFn = int (*)();
     static const auto blas_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
@@ -59,7 +59,7 @@ class StepThreads {
     static const auto omp_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
     const int threads = at::get_num_threads();
     if (blas_set != nullptr && blas_get != nullptr && blas_get() != threads) blas_set(threads);
-    if (omp_set != nullptr && threads > 1 && rows <= kSmallStepRows) {
+    if (omp_set != nullptr && threads > 1) {
       omp_set_ = omp_set;
       omp_set_(1);
       restore_ = threads;
@@ -704,7 +704,7 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
     N += s.rows;
   }
   try {
-    StepThreads step_threads(N);
+    StepThreads step_threads;
     StepOutput out;
     at::Tensor h;
     if (impl.has_embed && !in.hidden.defined()) {

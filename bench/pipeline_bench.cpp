@@ -1,0 +1,375 @@
+// pipeline_bench: what the pipeline costs and what it buys, measured in one run on one model
+// folder through real LocalClusters (coordinator thread + xcpipe-worker processes, loopback
+// TCP between stages), text prompts only.
+//
+// (a) Decode latency of ONE request: ms per generated token (the client's time after the first
+//     token / (tokens - 1)) through 1 worker (the single-process `xcpipe run` path) and through
+//     pipelines of --workers (default 2 and 4) stages. The clusters of one thread setting are
+//     up together and their repeats interleave (1, 2, 4, 1, 2, 4, ...), so background load hits
+//     each alike. ratio = pipeline / single (goal <= 1.05).
+// (b) Throughput: --concurrency (8) requests submitted at once, each from its own client, vs
+//     one request alone, on the --batch-workers (2) pipeline; repeats alternate. Two figures,
+//     ratio = concurrent / single for each (goal >= 4):
+//       end to end: all generated tokens / wall time from submit to the last token. Every
+//         prompt's prefill is in it (the chat template makes a text prompt a few hundred
+//         tokens), and prefill work grows with the requests: batching cannot shrink it.
+//       decode: the sum over requests of each one's decode rate ((tokens - 1) / time after its
+//         first token): the rate the pipeline sustains once the requests are generating, which
+//         is what continuous batching is for.
+//
+// Threads: one request keeps one stage busy at a time, so every worker gets the same compute
+// threads as the single process has (--threads, default "1,2": each setting is a section of
+// the table). With 1 thread per worker, 2 workers fill the 2 cores exactly and 4 workers only
+// oversubscribe when several stages are busy, which (b) does and (a) does not. With 2 threads
+// per worker each stage can use both cores while it computes (the default of `xcpipe run` on
+// 2 cores). (b) runs at the first setting of --threads (1: 2 workers x 1 thread = the 2 cores).
+// Medians of --runs repeats after one warm-up request (or burst) per cluster; generation is
+// greedy, --tokens (64) new tokens in (a) and --batch-tokens (192) in (b), where a longer
+// generation keeps the prefills from hiding the decode (a request that meets a stop token
+// earlier counts the tokens it made; the JSON lists them).
+//
+// Prints a table and writes JSON (default <build>/reports/pipeline_bench.json).
+//
+//   build/bin/pipeline_bench --model DIR [--workers 2,4] [--threads 1,2] [--runs 5]
+//                            [--tokens 64] [--batch-tokens 192] [--concurrency 8]
+//                            [--batch-workers 2] [--out FILE]
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xcpipe/base/log.h"
+#include "xcpipe/base/subprocess.h"
+#include "xcpipe/coordinator/client.h"
+#include "xcpipe/coordinator/local_cluster.h"
+
+using namespace xcpipe;
+using namespace xcpipe::coordinator;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Options {
+  std::string model;
+  std::vector<int64_t> workers = {2, 4};
+  std::vector<int64_t> threads = {1, 2};
+  int runs = 5;
+  int tokens = 64;
+  int batch_tokens = 192;
+  int concurrency = 8;
+  int batch_workers = 2;
+  std::string out;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
+}
+
+std::vector<int64_t> ParseList(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) out.push_back(std::stoll(item));
+  return out;
+}
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "pipeline_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+std::string Prompt(int i) {
+  return nlohmann::json("Write a long story about a lighthouse keeper and the sea, chapter " + std::to_string(i + 1) +
+                        ".")
+      .dump();
+}
+
+GenerateRequest MakeRequest(int i, int tokens) {
+  GenerateRequest r;
+  r.prompt_json = Prompt(i);
+  r.max_new_tokens = static_cast<uint32_t>(tokens);
+  r.sampling.greedy = true;
+  return r;
+}
+
+struct Cluster {
+  int workers = 0;
+  std::unique_ptr<LocalCluster> cluster;
+  std::unique_ptr<Client> client;
+};
+
+Cluster StartCluster(const Options& o, int workers, int threads) {
+  LocalClusterOptions lo;
+  lo.model_dir = o.model;
+  lo.workers = workers;
+  lo.threads_per_worker = threads;
+  lo.quiet_workers = true;
+  auto started = LocalCluster::Start(lo);
+  if (!started.ok()) Die("starting " + std::to_string(workers) + " workers: " + started.status().ToString());
+  Cluster c;
+  c.workers = workers;
+  c.cluster = std::move(started).value();
+  auto client = Client::Connect(c.cluster->address(), 30s);
+  if (!client.ok()) Die("connecting: " + client.status().ToString());
+  c.client = std::move(client).value();
+  return c;
+}
+
+GenerateResult Generate(Client& client, const GenerateRequest& request) {
+  auto r = client.Generate(request, 10min);
+  if (!r.ok()) Die("generate: " + r.status().ToString());
+  if (!r->error.empty()) Die("generate: " + r->error);
+  if (r->token_ids.empty() || r->token_ids[0].size() < 2) Die("a request made fewer than 2 tokens");
+  return *std::move(r);
+}
+
+// (b): `n` requests at once, each from its own connected client: tokens, wall seconds, and the
+// sum of the requests' own decode rates (tokens after the first / time after the first).
+struct Burst {
+  uint64_t tokens = 0;
+  double seconds = 0;
+  double decode_rate_sum = 0;
+  double ttft_ms_max = 0;
+};
+
+Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < n; ++i) {
+    auto c = Client::Connect(address, 30s);
+    if (!c.ok()) Die("connecting: " + c.status().ToString());
+    clients.push_back(std::move(c).value());
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  bool go = false;
+  std::vector<GenerateResult> results(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      GenerateRequest req = MakeRequest(salt * n + i, tokens);
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return go; });
+      }
+      results[i] = Generate(*clients[i], req);
+    });
+  }
+  auto start = Clock::now();
+  {
+    std::lock_guard lock(mu);
+    go = true;
+  }
+  cv.notify_all();
+  for (auto& t : threads) t.join();
+  Burst b;
+  b.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  for (const auto& r : results) {
+    b.tokens += r.token_ids[0].size();
+    b.decode_rate_sum += r.tokens_per_s;
+    b.ttft_ms_max = std::max(b.ttft_ms_max, r.ttft_ms);
+  }
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--model")
+      o.model = next();
+    else if (a == "--workers")
+      o.workers = ParseList(next());
+    else if (a == "--threads")
+      o.threads = ParseList(next());
+    else if (a == "--runs")
+      o.runs = std::stoi(next());
+    else if (a == "--tokens")
+      o.tokens = std::stoi(next());
+    else if (a == "--batch-tokens")
+      o.batch_tokens = std::stoi(next());
+    else if (a == "--concurrency")
+      o.concurrency = std::stoi(next());
+    else if (a == "--batch-workers")
+      o.batch_workers = std::stoi(next());
+    else if (a == "--out")
+      o.out = next();
+    else if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: pipeline_bench --model DIR [--workers 2,4] [--threads 1,2] [--runs 5] [--tokens 64]\n"
+          "                      [--concurrency 8] [--batch-workers 2] [--out FILE]\n"
+          "(a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b) aggregate tokens/s of\n"
+          "--concurrency requests vs one on the --batch-workers pipeline. Text prompts; greedy.\n"
+          "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "unknown argument '%s' (see --help)\n", a.c_str());
+      return 2;
+    }
+  }
+  if (o.model.empty()) {
+    std::fprintf(stderr, "pipeline_bench: --model DIR is required (see --help)\n");
+    return 2;
+  }
+  if (o.runs < 1 || o.tokens < 2 || o.batch_tokens < 2 || o.concurrency < 1 || o.batch_workers < 1 || o.threads.empty()) {
+    std::fprintf(stderr, "pipeline_bench: --runs, --concurrency, --batch-workers must be >= 1, --tokens, --batch-tokens >= 2\n");
+    return 2;
+  }
+  if (o.out.empty()) o.out = (ExecutableDir().parent_path() / "reports" / "pipeline_bench.json").string();
+  // The coordinator runs on a thread of this process: keep its per-request lines off the table.
+  (void)InitLogging({.process_name = "pipeline_bench", .level = "warn"});
+
+  nlohmann::json report;
+  report["benchmark"] = "pipeline_bench";
+  report["what"] =
+      "(a) one request's decode ms/token through N-worker pipelines vs 1 worker; (b) aggregate tokens/s of "
+      "concurrent requests vs one, on one pipeline; LocalCluster, loopback TCP, text prompts, greedy";
+  report["config"] = {{"model", o.model},           {"workers", o.workers},
+                      {"threads_per_worker", o.threads}, {"runs", o.runs},
+                      {"tokens", o.tokens},          {"batch_tokens", o.batch_tokens},
+                      {"concurrency", o.concurrency},
+                      {"batch_workers", o.batch_workers}, {"cores", std::thread::hardware_concurrency()},
+                      {"goal_latency_ratio", 1.05},  {"goal_throughput_ratio", 4.0}};
+  std::printf("pipeline_bench: %s; %d tokens per request, %d repeats (medians), %u cores\n", o.model.c_str(),
+              o.tokens, o.runs, std::thread::hardware_concurrency());
+
+  // (a) ------------------------------------------------------------------------------------
+  std::vector<int> configs = {1};
+  for (int64_t w : o.workers)
+    if (w > 1 && std::find(configs.begin(), configs.end(), w) == configs.end()) configs.push_back(static_cast<int>(w));
+  std::printf("\n(a) one request, decode ms per token (client time after the first token / (tokens - 1))\n");
+  std::printf("%16s %8s %12s %12s %10s %10s\n", "threads/worker", "workers", "ms/token", "tokens/s", "ttft ms",
+              "ratio");
+  report["latency"] = nlohmann::json::array();
+  bool latency_met = true;
+  std::unique_ptr<LocalCluster> kept_cluster;  // the (b) pipeline, if (a) started it
+  for (size_t ti = 0; ti < o.threads.size(); ++ti) {
+    const int threads = static_cast<int>(o.threads[ti]);
+    std::vector<Cluster> clusters;
+    for (int w : configs) clusters.push_back(StartCluster(o, w, threads));
+    for (auto& c : clusters) Generate(*c.client, MakeRequest(0, o.tokens));  // warm-up
+    std::map<int, std::vector<double>> ms, ttft;
+    std::map<int, std::vector<uint64_t>> made;
+    for (int r = 0; r < o.runs; ++r) {
+      for (auto& c : clusters) {
+        GenerateResult g = Generate(*c.client, MakeRequest(r + 1, o.tokens));
+        ms[c.workers].push_back(1000.0 / g.tokens_per_s);
+        ttft[c.workers].push_back(g.ttft_ms);
+        made[c.workers].push_back(g.token_ids[0].size());
+      }
+    }
+    const double single = Median(ms[1]);
+    for (int w : configs) {
+      const double m = Median(ms[w]);
+      const double ratio = m / single;
+      if (w > 1) latency_met = latency_met && ratio <= 1.05;
+      char ratio_text[32];
+      std::snprintf(ratio_text, sizeof ratio_text, "%.3fx", ratio);
+      std::printf("%16d %8d %12.2f %12.2f %10.1f %10s\n", threads, w, m, 1000.0 / m, Median(ttft[w]),
+                  w == 1 ? "(single)" : ratio_text);
+      report["latency"].push_back({{"threads_per_worker", threads},
+                                   {"workers", w},
+                                   {"ms_per_token", ms[w]},
+                                   {"median_ms_per_token", m},
+                                   {"ttft_ms", ttft[w]},
+                                   {"tokens_made", made[w]},
+                                   {"ratio_over_single", ratio}});
+    }
+    std::fflush(stdout);
+    if (ti == 0) {
+      for (auto& c : clusters) {
+        if (c.workers == o.batch_workers) {
+          c.client.reset();
+          kept_cluster = std::move(c.cluster);
+        }
+      }
+    }
+    clusters.clear();  // stops those clusters
+  }
+
+  // (b) ------------------------------------------------------------------------------------
+  const int threads_b = static_cast<int>(o.threads.front());
+  if (!kept_cluster) {
+    Cluster c = StartCluster(o, o.batch_workers, threads_b);
+    c.client.reset();
+    kept_cluster = std::move(c.cluster);
+  }
+  const std::string address = kept_cluster->address();
+  RunConcurrent(address, o.concurrency, o.tokens, 0);  // warm-up
+  std::vector<double> single_tps, burst_tps, single_decode, burst_decode, single_ttft, burst_ttft;
+  std::vector<uint64_t> burst_tokens;
+  for (int r = 0; r < o.runs; ++r) {
+    Burst one = RunConcurrent(address, 1, o.batch_tokens, 1000 + r);
+    single_tps.push_back(static_cast<double>(one.tokens) / one.seconds);
+    single_decode.push_back(one.decode_rate_sum);
+    single_ttft.push_back(one.ttft_ms_max);
+    Burst many = RunConcurrent(address, o.concurrency, o.batch_tokens, 2000 + r);
+    burst_tps.push_back(static_cast<double>(many.tokens) / many.seconds);
+    burst_decode.push_back(many.decode_rate_sum);
+    burst_ttft.push_back(many.ttft_ms_max);
+    burst_tokens.push_back(many.tokens);
+  }
+  kept_cluster.reset();
+  const double s_tps = Median(single_tps), b_tps = Median(burst_tps), tratio = b_tps / s_tps;
+  const double s_dec = Median(single_decode), b_dec = Median(burst_decode), dratio = b_dec / s_dec;
+  const bool throughput_met = tratio >= 4.0;
+  const bool decode_met = dratio >= 4.0;
+  std::printf("\n(b) aggregate tokens/s on %d workers x %d thread(s), %d requests at once vs 1, %d new tokens each\n",
+              o.batch_workers, threads_b, o.concurrency, o.batch_tokens);
+  std::printf("    end to end = all tokens / wall time from submit to the last token (each prompt's prefill included)\n");
+  std::printf("    decode     = sum over requests of (tokens - 1) / (time after that request's first token)\n");
+  std::printf("%10s %16s %10s %16s %10s %14s\n", "requests", "end-to-end tok/s", "ratio", "decode tok/s", "ratio",
+              "last ttft ms");
+  std::printf("%10d %16.2f %10s %16.2f %10s %14.1f\n", 1, s_tps, "(single)", s_dec, "(single)", Median(single_ttft));
+  std::printf("%10d %16.2f %9.2fx %16.2f %9.2fx %14.1f\n", o.concurrency, b_tps, tratio, b_dec, dratio,
+              Median(burst_ttft));
+  report["throughput"] = {{"workers", o.batch_workers},
+                          {"threads_per_worker", threads_b},
+                          {"concurrency", o.concurrency},
+                          {"single_tokens_per_s", single_tps},
+                          {"concurrent_tokens_per_s", burst_tps},
+                          {"concurrent_tokens_made", burst_tokens},
+                          {"median_single_tokens_per_s", s_tps},
+                          {"median_concurrent_tokens_per_s", b_tps},
+                          {"ratio_concurrent_over_single", tratio},
+                          {"single_decode_tokens_per_s", single_decode},
+                          {"concurrent_decode_tokens_per_s", burst_decode},
+                          {"median_single_decode_tokens_per_s", s_dec},
+                          {"median_concurrent_decode_tokens_per_s", b_dec},
+                          {"ratio_decode_concurrent_over_single", dratio},
+                          {"single_ttft_ms", single_ttft},
+                          {"concurrent_last_ttft_ms", burst_ttft}};
+  report["goal_latency_met"] = latency_met;
+  report["goal_throughput_met"] = throughput_met;
+  report["goal_decode_throughput_met"] = decode_met;
+  std::filesystem::create_directories(std::filesystem::path(o.out).parent_path());
+  std::ofstream(o.out) << report.dump(2) << "\n";
+  std::printf(
+      "\ngoals: pipeline/single ms per token <= 1.05: %s; %d concurrent / 1 tokens/s >= 4: end to end %s, decode "
+      "%s\nwrote %s\n",
+      latency_met ? "met" : "NOT met", o.concurrency, throughput_met ? "met" : "NOT met", decode_met ? "met" : "NOT met",
+      o.out.c_str());
+  return 0;
+}

@@ -41,6 +41,9 @@ PACKAGES=(
   clang libclang-rt-14-dev
   # fault tests: network namespaces and tools used by the scripts
   iproute2 procps python3 python3-numpy
+  # deploy test: a real single-host Slurm (controller, node daemon, srun/sbatch) started by
+  # tests/deploy/slurm_test.sh with a scratch config; munge is Slurm's usual authentication
+  slurmctld slurmd slurm-client munge
 )
 
 missing=()

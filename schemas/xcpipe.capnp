@@ -81,6 +81,35 @@ struct Heartbeat {
   epoch @2 :UInt64;            # the epoch the sender believes current
   stepsCompleted @3 :UInt64;   # workers: forward steps finished so far (progress watchdog)
   residentBytes @4 :UInt64;    # workers: memory in use (CPU: RSS; CUDA: allocated)
+  resources @5 :ResourceSample;  # workers: memory by category, step times, traffic (see below)
+}
+
+# Memory by category, as planned or as used.
+struct MemoryBreakdown {
+  weightBytes @0 :UInt64;      # model weights held
+  kvBytes @1 :UInt64;          # KV cache (planned: the stage's budget; used: room reserved by admitted sequences)
+  activationBytes @2 :UInt64;  # activations and working buffers (used: process memory not counted above)
+}
+
+# What a worker measured about itself, sampled when it sends a heartbeat (cheap: one read of
+# /proc/self/statm or cudaMemGetInfo, and a sort of at most a few thousand step times).
+struct ResourceSample {
+  capacityBytes @0 :UInt64;     # memory the worker may use (its limit, or the device's total)
+  usedBytes @1 :UInt64;         # memory in use: CPU the resident set size; CUDA total minus free
+  deviceFreeBytes @2 :UInt64;   # CUDA: free device memory (cudaMemGetInfo); CPU: 0
+  allocatorBytes @3 :UInt64;    # CUDA: bytes the caching allocator holds; 0 where it cannot be read
+  used @4 :MemoryBreakdown;     # usedBytes split by category
+  kvBudgetBytes @5 :UInt64;     # KV cache budget of this stage
+  kvReservedBytes @6 :UInt64;   # KV room reserved by admitted sequences
+  kvUsedBytes @7 :UInt64;       # KV bytes holding cached tokens (<= kvReservedBytes)
+  stepP50Micros @8 :UInt64;     # median compute time of one step over the recent window
+  stepP99Micros @9 :UInt64;     # 99th percentile of the same
+  stepsInWindow @10 :UInt32;    # steps the percentiles were computed from
+  windowMs @11 :UInt32;         # length of the window idleFraction covers
+  idleFraction @12 :Float64;    # share of the window spent not computing (the pipeline bubble), 0..1
+  busyMicrosTotal @13 :UInt64;  # compute time of every step since the process started
+  bytesSent @14 :UInt64;        # activation bytes sent to the next stage since the process started
+  queuedSteps @15 :UInt32;      # steps received and waiting to run on this stage
 }
 
 # An explicit failure, in reply to a message or unsolicited.
@@ -262,6 +291,15 @@ struct WorkerStatus {
   blocks @8 :Text;                 # "vision..layer.7"
   stepsCompleted @9 :UInt64;
   lastHeartbeatMsAgo @10 :UInt32;
+  planned @11 :MemoryBreakdown;    # the plan's bytes for this worker's stage, by category
+  resources @12 :ResourceSample;   # the worker's last heartbeat figures
+  memoryBytes @13 :UInt64;         # memory the worker announced in its hello
+}
+
+# How many requests ended one way, for one reason.
+struct ReasonCount {
+  reason @0 :Text;                 # an error code name (e.g. "ResourceExhausted") or "busy"
+  count @1 :UInt64;
 }
 
 struct StatusReply {
@@ -278,6 +316,13 @@ struct StatusReply {
   replays @10 :UInt64;             # sequences replayed after faults
   lastDetectMs @11 :Float64;       # last fault: the lost worker's last sign of life to detection
   lastRecoverMs @12 :Float64;      # last fault: detection to the first step served under the new plan
+  submitted @13 :UInt64;           # submits received since start (refused ones included)
+  failedByReason @14 :List(ReasonCount);   # failed requests by error code name
+  refusedByReason @15 :List(ReasonCount);  # submits refused before queueing ("busy", "InvalidArgument"...)
+  ttftP50Ms @16 :Float64;          # time to first token (submit received to first token), median
+  ttftP99Ms @17 :Float64;          # and 99th percentile, from the coordinator's histogram
+  tokensPerSecondP50 @18 :Float64; # decode speed of finished sequences (after the first token), median
+  metricsAddress @19 :Text;        # "host:port" of the Prometheus endpoint; empty when not served
 }
 
 # The one top-level message.

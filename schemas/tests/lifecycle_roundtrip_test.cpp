@@ -183,5 +183,67 @@ TEST(LifecycleRoundTrip, DrainShutdownAndClientMessages) {
   EXPECT_TRUE(d6->envelope().getStatusRequest().getDetail());
 }
 
+// Every ResourceSample field set to a distinct value (monitoring figures in heartbeats).
+void FillSample(proto::ResourceSample::Builder r) {
+  r.setCapacityBytes(1001); r.setUsedBytes(1002); r.setDeviceFreeBytes(1003); r.setAllocatorBytes(1004);
+  auto u = r.initUsed();
+  u.setWeightBytes(1005); u.setKvBytes(1006); u.setActivationBytes(1007);
+  r.setKvBudgetBytes(1008); r.setKvReservedBytes(1009); r.setKvUsedBytes(1010); r.setStepP50Micros(1011);
+  r.setStepP99Micros(1012); r.setStepsInWindow(1013); r.setWindowMs(1014); r.setIdleFraction(0.25);
+  r.setBusyMicrosTotal(1015); r.setBytesSent(1016); r.setQueuedSteps(1017);
+}
+
+void ExpectSample(proto::ResourceSample::Reader r) {
+  EXPECT_EQ(r.getCapacityBytes(), 1001u); EXPECT_EQ(r.getUsedBytes(), 1002u); EXPECT_EQ(r.getDeviceFreeBytes(), 1003u);
+  EXPECT_EQ(r.getAllocatorBytes(), 1004u); EXPECT_EQ(r.getUsed().getWeightBytes(), 1005u);
+  EXPECT_EQ(r.getUsed().getKvBytes(), 1006u); EXPECT_EQ(r.getUsed().getActivationBytes(), 1007u);
+  EXPECT_EQ(r.getKvBudgetBytes(), 1008u); EXPECT_EQ(r.getKvReservedBytes(), 1009u); EXPECT_EQ(r.getKvUsedBytes(), 1010u);
+  EXPECT_EQ(r.getStepP50Micros(), 1011u); EXPECT_EQ(r.getStepP99Micros(), 1012u); EXPECT_EQ(r.getStepsInWindow(), 1013u);
+  EXPECT_EQ(r.getWindowMs(), 1014u); EXPECT_DOUBLE_EQ(r.getIdleFraction(), 0.25); EXPECT_EQ(r.getBusyMicrosTotal(), 1015u);
+  EXPECT_EQ(r.getBytesSent(), 1016u); EXPECT_EQ(r.getQueuedSteps(), 1017u);
+}
+
+TEST(LifecycleRoundTrip, HeartbeatResources) {
+  capnp::MallocMessageBuilder b;
+  auto hb = b.initRoot<proto::Envelope>().initHeartbeat();
+  hb.setSequence(3); hb.setResidentBytes(1002);
+  FillSample(hb.initResources());
+  auto d = RoundTrip(b);
+  ASSERT_NE(d, nullptr);
+  ASSERT_EQ(d->envelope().which(), proto::Envelope::HEARTBEAT);
+  ASSERT_TRUE(d->envelope().getHeartbeat().hasResources());
+  ExpectSample(d->envelope().getHeartbeat().getResources());
+}
+
+TEST(LifecycleRoundTrip, StatusReplyMonitoring) {
+  capnp::MallocMessageBuilder b;
+  auto st = b.initRoot<proto::Envelope>().initStatusReply();
+  st.setSubmitted(40); st.setTtftP50Ms(12.5); st.setTtftP99Ms(80.25); st.setTokensPerSecondP50(33.5);
+  st.setMetricsAddress("127.0.0.1:9100");
+  auto failed = st.initFailedByReason(2);
+  failed[0].setReason("ResourceExhausted"); failed[0].setCount(2);
+  failed[1].setReason("Cancelled"); failed[1].setCount(1);
+  auto refused = st.initRefusedByReason(1);
+  refused[0].setReason("busy"); refused[0].setCount(7);
+  auto w = st.initWorkers(1)[0];
+  w.setWorkerId("a/0"); w.setMemoryBytes(2000);
+  auto planned = w.initPlanned();
+  planned.setWeightBytes(21); planned.setKvBytes(22); planned.setActivationBytes(23);
+  FillSample(w.initResources());
+  auto d = RoundTrip(b);
+  ASSERT_NE(d, nullptr);
+  auto r = d->envelope().getStatusReply();
+  EXPECT_EQ(r.getSubmitted(), 40u); EXPECT_DOUBLE_EQ(r.getTtftP50Ms(), 12.5); EXPECT_DOUBLE_EQ(r.getTtftP99Ms(), 80.25);
+  EXPECT_DOUBLE_EQ(r.getTokensPerSecondP50(), 33.5); EXPECT_EQ(Str(r.getMetricsAddress()), "127.0.0.1:9100");
+  ASSERT_EQ(r.getFailedByReason().size(), 2u);
+  EXPECT_EQ(Str(r.getFailedByReason()[1].getReason()), "Cancelled"); EXPECT_EQ(r.getFailedByReason()[0].getCount(), 2u);
+  ASSERT_EQ(r.getRefusedByReason().size(), 1u);
+  EXPECT_EQ(Str(r.getRefusedByReason()[0].getReason()), "busy"); EXPECT_EQ(r.getRefusedByReason()[0].getCount(), 7u);
+  auto rw = r.getWorkers()[0];
+  EXPECT_EQ(rw.getMemoryBytes(), 2000u); EXPECT_EQ(rw.getPlanned().getWeightBytes(), 21u);
+  EXPECT_EQ(rw.getPlanned().getKvBytes(), 22u); EXPECT_EQ(rw.getPlanned().getActivationBytes(), 23u);
+  ExpectSample(rw.getResources());
+}
+
 }  // namespace
 }  // namespace xcpipe::wire

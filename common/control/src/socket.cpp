@@ -21,6 +21,35 @@ void SetCommonOptions(zmq::socket_t& s) {
   s.set(zmq::sockopt::heartbeat_ttl, ControlTimings::kZmtpHeartbeatTimeoutMs);
 }
 
+// ZMQ_ZAP_ENFORCE_DOMAIN (a draft option in libzmq 4.3 headers; the library accepts it):
+// without it, a CURVE handshake that finds no ZAP handler would be accepted unauthenticated.
+constexpr int kZmqZapEnforceDomain = 93;
+
+Status ApplyCurveServer(zmq::socket_t& s, const CurveConfig& curve) {
+  if (!CurveAvailable()) return UnimplementedError("CURVE is not available in this build's libzmq");
+  if (Status st = ValidateZ85Key(curve.secret_key, "own secret key"); !st.ok()) return st;
+  if (curve.allowed_keys.empty()) return InvalidArgumentError("CURVE server without an allow-list would admit nobody");
+  s.set(zmq::sockopt::curve_server, 1);
+  s.set(zmq::sockopt::curve_secretkey, curve.secret_key);
+  s.set(zmq::sockopt::zap_domain, std::string(ZapHandler::kDomain));
+  // A libzmq without the option refuses it; the handler's lifetime (started before bind,
+  // stopped after close) still guarantees that every handshake is checked.
+  const int one = 1;
+  (void)zmq_setsockopt(s.handle(), kZmqZapEnforceDomain, &one, sizeof one);
+  return OkStatus();
+}
+
+Status ApplyCurveClient(zmq::socket_t& s, const CurveConfig& curve) {
+  if (!CurveAvailable()) return UnimplementedError("CURVE is not available in this build's libzmq");
+  if (Status st = ValidateZ85Key(curve.secret_key, "own secret key"); !st.ok()) return st;
+  if (Status st = ValidateZ85Key(curve.public_key, "own public key"); !st.ok()) return st;
+  if (Status st = ValidateZ85Key(curve.server_public_key, "the coordinator's public key"); !st.ok()) return st;
+  s.set(zmq::sockopt::curve_serverkey, curve.server_public_key);
+  s.set(zmq::sockopt::curve_publickey, curve.public_key);
+  s.set(zmq::sockopt::curve_secretkey, curve.secret_key);
+  return OkStatus();
+}
+
 }  // namespace
 
 bool IsWildcardEndpoint(const std::string& endpoint) {
@@ -31,7 +60,8 @@ bool IsWildcardEndpoint(const std::string& endpoint) {
 ControlSocket::ControlSocket(zmq::context_t& context, zmq::socket_type type) : socket_(context, type) {}
 
 StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_t& context,
-                                                                   const std::string& endpoint, bool allow_wildcard) {
+                                                                   const std::string& endpoint, bool allow_wildcard,
+                                                                   const CurveConfig& curve) {
   if (IsWildcardEndpoint(endpoint) && !allow_wildcard) {
     return InvalidArgumentError("refusing to bind '" + endpoint +
                                 "' on every interface; name the address to listen on (e.g. tcp://10.0.0.1:7000)");
@@ -43,6 +73,13 @@ StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_
     s->socket_.set(zmq::sockopt::router_mandatory, 1);
     // A worker that restarts reuses its identity: the new connection takes over.
     s->socket_.set(zmq::sockopt::router_handover, 1);
+    if (curve.enabled()) {
+      // The handler must answer before the first peer can connect: start it, then bind.
+      if (Status st = ApplyCurveServer(s->socket_, curve); !st.ok()) return st;
+      auto zap = ZapHandler::Start(context, curve.allowed_keys);
+      if (!zap.ok()) return zap.status();
+      s->zap_ = std::move(zap).value();
+    }
     s->socket_.bind(endpoint);
     return s;
   } catch (const zmq::error_t& e) {
@@ -52,13 +89,17 @@ StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_
 
 StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::ConnectDealer(zmq::context_t& context,
                                                                       const std::string& endpoint,
-                                                                      const std::string& identity) {
+                                                                      const std::string& identity,
+                                                                      const CurveConfig& curve) {
   try {
     std::unique_ptr<ControlSocket> s(new ControlSocket(context, zmq::socket_type::dealer));
     SetCommonOptions(s->socket_);
     s->socket_.set(zmq::sockopt::routing_id, identity);
     s->socket_.set(zmq::sockopt::reconnect_ivl, 100);
     s->socket_.set(zmq::sockopt::reconnect_ivl_max, 2000);
+    if (curve.enabled()) {
+      if (Status st = ApplyCurveClient(s->socket_, curve); !st.ok()) return st;
+    }
     s->socket_.connect(endpoint);
     return s;
   } catch (const zmq::error_t& e) {

@@ -7,6 +7,12 @@
 // noticed by the transport; application liveness is the Heartbeat message), and
 // ROUTER_MANDATORY (sending to an unknown or gone peer fails instead of vanishing).
 //
+// Security: with a CurveConfig (curve.h) the ROUTER is a CURVE server that admits only the
+// public keys on its allow-list (its ZapHandler, owned by the socket, started before the bind
+// and stopped after the close), and a DEALER is a CURVE client that talks only to the server
+// whose public key it was given. A refused peer never delivers a message: its handshake fails.
+// Without a CurveConfig the sockets are plain TCP.
+//
 // Resource types: neither copyable nor movable; a socket lives and dies on one thread (the
 // actor that owns it). Nothing throws: zmq errors become Status values.
 #pragma once
@@ -22,6 +28,8 @@
 #include <zmq.hpp>
 
 #include "xcpipe/base/status.h"
+#include "xcpipe/control/curve.h"
+#include "xcpipe/control/zap_handler.h"
 #include "xcpipe/schemas/wire.h"
 
 namespace xcpipe::control {
@@ -45,12 +53,16 @@ struct Incoming {
 class ControlSocket {
  public:
   // ROUTER bound to `endpoint` ("tcp://10.0.0.1:7000"; a wildcard host is refused unless
-  // allow_wildcard). Unavailable when the address is in use.
+  // allow_wildcard). Unavailable when the address is in use. With curve.enabled() it is a
+  // CURVE server admitting curve.allowed_keys (one such ROUTER per context: the ZAP endpoint).
   static StatusOr<std::unique_ptr<ControlSocket>> BindRouter(zmq::context_t& context, const std::string& endpoint,
-                                                             bool allow_wildcard = false);
-  // DEALER connected to `endpoint`, with `identity` as its routing id (must be unique).
+                                                             bool allow_wildcard = false,
+                                                             const CurveConfig& curve = {});
+  // DEALER connected to `endpoint`, with `identity` as its routing id (must be unique). With
+  // curve.enabled() it is a CURVE client of the server whose key is curve.server_public_key.
   static StatusOr<std::unique_ptr<ControlSocket>> ConnectDealer(zmq::context_t& context, const std::string& endpoint,
-                                                                const std::string& identity);
+                                                                const std::string& identity,
+                                                                const CurveConfig& curve = {});
   ControlSocket(const ControlSocket&) = delete;
   ControlSocket& operator=(const ControlSocket&) = delete;
 
@@ -68,9 +80,13 @@ class ControlSocket {
   zmq::socket_t& socket() { return socket_; }
   // The endpoint actually bound (resolves port 0 / "*" to the real port).
   std::string last_endpoint() const;
+  // The ROUTER's ZAP handler (its accept/refuse counters); null without CURVE.
+  const ZapHandler* zap() const { return zap_.get(); }
 
  private:
   ControlSocket(zmq::context_t& context, zmq::socket_type type);
+  // Declared before socket_: destroyed after it, so the socket never outlives its handler.
+  std::unique_ptr<ZapHandler> zap_;
   zmq::socket_t socket_;
   bool router_ = false;
 };

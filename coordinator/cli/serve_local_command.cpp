@@ -1,12 +1,16 @@
 // xcpipe serve-local: a coordinator and N worker processes on this machine, serving until
 // SIGINT/SIGTERM. Prints "ready <address>" once it can serve.
+#include <stdlib.h>
+
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "commands.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/coordinator/serving_flags.h"
 
 namespace xcpipe::cli {
 
@@ -29,14 +33,62 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
   sub->add_option("--dtype", o->dtype, "compute dtype: f32 or bf16")->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--threads", o->threads_per_worker, "compute threads per worker (0: split the cores)");
-  sub->callback([&action, o] {
-    action = [o]() -> int {
+  coordinator::AddServingFlags(*sub, o->coordinator);
+  sub->add_option("--metrics-listen", o->coordinator.metrics_listen,
+                  "serve Prometheus /metrics, /healthz and /readyz over HTTP on HOST:PORT (e.g. 127.0.0.1:9100)");
+  auto secure = std::make_shared<bool>(false);
+  sub->add_flag("--secure", *secure,
+                "CURVE on the control socket: coordinator, worker and client key pairs in --keys-dir (or in a "
+                "fresh private temporary folder removed at exit); unauthenticated peers are refused");
+  sub->add_option("--keys-dir", o->keys_dir,
+                  "with --secure: folder of the keys, reused when it holds them (clients pass --secret-key "
+                  "DIR/client.key --server-key DIR/coordinator.pub)");
+  sub->add_flag("--allow-wildcard-bind", o->coordinator.allow_wildcard_bind,
+                "permit --listen on every interface (tcp://*:PORT, tcp://0.0.0.0:PORT)");
+  sub->callback([&action, o, secure] {
+    action = [o, secure]() -> int {
+      // A throwaway key folder lives as long as this command.
+      struct RemoveOnExit {
+        std::filesystem::path dir;
+        ~RemoveOnExit() {
+          std::error_code ec;
+          if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+        }
+      } temp_keys;
+      if (!*secure && !o->keys_dir.empty()) {
+        std::fprintf(stderr, "xcpipe serve-local: --keys-dir needs --secure\n");
+        return kExitUsage;
+      }
+      if (*secure) {
+        if (o->keys_dir.empty()) {
+          std::string tmpl = (std::filesystem::temp_directory_path() / "xcpipe-keys-XXXXXX").string();
+          if (::mkdtemp(tmpl.data()) == nullptr) {  // mode 0700
+            std::fprintf(stderr, "xcpipe serve-local: cannot create a private key folder in %s\n",
+                         std::filesystem::temp_directory_path().c_str());
+            return kExitFailure;
+          }
+          temp_keys.dir = o->keys_dir = tmpl;
+        }
+        if (!std::filesystem::exists(o->keys_dir / "coordinator.key")) {
+          if (Status st = control::WriteClusterKeys(o->keys_dir); !st.ok()) {
+            std::fprintf(stderr, "xcpipe serve-local: %s\n", st.ToString().c_str());
+            return ExitCodeFor(st);
+          }
+        }
+        std::fprintf(stderr,
+                     "control: CURVE keys in %s; a client connects with --secret-key %s/client.key "
+                     "--server-key %s/coordinator.pub\n",
+                     o->keys_dir.c_str(), o->keys_dir.c_str(), o->keys_dir.c_str());
+      }
       auto cluster = coordinator::LocalCluster::Start(*o);
       if (!cluster.ok()) {
         std::fprintf(stderr, "xcpipe serve-local: %s\n", cluster.status().ToString().c_str());
         return ExitCodeFor(cluster.status());
       }
       std::printf("ready %s\n", (*cluster)->address().c_str());
+      if (!(*cluster)->metrics_address().empty()) {
+        std::printf("metrics http://%s/metrics\n", (*cluster)->metrics_address().c_str());
+      }
       std::fflush(stdout);
       // The coordinator thread stops on SIGINT/SIGTERM (its handler) or on a fatal error.
       while (!(*cluster)->coordinator_exited()) std::this_thread::sleep_for(std::chrono::milliseconds(100));

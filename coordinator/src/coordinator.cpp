@@ -7,18 +7,28 @@
 #include <csignal>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/control/socket.h"
+#include "xcpipe/coordinator/metrics_http.h"
 #include "xcpipe/planner/planner.h"
 #include "xcpipe/planner/planning_model.h"
+#include "monitoring.h"
 
 namespace xcpipe::coordinator {
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+
+// A micro-batch that has not come back by its deadline is treated as lost (a dropped forward
+// or step result, a stage stuck without going silent): the coordinator re-plans and replays.
+// The deadline grows with the rows it carries (a long prefill legitimately takes longer) and
+// with the stages it crosses.
+constexpr std::chrono::milliseconds kStepDeadlineBase{2000};
+constexpr std::chrono::microseconds kStepDeadlinePerRowPerStage{2000};
 
 std::atomic<bool> g_signal_stop{false};
 void OnSignal(int) { g_signal_stop.store(true); }
@@ -43,12 +53,15 @@ struct WorkerInfo {
   int stage = -1;
   Clock::time_point last_seen = Clock::now();
   uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;
+  WorkerFigures figures;  // the latest heartbeat's resource sample (monitoring)
 };
 
 struct StageInfo {
   std::string peer;
   size_t first = 0, end = 0;
   uint64_t kv_budget = 0, kv_per_token = 0, kv_reserved = 0, weight_bytes = 0, planned_bytes = 0;
+  planner::StageBytes predicted;   // the plan's memory by category
+  double predicted_step_ms = 0;    // the plan's step time for this stage
   bool ready = false;
 };
 
@@ -67,6 +80,7 @@ struct Sequence {
   uint64_t max_tokens = 0;
   Clock::time_point admitted_at;
   size_t text_sent = 0;     // bytes of decoded text already streamed
+  std::optional<Clock::time_point> first_token_at;  // monitoring: time to first token, decode speed
   bool want_logits = false;
 };
 
@@ -112,6 +126,11 @@ struct Coordinator::Impl {
   std::deque<uint64_t> queue;            // sequences waiting for admission, in arrival order
   // micro-batch -> its sequences and the rows each contributed
   std::map<uint64_t, std::vector<std::pair<uint64_t, int64_t>>> in_flight;
+  struct StepTimes {
+    Clock::time_point sent, deadline;  // the deadline: when the micro-batch counts as lost
+  };
+  std::map<uint64_t, StepTimes> step_deadlines;  // by micro-batch
+  void CheckStepDeadlines();
   // Fault handling: a stage was lost; re-plan on the workers that are left (or that come back)
   // and replay every admitted sequence from its prompt and the tokens already generated.
   bool recovering = false;
@@ -127,6 +146,19 @@ struct Coordinator::Impl {
   // step that failed in the pipeline).
   void Recover(const std::string& why);
   uint64_t completed = 0, failed = 0;
+  // Monitoring: request counters and histograms live here (the actor's thread); a copy with the
+  // workers' figures is published on `board` for the HTTP thread (see metrics.h).
+  MetricsSnapshot live;
+  std::shared_ptr<MetricsBoard> board = std::make_shared<MetricsBoard>();
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  Clock::time_point next_publish;
+  bool published_serving = false;
+  void PublishMetrics();
+  MetricsSnapshot Snapshot() const;
+  int exit_code = kExitOk;
+  // Graceful stop (a signal): refuse new requests, let admitted ones finish until the deadline.
+  bool draining = false;
+  Clock::time_point drain_deadline;
 
   void Send(capnp::MallocMessageBuilder& m, const std::string& peer) {
     if (Status st = socket->Send(m, peer); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
@@ -154,6 +186,11 @@ struct Coordinator::Impl {
   void FailRequest(uint64_t request_id, const Status& reason);
   void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish,
                     kj::ArrayPtr<const kj::byte> logits = {});
+  // The context one sequence may use: the configured limit, capped at the model's.
+  int64_t MaxContext(const checkpoint::ModelSpec& spec) const {
+    const int64_t model_limit = spec.llm.max_position_embeddings > 0 ? spec.llm.max_position_embeddings : 4096;
+    return std::min<int64_t>(opt.max_context, model_limit);
+  }
   uint64_t ReadyWorkers() const {
     uint64_t n = 0;
     for (const auto& [p, w] : workers) n += w.state != WorkerState::kLost;
@@ -213,11 +250,20 @@ void Coordinator::Impl::MaybePlan() {
   std::vector<WorkerInfo*> pool;
   for (auto& [peer, w] : workers)
     if (w.state != WorkerState::kLost) pool.push_back(&w);
-  const int needed = planned_once ? 1 : opt.expect_workers;  // after a fault: whatever is alive
+  // After a fault: whatever is alive.
+  const int needed = planned_once ? 1 : std::max(opt.expect_workers, static_cast<int>(opt.expect_worker_ids.size()));
   if (static_cast<int>(pool.size()) < needed) {
     if (!planned_once && Clock::now() - started > opt.worker_wait) {
-      spdlog::error("waited {} s for {} workers, only {} registered", opt.worker_wait.count() / 1000,
-                    opt.expect_workers, pool.size());
+      // Name who came and who did not, so an operator knows which host or GPU to look at.
+      std::string registered, missing;
+      for (const auto* w : pool) registered += (registered.empty() ? "" : ", ") + w->id + " (" + w->host + ")";
+      for (const auto& id : opt.expect_worker_ids)
+        if (std::none_of(pool.begin(), pool.end(), [&](const WorkerInfo* w) { return w->id == id; }))
+          missing += (missing.empty() ? "" : ", ") + id;
+      if (missing.empty()) missing = std::to_string(needed - static_cast<int>(pool.size())) + " unnamed worker(s)";
+      spdlog::error("gave up after {} s waiting for {} workers: {} registered [{}]; missing: {}",
+                    opt.worker_wait.count() / 1000, needed, pool.size(), registered, missing);
+      exit_code = kExitUnavailable;
       stop.store(true);
     }
     return;
@@ -227,6 +273,7 @@ void Coordinator::Impl::MaybePlan() {
   auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
   if (!model.ok()) {
     spdlog::error("cannot plan: {}", model.status().ToString());
+    exit_code = ExitCodeFor(model.status());
     stop.store(true);
     return;
   }
@@ -234,8 +281,7 @@ void Coordinator::Impl::MaybePlan() {
   planner::ClusterSpec cluster;
   cluster.source = "registered workers";
   cluster.serving.max_sequences = opt.max_sequences;
-  cluster.serving.max_context = std::min<int64_t>(4096, model->spec.llm.max_position_embeddings > 0
-                                                            ? model->spec.llm.max_position_embeddings : 4096);
+  cluster.serving.max_context = MaxContext(model->spec);
   cluster.serving.dtype = opt.dtype == "bf16" ? checkpoint::DType::kBF16 : checkpoint::DType::kF32;
   cluster.network.inter_host_gbps = 10;
   std::vector<std::pair<size_t, size_t>> where(pool.size());
@@ -259,11 +305,14 @@ void Coordinator::Impl::MaybePlan() {
     where[i] = {static_cast<size_t>(h - cluster.hosts.begin()), h->gpus.size()};
     h->gpus.push_back(gpu);
   }
-  auto plan = planner::MakePlan(*model, cluster, {});
+  planner::PlanOptions plan_options;
+  if (auto strategy = planner::ParseStrategy(opt.strategy)) plan_options.strategy = *strategy;
+  auto plan = planner::MakePlan(*model, cluster, plan_options);
   if (!plan.ok() || !plan->feasible) {
     const std::string why = plan.ok() ? plan->infeasible_reason : plan.status().ToString();
     if (!planned_once) {
       spdlog::error("no plan fits the registered workers: {}", why);
+      exit_code = kExitInfeasible;
       stop.store(true);
       return;
     }
@@ -298,6 +347,8 @@ void Coordinator::Impl::MaybePlan() {
     st.end = sp.end_block;
     st.kv_budget = opt.kv_budget_bytes ? opt.kv_budget_bytes : sp.bytes.kv;
     st.planned_bytes = sp.bytes.total();
+    st.predicted = sp.bytes;
+    st.predicted_step_ms = sp.step_ms();
     stages.push_back(st);
   }
   spdlog::info("plan (epoch {}): {} stages, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan->bottleneck_ms);
@@ -319,8 +370,13 @@ void Coordinator::Impl::MaybePlan() {
     a.setNextDataAddress(i + 1 < stages.size() ? workers[stages[i + 1].peer].data_address : "");
     a.setSpecOverrides(opt.spec_overrides);
     a.setMaxBatchRows(static_cast<uint32_t>(opt.max_batch_rows));
-    spdlog::info("stage {}: worker {} holds blocks [{}, {}) ({} .. {})", i, w.id, stages[i].first, stages[i].end,
-                 model->spec.blocks[stages[i].first].name, model->spec.blocks[stages[i].end - 1].name);
+    const auto& pb = stages[i].predicted;
+    spdlog::info("stage {}: worker {} holds blocks [{}, {}) ({} .. {}); predicted MiB: weights {:.1f}, kv {:.1f}, "
+                 "activations {:.1f}, workspace {:.1f}, total {:.1f}; step {:.2f} ms",
+                 i, w.id, stages[i].first, stages[i].end, model->spec.blocks[stages[i].first].name,
+                 model->spec.blocks[stages[i].end - 1].name, pb.weights / 1048576.0, pb.kv / 1048576.0,
+                 pb.activations / 1048576.0, pb.workspace / 1048576.0, pb.total() / 1048576.0,
+                 stages[i].predicted_step_ms);
     Send(m, w.peer);
   }
   state = ClusterState::kLoading;
@@ -328,14 +384,17 @@ void Coordinator::Impl::MaybePlan() {
 
 void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader s) {
   const uint64_t client_id = s.getRequestId();
+  ++live.submitted;
   auto refuse = [&](const Status& st) {
+    // The only refusal for lack of resources before queueing is a full queue: "busy".
+    ++live.refused_by_reason[st.code() == StatusCode::kResourceExhausted ? "busy" : std::string(StatusCodeName(st.code()))];
     capnp::MallocMessageBuilder m;
     auto e = m.initRoot<proto::Envelope>().initTokenEvent();
     e.setRequestId(client_id);
     e.setDone(true);
     e.setFinishReason(std::string(StatusCodeName(st.code())));
     e.setError(st.message());
-    Send(m, peer);
+    (void)socket->Send(m, peer, 0ms);  // a client that does not read loses only its answer
     spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
   };
   if (static_cast<int64_t>(queue.size()) >= opt.max_queue) {
@@ -358,6 +417,14 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
                                                        ? PreparePretokenized(s)
                                                        : edge->Prepare(s.getPromptJson().cStr(), images);
   if (!prepared.ok()) return refuse(prepared.status());
+  const int64_t max_context = MaxContext(edge->spec());
+  for (const auto& p : *prepared) {
+    if (static_cast<int64_t>(p.ids.size()) + max_new > max_context) {
+      return refuse(InvalidArgumentError("the prompt (" + std::to_string(p.ids.size()) + " tokens) plus max_new_tokens (" +
+                                         std::to_string(max_new) + ") exceeds the serving context of " +
+                                         std::to_string(max_context) + " tokens"));
+    }
+  }
   const uint64_t rid = next_request++;
   Request& req = requests[rid];
   req.peer = peer;
@@ -548,6 +615,10 @@ void Coordinator::Impl::Schedule() {
                                      images[i]->pixels.size() * sizeof(float)));
     }
     in_flight[mb] = member_rows;
+    const auto sent = Clock::now();
+    step_deadlines[mb] = {sent, sent + kStepDeadlineBase +
+                                    std::chrono::duration_cast<Clock::duration>(kStepDeadlinePerRowPerStage * rows *
+                                                                                static_cast<int64_t>(stages.size()))};
     Send(m, stages[0].peer);
   }
 }
@@ -582,9 +653,15 @@ void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& 
   e.setPromptTokens(static_cast<uint32_t>(seq.prompt.ids.size()));
   e.setTtftMicros(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - seq.admitted_at).count()));
-  if (Status st = socket->Send(m, rit->second.peer); !st.ok()) {
-    spdlog::info("client {} gone: cancelling request {}", rit->second.peer, seq.request);
-    FailRequest(seq.request, CancelledError("client disconnected"));
+  if (!seq.first_token_at && !tokens.empty()) {
+    seq.first_token_at = Clock::now();
+    live.ttft_seconds.Observe(std::chrono::duration<double>(*seq.first_token_at - rit->second.received).count());
+  }
+  // Never block the actor on a client: one that is gone, or that stopped reading until its
+  // queue reached the high-water mark, loses its own request and nobody else's time.
+  if (Status st = socket->Send(m, rit->second.peer, 0ms); !st.ok()) {
+    spdlog::info("client {} unreachable ({}): cancelling request {}", rit->second.peer, st.message(), seq.request);
+    FailRequest(seq.request, CancelledError("client disconnected or not reading"));
   }
 }
 
@@ -601,6 +678,10 @@ void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
 
 void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason) {
   seq.state = SeqState::kDone;
+  if (seq.first_token_at && seq.generated.size() > 1) {
+    const double s = std::chrono::duration<double>(Clock::now() - *seq.first_token_at).count();
+    if (s > 0) live.tokens_per_second.Observe(static_cast<double>(seq.generated.size() - 1) / s);
+  }
   ReleaseOnStages(seq);
   auto rit = requests.find(seq.request);
   if (rit != requests.end() && ++rit->second.done == rit->second.sequences.size()) {
@@ -615,6 +696,7 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
   auto rit = requests.find(request_id);
   if (rit == requests.end()) return;
   ++failed;
+  ++live.failed_by_reason[std::string(StatusCodeName(reason.code()))];
   spdlog::warn("request {} failed: {}", request_id, reason.ToString());
   for (uint64_t id : rit->second.sequences) {
     auto sit = sequences.find(id);
@@ -634,7 +716,7 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
       e.setDone(true);
       e.setFinishReason(std::string(StatusCodeName(reason.code())));
       e.setError(reason.message());
-      (void)socket->Send(m, rit->second.peer);
+      (void)socket->Send(m, rit->second.peer, 0ms);
     }
     sequences.erase(sit);
   }
@@ -645,6 +727,7 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   auto mb = in_flight.find(r.getMicroBatchId());
   if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
   std::map<uint64_t, int64_t> rows_of(mb->second.begin(), mb->second.end());
+  step_deadlines.erase(mb->first);
   in_flight.erase(mb);
   if (recovering) {
     recovering = false;
@@ -687,6 +770,7 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading) {
     if (!planned_once_served) {
       spdlog::error("stage {} could not load; stopping", w->second.stage);
+      exit_code = ExitCodeFor(st);  // a corrupt checkpoint exits 4: no restart loop under systemd
       stop.store(true);
       return;
     }
@@ -709,14 +793,59 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
     std::set<uint64_t> reqs;
     for (const auto& [id, rows] : mb->second)
       if (sequences.count(id)) reqs.insert(sequences.at(id).request);
+    step_deadlines.erase(mb->first);
     in_flight.erase(mb);
     for (uint64_t r : reqs) FailRequest(r, st.WithContext("worker " + who));
   }
 }
 
+MetricsSnapshot Coordinator::Impl::Snapshot() const {
+  MetricsSnapshot snap = live;
+  snap.state = ClusterStateName(state);
+  snap.serving = state == ClusterState::kServing && !draining;
+  snap.epoch = epoch;
+  snap.queue_depth = static_cast<uint32_t>(queue.size());
+  for (const auto& [id, seq] : sequences) snap.in_flight += seq.state == SeqState::kReady || seq.state == SeqState::kInFlight;
+  snap.faults = faults;
+  snap.replays = replays;
+  snap.completed = completed;
+  const auto now = Clock::now();
+  for (const auto& [peer_id, w] : workers) {  // in the order OnStatus lists them
+    WorkerFigures f = w.figures;
+    f.id = w.id;
+    f.host = w.host;
+    f.device = w.device;
+    f.state = WorkerStateName(w.state);
+    f.stage = w.stage;
+    f.up = w.state != WorkerState::kLost;
+    if (f.capacity_bytes == 0) f.capacity_bytes = w.memory;
+    if (w.stage >= 0 && w.stage < static_cast<int>(stages.size())) {
+      f.planned = PlannedCategories(stages[w.stage].predicted);
+    } else {
+      f.planned = {};
+    }
+    f.heartbeat_age_s = std::chrono::duration<double>(now - w.last_seen).count();
+    snap.workers.push_back(std::move(f));
+  }
+  return snap;
+}
+
+void Coordinator::Impl::PublishMetrics() {
+  const auto now = Clock::now();
+  const bool serving = state == ClusterState::kServing && !draining;
+  // Often enough for a scrape to see fresh figures; at once when readiness changes.
+  if (now < next_publish && serving == published_serving) return;
+  next_publish = now + 200ms;
+  published_serving = serving;
+  board->Publish(std::make_shared<const MetricsSnapshot>(Snapshot()));
+}
+
 void Coordinator::Impl::OnStatus(const std::string& peer) {
+  const MetricsSnapshot snap = Snapshot();
   capnp::MallocMessageBuilder m;
   auto r = m.initRoot<proto::Envelope>().initStatusReply();
+  FillRequestMonitoring(snap, r);
+  if (metrics_http) r.setMetricsAddress(metrics_http->address());
   r.setEpoch(epoch);
   r.setState(ClusterStateName(state));
   r.setModel(opt.model_dir.string());
@@ -751,6 +880,8 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
     x.setStepsCompleted(w.steps);
     x.setLastHeartbeatMsAgo(static_cast<uint32_t>(
         std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()));
+    x.setMemoryBytes(w.memory);
+    FillWorkerMonitoring(snap.workers.at(i - 1), x);
   }
   Send(m, peer);
 }
@@ -764,6 +895,9 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       if (w != workers.end()) {
         w->second.steps = env.getHeartbeat().getStepsCompleted();
         w->second.resident = env.getHeartbeat().getResidentBytes();
+        if (env.getHeartbeat().hasResources()) {
+          UpdateFromHeartbeat(env.getHeartbeat().getResources(), w->second.steps, w->second.figures);
+        }
       }
       return;
     case proto::Envelope::LOAD_PROGRESS:
@@ -789,6 +923,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         planned_once_served = true;
         for (const auto& s : stages) workers[s.peer].state = WorkerState::kServing;
         spdlog::info("serving on {}", bound);
+        PublishMetrics();  // /readyz says ready before anyone is told so
         if (opt.on_ready) opt.on_ready(bound);
       }
       return;
@@ -802,13 +937,16 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         return SendError(peer, FailedPreconditionError("say hello (role client) before submitting"),
                          env.getSubmit().getRequestId());
       }
-      if (state != ClusterState::kServing && (!planned_once || capacity_lost)) {
+      if (draining || (state != ClusterState::kServing && (!planned_once || capacity_lost))) {
+        ++live.submitted;
+        ++live.refused_by_reason["Unavailable"];
         capnp::MallocMessageBuilder m;
         auto e = m.initRoot<proto::Envelope>().initTokenEvent();
         e.setRequestId(env.getSubmit().getRequestId());
         e.setDone(true);
         e.setFinishReason("Unavailable");
-        e.setError(capacity_lost ? std::string("the cluster lost a stage and the remaining workers cannot hold the model; "
+        e.setError(draining ? std::string("the coordinator is shutting down; submit to another cluster or retry later")
+                   : capacity_lost ? std::string("the cluster lost a stage and the remaining workers cannot hold the model; "
                                                "retry when a worker has been restarted")
                                  : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
                                        "); retry shortly");
@@ -853,6 +991,19 @@ void Coordinator::Impl::Heartbeats() {
   }
 }
 
+void Coordinator::Impl::CheckStepDeadlines() {
+  if (state != ClusterState::kServing || step_deadlines.empty()) return;
+  const auto now = Clock::now();
+  for (const auto& [mb, times] : step_deadlines) {
+    if (now < times.deadline) continue;
+    ++faults;
+    fault_detected_at = now;
+    last_detect_ms = std::chrono::duration<double, std::milli>(now - times.sent).count();
+    Recover("micro-batch " + std::to_string(mb) + " did not come back by its deadline (a message lost or a stage stuck)");
+    return;  // Recover cleared every deadline
+  }
+}
+
 void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
   ++faults;
   fault_detected_at = Clock::now();
@@ -881,6 +1032,7 @@ void Coordinator::Impl::Recover(const std::string& why) {
   replays += replay.size();
   for (auto it = replay.rbegin(); it != replay.rend(); ++it) queue.push_front(*it);
   in_flight.clear();
+  step_deadlines.clear();
   stages.clear();
   for (auto& [peer, w] : workers) {
     if (w.state != WorkerState::kLost) {
@@ -896,6 +1048,10 @@ Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Im
 Coordinator::~Coordinator() = default;
 void Coordinator::RequestStop() { impl_->stop.store(true); }
 
+std::string Coordinator::metrics_address() const {
+  return impl_->metrics_http ? impl_->metrics_http->address() : std::string();
+}
+
 StatusOr<std::string> Coordinator::Bind() {
   Impl& s = *impl_;
   if (s.socket) return s.bound;
@@ -905,13 +1061,34 @@ StatusOr<std::string> Coordinator::Bind() {
     if (!found.ok()) return found.status();
     tok = *found;
   }
+  if (!planner::ParseStrategy(s.opt.strategy)) {
+    return InvalidArgumentError("strategy '" + s.opt.strategy + "' is unknown; expected balanced, even or greedy-memory");
+  }
+  if (s.opt.max_sequences < 1 || s.opt.max_context < 16) {
+    return InvalidArgumentError("max_sequences must be >= 1 and max_context >= 16 (got " +
+                                std::to_string(s.opt.max_sequences) + " and " + std::to_string(s.opt.max_context) + ")");
+  }
   auto edge = RequestPreparer::Create(s.opt.model_dir, tok, s.opt.edge);
   if (!edge.ok()) return edge.status().WithContext("model " + s.opt.model_dir.string());
   s.edge = std::move(edge).value();
-  auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen);
+  if (!s.opt.metrics_listen.empty() && !s.metrics_http) {
+    s.board->Publish(std::make_shared<const MetricsSnapshot>(s.Snapshot()));
+    auto http = MetricsHttpServer::Start(s.opt.metrics_listen, s.board);
+    if (!http.ok()) return http.status().WithContext("--metrics-listen");
+    s.metrics_http = std::move(http).value();
+  }
+  auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen, s.opt.allow_wildcard_bind, s.opt.curve);
   if (!socket.ok()) return socket.status();
   s.socket = std::move(socket).value();
   s.bound = s.socket->last_endpoint();
+  if (s.opt.curve.enabled()) {
+    spdlog::info("control: CURVE on {}: coordinator key {}..., {} allowed public key(s)", s.bound,
+                 control::KeyFingerprint(s.opt.curve.public_key), s.opt.curve.allowed_keys.size());
+  } else if (!control::IsLoopbackEndpoint(s.bound)) {
+    spdlog::warn("control traffic on {} is unauthenticated and unencrypted: anyone who reaches it can submit "
+                 "requests or pose as a worker; configure CURVE keys (--secret-key, --allow; see `xcpipe keys`)",
+                 s.bound);
+  }
   return s.bound;
 }
 
@@ -927,7 +1104,19 @@ int Coordinator::Run() {
   s.started = Clock::now();
   spdlog::info("coordinator listening on {} for {} worker(s); model {} ({})", s.bound, s.opt.expect_workers,
                s.opt.model_dir.string(), checkpoint::ArchName(s.edge->spec().arch));
-  while (!s.stop.load() && !g_signal_stop.load()) {
+  while (!s.stop.load()) {
+    if (g_signal_stop.load() && !s.draining) {
+      s.draining = true;
+      s.drain_deadline = Clock::now() + s.opt.drain_timeout;
+      spdlog::info("signal received: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
+                   std::chrono::duration_cast<std::chrono::seconds>(s.opt.drain_timeout).count());
+      if (s.opt.on_drain) s.opt.on_drain();
+    }
+    if (s.draining && (s.requests.empty() || Clock::now() > s.drain_deadline)) {
+      if (!s.requests.empty()) spdlog::warn("drain: stopping with {} request(s) unfinished", s.requests.size());
+      break;
+    }
+    if (s.opt.on_tick) s.opt.on_tick();
     auto in = s.socket->Receive(s.in_flight.empty() ? 50ms : 5ms);
     while (true) {
       if (!in.ok()) {
@@ -947,6 +1136,8 @@ int Coordinator::Run() {
     s.Admit();
     s.Schedule();
     s.Heartbeats();
+    s.CheckStepDeadlines();
+    s.PublishMetrics();
   }
   spdlog::info("coordinator stopping: telling {} worker(s) to shut down", s.workers.size());
   for (auto& [peer, w] : s.workers) {
@@ -955,7 +1146,7 @@ int Coordinator::Run() {
     m.initRoot<proto::Envelope>().initShutdown().setReason("coordinator stopping");
     (void)s.socket->Send(m, peer, 200ms);
   }
-  return kExitOk;
+  return s.exit_code;
 }
 
 }  // namespace xcpipe::coordinator

@@ -3,11 +3,15 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
+#include "xcpipe/base/service_notify.h"
 #include "xcpipe/coordinator/coordinator.h"
+#include "xcpipe/coordinator/serving_flags.h"
 
 int main(int argc, char** argv) {
   using namespace xcpipe;
@@ -25,6 +29,14 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--model", model, "checkpoint folder (config.json + safetensors shards + index)");
   app.add_option("--listen", listen, "control address to bind, e.g. tcp://10.0.0.1:7000 (no wildcard default)");
+  std::string secret_key, allow_list;
+  bool allow_wildcard_bind = false;
+  app.add_option("--secret-key", secret_key,
+                 "CURVE: this coordinator's secret key file (xcpipe keys generate); needs --allow");
+  app.add_option("--allow", allow_list,
+                 "CURVE: public keys admitted (a folder of *.pub files or a file of keys); others are refused");
+  app.add_flag("--allow-wildcard-bind", allow_wildcard_bind,
+               "permit --listen on every interface (tcp://*:PORT, tcp://0.0.0.0:PORT)");
   app.add_option("--expect-workers", expect_workers, "workers to wait for before planning")->capture_default_str();
   std::string tokenizer, dtype = "f32", spec_overrides;
   int worker_wait_s = 300;
@@ -34,6 +46,19 @@ int main(int argc, char** argv) {
   app.add_option("--spec-overrides", spec_overrides, "JSON of model facts a checkpoint cannot state");
   app.add_option("--worker-wait-s", worker_wait_s, "give up when the expected workers have not registered by then")
       ->capture_default_str();
+  std::vector<std::string> expect_worker_ids;
+  int drain_timeout_s = static_cast<int>(coordinator::kDefaultDrainTimeout.count());
+  app.add_option("--expect-worker-ids", expect_worker_ids,
+                 "comma-separated worker ids to wait for (a timeout names the missing ones)")
+      ->delimiter(',');
+  app.add_option("--drain-timeout-s", drain_timeout_s,
+                 "on SIGTERM/SIGINT: refuse new requests and let admitted ones finish for at most this long")
+      ->capture_default_str();
+  coordinator::CoordinatorOptions options;
+  coordinator::AddServingFlags(app, options);
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "serve Prometheus /metrics, /healthz and /readyz over HTTP on HOST:PORT (e.g. 127.0.0.1:9100; "
+                 "no default, nothing is served without it)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (auto st = InitLogging({"coordinator", log_level}); !st.ok()) {
@@ -44,7 +69,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xcpipe-coordinator: --model and --listen are required\nRun with --help for usage.\n");
     return kExitUsage;
   }
-  coordinator::CoordinatorOptions options;
   options.model_dir = model;
   options.tokenizer = tokenizer;
   options.listen = listen;
@@ -52,7 +76,29 @@ int main(int argc, char** argv) {
   options.dtype = dtype;
   options.spec_overrides = spec_overrides;
   options.worker_wait = std::chrono::seconds(worker_wait_s);
-  options.on_ready = [](const std::string& address) { std::printf("ready %s\n", address.c_str()); std::fflush(stdout); };
+  options.expect_worker_ids = expect_worker_ids;
+  options.drain_timeout = std::chrono::seconds(drain_timeout_s);
+  options.allow_wildcard_bind = allow_wildcard_bind;
+  auto curve = control::CurveFromFlags(secret_key, "", allow_list, /*server=*/true);
+  if (!curve.ok()) {
+    std::fprintf(stderr, "xcpipe-coordinator: %s\n", curve.status().ToString().c_str());
+    return ExitCodeFor(curve.status());
+  }
+  options.curve = std::move(curve).value();
+  // Under systemd (Type=notify): READY=1 once serving, WATCHDOG=1 from the loop, STOPPING=1 on
+  // a signal. No-ops when NOTIFY_SOCKET is unset.
+  auto watchdog = std::make_shared<service::WatchdogPinger>();
+  options.on_ready = [](const std::string& address) {
+    std::printf("ready %s\n", address.c_str());
+    std::fflush(stdout);
+    service::NotifyStatus("serving on " + address);
+    service::NotifyReady();
+  };
+  options.on_tick = [watchdog] { watchdog->Tick(); };
+  options.on_drain = [] {
+    service::NotifyStopping();
+    service::NotifyStatus("draining: finishing admitted requests");
+  };
   coordinator::Coordinator c(std::move(options));
   return c.Run();
 }

@@ -12,6 +12,7 @@
 #include "xcpipe/base/files.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/testing/fault_report.h"
 #include "xcpipe/testing/paths.h"
 
 namespace xcpipe::coordinator {
@@ -22,34 +23,8 @@ using namespace std::chrono_literals;
 
 fs::path ModelDir() { return testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
 
-struct Row {
-  std::string scenario;
-  int requests = 0, completed = 0, duplicated = 0, lost = 0;
-  std::map<std::string, int> failed;
-  double detect_ms = 0, recover_ms = 0;
-  bool tokens_identical = false;
-};
-
-// Merges the row into build/reports/faults.json (one row per scenario).
-void Report(const Row& row) {
-  const fs::path dir = testing::BinaryDir() / "reports";
-  fs::create_directories(dir);
-  const fs::path file = dir / "faults.json";
-  nlohmann::json rows = nlohmann::json::array();
-  if (auto text = ReadFileToString(file); text.ok()) {
-    auto parsed = nlohmann::json::parse(*text, nullptr, false);
-    if (parsed.is_array()) rows = parsed;
-  }
-  nlohmann::json j = {{"scenario", row.scenario},   {"requests", row.requests},     {"completed", row.completed},
-                      {"failed", row.failed},       {"duplicated", row.duplicated}, {"lost", row.lost},
-                      {"detect_ms", row.detect_ms}, {"recover_ms", row.recover_ms}, {"tokens_identical", row.tokens_identical}};
-  nlohmann::json out = nlohmann::json::array();
-  for (const auto& r : rows)
-    if (r.value("scenario", "") != row.scenario) out.push_back(r);
-  out.push_back(j);
-  (void)WriteFileAtomically(file, out.dump(2));
-  std::cout << "fault row: " << j.dump() << "\n";
-}
+using Row = testing::FaultRow;
+void Report(const Row& row) { EXPECT_TRUE(testing::ReportFault(row)) << "cannot write the faults report"; }
 
 std::vector<GenerateRequest> Workload() {
   const std::string png = ReadFileToString(testing::FixturesDir() / "ixc2_vl/cases/image_chat/image.png").value();

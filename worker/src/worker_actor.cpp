@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -20,6 +21,7 @@
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
 #include "xcpipe/transport/tcp_link.h"
+#include "xcpipe/worker/resource_sampler.h"
 
 namespace xcpipe::worker {
 namespace {
@@ -118,6 +120,10 @@ struct WorkerActor::Impl {
   Clock::time_point last_hello = Clock::now() - std::chrono::hours(1);
   uint64_t heartbeat_seq = 0;
   uint64_t steps_completed = 0;
+  // Monitoring (sent in heartbeats): recent step times, bytes sent by earlier senders, budget.
+  StepTimeWindow step_times;
+  uint64_t bytes_sent_before = 0;
+  uint64_t kv_budget = 0;
 
   // Assignment.
   uint32_t stage_index = 0, stage_count = 0;
@@ -140,6 +146,7 @@ struct WorkerActor::Impl {
   }
   void SendHello();
   void SendHeartbeat();
+  void FillResources(proto::ResourceSample::Builder r);
   void Dispatch(const proto::Envelope::Reader& env);
   void OnAssign(proto::AssignStage::Reader a);
   void OnAdmit(proto::AdmitSequence::Reader a);
@@ -168,7 +175,7 @@ void WorkerActor::Impl::SendHello() {
   auto planes = caps.initDataPlanes(BuiltWithCuda() ? 2 : 1);
   planes.set(0, "tcp");
   if (BuiltWithCuda()) planes.set(1, "nccl");
-  caps.setDataAddress(receiver->local_endpoint().ToString());
+  caps.setDataAddress(opt.data_advertise.empty() ? receiver->local_endpoint().ToString() : opt.data_advertise);
   caps.setThreads(static_cast<uint32_t>(opt.threads));
   caps.setBuildVersion("0.1.0");
   SendEnvelope(m);
@@ -184,7 +191,42 @@ void WorkerActor::Impl::SendHeartbeat() {
   hb.setEpoch(epoch);
   hb.setStepsCompleted(steps_completed);
   hb.setResidentBytes(ResidentBytes());
+  FillResources(hb.initResources());
   SendEnvelope(m);
+}
+
+void WorkerActor::Impl::FillResources(proto::ResourceSample::Builder r) {
+  const MemoryReading memory = ReadMemory(opt.device.device);
+  uint64_t capacity = opt.memory_limit_bytes ? opt.memory_limit_bytes : opt.device.total_bytes;
+  if (memory.device_total_bytes > 0 && !opt.memory_limit_bytes) capacity = memory.device_total_bytes;
+  r.setCapacityBytes(capacity);
+  r.setUsedBytes(memory.used_bytes);
+  r.setDeviceFreeBytes(memory.device_free_bytes);
+  r.setAllocatorBytes(memory.allocator_bytes);
+  const uint64_t weights = model ? model->weight_bytes() : 0;
+  const uint64_t kv = model ? model->kv_bytes_reserved() : 0;
+  auto used = r.initUsed();
+  used.setWeightBytes(weights);
+  used.setKvBytes(kv);
+  // What is neither weights nor KV: activations, receive buffers and the runtime itself.
+  used.setActivationBytes(memory.used_bytes > weights + kv ? memory.used_bytes - weights - kv : 0);
+  r.setKvBudgetBytes(kv_budget);
+  r.setKvReservedBytes(kv);
+  r.setKvUsedBytes(model ? model->kv_bytes_used() : 0);
+  const StepTimeSummary steps = step_times.Summarize(Clock::now());
+  r.setStepP50Micros(steps.p50_micros);
+  r.setStepP99Micros(steps.p99_micros);
+  r.setStepsInWindow(steps.steps);
+  r.setWindowMs(steps.window_ms);
+  r.setIdleFraction(steps.idle_fraction);
+  r.setBusyMicrosTotal(step_times.busy_micros_total());
+  r.setBytesSent(bytes_sent_before + (sender ? sender->counters().bytes.load(std::memory_order_relaxed) : 0));
+  size_t queued = deferred.size();
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex);
+    queued += queue.size();
+  }
+  r.setQueuedSteps(static_cast<uint32_t>(queued));
 }
 
 void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
@@ -204,6 +246,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   sequences.clear();
   deferred.clear();
   state = State::kLoading;
+  if (opt.on_state_change) opt.on_state_change(StateName(state));  // the loop sees only the end state
   const auto started = Clock::now();
   if (!same_blocks) {
     model.reset();
@@ -237,6 +280,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
       }
     };
     so.on_progress = [this](uint64_t done, uint64_t total) {
+      if (opt.on_tick) opt.on_tick();  // loading a large stage must not trip a service watchdog
       capnp::MallocMessageBuilder m;
       auto p = m.initRoot<proto::Envelope>().initLoadProgress();
       p.setEpoch(epoch);
@@ -255,6 +299,9 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     model->SetKvBudget(a.getKvBudgetBytes());
   }
   model->ReleaseAllSequences();
+  kv_budget = a.getKvBudgetBytes();
+  step_times.Reset(Clock::now());
+  if (sender) bytes_sent_before += sender->counters().bytes.load(std::memory_order_relaxed);
   sender.reset();
   const std::string next = a.getNextDataAddress().cStr();
   if (!is_last()) {
@@ -422,12 +469,19 @@ void WorkerActor::Impl::RetryDeferred() {
 void WorkerActor::Impl::RunStep(PendingStep& step) {
   if (state == State::kReady) state = State::kServing;
   if (opt.step_delay.count() > 0) std::this_thread::sleep_for(opt.step_delay);
+  if (opt.hang_at_step > 0 && steps_completed + 1 == opt.hang_at_step) {
+    // Fault injection: a compute loop that never returns (a stuck kernel). Nothing else of
+    // this actor runs, heartbeats included, exactly as when a real step wedges.
+    spdlog::warn("fault injection: hanging inside step {} of micro-batch {}", opt.hang_at_step, step.micro_batch);
+    while (true) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
   const auto started = Clock::now();
   step.input.all_logits = false;
   auto out = model->Forward(step.input);
   if (!out.ok()) return SendError(out.status().WithContext("stage " + std::to_string(stage_index)), step.micro_batch);
-  step.stage_micros.push_back(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
+  const auto finished = Clock::now();
+  step_times.Record(started, finished);
+  step.stage_micros.push_back(std::chrono::duration_cast<std::chrono::microseconds>(finished - started).count());
   ++steps_completed;
   if (is_last()) {
     capnp::MallocMessageBuilder m;
@@ -579,7 +633,7 @@ int WorkerActor::Run() {
     return ExitCodeFor(listen.status());
   }
   s.receiver = std::move(listen).value();
-  auto socket = control::ControlSocket::ConnectDealer(s.context, s.opt.coordinator, s.opt.worker_id);
+  auto socket = control::ControlSocket::ConnectDealer(s.context, s.opt.coordinator, s.opt.worker_id, s.opt.curve);
   if (!socket.ok()) {
     spdlog::error("control plane: {}", socket.status().ToString());
     return ExitCodeFor(socket.status());
@@ -592,12 +646,18 @@ int WorkerActor::Run() {
   spdlog::info("worker {} on {} ({}), data plane {}, {} threads", s.opt.worker_id, s.opt.device.device,
                s.opt.device.device_name, s.receiver->local_endpoint().ToString(), s.opt.threads);
 
+  std::optional<State> reported;  // last state handed to on_state_change
   while (s.exit_code < 0) {
     const auto now = Clock::now();
     if (g_stop_requested.load() && s.state != State::kDraining) {
       spdlog::info("signal received: draining");
       s.state = State::kDraining;
     }
+    if (s.opt.on_state_change && reported != s.state) {
+      reported = s.state;
+      s.opt.on_state_change(StateName(s.state));
+    }
+    if (s.opt.on_tick) s.opt.on_tick();
     if (s.state == State::kDraining && s.deferred.empty()) {
       s.exit_code = 0;
       break;

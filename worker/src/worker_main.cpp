@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
 
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
+#include "xcpipe/base/service_notify.h"
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/worker/device_probe.h"
 #include "xcpipe/worker/worker_actor.h"
@@ -38,6 +40,11 @@ int main(int argc, char** argv) {
   bool probe = false;
   bool require_gpu = false;
   app.add_option("--coordinator", coordinator, "coordinator control address, e.g. tcp://10.0.0.1:7000");
+  std::string secret_key, server_key;
+  app.add_option("--secret-key", secret_key,
+                 "CURVE: this worker's secret key file (xcpipe keys generate); its public key must be on the "
+                 "coordinator's allow-list; needs --server-key");
+  app.add_option("--server-key", server_key, "CURVE: the coordinator's public key file (coordinator.pub)");
   app.add_option("--device", device, "auto, cpu or cuda:N (auto: cuda:0 when present, else CPU)")->capture_default_str();
   app.add_option("--worker-id", worker_id, "stable name of this worker, e.g. node-a/0 (default: host/device)");
   app.add_flag("--require-gpu", require_gpu, "fail instead of falling back to the CPU when no GPU is usable");
@@ -50,7 +57,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-port", data_port, "data-plane port (0: any free port, announced to the coordinator)")
       ->capture_default_str();
+  std::string data_advertise;
+  app.add_option("--data-advertise", data_advertise,
+                 "HOST:PORT the previous stage should connect to instead of the bound address (a proxy or NAT in "
+                 "between; default: --data-host and the bound port)");
   app.add_option("--inject-step-delay-ms", step_delay_ms, "fault injection: sleep before every step (tests only)");
+  uint64_t hang_at_step = 0;
+  app.add_option("--inject-hang-at-step", hang_at_step,
+                 "fault injection: hang forever inside the Nth step's compute (tests only)");
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "compute threads (split the cores between workers sharing a host)")
       ->capture_default_str();
@@ -105,12 +119,29 @@ int main(int argc, char** argv) {
   }
   worker::WorkerOptions options;
   options.coordinator = coordinator;
+  auto curve = control::CurveFromFlags(secret_key, server_key, "", /*server=*/false);
+  if (!curve.ok()) {
+    spdlog::error("{}", curve.status().ToString());
+    return ExitCodeFor(curve.status());
+  }
+  options.curve = std::move(curve).value();
   options.device = *choice;
   options.threads = threads;
   options.data_host = data_host;
   options.data_port = data_port;
+  options.data_advertise = data_advertise;
   options.step_delay = std::chrono::milliseconds(step_delay_ms);
+  options.hang_at_step = hang_at_step;
   options.worker_id = worker_id.empty() ? choice->device + "@" + std::to_string(getpid()) : worker_id;
+  // Under systemd (Type=notify): READY=1 once the assigned stage has loaded, WATCHDOG=1 from the
+  // poll loop, STOPPING=1 when it drains. No-ops when NOTIFY_SOCKET is unset.
+  auto watchdog = std::make_shared<service::WatchdogPinger>();
+  options.on_tick = [watchdog] { watchdog->Tick(); };
+  options.on_state_change = [ready_sent = false](std::string_view state) mutable {
+    service::NotifyStatus(std::string("stage ") + std::string(state));
+    if (state == "ready" && !ready_sent) ready_sent = service::NotifyReady();
+    if (state == "draining") service::NotifyStopping();
+  };
   worker::WorkerActor actor(std::move(options));
   return actor.Run();
 }

@@ -19,8 +19,11 @@
 // sequences. A sequence is admitted only when every stage has KV room for its prompt plus its
 // maximum new tokens, so no stage runs out of memory at run time.
 //
-// Not copyable or movable. Run() returns the process exit code; RequestStop() (any thread,
-// or a signal) makes it drain and return.
+// Not copyable or movable. Run() returns the process exit code: 0 after a stop, 5 when the
+// expected workers did not register in time (the log names who is missing), 3 when no plan
+// fits them, the load error's code (4 for a bad checkpoint) when the first load fails.
+// RequestStop() (any thread) stops at once; SIGTERM/SIGINT drain first: new requests are
+// refused as unavailable, admitted ones finish (bounded by drain_timeout), then it stops.
 #pragma once
 
 #include <atomic>
@@ -30,26 +33,52 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "xcpipe/control/curve.h"
 #include "xcpipe/coordinator/edge.h"
 
 namespace xcpipe::coordinator {
+
+// How long a signalled coordinator lets admitted requests finish before it stops anyway. The
+// systemd unit's TimeoutStopSec must be longer.
+inline constexpr std::chrono::seconds kDefaultDrainTimeout{30};
 
 struct CoordinatorOptions {
   std::filesystem::path model_dir;
   std::filesystem::path tokenizer;      // empty: FindTokenizer(model_dir)
   std::string listen;                   // "tcp://127.0.0.1:7000"; "tcp://127.0.0.1:*" picks a port
+  bool allow_wildcard_bind = false;     // permit listen on every interface (tcp://*:P, tcp://0.0.0.0:P)
+  // CURVE (control/curve.h): when enabled, only peers whose public key is in
+  // curve.allowed_keys get through the handshake; without it, plain TCP (a warning when the
+  // address is not loopback).
+  control::CurveConfig curve;
   int expect_workers = 1;
   std::string dtype = "f32";            // compute dtype on workers: f32 or bf16
   std::string spec_overrides;           // JSON handed to workers (tiny towers' head counts)
   uint64_t kv_budget_bytes = 0;         // per stage; 0 = from the plan
-  int64_t max_sequences = 64;           // sequences in the pipeline at once
+  int64_t max_sequences = 64;           // sequences in the pipeline at once (and the plan's KV room)
+  int64_t max_context = 4096;           // prompt + new tokens of one sequence; capped at the model's limit
+  std::string strategy = "balanced";    // planner strategy: balanced, even or greedy-memory
   int64_t max_queue = 256;              // requests waiting for admission before "busy"
   int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
-  std::chrono::milliseconds worker_wait{120000};  // give up waiting for workers after this
+  std::chrono::milliseconds worker_wait{120000};  // give up waiting for workers after this (exit 5)
+  // Worker ids expected to register (optional): the count to wait for is the larger of this
+  // list's size and expect_workers; on a wait timeout the message names who is missing.
+  std::vector<std::string> expect_worker_ids;
+  // SIGTERM/SIGINT: stop admitting, let admitted requests finish for at most this long, then
+  // tell the workers to shut down and return 0 (RequestStop() stops at once).
+  std::chrono::milliseconds drain_timeout{kDefaultDrainTimeout};
   EdgeLimits edge;
+  // "HOST:PORT" of the HTTP monitoring endpoint (/metrics, /healthz, /readyz; see
+  // metrics_http.h); empty: none. Port 0 picks a free one. Bound by Bind().
+  std::string metrics_listen;
   // Called once with the bound address when the cluster starts serving.
   std::function<void(const std::string&)> on_ready;
+  // Called from the actor's loop at least every 50 ms while it runs (service watchdog).
+  std::function<void()> on_tick;
+  // Called once when a signal starts the graceful drain.
+  std::function<void()> on_drain;
 };
 
 class Coordinator {
@@ -62,6 +91,8 @@ class Coordinator {
   // Loads the model description and binds the control socket; returns the bound address
   // (with the real port when the endpoint asked for "*"). Run() calls it when not done yet.
   StatusOr<std::string> Bind();
+  // "host:port" the metrics endpoint is bound to after Bind(); empty when none was asked for.
+  std::string metrics_address() const;
   int Run();
   // Thread-safe: makes Run() tell the workers to shut down and return.
   void RequestStop();

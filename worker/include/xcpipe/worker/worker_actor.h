@@ -28,23 +28,37 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
+#include "xcpipe/control/curve.h"
 #include "xcpipe/worker/device_probe.h"
 
 namespace xcpipe::worker {
 
 struct WorkerOptions {
   std::string coordinator;        // "tcp://host:port"
+  control::CurveConfig curve;     // CURVE client keys + the coordinator's public key; empty: plain TCP
   std::string worker_id;          // stable name; also the control socket identity
   std::string data_host = "127.0.0.1";  // where the previous stage reaches this worker's data plane
   uint16_t data_port = 0;         // 0 = any free port (announced in hello)
+  // "host:port" announced in hello instead of the bound address (a proxy or NAT in between); empty:
+  // the bound address.
+  std::string data_advertise;
   DeviceChoice device;
   int threads = 1;
   uint64_t memory_limit_bytes = 0;  // 0 = the device's total
+  // Called on the actor thread with the new state's name ("idle", "loading", "ready", "serving",
+  // "draining") each time it changes; worker_main sends READY=1 to systemd on "ready".
+  std::function<void(std::string_view state)> on_state_change;
+  // Called on the actor thread at least every 100 ms while it runs, and between tensors while a
+  // stage loads (service watchdog). Must be cheap.
+  std::function<void()> on_tick;
   // Test hooks (fault injection), off by default.
   std::chrono::milliseconds step_delay{0};  // sleep before each forward step
+  uint64_t hang_at_step = 0;  // 1-based: hang forever inside that step's compute (0: never)
 };
 
 class WorkerActor {

@@ -1,0 +1,28 @@
+// Serving-limit flags shared by `xcpipe-coordinator` and `xcpipe serve-local`: the limits the
+// planner sizes every stage's KV cache and activations for, and the strategy it plans with.
+// Binds CLI11 options to a CoordinatorOptions owned by the caller (which must outlive parsing).
+#pragma once
+
+#include "xcpipe/base/cli.h"
+#include "xcpipe/coordinator/coordinator.h"
+
+namespace xcpipe::coordinator {
+
+inline void AddServingFlags(CLI::App& app, CoordinatorOptions& options) {
+  app.add_option("--max-sequences", options.max_sequences,
+                 "sequences served at once; every stage's KV cache is planned for this many")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  app.add_option("--max-context", options.max_context,
+                 "prompt + new tokens of one sequence (capped at the model's limit); longer requests are refused")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{16}, int64_t{1} << 24));
+  app.add_option("--strategy", options.strategy, "placement strategy: balanced, even or greedy-memory")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"balanced", "even", "greedy-memory"}));
+  app.add_option("--max-queue", options.max_queue, "requests waiting for admission before new ones are refused as busy")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+}
+
+}  // namespace xcpipe::coordinator

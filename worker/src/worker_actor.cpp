@@ -21,6 +21,7 @@
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
 #include "xcpipe/transport/tcp_link.h"
+#include "xcpipe/worker/compute_watchdog.h"
 #include "xcpipe/worker/resource_sampler.h"
 
 namespace xcpipe::worker {
@@ -133,6 +134,9 @@ struct WorkerActor::Impl {
   std::map<uint64_t, SequenceState> sequences;
   std::deque<PendingStep> deferred;
   int exit_code = -1;
+  // The compute watchdog (its own thread and socket) and what it reads of this actor.
+  std::atomic<uint64_t> watchdog_epoch{0}, watchdog_steps{0};
+  std::unique_ptr<ComputeWatchdog> watchdog;
 
   bool is_last() const { return stage_index + 1 == stage_count; }
 
@@ -274,6 +278,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     so.dtype = dtype == "bf16" ? model::ComputeDType::kBF16 : model::ComputeDType::kF32;
     so.kv_budget_bytes = a.getKvBudgetBytes();
     so.between_layers = [this] {
+      if (watchdog) watchdog->Progress();
       if (welcomed && Clock::now() >= next_heartbeat) {
         SendHeartbeat();
         next_heartbeat = Clock::now() + control::ControlTimings::kHeartbeatInterval;
@@ -469,6 +474,17 @@ void WorkerActor::Impl::RetryDeferred() {
 void WorkerActor::Impl::RunStep(PendingStep& step) {
   if (state == State::kReady) state = State::kServing;
   if (opt.step_delay.count() > 0) std::this_thread::sleep_for(opt.step_delay);
+  int64_t rows = 0;
+  for (const auto& seg : step.segments) rows += seg.rows;
+  watchdog_epoch.store(epoch);
+  watchdog_steps.store(steps_completed);
+  if (watchdog) watchdog->BeginStep(rows, step.micro_batch);
+  struct EndStepGuard {
+    ComputeWatchdog* w;
+    ~EndStepGuard() {
+      if (w) w->EndStep();
+    }
+  } end_step{watchdog.get()};
   if (opt.hang_at_step > 0 && steps_completed + 1 == opt.hang_at_step) {
     // Fault injection: a compute loop that never returns (a stuck kernel). Nothing else of
     // this actor runs, heartbeats included, exactly as when a real step wedges.
@@ -639,6 +655,8 @@ int WorkerActor::Run() {
     return ExitCodeFor(socket.status());
   }
   s.control = std::move(socket).value();
+  s.watchdog = std::make_unique<ComputeWatchdog>(s.context, s.opt.coordinator, s.opt.worker_id, s.opt.curve,
+                                                 s.watchdog_epoch, s.watchdog_steps);
   const std::string wake_endpoint = "inproc://wake";
   s.wake_rx.bind(wake_endpoint);
   s.wake_tx.connect(wake_endpoint);

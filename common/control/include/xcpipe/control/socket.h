@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <zmq.hpp>
@@ -42,6 +43,9 @@ struct ControlTimings {
   static constexpr int kZmtpHeartbeatTimeoutMs = 5000;
   static constexpr std::chrono::milliseconds kHeartbeatInterval{250};
   static constexpr std::chrono::milliseconds kHeartbeatTimeout{2500};  // 10 missed heartbeats
+  // A worker's compute watchdog connects as "<worker id>" + this suffix (see
+  // worker/compute_watchdog.h); the coordinator credits its heartbeats to the worker.
+  static constexpr std::string_view kWatchdogIdentitySuffix = "/beacon";
 };
 
 // A received message with its sender (ROUTER side: the peer identity; DEALER side: empty).
@@ -93,5 +97,8 @@ class ControlSocket {
 
 // True when `endpoint` binds every interface ("tcp://*:7000", "tcp://0.0.0.0:7000").
 bool IsWildcardEndpoint(const std::string& endpoint);
+// True when `endpoint` is reachable from this host only (127.0.0.0/8, [::1], localhost, ipc,
+// inproc): the one case where plain, unauthenticated control traffic is not a warning.
+bool IsLoopbackEndpoint(const std::string& endpoint);
 
 }  // namespace xcpipe::control

@@ -1,0 +1,76 @@
+// ComputeWatchdog: keeps a worker visibly alive while its actor thread is inside a long
+// compute step, and reports the step as stuck when it stops making progress.
+//
+// The actor thread cannot answer the control plane while one layer's GEMM runs (a long
+// prefill on a CPU can take seconds per layer), and a wedged step looks exactly like that from
+// outside. So the actor marks layer boundaries here and a watchdog thread, with a control socket
+// of its own (identity "<worker id>" + ControlTimings::kWatchdogIdentitySuffix, which the
+// coordinator credits to the worker), decides:
+//
+//   actor idle ............................ nothing (the actor heartbeats itself)
+//   in a step, progress within the window . heartbeat on the worker's behalf, every interval
+//   in a step, no progress past the window  one `error` (DeadlineExceeded, "compute stuck ...")
+//                                           and then silence: the coordinator re-plans at once
+//
+// The window adapts to the work: max(kMinWindow, kWindowFactor x the slowest time per row seen
+// for one layer x this step's rows); before any step has been measured it is kFirstStepWindow.
+// So a tiny model's hang is reported within about a second, a big prefill is never mistaken for
+// one, and a frozen process (SIGSTOP: both threads stop) goes silent as before.
+//
+// Thread-safety: BeginStep/Progress/EndStep are called by the actor thread only (lock-free
+// atomics); the socket lives and dies on the watchdog thread. Stops and joins in the destructor
+// (bounded by one poll interval). Not copyable or movable.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <zmq.hpp>
+
+#include "xcpipe/control/curve.h"
+
+namespace xcpipe::worker {
+
+struct ComputeWatchdogTimings {
+  static constexpr std::chrono::milliseconds kMinWindow{1000};
+  static constexpr std::chrono::milliseconds kFirstStepWindow{60000};
+  static constexpr double kWindowFactor = 10.0;
+};
+
+class ComputeWatchdog {
+ public:
+  // Connects its own DEALER to `coordinator` from its thread. `epoch` is read for the messages.
+  ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string worker_id, control::CurveConfig curve,
+                  const std::atomic<uint64_t>& epoch, const std::atomic<uint64_t>& steps_completed);
+  ~ComputeWatchdog();
+  ComputeWatchdog(const ComputeWatchdog&) = delete;
+  ComputeWatchdog& operator=(const ComputeWatchdog&) = delete;
+
+  // Actor thread: a step of `rows` rows starts / crossed a layer boundary / ended.
+  void BeginStep(int64_t rows, uint64_t micro_batch);
+  void Progress();
+  void EndStep();
+
+  // The window the current step must show progress within (for logs and tests).
+  std::chrono::microseconds CurrentWindow() const;
+
+ private:
+  void Loop(std::string coordinator, std::string worker_id, control::CurveConfig curve);
+
+  zmq::context_t& context_;
+  const std::atomic<uint64_t>& epoch_;
+  const std::atomic<uint64_t>& steps_completed_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> step_started_us_{0};   // 0: not in a step
+  std::atomic<int64_t> last_progress_us_{0};
+  std::atomic<int64_t> step_rows_{1};
+  std::atomic<uint64_t> micro_batch_{0};
+  std::atomic<double> slowest_us_per_row_{0};  // per layer interval; 0 until measured
+  std::thread thread_;
+};
+
+}  // namespace xcpipe::worker

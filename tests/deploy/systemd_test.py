@@ -12,6 +12,7 @@
    and each sends WATCHDOG=1 repeatedly.
 3. A prompt is answered. SIGTERM to one worker mid-request: it leaves with exit 0 and STOPPING=1,
    the request still completes (the coordinator re-plans on the other worker and replays it).
+Also: a coordinator whose expected workers never register exits 5 and names the missing ones.
 4. SIGTERM to the coordinator mid-request (the graceful drain): a new request is refused as
    unavailable, the admitted one completes, the coordinator exits 0 and the worker exits 0.
 Not run here: User=, hardening and restart policy (no systemd as PID 1); deploy/README.md says so.
@@ -209,6 +210,13 @@ def run(bin_dir, tmp, etc, procs):
     model = tmp / "model"
     subprocess.run([str(bin_dir / "xcpipe"), "mkmodel", "--arch", "ixc2-vl", "--preset", "tiny", "--out", str(model)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Worker discovery: a coordinator whose workers never come exits 5 naming the missing ones.
+    waited = subprocess.run([str(bin_dir / "xcpipe-coordinator"), "--model", str(model), "--listen",
+                             f"tcp://127.0.0.1:{free_port()}", "--expect-worker-ids", "hostA/gpu0,hostB/gpu1",
+                             "--worker-wait-s", "1"], capture_output=True, text=True, timeout=30)
+    if waited.returncode != 5 or "missing: hostA/gpu0, hostB/gpu1" not in waited.stderr + waited.stdout:
+        fail(f"worker wait timeout: exit {waited.returncode}, log:\n{waited.stderr}{waited.stdout}")
+    print("no workers within --worker-wait-s: exit 5, the missing ones named")
     port = free_port()
     coordinator_env = read_env_file(UNITS / "coordinator.env.example")
     coordinator_env.update(XCPIPE_MODEL=str(model), XCPIPE_LISTEN=f"tcp://127.0.0.1:{port}", XCPIPE_EXPECT_WORKERS="2",

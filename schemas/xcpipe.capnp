@@ -82,6 +82,8 @@ struct Heartbeat {
   stepsCompleted @3 :UInt64;   # workers: forward steps finished so far (progress watchdog)
   residentBytes @4 :UInt64;    # workers: memory in use (CPU: RSS; CUDA: allocated)
   resources @5 :ResourceSample;  # workers: memory by category, step times, traffic (see below)
+  microBatch @6 :UInt64;       # workers: the micro-batch being computed when sent, 0 when idle
+                               # (keeps a long step from being taken for a lost one)
 }
 
 # Memory by category, as planned or as used.
@@ -274,6 +276,13 @@ struct TokenEvent {
   promptIndex @7 :UInt32;          # which prompt of a list-of-strings submit this event belongs to
   error @8 :Text;                  # failed requests: what went wrong and what was expected
   logits @9 :Data;                 # wantLogits: float32 [vocab] the token was chosen from
+  # Exactly-once delivery over a control plane that may lose messages:
+  offset @10 :UInt32;              # tokens of this prompt generated before this event's `tokens`
+  allTokens @11 :List(Int64);      # done events: every generated token of this prompt (fills gaps)
+  allText @12 :Text;               # done events: the whole decoded text of this prompt
+  promptCount @13 :UInt32;         # prompts in this request (a list-of-strings submit has several)
+  accepted @14 :Bool;              # acknowledgement of a submit (no tokens): queued or running;
+                                   # a repeated submit of a request in progress is answered so
 }
 
 struct StatusRequest {
@@ -295,6 +304,7 @@ struct WorkerStatus {
   planned @11 :MemoryBreakdown;    # the plan's bytes for this worker's stage, by category
   resources @12 :ResourceSample;   # the worker's last heartbeat figures
   memoryBytes @13 :UInt64;         # memory the worker announced in its hello
+  predictedStepMs @14 :Float64;    # the plan's step time for this worker's stage (0 unassigned)
 }
 
 # How many requests ended one way, for one reason.

@@ -1,5 +1,9 @@
 #include "xcpipe/coordinator/client.h"
 
+#include <spdlog/spdlog.h>
+
+#include <set>
+
 #include <unistd.h>
 
 #include <cstring>
@@ -20,11 +24,12 @@ struct Client::Impl {
 Client::Client() : impl_(std::make_unique<Impl>()) {}
 Client::~Client() = default;
 
-StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint, std::chrono::milliseconds timeout) {
+StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint, std::chrono::milliseconds timeout,
+                                                  const control::CurveConfig& curve) {
   std::unique_ptr<Client> c(new Client());
   std::random_device rd;
   const std::string identity = "client-" + std::to_string(getpid()) + "-" + std::to_string(rd());
-  auto socket = control::ControlSocket::ConnectDealer(c->impl_->context, endpoint, identity);
+  auto socket = control::ControlSocket::ConnectDealer(c->impl_->context, endpoint, identity, curve);
   if (!socket.ok()) return socket.status();
   c->impl_->socket = std::move(socket).value();
   capnp::MallocMessageBuilder m;
@@ -45,8 +50,14 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint, s
       return Status(wire::FromWire(env.getError().getCode()), env.getError().getMessage().cStr());
     }
   }
+  // A CURVE handshake that fails looks exactly like silence from here: say what to check.
   return UnavailableError("no answer from the coordinator at " + endpoint + " within " +
-                          std::to_string(timeout.count()) + " ms");
+                          std::to_string(timeout.count()) + " ms" +
+                          (curve.enabled() ? " (with CURVE keys: is this client's public key " +
+                                                 control::KeyFingerprint(curve.public_key) +
+                                                 "... on the coordinator's allow-list, and is --server-key its key?)"
+                                           : " (if the coordinator requires CURVE keys, pass --secret-key and "
+                                             "--server-key)"));
 }
 
 StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::chrono::milliseconds timeout,
@@ -89,15 +100,34 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   const auto start = Clock::now();
   if (Status st = impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
   GenerateResult result;
-  size_t prompts_done = 0, prompts_total = 1;
+  size_t prompts_total = 1;
+  std::set<uint32_t> prompts_done;
+  std::vector<bool> gap;  // per prompt: an event was lost; the done event's allTokens fills it
   Clock::time_point first_token;
-  bool have_first = false;
+  bool have_first = false, accepted = false;
   size_t tokens = 0;
   const auto deadline = start + timeout;
-  while (prompts_done < prompts_total) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  auto last_heard = start;
+  auto grow = [&](size_t n) {
+    if (n <= result.token_ids.size()) return;
+    result.token_ids.resize(n);
+    result.texts.resize(n);
+    result.finish_reasons.resize(n);
+    gap.resize(n, false);
+    prompts_total = std::max(prompts_total, n);
+  };
+  while (prompts_done.size() < prompts_total) {
+    const auto now = Clock::now();
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
     if (left.count() <= 0) return DeadlineExceededError("request not finished within " + std::to_string(timeout.count()) + " ms");
-    auto in = impl_->socket->Receive(left);
+    // Silence: the submit, its acknowledgement or the last event may have been lost. Submitting
+    // again is safe: the coordinator knows the request by (this client, id) and answers with
+    // where it stands, or with the final events of a request that already finished.
+    if (now - last_heard > (accepted ? ClientTimings::kResubmitAfterSilence : ClientTimings::kResubmitUnacknowledged)) {
+      if (Status st = impl_->socket->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
+      last_heard = now;
+    }
+    auto in = impl_->socket->Receive(std::min(left, std::chrono::milliseconds(100)));
     if (!in.ok()) return in.status();
     if (!in->has_value()) continue;
     auto env = (*in)->message->envelope();
@@ -112,40 +142,63 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
     if (env.which() != proto::Envelope::TOKEN_EVENT) continue;
     auto e = env.getTokenEvent();
     if (e.getRequestId() != id) continue;
+    last_heard = Clock::now();
+    accepted = true;
     const uint32_t index = e.getPromptIndex();
-    if (index >= result.token_ids.size()) {
-      result.token_ids.resize(index + 1);
-      result.texts.resize(index + 1);
-      result.finish_reasons.resize(index + 1);
-      prompts_total = std::max(prompts_total, static_cast<size_t>(index + 1));
+    grow(std::max<size_t>(index + 1, e.getPromptCount()));
+    if (e.getAccepted() || prompts_done.count(index)) continue;  // acknowledgement, or a repeat
+    // Place this event's tokens at their offset: skip what was already received (a repeat),
+    // and note a gap (an event lost) for the done event to fill.
+    auto& have = result.token_ids[index];
+    const size_t offset = e.getOffset();
+    size_t skip = 0;
+    if (offset > have.size()) {
+      gap[index] = true;
+    } else {
+      skip = have.size() - offset;
     }
-    if (e.getTokens().size() > 0 && !have_first) {
+    if (!gap[index]) {
+      for (size_t i = skip; i < e.getTokens().size(); ++i) have.push_back(e.getTokens()[i]);
+    }
+    if (e.getTokens().size() > skip && !have_first) {
       have_first = true;
       first_token = Clock::now();
       result.ttft_ms = std::chrono::duration<double, std::milli>(first_token - start).count();
     }
-    for (int64_t t : e.getTokens()) result.token_ids[index].push_back(t);
-    if (index == 0 && e.hasLogits() && e.getLogits().size() > 0) {
+    if (index == 0 && e.hasLogits() && e.getLogits().size() > 0 && skip == 0) {
       std::vector<float> row(e.getLogits().size() / sizeof(float));
       std::memcpy(row.data(), e.getLogits().begin(), row.size() * sizeof(float));
       result.logits.push_back(std::move(row));
     }
-    tokens += e.getTokens().size();
+    tokens += e.getTokens().size() > skip ? e.getTokens().size() - skip : 0;
     std::string text = e.getText().cStr();
-    result.texts[index] += text;
-    if (on_text && !text.empty()) on_text(index, text);
+    if (!gap[index] && skip == 0) {
+      result.texts[index] += text;
+      if (on_text && !text.empty()) on_text(index, text);
+    }
     if (e.getDone()) {
       result.finish_reasons[index] = e.getFinishReason().cStr();
       if (e.hasError() && e.getError().size() > 0) {
         result.error = std::string(e.getFinishReason().cStr()) + ": " + e.getError().cStr();
         return result;
       }
-      ++prompts_done;
-      // A list prompt: the count of prompts is not announced; wait briefly for later indices.
-      if (prompts_done == prompts_total) {
-        auto more = impl_->socket->Receive(std::chrono::milliseconds(0));
-        (void)more;
+      if (e.hasAllTokens() && e.getAllTokens().size() >= have.size()) {
+        // Tokens already streamed never change: the full list extends what was received.
+        std::vector<int64_t> all;
+        for (int64_t t : e.getAllTokens()) all.push_back(t);
+        if (gap[index] || !std::equal(have.begin(), have.end(), all.begin())) {
+          spdlog::debug("request {} prompt {}: filled from the final event", id, index);
+          const std::string full = e.getAllText().cStr();
+          if (on_text && full.size() > result.texts[index].size() &&
+              full.compare(0, result.texts[index].size(), result.texts[index]) == 0) {
+            on_text(index, full.substr(result.texts[index].size()));
+          }
+          tokens += all.size() - have.size();
+          have = std::move(all);
+          result.texts[index] = full;
+        }
       }
+      prompts_done.insert(index);
     }
   }
   const auto end = Clock::now();
@@ -158,13 +211,19 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
 StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
   capnp::MallocMessageBuilder m;
   m.initRoot<proto::Envelope>().initStatusRequest().setDetail(true);
-  if (Status st = impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
   const auto deadline = Clock::now() + timeout;
+  auto next_ask = Clock::now();
   while (Clock::now() < deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    auto in = impl_->socket->Receive(left);
+    // A request or reply may be lost: ask again until the deadline (status is idempotent).
+    if (Clock::now() >= next_ask) {
+      if (Status st = impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
+      next_ask = Clock::now() + ClientTimings::kResubmitUnacknowledged;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::min(deadline, next_ask) - Clock::now());
+    auto in = impl_->socket->Receive(std::max(left, std::chrono::milliseconds(1)));
     if (!in.ok()) return in.status();
-    if (!in->has_value()) break;
+    if (!in->has_value()) continue;
     auto env = (*in)->message->envelope();
     if (env.which() != proto::Envelope::STATUS_REPLY) continue;
     auto r = env.getStatusReply();
@@ -181,6 +240,15 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["replays"] = r.getReplays();
     j["last_detect_ms"] = r.getLastDetectMs();
     j["last_recover_ms"] = r.getLastRecoverMs();
+    j["submitted"] = r.getSubmitted();
+    j["failed_by_reason"] = nlohmann::json::object();
+    for (auto x : r.getFailedByReason()) j["failed_by_reason"][x.getReason().cStr()] = x.getCount();
+    j["refused_by_reason"] = nlohmann::json::object();
+    for (auto x : r.getRefusedByReason()) j["refused_by_reason"][x.getReason().cStr()] = x.getCount();
+    j["ttft_p50_ms"] = r.getTtftP50Ms();
+    j["ttft_p99_ms"] = r.getTtftP99Ms();
+    j["tokens_per_s_p50"] = r.getTokensPerSecondP50();
+    j["metrics_address"] = r.getMetricsAddress().cStr();
     j["workers"] = nlohmann::json::array();
     for (auto w : r.getWorkers()) {
       j["workers"].push_back({{"id", w.getWorkerId().cStr()},
@@ -194,6 +262,31 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
                               {"used_bytes", w.getUsedBytes()},
                               {"steps", w.getStepsCompleted()},
                               {"last_heartbeat_ms_ago", w.getLastHeartbeatMsAgo()}});
+      auto& x = j["workers"].back();
+      auto memory = [](proto::MemoryBreakdown::Reader m) {
+        return nlohmann::json{
+            {"weights", m.getWeightBytes()}, {"kv", m.getKvBytes()}, {"activations", m.getActivationBytes()}};
+      };
+      auto res = w.getResources();
+      x["memory_bytes"] = w.getMemoryBytes();
+      x["capacity_bytes"] = res.getCapacityBytes();
+      x["planned_by_category"] = memory(w.getPlanned());
+      x["used_by_category"] = memory(res.getUsed());
+      x["device_free_bytes"] = res.getDeviceFreeBytes();
+      x["kv_budget_bytes"] = res.getKvBudgetBytes();
+      x["kv_reserved_bytes"] = res.getKvReservedBytes();
+      x["kv_used_bytes"] = res.getKvUsedBytes();
+      x["kv_utilisation"] = res.getKvBudgetBytes() > 0
+                                ? static_cast<double>(res.getKvReservedBytes()) / static_cast<double>(res.getKvBudgetBytes())
+                                : 0.0;
+      x["predicted_step_ms"] = w.getPredictedStepMs();
+      x["step_p50_ms"] = static_cast<double>(res.getStepP50Micros()) / 1e3;
+      x["step_p99_ms"] = static_cast<double>(res.getStepP99Micros()) / 1e3;
+      x["steps_in_window"] = res.getStepsInWindow();
+      x["idle_fraction"] = res.getIdleFraction();
+      x["busy_ms_total"] = static_cast<double>(res.getBusyMicrosTotal()) / 1e3;
+      x["bytes_sent"] = res.getBytesSent();
+      x["queued_steps"] = res.getQueuedSteps();
     }
     return j;
   }

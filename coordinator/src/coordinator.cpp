@@ -23,12 +23,14 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// A micro-batch that has not come back by its deadline is treated as lost (a dropped forward
-// or step result, a stage stuck without going silent): the coordinator re-plans and replays.
-// The deadline grows with the rows it carries (a long prefill legitimately takes longer) and
-// with the stages it crosses.
-constexpr std::chrono::milliseconds kStepDeadlineBase{2000};
-constexpr std::chrono::microseconds kStepDeadlinePerRowPerStage{2000};
+// A micro-batch counts as lost (a dropped forward or step result) when nothing has shown it
+// alive for this long: it was sent, or a stage's heartbeat named it, or an earlier one, as being
+// computed (workers heartbeat every 250 ms while a step runs, so a long prefill keeps extending
+// the deadlines of everything queued behind it).
+constexpr std::chrono::milliseconds kStepDeadline{2000};
+// A stage that neither reports load progress nor says ready this long after its assignment is
+// sent the assignment again (workers report progress at least every few hundred ms).
+constexpr std::chrono::milliseconds kAssignmentResend{3000};
 
 std::atomic<bool> g_signal_stop{false};
 void OnSignal(int) { g_signal_stop.store(true); }
@@ -62,6 +64,7 @@ struct StageInfo {
   uint64_t kv_budget = 0, kv_per_token = 0, kv_reserved = 0, weight_bytes = 0, planned_bytes = 0;
   planner::StageBytes predicted;   // the plan's memory by category
   double predicted_step_ms = 0;    // the plan's step time for this stage
+  std::chrono::steady_clock::time_point last_load_news;  // assignment sent or load progress heard
   bool ready = false;
 };
 
@@ -84,13 +87,26 @@ struct Sequence {
   bool want_logits = false;
 };
 
+// The last event of one prompt, kept so that a repeated submit (its client missed the end) is
+// answered with the outcome instead of running the request twice.
+struct FinalEvent {
+  uint32_t prompt_index = 0;
+  std::vector<int64_t> tokens;
+  std::string text, finish_reason, error;
+  uint32_t prompt_tokens = 0;
+};
+
 struct Request {
   std::string peer;
   uint64_t client_id = 0;
   std::vector<uint64_t> sequences;
   size_t done = 0;
   Clock::time_point received = Clock::now();
+  std::vector<FinalEvent> finals;  // prompts finished so far
 };
+
+// Finished requests remembered per client for repeated submits (oldest forgotten first).
+constexpr size_t kFinishedRemembered = 4096;
 
 enum class ClusterState { kWaiting, kLoading, kServing };
 const char* ClusterStateName(ClusterState s) {
@@ -131,6 +147,33 @@ struct Coordinator::Impl {
   };
   std::map<uint64_t, StepTimes> step_deadlines;  // by micro-batch
   void CheckStepDeadlines();
+  // Exactly-once delivery: finished requests by (client peer, client's request id).
+  std::map<std::pair<std::string, uint64_t>, std::vector<FinalEvent>> finished;
+  std::deque<std::pair<std::string, uint64_t>> finished_order;
+  void RememberFinished(const Request& r) {
+    auto key = std::make_pair(r.peer, r.client_id);
+    if (finished.emplace(key, r.finals).second) finished_order.push_back(key);
+    while (finished_order.size() > kFinishedRemembered) {
+      finished.erase(finished_order.front());
+      finished_order.pop_front();
+    }
+  }
+  void SendFinal(const std::string& peer, uint64_t client_id, const FinalEvent& f, size_t prompt_count);
+  void SendAccepted(const std::string& peer, uint64_t client_id, uint32_t prompt_index, uint32_t offset,
+                    size_t prompt_count);
+  // A submit this coordinator already has (the client repeated it): answer where it stands.
+  bool AnswerRepeatedSubmit(const std::string& peer, uint64_t client_id);
+  void SendAssignment(size_t stage);
+  void ResendLostAssignments();
+  // A stage is computing `micro_batch`: it is alive, and so is every later micro-batch, which
+  // queues behind it on some stage (micro-batches go through the stages in order). An earlier
+  // one that no stage names is not extended: if lost, it runs out while later ones flow.
+  void ExtendStepDeadline(uint64_t micro_batch) {
+    if (!step_deadlines.count(micro_batch)) return;  // idle (0), finished or of an older epoch
+    for (auto it = step_deadlines.find(micro_batch); it != step_deadlines.end(); ++it) {
+      it->second.deadline = std::max(it->second.deadline, Clock::now() + kStepDeadline);
+    }
+  }
   // Fault handling: a stage was lost; re-plan on the workers that are left (or that come back)
   // and replay every admitted sequence from its prompt and the tokens already generated.
   bool recovering = false;
@@ -190,6 +233,12 @@ struct Coordinator::Impl {
   int64_t MaxContext(const checkpoint::ModelSpec& spec) const {
     const int64_t model_limit = spec.llm.max_position_embeddings > 0 ? spec.llm.max_position_embeddings : 4096;
     return std::min<int64_t>(opt.max_context, model_limit);
+  }
+  // Rows one micro-batch may carry: the configured bound, but never more than one whole
+  // context, which is also what the plan sizes activations for. (A prompt is not split across
+  // steps, so one sequence's prefill may carry up to a whole context by itself.)
+  int64_t StepRowLimit(const checkpoint::ModelSpec& spec) const {
+    return std::min<int64_t>(opt.max_batch_rows, MaxContext(spec));
   }
   uint64_t ReadyWorkers() const {
     uint64_t n = 0;
@@ -282,6 +331,9 @@ void Coordinator::Impl::MaybePlan() {
   cluster.source = "registered workers";
   cluster.serving.max_sequences = opt.max_sequences;
   cluster.serving.max_context = MaxContext(model->spec);
+  // The rows one step carries, as the scheduler packs them (see StepRowLimit): what each
+  // stage's activations are planned for.
+  cluster.serving.prefill_chunk = StepRowLimit(model->spec);
   cluster.serving.dtype = opt.dtype == "bf16" ? checkpoint::DType::kBF16 : checkpoint::DType::kF32;
   cluster.network.inter_host_gbps = 10;
   std::vector<std::pair<size_t, size_t>> where(pool.size());
@@ -302,6 +354,7 @@ void Coordinator::Impl::MaybePlan() {
     gpu.memory_gib = static_cast<double>(pool[i]->memory) / double(1ull << 30);
     gpu.tflops = cuda ? 100.0 : 0.05 * std::max<uint32_t>(1, pool[i]->threads);
     gpu.mem_bw_gbps = cuda ? 1000.0 : 20.0;
+    gpu.reserved_gib = cuda ? planner::kDefaultCudaReservedGib : planner::kDefaultCpuReservedGib;
     where[i] = {static_cast<size_t>(h - cluster.hosts.begin()), h->gpus.size()};
     h->gpus.push_back(gpu);
   }
@@ -357,19 +410,6 @@ void Coordinator::Impl::MaybePlan() {
     w.stage = static_cast<int>(i);
     w.state = WorkerState::kLoading;
     w.planned = stages[i].planned_bytes;
-    capnp::MallocMessageBuilder m;
-    auto a = m.initRoot<proto::Envelope>().initAssignStage();
-    a.setEpoch(epoch);
-    a.setStageIndex(static_cast<uint32_t>(i));
-    a.setStageCount(static_cast<uint32_t>(stages.size()));
-    a.setBlockBegin(static_cast<uint32_t>(stages[i].first));
-    a.setBlockEnd(static_cast<uint32_t>(stages[i].end));
-    a.setModelPath(std::filesystem::absolute(opt.model_dir).string());
-    a.setDtype(opt.dtype);
-    a.setKvBudgetBytes(stages[i].kv_budget);
-    a.setNextDataAddress(i + 1 < stages.size() ? workers[stages[i + 1].peer].data_address : "");
-    a.setSpecOverrides(opt.spec_overrides);
-    a.setMaxBatchRows(static_cast<uint32_t>(opt.max_batch_rows));
     const auto& pb = stages[i].predicted;
     spdlog::info("stage {}: worker {} holds blocks [{}, {}) ({} .. {}); predicted MiB: weights {:.1f}, kv {:.1f}, "
                  "activations {:.1f}, workspace {:.1f}, total {:.1f}; step {:.2f} ms",
@@ -377,9 +417,40 @@ void Coordinator::Impl::MaybePlan() {
                  model->spec.blocks[stages[i].end - 1].name, pb.weights / 1048576.0, pb.kv / 1048576.0,
                  pb.activations / 1048576.0, pb.workspace / 1048576.0, pb.total() / 1048576.0,
                  stages[i].predicted_step_ms);
-    Send(m, w.peer);
+    SendAssignment(i);
   }
   state = ClusterState::kLoading;
+}
+
+void Coordinator::Impl::SendAssignment(size_t i) {
+  capnp::MallocMessageBuilder m;
+  auto a = m.initRoot<proto::Envelope>().initAssignStage();
+  a.setEpoch(epoch);
+  a.setStageIndex(static_cast<uint32_t>(i));
+  a.setStageCount(static_cast<uint32_t>(stages.size()));
+  a.setBlockBegin(static_cast<uint32_t>(stages[i].first));
+  a.setBlockEnd(static_cast<uint32_t>(stages[i].end));
+  a.setModelPath(std::filesystem::absolute(opt.model_dir).string());
+  a.setDtype(opt.dtype);
+  a.setKvBudgetBytes(stages[i].kv_budget);
+  a.setNextDataAddress(i + 1 < stages.size() ? workers[stages[i + 1].peer].data_address : "");
+  a.setSpecOverrides(opt.spec_overrides);
+  a.setMaxBatchRows(static_cast<uint32_t>(opt.max_batch_rows));
+  stages[i].last_load_news = Clock::now();
+  Send(m, stages[i].peer);
+}
+
+void Coordinator::Impl::ResendLostAssignments() {
+  if (state != ClusterState::kLoading) return;
+  const auto now = Clock::now();
+  for (size_t i = 0; i < stages.size(); ++i) {
+    // No progress report and no ready for a while: the assignment or the answer was lost. The
+    // worker treats a repeat of the same epoch as the same assignment (the model is kept).
+    if (stages[i].ready || now - stages[i].last_load_news < kAssignmentResend) continue;
+    spdlog::warn("stage {}: no word from worker {} since its assignment; sending it again", i,
+                 workers[stages[i].peer].id);
+    SendAssignment(i);
+  }
 }
 
 void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader s) {
@@ -397,6 +468,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     (void)socket->Send(m, peer, 0ms);  // a client that does not read loses only its answer
     spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
   };
+  if (AnswerRepeatedSubmit(peer, client_id)) return;
   if (static_cast<int64_t>(queue.size()) >= opt.max_queue) {
     return refuse(ResourceExhaustedError("the coordinator is busy: " + std::to_string(queue.size()) +
                                          " requests are waiting; retry later"));
@@ -445,6 +517,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   }
   spdlog::info("request {} (client {} #{}): {} prompt(s), {} image(s), queued", rid, peer, client_id, prepared->size(),
                images.size());
+  SendAccepted(peer, client_id, 0, 0, prepared->size());
 }
 
 StatusOr<std::vector<PreparedPrompt>> Coordinator::Impl::PreparePretokenized(proto::Submit::Reader s) const {
@@ -567,7 +640,7 @@ void Coordinator::Impl::Schedule() {
     while (next < ready.size() && members.size() < target) {
       const Sequence& s = sequences.at(ready[next]);
       const int64_t r = s.cached == 0 ? static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) : 1;
-      if (!members.empty() && rows + r > opt.max_batch_rows) break;
+      if (!members.empty() && rows + r > StepRowLimit(edge->spec())) break;
       members.push_back(ready[next++]);
       rows += r;
     }
@@ -616,11 +689,59 @@ void Coordinator::Impl::Schedule() {
     }
     in_flight[mb] = member_rows;
     const auto sent = Clock::now();
-    step_deadlines[mb] = {sent, sent + kStepDeadlineBase +
-                                    std::chrono::duration_cast<Clock::duration>(kStepDeadlinePerRowPerStage * rows *
-                                                                                static_cast<int64_t>(stages.size()))};
+    step_deadlines[mb] = {sent, sent + kStepDeadline};
     Send(m, stages[0].peer);
   }
+}
+
+void Coordinator::Impl::SendAccepted(const std::string& peer, uint64_t client_id, uint32_t prompt_index,
+                                     uint32_t offset, size_t prompt_count) {
+  capnp::MallocMessageBuilder m;
+  auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+  e.setRequestId(client_id);
+  e.setPromptIndex(prompt_index);
+  e.setOffset(offset);
+  e.setPromptCount(static_cast<uint32_t>(prompt_count));
+  e.setAccepted(true);
+  (void)socket->Send(m, peer, 0ms);
+}
+
+void Coordinator::Impl::SendFinal(const std::string& peer, uint64_t client_id, const FinalEvent& f,
+                                  size_t prompt_count) {
+  capnp::MallocMessageBuilder m;
+  auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+  e.setRequestId(client_id);
+  e.setPromptIndex(f.prompt_index);
+  e.setPromptCount(static_cast<uint32_t>(prompt_count));
+  e.setOffset(static_cast<uint32_t>(f.tokens.size()));
+  e.setDone(true);
+  e.setFinishReason(f.finish_reason);
+  if (!f.error.empty()) e.setError(f.error);
+  auto all = e.initAllTokens(f.tokens.size());
+  for (size_t i = 0; i < f.tokens.size(); ++i) all.set(i, f.tokens[i]);
+  e.setAllText(f.text);
+  e.setPromptTokens(f.prompt_tokens);
+  (void)socket->Send(m, peer, 0ms);
+}
+
+bool Coordinator::Impl::AnswerRepeatedSubmit(const std::string& peer, uint64_t client_id) {
+  for (const auto& [rid, r] : requests) {
+    if (r.peer != peer || r.client_id != client_id) continue;
+    for (const FinalEvent& f : r.finals) SendFinal(peer, client_id, f, r.sequences.size());
+    for (uint64_t id : r.sequences) {
+      auto sit = sequences.find(id);
+      if (sit == sequences.end() || sit->second.state == SeqState::kDone) continue;
+      SendAccepted(peer, client_id, sit->second.prompt_index, static_cast<uint32_t>(sit->second.generated.size()),
+                   r.sequences.size());
+    }
+    spdlog::info("request {}: submit repeated by its client; answered with its progress", rid);
+    return true;
+  }
+  auto f = finished.find({peer, client_id});
+  if (f == finished.end()) return false;
+  for (const FinalEvent& e : f->second) SendFinal(peer, client_id, e, f->second.size());
+  spdlog::info("client {} #{}: submit repeated after the request finished; final events sent again", peer, client_id);
+  return true;
 }
 
 void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done,
@@ -633,7 +754,21 @@ void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& 
   e.setPromptIndex(seq.prompt_index);
   auto t = e.initTokens(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) t.set(i, tokens[i]);
+  e.setOffset(static_cast<uint32_t>(seq.generated.size() - std::min(seq.generated.size(), tokens.size())));
+  e.setPromptCount(static_cast<uint32_t>(rit->second.sequences.size()));
   auto text = edge->DecodeResponse(seq.generated);
+  if (done) {
+    FinalEvent f;
+    f.prompt_index = seq.prompt_index;
+    f.tokens = seq.generated;
+    f.text = text.ok() ? *text : std::string();
+    f.finish_reason = finish;
+    f.prompt_tokens = static_cast<uint32_t>(seq.prompt.ids.size());
+    auto all = e.initAllTokens(f.tokens.size());
+    for (size_t i = 0; i < f.tokens.size(); ++i) all.set(i, f.tokens[i]);
+    e.setAllText(f.text);
+    rit->second.finals.push_back(std::move(f));
+  }
   if (text.ok()) {
     // Stream only whole UTF-8 characters: hold back a trailing partial sequence.
     size_t end = text->size();
@@ -687,6 +822,7 @@ void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason)
   if (rit != requests.end() && ++rit->second.done == rit->second.sequences.size()) {
     ++completed;
     spdlog::info("request {} completed ({})", seq.request, reason);
+    RememberFinished(rit->second);
     for (uint64_t id : rit->second.sequences) sequences.erase(id);
     requests.erase(rit);
   }
@@ -716,10 +852,18 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
       e.setDone(true);
       e.setFinishReason(std::string(StatusCodeName(reason.code())));
       e.setError(reason.message());
+      e.setPromptCount(static_cast<uint32_t>(rit->second.sequences.size()));
       (void)socket->Send(m, rit->second.peer, 0ms);
+      FinalEvent f;
+      f.prompt_index = seq.prompt_index;
+      f.tokens = seq.generated;
+      f.finish_reason = std::string(StatusCodeName(reason.code()));
+      f.error = reason.message();
+      rit->second.finals.push_back(std::move(f));
     }
     sequences.erase(sit);
   }
+  if (reason.code() != StatusCode::kCancelled) RememberFinished(rit->second);
   requests.erase(rit);
 }
 
@@ -876,6 +1020,7 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
     if (w.stage >= 0 && w.stage < static_cast<int>(stages.size())) {
       const auto& st = stages[w.stage];
       x.setBlocks(std::to_string(st.first) + ".." + std::to_string(st.end - 1));
+      x.setPredictedStepMs(st.predicted_step_ms);
     }
     x.setStepsCompleted(w.steps);
     x.setLastHeartbeatMsAgo(static_cast<uint32_t>(
@@ -898,6 +1043,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       if (owner == workers.end() || owner->second.state == WorkerState::kLost) return;
       if (env.which() == proto::Envelope::HEARTBEAT) {
         owner->second.last_seen = Clock::now();
+        ExtendStepDeadline(env.getHeartbeat().getMicroBatch());
       } else if (env.which() == proto::Envelope::ERROR) {
         WorkerInfo& stuck = owner->second;
         spdlog::error("worker {} (stage {}): {}", stuck.id, stuck.stage, env.getError().getMessage().cStr());
@@ -915,6 +1061,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
     case proto::Envelope::HEARTBEAT:
       if (w != workers.end()) {
         w->second.steps = env.getHeartbeat().getStepsCompleted();
+        ExtendStepDeadline(env.getHeartbeat().getMicroBatch());
         w->second.resident = env.getHeartbeat().getResidentBytes();
         if (env.getHeartbeat().hasResources()) {
           UpdateFromHeartbeat(env.getHeartbeat().getResources(), w->second.steps, w->second.figures);
@@ -925,6 +1072,9 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       if (w != workers.end()) {
         w->second.load_done = env.getLoadProgress().getBytesDone();
         w->second.load_total = env.getLoadProgress().getBytesTotal();
+        if (w->second.stage >= 0 && static_cast<size_t>(w->second.stage) < stages.size()) {
+          stages[w->second.stage].last_load_news = Clock::now();
+        }
         spdlog::info("stage {} loading: {} / {} MiB", w->second.stage, w->second.load_done >> 20,
                      w->second.load_total >> 20);
       }
@@ -1158,6 +1308,7 @@ int Coordinator::Run() {
     s.Schedule();
     s.Heartbeats();
     s.CheckStepDeadlines();
+    s.ResendLostAssignments();
     s.PublishMetrics();
   }
   spdlog::info("coordinator stopping: telling {} worker(s) to shut down", s.workers.size());

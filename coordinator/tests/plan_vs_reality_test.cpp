@@ -13,6 +13,7 @@
 #include <future>
 #include <numeric>
 #include <sstream>
+#include <thread>
 
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/subprocess.h"
@@ -31,6 +32,7 @@ constexpr double kMemoryTolerance = 0.15;
 constexpr int kWorkers = 3;
 constexpr int64_t kMaxSequences = 4;
 constexpr int64_t kMaxContext = 1792;
+constexpr const char* kRankingStrategy = "even";
 
 // Peak resident set (VmHWM) of a process, in bytes; 0 when unreadable.
 uint64_t PeakResidentBytes(int64_t pid) {
@@ -124,6 +126,68 @@ TEST_F(PlanVsRealityTest, PeakResidentMemoryIsWithinToleranceOfThePlan) {
   EXPECT_EQ(stages_checked, kWorkers);
   fs::create_directories(testing::BinaryDir() / "reports");
   ASSERT_TRUE(WriteFileAtomically(testing::BinaryDir() / "reports" / "plan_vs_reality.json", report.dump(2)).ok());
+  (*cluster)->Stop();
+}
+
+// Ranks stage indices by a figure, slowest first.
+std::vector<int> RankSlowestFirst(const std::vector<double>& figure) {
+  std::vector<int> order(figure.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return figure[a] > figure[b]; });
+  return order;
+}
+
+TEST_F(PlanVsRealityTest, MeasuredStepTimesRankStagesAsPredicted) {
+  // The `even` strategy (layer counting) gives stages clearly different predicted step times;
+  // `balanced` would make them nearly equal, leaving nothing to rank.
+  LocalClusterOptions o;
+  o.model_dir = *model_dir_;
+  o.workers = kWorkers;
+  o.threads_per_worker = 1;
+  o.quiet_workers = true;
+  o.worker_binary = testing::BinDir() / "xcpipe-worker";
+  o.coordinator.max_sequences = kMaxSequences;
+  o.coordinator.max_context = kMaxContext;
+  o.coordinator.strategy = kRankingStrategy;
+  auto cluster = LocalCluster::Start(o);
+  ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
+  auto image = ReadFileToString(testing::FixturesDir() / "ixc2_vl/cases/image_chat/image.png");
+  ASSERT_TRUE(image.ok());
+  // The planner's step: prefill with images and decode together. One at a time, so the
+  // stages' compute times are not blurred by two workers sharing a core.
+  auto client = Client::Connect((*cluster)->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  for (int i = 0; i < kMaxSequences; ++i) {
+    GenerateRequest r;
+    r.prompt_json = nlohmann::json("<ImageHere>What is in the picture? " + std::to_string(i)).dump();
+    r.images = {*image};
+    r.max_new_tokens = 32;
+    auto result = (*client)->Generate(r, 300s);
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    ASSERT_TRUE(result->error.empty()) << result->error;
+  }
+  std::this_thread::sleep_for(600ms);  // a heartbeat carries the last step's figures
+  auto status = (*client)->GetStatus(10s);
+  ASSERT_TRUE(status.ok()) << status.status().ToString();
+  std::vector<double> predicted(kWorkers, 0), measured(kWorkers, 0);
+  for (const auto& w : (*status)["workers"]) {
+    const int stage = w["stage"].get<int>();
+    ASSERT_GE(stage, 0);
+    ASSERT_LT(stage, kWorkers);
+    predicted[stage] = w["predicted_step_ms"].get<double>();
+    measured[stage] = w["busy_ms_total"].get<double>();
+    std::printf("stage %d (%s): predicted step %.1f ms, measured compute %.1f ms in total\n", stage,
+                w["blocks"].get<std::string>().c_str(), predicted[stage], measured[stage]);
+  }
+  for (int i = 0; i < kWorkers; ++i) {
+    EXPECT_GT(predicted[i], 0) << "stage " << i;
+    EXPECT_GT(measured[i], 0) << "stage " << i;
+  }
+  EXPECT_EQ(RankSlowestFirst(measured), RankSlowestFirst(predicted));
+  nlohmann::json report = {{"strategy", kRankingStrategy}, {"predicted_step_ms", predicted},
+                           {"measured_busy_ms", measured}};
+  fs::create_directories(testing::BinaryDir() / "reports");
+  ASSERT_TRUE(WriteFileAtomically(testing::BinaryDir() / "reports" / "plan_vs_reality_steps.json", report.dump(2)).ok());
   (*cluster)->Stop();
 }
 

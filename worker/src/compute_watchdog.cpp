@@ -82,6 +82,7 @@ void ComputeWatchdog::Loop(std::string coordinator, std::string worker_id, contr
       hb.setSequence(++sequence);
       hb.setEpoch(epoch_.load());
       hb.setStepsCompleted(steps_completed_.load());
+      hb.setMicroBatch(micro_batch_.load());
     } else {
       if (reported_step == static_cast<uint64_t>(started)) continue;  // reported; stay silent
       reported_step = static_cast<uint64_t>(started);

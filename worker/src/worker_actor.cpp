@@ -136,6 +136,22 @@ struct WorkerActor::Impl {
   int exit_code = -1;
   // The compute watchdog (its own thread and socket) and what it reads of this actor.
   std::atomic<uint64_t> watchdog_epoch{0}, watchdog_steps{0};
+  uint64_t computing_micro_batch = 0;  // named in heartbeats while a step runs
+  // While alive, the actor is computing `micro_batch`: heartbeats name it and the compute
+  // watchdog watches it for progress.
+  struct ComputeScope {
+    Impl& impl;
+    ComputeScope(Impl& i, uint64_t micro_batch, int64_t rows) : impl(i) {
+      impl.computing_micro_batch = micro_batch;
+      if (impl.watchdog) impl.watchdog->BeginStep(rows, micro_batch);
+    }
+    ~ComputeScope() {
+      if (impl.watchdog) impl.watchdog->EndStep();
+      impl.computing_micro_batch = 0;
+    }
+    ComputeScope(const ComputeScope&) = delete;
+    ComputeScope& operator=(const ComputeScope&) = delete;
+  };
   std::unique_ptr<ComputeWatchdog> watchdog;
 
   bool is_last() const { return stage_index + 1 == stage_count; }
@@ -194,6 +210,7 @@ void WorkerActor::Impl::SendHeartbeat() {
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count()));
   hb.setEpoch(epoch);
   hb.setStepsCompleted(steps_completed);
+  hb.setMicroBatch(computing_micro_batch);
   hb.setResidentBytes(ResidentBytes());
   FillResources(hb.initResources());
   SendEnvelope(m);
@@ -400,6 +417,8 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   for (int64_t id : ids) id_values.push_back(id);
   step.input.token_ids = at::tensor(id_values, at::kLong);
   step.input.im_mask = at::from_blob(const_cast<uint8_t*>(mask.begin()), {rows}, at::kByte).to(at::kBool);
+  std::optional<ComputeScope> encoding;  // the vision tower can take a while: watched like a step
+  if (f.getImages().size() > 0) encoding.emplace(*this, step.micro_batch, rows);
   for (auto img : f.getImages()) {
     const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
     auto px = img.getPixels();
@@ -414,6 +433,7 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
     if (!embeds.ok()) return SendError(embeds.status().WithContext("encoding an image"), step.micro_batch);
     step.input.image_embeds.push_back(*embeds);
   }
+  encoding.reset();
   step.input.segments = step.segments;
   if (!Admitted(step.segments)) {
     deferred.push_back(std::move(step));
@@ -463,8 +483,10 @@ void WorkerActor::Impl::RetryDeferred() {
     if (Admitted(step.segments)) {
       RunStep(step);
     } else if (Clock::now() - step.arrived > kDeferLimit) {
-      SendError(FailedPreconditionError("step of micro-batch " + std::to_string(step.micro_batch) +
-                                        " names sequences this stage never admitted"), step.micro_batch);
+      // An admission that never arrived (lost on the way): the pipeline's state is out of step,
+      // which the coordinator repairs by re-planning and replaying (Aborted), not by failing users.
+      SendError(AbortedError("step of micro-batch " + std::to_string(step.micro_batch) +
+                             " names sequences this stage never admitted"), step.micro_batch);
     } else {
       deferred.push_back(std::move(step));
     }
@@ -478,13 +500,7 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
   for (const auto& seg : step.segments) rows += seg.rows;
   watchdog_epoch.store(epoch);
   watchdog_steps.store(steps_completed);
-  if (watchdog) watchdog->BeginStep(rows, step.micro_batch);
-  struct EndStepGuard {
-    ComputeWatchdog* w;
-    ~EndStepGuard() {
-      if (w) w->EndStep();
-    }
-  } end_step{watchdog.get()};
+  ComputeScope computing(*this, step.micro_batch, rows);
   if (opt.hang_at_step > 0 && steps_completed + 1 == opt.hang_at_step) {
     // Fault injection: a compute loop that never returns (a stuck kernel). Nothing else of
     // this actor runs, heartbeats included, exactly as when a real step wedges.

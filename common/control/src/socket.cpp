@@ -1,7 +1,18 @@
 #include "xcpipe/control/socket.h"
 
+#include <capnp/schema.h>
+
 namespace xcpipe::control {
 namespace {
+
+// The Envelope union member's name ("forward", "stepResult"), for fault injection and logs.
+std::string_view EnvelopeTypeName(uint16_t which) {
+  KJ_IF_MAYBE(field, capnp::Schema::from<proto::Envelope>().getFieldByDiscriminant(which)) {
+    auto name = field->getProto().getName();
+    return {name.cStr(), name.size()};
+  }
+  return "unknown";
+}
 
 Status ZmqError(const std::string& what, const zmq::error_t& e) {
   if (e.num() == EHOSTUNREACH) return UnavailableError(what + ": peer is not connected");
@@ -57,6 +68,13 @@ bool IsWildcardEndpoint(const std::string& endpoint) {
          endpoint.find("://[::]") != std::string::npos;
 }
 
+bool IsLoopbackEndpoint(const std::string& endpoint) {
+  for (const char* prefix : {"tcp://127.", "tcp://[::1]", "tcp://localhost:", "ipc://", "inproc://"}) {
+    if (endpoint.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
 ControlSocket::ControlSocket(zmq::context_t& context, zmq::socket_type type) : socket_(context, type) {}
 
 StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_t& context,
@@ -69,6 +87,7 @@ StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_
   try {
     std::unique_ptr<ControlSocket> s(new ControlSocket(context, zmq::socket_type::router));
     s->router_ = true;
+    s->dropper_ = MessageDropper::FromEnvironment(true, "");
     SetCommonOptions(s->socket_);
     s->socket_.set(zmq::sockopt::router_mandatory, 1);
     // A worker that restarts reuses its identity: the new connection takes over.
@@ -93,6 +112,7 @@ StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::ConnectDealer(zmq::conte
                                                                       const CurveConfig& curve) {
   try {
     std::unique_ptr<ControlSocket> s(new ControlSocket(context, zmq::socket_type::dealer));
+    s->dropper_ = MessageDropper::FromEnvironment(false, identity);
     SetCommonOptions(s->socket_);
     s->socket_.set(zmq::sockopt::routing_id, identity);
     s->socket_.set(zmq::sockopt::reconnect_ivl, 100);
@@ -108,6 +128,10 @@ StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::ConnectDealer(zmq::conte
 }
 
 Status ControlSocket::Send(capnp::MessageBuilder& message, const std::string& peer, std::chrono::milliseconds timeout) {
+  if (dropper_ && dropper_->ShouldDrop(MessageDropper::Direction::kSend,
+                                      EnvelopeTypeName(message.getRoot<proto::Envelope>().which()))) {
+    return OkStatus();  // lost on the way: the sender cannot tell
+  }
   return SendBytes(wire::Encode(message), peer, timeout);
 }
 
@@ -150,6 +174,10 @@ StatusOr<std::optional<Incoming>> ControlSocket::Receive(std::chrono::millisecon
     auto decoded = wire::Decode({static_cast<const std::byte*>(frame.data()), frame.size()});
     if (!decoded.ok()) return decoded.status().WithContext("from '" + in.peer + "'");
     in.message = std::move(decoded).value();
+    if (dropper_ && dropper_->ShouldDrop(MessageDropper::Direction::kReceive,
+                                         EnvelopeTypeName(in.message->envelope().which()))) {
+      return std::optional<Incoming>();  // lost on the way: as if nothing had arrived
+    }
     return std::optional<Incoming>(std::move(in));
   } catch (const zmq::error_t& e) {
     return ZmqError("receive", e);

@@ -15,9 +15,17 @@
 #include <nlohmann/json.hpp>
 
 #include "xcpipe/base/status.h"
+#include "xcpipe/control/curve.h"
 #include "xcpipe/coordinator/edge.h"
 
 namespace xcpipe::coordinator {
+
+// Delivery over a control plane that may lose messages: a submit is repeated (same request id,
+// which the coordinator deduplicates) when nothing has been heard for these long.
+struct ClientTimings {
+  static constexpr std::chrono::milliseconds kResubmitUnacknowledged{1000};  // before any answer
+  static constexpr std::chrono::milliseconds kResubmitAfterSilence{4000};    // once accepted
+};
 
 struct GenerateRequest {
   std::string prompt_json;            // a JSON string or list of strings
@@ -45,7 +53,11 @@ struct GenerateResult {
 
 class Client {
  public:
-  static StatusOr<std::unique_ptr<Client>> Connect(const std::string& endpoint, std::chrono::milliseconds timeout);
+  // With `curve` enabled the link is CURVE (this client's keys, the coordinator's public key).
+  // A coordinator that refuses this client (unknown key, no keys, wrong server key) never
+  // answers: Connect returns Unavailable after `timeout`, saying so.
+  static StatusOr<std::unique_ptr<Client>> Connect(const std::string& endpoint, std::chrono::milliseconds timeout,
+                                                   const control::CurveConfig& curve = {});
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

@@ -30,6 +30,7 @@
 
 #include "xcpipe/base/status.h"
 #include "xcpipe/control/curve.h"
+#include "xcpipe/control/message_dropper.h"
 #include "xcpipe/control/zap_handler.h"
 #include "xcpipe/schemas/wire.h"
 
@@ -93,6 +94,7 @@ class ControlSocket {
   std::unique_ptr<ZapHandler> zap_;
   zmq::socket_t socket_;
   bool router_ = false;
+  std::unique_ptr<MessageDropper> dropper_;  // fault injection (XCPIPE_DROP_CONTROL); usually null
 };
 
 // True when `endpoint` binds every interface ("tcp://*:7000", "tcp://0.0.0.0:7000").

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <random>
 #include <map>
 #include <thread>
 
@@ -222,6 +223,52 @@ TEST(FaultTest, FrozenStageIsReplacedAndItsStaleWorkIsIgnored) {
     for (const auto& w : status["workers"]) live += w["state"].get<std::string>() != "lost";
   }
   EXPECT_EQ(live, 3);
+}
+
+// Lost control messages: each message type, request and reply, dropped once on the wire (the
+// nth occurrence, n from a seed printed here so a failure can be replayed), on a live cluster
+// of two workers (local-0: first stage, local-1: last). None may cost a request or change a
+// token; the ones that stall a step are detected by the micro-batch deadline and replayed.
+TEST(FaultTest, LostControlMessagesCostTimeNotRequests) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before any rule is set
+  const char* seed_text = std::getenv("XCPIPE_FAULT_SEED");
+  const uint64_t seed = seed_text ? std::strtoull(seed_text, nullptr, 10) : 20261125;
+  std::printf("lost-message scenarios: seed %llu (set XCPIPE_FAULT_SEED to replay)\n",
+              static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+  auto nth = [&](uint64_t range) { return std::to_string(1 + rng() % range); };
+  struct Case {
+    std::string what, rule;
+    bool stalls_a_step;  // detected by the micro-batch deadline, then replayed
+  };
+  const std::vector<Case> cases = {
+      {"forward (coordinator to first stage)", "router:send:forward:" + nth(20), true},
+      {"stepResult (last stage to coordinator)", "dealer:local-1:send:stepResult:" + nth(20), true},
+      {"admitSequence", "router:send:admitSequence:" + nth(6), true},
+      {"releaseSequences", "router:send:releaseSequences:" + nth(6), false},
+      {"assignStage", "router:send:assignStage:" + nth(2), false},
+      {"stageReady", "dealer:local-0:send:stageReady:1", false},
+      {"hello (worker)", "dealer:local-1:send:hello:1", false},
+      {"welcome", "router:send:welcome:" + nth(2), false},
+      {"heartbeat (both ways)", "router:send:heartbeat:" + nth(10) + ",dealer:local-0:send:heartbeat:" + nth(10),
+       false},
+      {"submit", "dealer:client:send:submit:1", false},
+      {"tokenEvent", "router:send:tokenEvent:" + nth(40), false},
+      {"tokenEvent (on receipt)", "dealer:client:recv:tokenEvent:" + nth(40), false},
+      {"statusRequest and statusReply", "dealer:client:send:statusRequest:1,router:send:statusReply:2", false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what + ": XCPIPE_DROP_CONTROL=" + c.rule);
+    std::printf("scenario: lost %s, XCPIPE_DROP_CONTROL=%s\n", c.what.c_str(), c.rule.c_str());
+    ::setenv("XCPIPE_DROP_CONTROL", c.rule.c_str(), 1);  // read by every socket made from here on
+    auto cluster = Start(2);
+    ASSERT_NE(cluster, nullptr);
+    Row row = RunWithFault("lost " + c.what, *cluster, [] {}, /*expect_recovery=*/c.stalls_a_step);
+    ::unsetenv("XCPIPE_DROP_CONTROL");
+    EXPECT_EQ(row.completed, row.requests);
+    EXPECT_TRUE(row.tokens_identical);
+  }
 }
 
 TEST(FaultTest, HangInsideComputeIsReportedByTheWatchdogAndReplanned) {

@@ -117,6 +117,7 @@ struct SequenceCache {
   at::Tensor v;
   int64_t capacity = 0;
   uint64_t bytes = 0;
+  int64_t filled = 0;  // tokens written so far (monitoring)
 };
 
 }  // namespace
@@ -642,6 +643,11 @@ uint64_t StageModel::kv_bytes_per_token() const {
   return 2ull * impl_->layers.size() * llm.kv_heads * llm.head_dim * (impl_->dtype == at::kFloat ? 4 : 2);
 }
 uint64_t StageModel::kv_bytes_reserved() const { return impl_->kv_reserved; }
+uint64_t StageModel::kv_bytes_used() const {
+  uint64_t tokens = 0;
+  for (const auto& [id, c] : impl_->caches) tokens += static_cast<uint64_t>(c.filled);
+  return tokens * kv_bytes_per_token();
+}
 
 Status StageModel::ReserveSequence(uint64_t sequence_id, int64_t max_tokens) {
   auto& impl = *impl_;
@@ -701,6 +707,7 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
                                       std::to_string(it->second.capacity));
       }
     }
+    if (it != impl.caches.end()) it->second.filled = std::max(it->second.filled, s.start_pos + s.rows);
     N += s.rows;
   }
   try {

@@ -136,5 +136,31 @@ TEST(StageModelTest, KvBudgetRefusesBeyondCapacity) {
   EXPECT_EQ(model->kv_bytes_reserved(), model->kv_bytes_per_token() * 60);
 }
 
+TEST(StageModelTest, KvBytesUsedFollowsTheTokensStepped) {
+  auto dir = Fixture("ixc2_vl") / "checkpoint";
+  if (!fs::exists(dir)) GTEST_SKIP() << "fixtures not found at " << dir;
+  auto described = checkpoint::DescribeCheckpoint(dir);
+  ASSERT_TRUE(described.ok());
+  auto model = std::move(StageModel::Load(dir, described->spec, {2, 3}, StageOptions{})).value();
+  ASSERT_TRUE(model->ReserveSequence(1, 40).ok());
+  EXPECT_EQ(model->kv_bytes_used(), 0u);
+  const int64_t hidden = described->spec.llm.hidden;
+  StepInput prefill;
+  prefill.segments = {{1, 5, 0}};
+  prefill.hidden = at::randn({5, hidden});
+  prefill.im_mask = at::zeros({5}, at::kBool);
+  ASSERT_TRUE(model->Forward(prefill).ok());
+  EXPECT_EQ(model->kv_bytes_used(), model->kv_bytes_per_token() * 5);
+  StepInput decode;
+  decode.segments = {{1, 1, 5}};
+  decode.hidden = at::randn({1, hidden});
+  decode.im_mask = at::zeros({1}, at::kBool);
+  ASSERT_TRUE(model->Forward(decode).ok());
+  EXPECT_EQ(model->kv_bytes_used(), model->kv_bytes_per_token() * 6);
+  EXPECT_EQ(model->kv_bytes_reserved(), model->kv_bytes_per_token() * 40);
+  model->ReleaseSequence(1);
+  EXPECT_EQ(model->kv_bytes_used(), 0u);
+}
+
 }  // namespace
 }  // namespace xcpipe::model

@@ -37,6 +37,20 @@ StatusOr<std::vector<CudaDevice>> ProbeCudaDevices() {
   return devices;
 }
 
+StatusOr<DeviceMemory> QueryDeviceMemory(int device) {
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return CudaError(err, "cudaSetDevice");
+  }
+  size_t free_bytes = 0, total_bytes = 0;
+  if ((err = cudaMemGetInfo(&free_bytes, &total_bytes)) != cudaSuccess) {
+    cudaGetLastError();
+    return CudaError(err, "cudaMemGetInfo");
+  }
+  return DeviceMemory{free_bytes, total_bytes};
+}
+
 StatusOr<std::vector<float>> RunFillKernel(int device, int n, float scale) {
   if (n <= 0) return InvalidArgumentError("RunFillKernel: n must be positive, got " + std::to_string(n));
   cudaError_t err;

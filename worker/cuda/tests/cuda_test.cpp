@@ -33,5 +33,19 @@ TEST(CudaTest, KernelRunsOnDevice) {
   EXPECT_FLOAT_EQ((*out)[999], 499.5f);
 }
 
+TEST(CudaTest, DeviceMemoryQueryMatchesProbeOrExplainsAbsence) {
+  auto memory = QueryDeviceMemory(0);
+  auto devices = ProbeCudaDevices();
+  if (!devices.ok()) {
+    ASSERT_FALSE(memory.ok());
+    EXPECT_EQ(memory.status().code(), StatusCode::kUnavailable);
+    GTEST_SKIP() << "no CUDA device: " << devices.status().ToString();
+  }
+  ASSERT_TRUE(memory.ok()) << memory.status().ToString();
+  EXPECT_EQ(memory->total_bytes, devices->front().total_bytes);
+  EXPECT_GT(memory->free_bytes, 0u);
+  EXPECT_LE(memory->free_bytes, memory->total_bytes);
+}
+
 }  // namespace
 }  // namespace xcpipe::cuda

@@ -42,6 +42,8 @@ class LocalCluster {
   LocalCluster& operator=(const LocalCluster&) = delete;
 
   const std::string& address() const { return address_; }
+  // "host:port" of the coordinator's metrics endpoint (options.coordinator.metrics_listen); empty when none.
+  std::string metrics_address() const { return coordinator_ ? coordinator_->metrics_address() : std::string(); }
   // Worker i's process (for fault injection: signals).
   Subprocess& worker(size_t i) { return *workers_.at(i); }
   size_t worker_count() const { return workers_.size(); }

@@ -130,6 +130,8 @@ class StageModel {
   void SetKvBudget(uint64_t bytes);
   uint64_t kv_bytes_per_token() const;
   uint64_t kv_bytes_reserved() const;
+  // KV bytes holding cached tokens: each sequence's highest position stepped so far (monitoring).
+  uint64_t kv_bytes_used() const;
 
   StatusOr<StepOutput> Forward(const StepInput& input);
 

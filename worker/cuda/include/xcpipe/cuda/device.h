@@ -24,6 +24,13 @@ struct CudaDevice {
 // error 35; no device: error 100) or zero devices.
 StatusOr<std::vector<CudaDevice>> ProbeCudaDevices();
 
+// Free and total memory of `device` now (cudaMemGetInfo); Unavailable on any CUDA error.
+struct DeviceMemory {
+  uint64_t free_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+StatusOr<DeviceMemory> QueryDeviceMemory(int device);
+
 // Runs a small kernel on `device` that fills n floats with i*scale and copies them back;
 // used by the gpu-labelled tests to prove the toolchain's code runs on the device.
 StatusOr<std::vector<float>> RunFillKernel(int device, int n, float scale);

@@ -161,6 +161,7 @@ struct StageReady {
   kvBytesPerToken @3 :UInt64;  # KV bytes one token of one sequence costs on this stage
   residentBytes @4 :UInt64;    # process memory in use after loading
   loadMs @5 :UInt32;           # time the load took
+  weightsKept @6 :Bool;        # the blocks were already loaded (same range): nothing was read again
 }
 
 # Sampling parameters of one sequence (Hugging Face generate() semantics).
@@ -283,6 +284,8 @@ struct TokenEvent {
   promptCount @13 :UInt32;         # prompts in this request (a list-of-strings submit has several)
   accepted @14 :Bool;              # acknowledgement of a submit (no tokens): queued or running;
                                    # a repeated submit of a request in progress is answered so
+  retryAfterMs @15 :UInt32;        # a refusal worth repeating here (not serving yet): how soon;
+                                   # 0 = do not retry at this coordinator (draining, bad input)
 }
 
 struct StatusRequest {
@@ -305,6 +308,7 @@ struct WorkerStatus {
   resources @12 :ResourceSample;   # the worker's last heartbeat figures
   memoryBytes @13 :UInt64;         # memory the worker announced in its hello
   predictedStepMs @14 :Float64;    # the plan's step time for this worker's stage (0 unassigned)
+  weightsKept @15 :Bool;           # its last stageReady reused weights already loaded
 }
 
 # How many requests ended one way, for one reason.

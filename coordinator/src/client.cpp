@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <set>
+#include <thread>
 
 #include <unistd.h>
 
@@ -106,6 +107,7 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   Clock::time_point first_token;
   bool have_first = false, accepted = false;
   size_t tokens = 0;
+  int unavailable_retries = 0;
   const auto deadline = start + timeout;
   auto last_heard = start;
   auto grow = [&](size_t n) {
@@ -175,6 +177,16 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
     if (!gap[index] && skip == 0) {
       result.texts[index] += text;
       if (on_text && !text.empty()) on_text(index, text);
+    }
+    if (e.getDone() && e.getRetryAfterMs() > 0 && unavailable_retries < ClientTimings::kMaxUnavailableRetries) {
+      // Not serving yet (starting, or restarted and re-planning): retry, within the budget and
+      // the deadline. Tokens already received stay; a replay resumes after them.
+      ++unavailable_retries;
+      std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(
+          std::chrono::milliseconds(e.getRetryAfterMs()), ClientTimings::kMaxRetryBackoff));
+      if (Status st = impl_->socket->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
+      last_heard = Clock::now();
+      continue;
     }
     if (e.getDone()) {
       result.finish_reasons[index] = e.getFinishReason().cStr();
@@ -280,6 +292,7 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
                                 ? static_cast<double>(res.getKvReservedBytes()) / static_cast<double>(res.getKvBudgetBytes())
                                 : 0.0;
       x["predicted_step_ms"] = w.getPredictedStepMs();
+      x["weights_kept"] = w.getWeightsKept();
       x["step_p50_ms"] = static_cast<double>(res.getStepP50Micros()) / 1e3;
       x["step_p99_ms"] = static_cast<double>(res.getStepP99Micros()) / 1e3;
       x["steps_in_window"] = res.getStepsInWindow();

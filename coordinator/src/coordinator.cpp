@@ -28,6 +28,8 @@ using Clock = std::chrono::steady_clock;
 // computed (workers heartbeat every 250 ms while a step runs, so a long prefill keeps extending
 // the deadlines of everything queued behind it).
 constexpr std::chrono::milliseconds kStepDeadline{2000};
+// What a client is told to wait before repeating a submit the cluster cannot take yet.
+constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
 // A stage that neither reports load progress nor says ready this long after its assignment is
 // sent the assignment again (workers report progress at least every few hundred ms).
 constexpr std::chrono::milliseconds kAssignmentResend{3000};
@@ -53,6 +55,7 @@ struct WorkerInfo {
   uint64_t memory = 0;
   WorkerState state = WorkerState::kIdle;
   int stage = -1;
+  bool weights_kept = false;  // its last stageReady reused loaded weights
   Clock::time_point last_seen = Clock::now();
   uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;
   WorkerFigures figures;  // the latest heartbeat's resource sample (monitoring)
@@ -1021,6 +1024,7 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
       const auto& st = stages[w.stage];
       x.setBlocks(std::to_string(st.first) + ".." + std::to_string(st.end - 1));
       x.setPredictedStepMs(st.predicted_step_ms);
+      x.setWeightsKept(w.weights_kept);
     }
     x.setStepsCompleted(w.steps);
     x.setLastHeartbeatMsAgo(static_cast<uint32_t>(
@@ -1088,7 +1092,9 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       st.weight_bytes = r.getWeightBytes();
       w->second.state = WorkerState::kReady;
       w->second.resident = r.getResidentBytes();
-      spdlog::info("stage {} ready in {} ms ({} MiB weights)", r.getStageIndex(), r.getLoadMs(), st.weight_bytes >> 20);
+      w->second.weights_kept = r.getWeightsKept();
+      spdlog::info("stage {} ready in {} ms ({} MiB weights, {})", r.getStageIndex(), r.getLoadMs(),
+                   st.weight_bytes >> 20, r.getWeightsKept() ? "kept" : "loaded");
       if (std::all_of(stages.begin(), stages.end(), [](const StageInfo& s) { return s.ready; })) {
         state = ClusterState::kServing;
         planned_once_served = true;
@@ -1104,9 +1110,14 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       if (w != workers.end()) return OnWorkerError(peer, env.getError());
       return;
     case proto::Envelope::SUBMIT:
+      // A client that said hello to a previous coordinator (this one restarted) goes on
+      // submitting on the same connection: the submit itself introduces it.
       if (!clients.count(peer)) {
-        return SendError(peer, FailedPreconditionError("say hello (role client) before submitting"),
-                         env.getSubmit().getRequestId());
+        if (workers.count(peer)) {
+          return SendError(peer, FailedPreconditionError("workers may not submit requests"),
+                           env.getSubmit().getRequestId());
+        }
+        clients.insert(peer);
       }
       if (draining || (state != ClusterState::kServing && (!planned_once || capacity_lost))) {
         ++live.submitted;
@@ -1121,6 +1132,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
                                                "retry when a worker has been restarted")
                                  : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
                                        "); retry shortly");
+        if (!draining) e.setRetryAfterMs(static_cast<uint32_t>(kRetryAfterWhenNotServing.count()));
         Send(m, peer);
         return;
       }

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "xcpipe/base/files.h"
+#include "xcpipe/base/subprocess.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/testing/fault_report.h"
@@ -22,6 +23,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
 
 fs::path ModelDir() { return testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
 
@@ -45,7 +47,8 @@ std::vector<GenerateRequest> Workload() {
 }
 
 // `extra`: more flags for worker i (fault injection), by index.
-std::unique_ptr<LocalCluster> Start(int workers, const std::map<int, std::vector<std::string>>& extra = {}) {
+std::unique_ptr<LocalCluster> Start(int workers, const std::map<int, std::vector<std::string>>& extra = {},
+                                    const std::function<void(LocalClusterOptions&)>& configure = {}) {
   LocalClusterOptions o;
   o.model_dir = ModelDir();
   o.workers = workers;
@@ -54,6 +57,7 @@ std::unique_ptr<LocalCluster> Start(int workers, const std::map<int, std::vector
   // Slow steps down so a fault lands mid-decode on this tiny model.
   o.worker_extra_args.assign(workers, {"--inject-step-delay-ms", "15"});
   for (const auto& [i, flags] : extra) o.worker_extra_args.at(i).insert(o.worker_extra_args.at(i).end(), flags.begin(), flags.end());
+  if (configure) configure(o);
   auto c = LocalCluster::Start(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(c).value() : nullptr;
@@ -269,6 +273,99 @@ TEST(FaultTest, LostControlMessagesCostTimeNotRequests) {
     EXPECT_EQ(row.completed, row.requests);
     EXPECT_TRUE(row.tokens_identical);
   }
+}
+
+// Ten times more requests than the cluster holds (sequences in the pipeline + the bounded
+// queue): the excess is refused at once as busy, the queue never grows past its bound, and
+// every admitted request completes with the fault-free tokens.
+TEST(FaultTest, TenTimesOverloadIsRefusedAsBusyAndNothingIsLost) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());
+  constexpr int64_t kSequences = 2, kQueue = 4;
+  constexpr int kRequests = 10 * (kSequences + kQueue);
+  auto cluster = Start(2, {}, [](LocalClusterOptions& o) {
+    o.coordinator.max_sequences = kSequences;
+    o.coordinator.max_queue = kQueue;
+  });
+  ASSERT_NE(cluster, nullptr);
+  const auto workload = Workload();
+  std::vector<std::future<StatusOr<GenerateResult>>> futures;
+  for (int i = 0; i < kRequests; ++i) {
+    futures.push_back(std::async(std::launch::async, [&cluster, r = workload[i % workload.size()]]() -> StatusOr<GenerateResult> {
+      XCPIPE_ASSIGN_OR_RETURN(auto client, Client::Connect(cluster->address(), 10s));
+      return client->Generate(r, 300s);
+    }));
+  }
+  int64_t deepest_queue = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto s = Status(*cluster);
+    if (!s.empty()) deepest_queue = std::max<int64_t>(deepest_queue, s["queue_depth"].get<int64_t>());
+    std::this_thread::sleep_for(50ms);
+  }
+  Row row;
+  row.scenario = "10x overload (bounded queue, busy answers)";
+  row.requests = kRequests;
+  bool identical = true;
+  for (int i = 0; i < kRequests; ++i) {
+    auto result = futures[i].get();
+    if (!result.ok()) {
+      ++row.lost;
+      continue;
+    }
+    if (!result->error.empty()) {
+      const bool busy = result->error.find("busy") != std::string::npos;
+      ++row.failed[busy ? "busy" : result->error.substr(0, result->error.find(':'))];
+      continue;
+    }
+    ++row.completed;
+    if (result->token_ids[0].size() > workload[i % workload.size()].max_new_tokens) ++row.duplicated;
+    if (result->token_ids[0] != Reference()[i % workload.size()]) identical = false;
+  }
+  row.tokens_identical = identical;
+  Report(row);
+  EXPECT_EQ(row.lost, 0);
+  EXPECT_EQ(row.duplicated, 0);
+  EXPECT_LE(deepest_queue, kQueue);
+  EXPECT_GE(row.completed, kQueue);  // at least a full queue's worth gets through
+  EXPECT_GT(row.failed["busy"], 0);
+  EXPECT_EQ(row.completed + row.failed["busy"], kRequests);
+  EXPECT_TRUE(row.tokens_identical);
+}
+
+// A client killed while its tokens stream: the coordinator notices on the next send, cancels
+// the request and frees its KV room on every stage; everyone else finishes as without it.
+TEST(FaultTest, ClientKilledMidStreamIsCancelledAndOthersFinish) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());
+  auto cluster = Start(2);
+  ASSERT_NE(cluster, nullptr);
+  auto submit = Subprocess::Start({(testing::BinDir() / "xcpipe").string(), "submit", "--coordinator",
+                                   cluster->address(), "--prompt", "Tell me a very long story.", "--max-new-tokens",
+                                   "1000"},
+                                  {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
+  ASSERT_TRUE(submit.ok()) << submit.status().ToString();
+  Clock::time_point killed;
+  Row row = RunWithFault("client killed mid-stream", *cluster, [&] {
+    (*submit)->Signal(SIGKILL);
+    killed = Clock::now();
+  }, /*expect_recovery=*/false);
+  // The killed client's request: cancelled, nothing left in flight or reserved.
+  double cancelled_ms = -1;
+  for (int i = 0; i < 100 && cancelled_ms < 0; ++i) {
+    auto s = Status(*cluster);
+    if (!s.empty() && s["in_flight"].get<int64_t>() == 0 && s["queue_depth"].get<int64_t>() == 0) {
+      cancelled_ms = std::chrono::duration<double, std::milli>(Clock::now() - killed).count();
+    } else {
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  EXPECT_GE(cancelled_ms, 0) << "the killed client's request is still in the pipeline";
+  row.requests += 1;
+  row.failed["Cancelled (client gone)"] += 1;
+  row.detect_ms = cancelled_ms;
+  Report(row);
+  EXPECT_EQ(row.completed, row.requests - 1);
+  EXPECT_TRUE(row.tokens_identical);
 }
 
 TEST(FaultTest, HangInsideComputeIsReportedByTheWatchdogAndReplanned) {

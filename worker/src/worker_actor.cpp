@@ -355,6 +355,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   r.setWeightBytes(model->weight_bytes());
   r.setKvBytesPerToken(model->kv_bytes_per_token());
   r.setResidentBytes(ResidentBytes());
+  r.setWeightsKept(same_blocks);
   r.setLoadMs(static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()));
   SendEnvelope(m);
   spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}", stage_index, stage_count, range.begin,

@@ -25,6 +25,10 @@ namespace xcpipe::coordinator {
 struct ClientTimings {
   static constexpr std::chrono::milliseconds kResubmitUnacknowledged{1000};  // before any answer
   static constexpr std::chrono::milliseconds kResubmitAfterSilence{4000};    // once accepted
+  // Refusals marked retryable (not serving yet) are repeated at most this often (the retry
+  // budget), waiting what the coordinator asked, capped.
+  static constexpr int kMaxUnavailableRetries = 60;
+  static constexpr std::chrono::milliseconds kMaxRetryBackoff{2000};
 };
 
 struct GenerateRequest {

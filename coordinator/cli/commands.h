@@ -21,5 +21,6 @@ void AddRunCommand(CLI::App& app, Action& action);
 void AddServeLocalCommand(CLI::App& app, Action& action);
 void AddSubmitCommand(CLI::App& app, Action& action);
 void AddStatusCommand(CLI::App& app, Action& action);
+void AddKeysCommand(CLI::App& app, Action& action);
 
 }  // namespace xcpipe::cli

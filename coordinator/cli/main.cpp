@@ -21,7 +21,6 @@ struct PlannedCommand {
 // and say so plainly when run.
 const std::vector<PlannedCommand> kNotYetAvailable = {
     {"bench", "benchmarks (placement strategies, decode, data plane)"},
-    {"keys", "generate CURVE key pairs for authenticated control sockets"},
 };
 
 }  // namespace
@@ -61,6 +60,7 @@ int main(int argc, char** argv) {
   cli::AddServeLocalCommand(app, action);
   cli::AddSubmitCommand(app, action);
   cli::AddStatusCommand(app, action);
+  cli::AddKeysCommand(app, action);
 
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   // Logs go to stderr; stdout carries results ("ready <address>", JSON, tables).

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "curve_flags.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/status_view.h"
@@ -19,14 +20,21 @@ void AddStatusCommand(CLI::App& app, Action& action) {
   auto json = std::make_shared<bool>(false);
   auto watch = std::make_shared<double>(0);  // seconds between refreshes; 0: show once
   sub->add_option("--coordinator", *coordinator, "coordinator address, e.g. tcp://127.0.0.1:7000")->required();
+  auto curve_flags = std::make_shared<ClientCurveFlags>();
+  AddClientCurveFlags(*sub, *curve_flags);
   sub->add_flag("--json", *json, "print the status as JSON");
   sub->add_option("--watch", *watch, "redraw in place every SECONDS (default 1) until Ctrl-C")
       ->expected(0, 1)
       ->default_str("1")
       ->check(CLI::Range(0.1, 3600.0));
-  sub->callback([&action, coordinator, json, watch] {
+  sub->callback([&action, coordinator, json, watch, curve_flags] {
     action = [=]() -> int {
-      auto client = coordinator::Client::Connect(*coordinator, std::chrono::seconds(5));
+      auto curve = curve_flags->Load();
+      if (!curve.ok()) {
+        std::fprintf(stderr, "xcpipe status: %s\n", curve.status().ToString().c_str());
+        return ExitCodeFor(curve.status());
+      }
+      auto client = coordinator::Client::Connect(*coordinator, std::chrono::seconds(5), *curve);
       if (!client.ok()) {
         std::fprintf(stderr, "xcpipe status: %s\n", client.status().ToString().c_str());
         return ExitCodeFor(client.status());

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "curve_flags.h"
 #include "generation_flags.h"
 #include "xcpipe/base/exit_codes.h"
 
@@ -20,16 +21,23 @@ void AddSubmitCommand(CLI::App& app, Action& action) {
   auto timeout_s = std::make_shared<int>(600);
   auto flags = std::make_shared<GenerationFlags>();
   sub->add_option("--coordinator", *coordinator, "coordinator address, e.g. tcp://127.0.0.1:7000")->required();
+  auto curve_flags = std::make_shared<ClientCurveFlags>();
+  AddClientCurveFlags(*sub, *curve_flags);
   sub->add_option("--timeout-s", *timeout_s, "give up after this many seconds")->capture_default_str();
   AddGenerationFlags(*sub, *flags);
-  sub->callback([&action, sub, coordinator, timeout_s, flags] {
+  sub->callback([&action, sub, coordinator, timeout_s, flags, curve_flags] {
     action = [=]() -> int {
       auto request = BuildRequest(*flags, *sub);
       if (!request.ok()) {
         std::fprintf(stderr, "xcpipe submit: %s\n", request.status().message().c_str());
         return kExitInvalidInput;
       }
-      auto client = coordinator::Client::Connect(*coordinator, std::chrono::seconds(10));
+      auto curve = curve_flags->Load();
+      if (!curve.ok()) {
+        std::fprintf(stderr, "xcpipe submit: %s\n", curve.status().ToString().c_str());
+        return ExitCodeFor(curve.status());
+      }
+      auto client = coordinator::Client::Connect(*coordinator, std::chrono::seconds(10), *curve);
       if (!client.ok()) {
         std::fprintf(stderr, "xcpipe submit: %s\n", client.status().ToString().c_str());
         return ExitCodeFor(client.status());

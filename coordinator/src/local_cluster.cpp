@@ -38,6 +38,14 @@ StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions 
   co.dtype = options.dtype;
   if (co.spec_overrides.empty()) co.spec_overrides = FixtureSpecOverrides(options.model_dir);
   co.worker_wait = options.start_timeout;
+  if (!options.keys_dir.empty()) {
+    auto server = control::LoadServerCurve(options.keys_dir / "coordinator.key", options.keys_dir);
+    if (!server.ok()) return server.status().WithContext("local cluster keys");
+    co.curve = std::move(server).value();
+    auto client = control::LoadClientCurve(options.keys_dir / "client.key", options.keys_dir / "coordinator.pub");
+    if (!client.ok()) return client.status().WithContext("local cluster keys");
+    c->client_curve_ = std::move(client).value();
+  }
   auto ready_mutex = std::make_shared<std::mutex>();
   auto ready_cv = std::make_shared<std::condition_variable>();
   auto ready = std::make_shared<bool>(false);
@@ -84,6 +92,10 @@ Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
   const size_t i = workers_.size();
   std::vector<std::string> argv = {binary.string(), "--coordinator", address_, "--worker-id", "local-" + std::to_string(i),
                                    "--device", "cpu", "--threads", std::to_string(threads_)};
+  if (!options_.keys_dir.empty()) {
+    argv.insert(argv.end(), {"--secret-key", (options_.keys_dir / "worker.key").string(), "--server-key",
+                             (options_.keys_dir / "coordinator.pub").string()});
+  }
   for (const auto& a : extra_args) argv.push_back(a);
   auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = options_.quiet_workers});
   if (!p.ok()) return p.status().WithContext("starting worker " + std::to_string(i));

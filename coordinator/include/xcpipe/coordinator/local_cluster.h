@@ -32,6 +32,9 @@ struct LocalClusterOptions {
   std::chrono::milliseconds start_timeout{180000};
   bool quiet_workers = false;        // send the workers' logs to /dev/null
   CoordinatorOptions coordinator;    // model_dir/listen/expect_workers/dtype are filled in
+  // CURVE: a folder with the control::WriteClusterKeys layout (coordinator/worker/client key
+  // pairs). The coordinator admits every *.pub in it; workers get worker.key; empty: plain TCP.
+  std::filesystem::path keys_dir;
 };
 
 class LocalCluster {
@@ -42,6 +45,9 @@ class LocalCluster {
   LocalCluster& operator=(const LocalCluster&) = delete;
 
   const std::string& address() const { return address_; }
+  // What a client of this cluster passes to Client::Connect (keys_dir/client.key); empty
+  // (disabled) without keys_dir.
+  const control::CurveConfig& client_curve() const { return client_curve_; }
   // "host:port" of the coordinator's metrics endpoint (options.coordinator.metrics_listen); empty when none.
   std::string metrics_address() const { return coordinator_ ? coordinator_->metrics_address() : std::string(); }
   // Worker i's process (for fault injection: signals).
@@ -62,6 +68,7 @@ class LocalCluster {
   std::shared_ptr<std::atomic<int>> exit_code_ = std::make_shared<std::atomic<int>>(0);
   std::vector<std::unique_ptr<Subprocess>> workers_;
   std::string address_;
+  control::CurveConfig client_curve_;
   bool stopped_ = false;
   LocalClusterOptions options_;
   int threads_ = 1;

@@ -10,6 +10,7 @@
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/service_notify.h"
+#include "xcpipe/control/socket.h"
 #include "xcpipe/coordinator/coordinator.h"
 #include "xcpipe/coordinator/serving_flags.h"
 
@@ -85,6 +86,13 @@ int main(int argc, char** argv) {
     return ExitCodeFor(curve.status());
   }
   options.curve = std::move(curve).value();
+  if (control::IsWildcardEndpoint(listen) && !allow_wildcard_bind) {  // before the model loads
+    std::fprintf(stderr,
+                 "xcpipe-coordinator: refusing to listen on every interface (%s); name the address "
+                 "(e.g. tcp://10.0.0.1:7000) or pass --allow-wildcard-bind\n",
+                 listen.c_str());
+    return kExitUsage;
+  }
   // Under systemd (Type=notify): READY=1 once serving, WATCHDOG=1 from the loop, STOPPING=1 on
   // a signal. No-ops when NOTIFY_SOCKET is unset.
   auto watchdog = std::make_shared<service::WatchdogPinger>();

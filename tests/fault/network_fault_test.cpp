@@ -356,7 +356,12 @@ class NamespaceLab {
   std::string Veth(int host) const { return "v" + tag_ + "h" + std::to_string(host); }  // the bridge's end
   std::string Address(int host) const { return subnet_ + "." + std::to_string(host); }
   std::string CoordinatorAddress() const { return subnet_ + ".254"; }
-  std::vector<std::string> Prefix(int host) const { return {"ip", "netns", "exec", Ns(host)}; }
+  // Subprocess does not search PATH: name ip by its full path.
+  std::vector<std::string> Prefix(int host) const {
+    for (const char* ip : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"})
+      if (fs::exists(ip)) return {ip, "netns", "exec", Ns(host)};
+    return {"ip", "netns", "exec", Ns(host)};
+  }
 
  private:
   std::string tag_, subnet_;
@@ -374,6 +379,7 @@ TEST(NetworkFaultTest, PartitionedWorkerHostIsReplacedBySpareAndRejoinsAsSpare) 
   for (int host = 1; host <= 3; ++host) {
     cluster->AddWorker("host" + std::to_string(host) + "/cpu", {"--data-host", lab.Address(host)}, lab.Prefix(host));
   }
+  ASSERT_FALSE(::testing::Test::HasFailure()) << "a worker did not start";
   ASSERT_TRUE(cluster->WaitServing(120s)) << "the 3-host cluster did not start serving";
   // The spare, on a 4th host: registers idle until a re-plan uses it.
   cluster->AddWorker("host4/cpu", {"--data-host", lab.Address(4)}, lab.Prefix(4));
@@ -406,12 +412,15 @@ TEST(NetworkFaultTest, PartitionedWorkerHostIsReplacedBySpareAndRejoinsAsSpare) 
   ASSERT_EQ(Sh("ip link set " + lab.Veth(victim_host) + " up"), 0);
   const auto healed = Clock::now();
   std::string state;
+  int stage = -2;
   for (int i = 0; i < 150 && state != "idle"; ++i) {
     std::this_thread::sleep_for(100ms);
     const auto w = cluster->WorkerStatus(victim);
     state = w.empty() ? "" : w["state"].get<std::string>();
+    stage = w.empty() ? -2 : w["stage"].get<int>();
   }
   EXPECT_EQ(state, "idle") << "the partitioned worker did not re-register as a spare";
+  EXPECT_EQ(stage, -1) << "the partitioned worker came back still holding a stage";
   std::cout << "partitioned worker back as a spare " << std::chrono::duration_cast<std::chrono::milliseconds>(
                                                             Clock::now() - healed).count()
             << " ms after the link came up\n";
@@ -419,8 +428,8 @@ TEST(NetworkFaultTest, PartitionedWorkerHostIsReplacedBySpareAndRejoinsAsSpare) 
   Outcome after = RunWithFault("(after the partition healed)", *cluster, [] {}, 2);
   EXPECT_EQ(after.row.completed, 2);
   EXPECT_TRUE(after.row.tokens_identical) << "serving after the stale worker came back gave different tokens";
+  // (A later re-plan, e.g. a rebalance, may give the returned spare a stage of the new epoch.)
   EXPECT_EQ(after.status["faults"].get<int>(), faults_before) << "the returning worker caused another fault";
-  EXPECT_EQ(cluster->WorkerStatus(victim)["stage"].get<int>(), -1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -548,8 +548,12 @@ TEST(NetworkFaultTest, CorruptedByteInDataFrameIsRefusedByChecksumAndRecovered) 
   ReportAndCheck(out.row, /*expect_fault=*/true);
   EXPECT_EQ(c->DataProxyOf(receiver).counters().corrupted, 1u);
   const std::string log = c->cluster->log(receiver_index);
-  EXPECT_NE(log.find("checksum"), std::string::npos) << "the receiver did not refuse the frame by its checksum:\n"
-                                                     << log;
+  const size_t at = log.find("checksum");
+  EXPECT_NE(at, std::string::npos) << "the receiver did not refuse the frame by its checksum:\n" << log;
+  if (at != std::string::npos) {
+    const size_t begin = log.rfind('\n', at) + 1;
+    std::cout << "receiver said: " << log.substr(begin, log.find('\n', at) - begin) << "\n";
+  }
   EXPECT_GE(out.status["faults"].get<int>(), 1);
 }
 

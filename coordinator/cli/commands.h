@@ -22,5 +22,6 @@ void AddServeLocalCommand(CLI::App& app, Action& action);
 void AddSubmitCommand(CLI::App& app, Action& action);
 void AddStatusCommand(CLI::App& app, Action& action);
 void AddKeysCommand(CLI::App& app, Action& action);
+void AddBenchCommand(CLI::App& app, Action& action);
 
 }  // namespace xcpipe::cli

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <csignal>
 #include <mutex>
@@ -91,7 +92,12 @@ Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
   const auto binary = options_.worker_binary.empty() ? ExecutableDir() / "xcpipe-worker" : options_.worker_binary;
   const size_t i = workers_.size();
   std::vector<std::string> argv = {binary.string(), "--coordinator", address_, "--worker-id", "local-" + std::to_string(i),
-                                   "--device", "cpu", "--threads", std::to_string(threads_)};
+                                   "--device", "cpu"};
+  // A worker's own --threads in its extra args (unequal hosts simulated on one machine) replaces
+  // the shared setting: the worker's parser refuses an option given twice.
+  if (std::find(extra_args.begin(), extra_args.end(), "--threads") == extra_args.end()) {
+    argv.insert(argv.end(), {"--threads", std::to_string(threads_)});
+  }
   if (!options_.keys_dir.empty()) {
     argv.insert(argv.end(), {"--secret-key", (options_.keys_dir / "worker.key").string(), "--server-key",
                              (options_.keys_dir / "coordinator.pub").string()});

@@ -37,7 +37,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # allocator that keeps freed pages (first touch of fresh memory is slow on these hosts)
   libjemalloc2
-  # fuzzing and sanitizers
+  # fuzzing and sanitizers: the fuzz tests build their targets with clang (the main build is g++);
+  # libclang-rt-14-dev holds libFuzzer (libclang_rt.fuzzer) and the ASan/UBSan runtimes
   clang libclang-rt-14-dev
   # fault tests: network namespaces and tools used by the scripts
   iproute2 procps python3 python3-numpy

@@ -338,6 +338,8 @@ struct StatusReply {
   ttftP99Ms @17 :Float64;          # and 99th percentile, from the coordinator's histogram
   tokensPerSecondP50 @18 :Float64; # decode speed of finished sequences (after the first token), median
   metricsAddress @19 :Text;        # "host:port" of the Prometheus endpoint; empty when not served
+  rebalances @20 :UInt64;          # plans changed because measured stage times were unbalanced
+  lastRebalance @21 :Text;         # what the last one saw and did (stage times before, blocks after)
 }
 
 # The one top-level message.

@@ -250,6 +250,8 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["failed"] = r.getFailed();
     j["faults"] = r.getFaults();
     j["replays"] = r.getReplays();
+    j["rebalances"] = r.getRebalances();
+    j["last_rebalance"] = r.getLastRebalance().cStr();
     j["last_detect_ms"] = r.getLastDetectMs();
     j["last_recover_ms"] = r.getLastRecoverMs();
     j["submitted"] = r.getSubmitted();

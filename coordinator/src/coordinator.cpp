@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <csignal>
 #include <deque>
@@ -28,6 +29,14 @@ using Clock = std::chrono::steady_clock;
 // computed (workers heartbeat every 250 ms while a step runs, so a long prefill keeps extending
 // the deadlines of everything queued behind it).
 constexpr std::chrono::milliseconds kStepDeadline{2000};
+// Rebalancing looks only at windows with this many steps on every stage, and only when a
+// stage's compute per step is large enough to measure (below it, noise and not placement).
+constexpr uint64_t kRebalanceMinSteps = 20;
+constexpr double kRebalanceMinStepMs = 1.0;
+// A worker's estimated slowdown moves by at most this factor per rebalance (either way), and
+// stays within [1/kRebalanceMaxSlowdown, kRebalanceMaxSlowdown] of the prediction.
+constexpr double kRebalanceMaxStep = 3.0;
+constexpr double kRebalanceMaxSlowdown = 16.0;
 // What a client is told to wait before repeating a submit the cluster cannot take yet.
 constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
 // A stage that neither reports load progress nor says ready this long after its assignment is
@@ -150,6 +159,17 @@ struct Coordinator::Impl {
   };
   std::map<uint64_t, StepTimes> step_deadlines;  // by micro-batch
   void CheckStepDeadlines();
+  // Dynamic load balancing (see CoordinatorOptions::rebalance).
+  std::map<std::string, double> slowdown;  // worker peer -> its speed relative to the prediction (1 = as predicted)
+  std::map<std::string, std::pair<uint64_t, uint64_t>> window_base;  // peer -> (busy micros, steps) at window start
+  Clock::time_point window_started;
+  uint64_t rebalances = 0;
+  std::string last_rebalance;
+  bool rebalance_pending = false;  // the next plan is a rebalance: log it as such
+  void CheckRebalance();
+  // Re-plans on the live workers and replays every admitted sequence; `fault`: after a failure
+  // (fault figures are kept), else a deliberate move (rebalancing).
+  void Replan(const std::string& why, bool fault);
   // Exactly-once delivery: finished requests by (client peer, client's request id).
   std::map<std::pair<std::string, uint64_t>, std::vector<FinalEvent>> finished;
   std::deque<std::pair<std::string, uint64_t>> finished_order;
@@ -358,6 +378,10 @@ void Coordinator::Impl::MaybePlan() {
     gpu.tflops = cuda ? 100.0 : 0.05 * std::max<uint32_t>(1, pool[i]->threads);
     gpu.mem_bw_gbps = cuda ? 1000.0 : 20.0;
     gpu.reserved_gib = cuda ? planner::kDefaultCudaReservedGib : planner::kDefaultCpuReservedGib;
+    if (auto sd = slowdown.find(pool[i]->peer); sd != slowdown.end() && sd->second > 0) {
+      gpu.tflops /= sd->second;  // measured: this worker runs slower (or faster) than predicted
+      gpu.mem_bw_gbps /= sd->second;
+    }
     where[i] = {static_cast<size_t>(h - cluster.hosts.begin()), h->gpus.size()};
     h->gpus.push_back(gpu);
   }
@@ -408,6 +432,16 @@ void Coordinator::Impl::MaybePlan() {
     stages.push_back(st);
   }
   spdlog::info("plan (epoch {}): {} stages, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan->bottleneck_ms);
+  if (rebalance_pending) {
+    rebalance_pending = false;
+    std::string after;
+    for (const auto& st : stages) {
+      after += (after.empty() ? "" : ", ") + workers[st.peer].id + " [" + std::to_string(st.first) + ", " +
+               std::to_string(st.end) + ")";
+    }
+    last_rebalance += "; after: " + after;
+    spdlog::info("rebalanced: {}", last_rebalance);
+  }
   for (size_t i = 0; i < stages.size(); ++i) {
     WorkerInfo& w = workers[stages[i].peer];
     w.stage = static_cast<int>(i);
@@ -1005,6 +1039,8 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setFailed(failed);
   r.setFaults(static_cast<uint32_t>(faults));
   r.setReplays(replays);
+  r.setRebalances(rebalances);
+  r.setLastRebalance(last_rebalance);
   r.setLastDetectMs(last_detect_ms);
   r.setLastRecoverMs(last_recover_ms);
   auto list = r.initWorkers(workers.size());
@@ -1197,9 +1233,78 @@ void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
   Recover(why);
 }
 
-void Coordinator::Impl::Recover(const std::string& why) {
-  if (!recovering) fault_detected_at = Clock::now();
-  spdlog::warn("recovering: {}", why);
+void Coordinator::Impl::Recover(const std::string& why) { Replan(why, /*fault=*/true); }
+
+void Coordinator::Impl::CheckRebalance() {
+  if (!opt.rebalance || state != ClusterState::kServing || stages.size() < 2) return;
+  const auto now = Clock::now();
+  auto restart_window = [&] {
+    window_base.clear();
+    for (const auto& st : stages) {
+      const WorkerInfo& w = workers[st.peer];
+      window_base[st.peer] = {w.figures.busy_micros_total, w.figures.steps_total};
+    }
+    window_started = now;
+  };
+  if (window_base.empty()) return restart_window();
+  if (now - window_started < opt.rebalance_window) return;
+  std::vector<double> ms_per_step(stages.size(), 0);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const WorkerInfo& w = workers[stages[i].peer];
+    auto base = window_base.find(stages[i].peer);
+    if (base == window_base.end()) return restart_window();
+    const uint64_t busy = w.figures.busy_micros_total - std::min(w.figures.busy_micros_total, base->second.first);
+    const uint64_t steps = w.figures.steps_total - std::min(w.figures.steps_total, base->second.second);
+    if (steps < kRebalanceMinSteps) return restart_window();  // not enough traffic to judge
+    ms_per_step[i] = static_cast<double>(busy) / 1000.0 / static_cast<double>(steps);
+  }
+  double mean = 0, slowest = 0;
+  size_t slowest_stage = 0;
+  for (size_t i = 0; i < ms_per_step.size(); ++i) {
+    mean += ms_per_step[i] / static_cast<double>(ms_per_step.size());
+    if (ms_per_step[i] > slowest) {
+      slowest = ms_per_step[i];
+      slowest_stage = i;
+    }
+  }
+  if (mean < kRebalanceMinStepMs || slowest <= mean * (1.0 + opt.rebalance_threshold)) return restart_window();
+  // Each worker's speed against the prediction for its own blocks. Relative speeds are what the
+  // planner needs; the median worker is the unit, so a stage whose prediction is off (a vision
+  // tower idle in a text-only load) reads as fast rather than making every other one slow.
+  std::vector<double> ratio(stages.size(), 1.0);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    ratio[i] = stages[i].predicted_step_ms > 0 ? ms_per_step[i] / stages[i].predicted_step_ms : 1.0;
+  }
+  std::vector<double> sorted = ratio;
+  std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
+  const double best = std::max(sorted[sorted.size() / 2], 1e-9);
+  std::string before;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    // Damped and bounded: a stage's step also holds costs that do not scale with its blocks
+    // (the hop to the next stage, sampling), which make a stage of few blocks look slow; a
+    // full correction per round would overshoot and swing the plan back and forth.
+    double& sd = slowdown[stages[i].peer];
+    const double step = std::clamp(std::sqrt(ratio[i] / best), 1.0 / kRebalanceMaxStep, kRebalanceMaxStep);
+    sd = std::clamp((sd > 0 ? sd : 1.0) * step, 1.0 / kRebalanceMaxSlowdown, kRebalanceMaxSlowdown);
+    char line[160];
+    std::snprintf(line, sizeof line, "%s%s [%zu, %zu) %.2f ms/step (slowdown %.2f)", i ? ", " : "",
+                  workers[stages[i].peer].id.c_str(), stages[i].first, stages[i].end, ms_per_step[i], sd);
+    before += line;
+  }
+  ++rebalances;
+  char head[160];
+  std::snprintf(head, sizeof head, "stage %zu at %.2f ms/step is %.0f%% above the mean %.2f ms; before: ", slowest_stage,
+                slowest, 100.0 * (slowest / mean - 1.0), mean);
+  last_rebalance = head + before;
+  spdlog::warn("rebalancing: {}", last_rebalance);
+  rebalance_pending = true;
+  Replan("rebalancing: measured stage times are unbalanced", /*fault=*/false);
+}
+
+void Coordinator::Impl::Replan(const std::string& why, bool fault) {
+  if (fault && !recovering) fault_detected_at = Clock::now();
+  if (fault) spdlog::warn("recovering: {}", why);
+  window_base.clear();
   ++epoch;  // anything still in flight under the old epoch is ignored from now on
   workers_changed = true;
   // Every admitted sequence goes back to the front of the queue, keeping its generated tokens:
@@ -1224,7 +1329,7 @@ void Coordinator::Impl::Recover(const std::string& why) {
     }
   }
   state = ClusterState::kWaiting;
-  recovering = true;
+  if (fault) recovering = true;
 }
 
 Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }
@@ -1320,6 +1425,7 @@ int Coordinator::Run() {
     s.Schedule();
     s.Heartbeats();
     s.CheckStepDeadlines();
+    s.CheckRebalance();
     s.ResendLostAssignments();
     s.PublishMetrics();
   }

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
 #include <numeric>
 #include <sstream>
 #include <thread>
@@ -78,6 +79,7 @@ TEST_F(PlanVsRealityTest, PeakResidentMemoryIsWithinToleranceOfThePlan) {
   o.worker_binary = testing::BinDir() / "xcpipe-worker";
   o.coordinator.max_sequences = kMaxSequences;
   o.coordinator.max_context = kMaxContext;
+  o.coordinator.rebalance = false;  // the plan under test must stay the plan
   auto cluster = LocalCluster::Start(o);
   ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
 
@@ -149,6 +151,7 @@ TEST_F(PlanVsRealityTest, MeasuredStepTimesRankStagesAsPredicted) {
   o.coordinator.max_sequences = kMaxSequences;
   o.coordinator.max_context = kMaxContext;
   o.coordinator.strategy = kRankingStrategy;
+  o.coordinator.rebalance = false;  // the plan under test must stay the plan
   auto cluster = LocalCluster::Start(o);
   ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
   auto image = ReadFileToString(testing::FixturesDir() / "ixc2_vl/cases/image_chat/image.png");
@@ -189,6 +192,99 @@ TEST_F(PlanVsRealityTest, MeasuredStepTimesRankStagesAsPredicted) {
   fs::create_directories(testing::BinaryDir() / "reports");
   ASSERT_TRUE(WriteFileAtomically(testing::BinaryDir() / "reports" / "plan_vs_reality_steps.json", report.dump(2)).ok());
   (*cluster)->Stop();
+}
+
+// Per-stage compute per step over a stretch of serving, from two status replies.
+std::vector<double> MsPerStep(const nlohmann::json& before, const nlohmann::json& after) {
+  std::map<std::string, std::pair<double, double>> base;  // worker id -> (busy ms, steps)
+  for (const auto& w : before["workers"]) base[w["id"]] = {w["busy_ms_total"].get<double>(), w["steps"].get<double>()};
+  std::vector<double> out;
+  for (const auto& w : after["workers"]) {
+    if (w["stage"].get<int>() < 0) continue;
+    const auto& b = base[w["id"]];
+    const double steps = w["steps"].get<double>() - b.second;
+    out.resize(std::max<size_t>(out.size(), w["stage"].get<size_t>() + 1), 0);
+    out[w["stage"].get<size_t>()] = steps > 0 ? (w["busy_ms_total"].get<double>() - b.first) / steps : 0;
+  }
+  return out;
+}
+
+double ExcessOverMean(const std::vector<double>& v) {
+  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  return mean > 0 ? *std::max_element(v.begin(), v.end()) / mean - 1.0 : 0;
+}
+
+// One worker made 2.5 times slower than the others (in proportion to its work, as a slower
+// device): the coordinator sees its stage stay above the mean, re-plans with the measured
+// speeds and moves blocks off it, until the slowest stage is within 20% of the mean; every
+// request completes with the tokens of a run that never rebalanced.
+TEST_F(PlanVsRealityTest, RebalancingBringsTheSlowestStageWithin20PercentOfTheMean) {
+  auto run = [&](bool rebalance, std::vector<std::vector<int64_t>>& tokens, nlohmann::json& last) -> double {
+    LocalClusterOptions o;
+    o.model_dir = *model_dir_;
+    o.workers = kWorkers;
+    o.threads_per_worker = 1;
+    o.quiet_workers = true;
+    o.worker_binary = testing::BinDir() / "xcpipe-worker";
+    o.worker_extra_args = {{}, {"--inject-slowdown", "2.5"}, {}};
+    o.coordinator.max_sequences = kMaxSequences;
+    o.coordinator.rebalance = rebalance;
+    o.coordinator.rebalance_window = 3s;
+    auto cluster = LocalCluster::Start(o);
+    EXPECT_TRUE(cluster.ok()) << cluster.status().ToString();
+    if (!cluster.ok()) return -1;
+    auto client = Client::Connect((*cluster)->address(), 10s);
+    EXPECT_TRUE(client.ok());
+    // Waves of the same requests until the plan has settled (or, without rebalancing, once).
+    double excess = -1;
+    for (int wave = 0; wave < 10; ++wave) {
+      auto before = (*client)->GetStatus(10s);
+      std::vector<std::future<StatusOr<GenerateResult>>> futures;
+      for (int i = 0; i < kMaxSequences; ++i) {
+        futures.push_back(std::async(std::launch::async, [&, i]() -> StatusOr<GenerateResult> {
+          XCPIPE_ASSIGN_OR_RETURN(auto c, Client::Connect((*cluster)->address(), 10s));
+          GenerateRequest r;
+          r.prompt_json = nlohmann::json("Tell me about the sea, part " + std::to_string(i) + ".").dump();
+          r.max_new_tokens = 48;
+          return c->Generate(r, 300s);
+        }));
+      }
+      std::vector<std::vector<int64_t>> got;
+      for (auto& f : futures) {
+        auto result = f.get();
+        EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
+        got.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});
+      }
+      if (tokens.empty()) tokens = got;
+      EXPECT_EQ(got, tokens) << "wave " << wave << " gave other tokens";
+      std::this_thread::sleep_for(600ms);  // the last steps' figures arrive with a heartbeat
+      auto after = (*client)->GetStatus(10s);
+      if (!before.ok() || !after.ok()) continue;
+      last = *after;
+      const auto ms = MsPerStep(*before, *after);
+      const bool measured = ms.size() >= 2 && std::all_of(ms.begin(), ms.end(), [](double x) { return x > 0; }) &&
+                            (*after)["epoch"] == (*before)["epoch"];
+      if (!measured) continue;  // the plan changed during this wave: no like-for-like figure
+      excess = ExcessOverMean(ms);
+      std::printf("%s wave %d: stage ms/step", rebalance ? "rebalancing" : "fixed plan", wave);
+      for (double x : ms) std::printf(" %.2f", x);
+      std::printf(" (slowest %.0f%% above the mean), rebalances %llu\n", 100 * excess,
+                  static_cast<unsigned long long>((*after)["rebalances"].get<uint64_t>()));
+      if (!rebalance) break;
+      if ((*after)["rebalances"].get<uint64_t>() > 0 && excess <= 0.2) break;
+    }
+    (*cluster)->Stop();
+    return excess;
+  };
+  std::vector<std::vector<int64_t>> reference, rebalanced;
+  nlohmann::json fixed_status, final_status;
+  const double fixed_excess = run(false, reference, fixed_status);
+  const double final_excess = run(true, rebalanced, final_status);
+  std::printf("last rebalance: %s\n", final_status.value("last_rebalance", "").c_str());
+  EXPECT_GT(fixed_excess, 0.2) << "the slowed worker should unbalance the first plan";
+  EXPECT_GE(final_status["rebalances"].get<uint64_t>(), 1u);
+  EXPECT_LE(final_excess, 0.2);
+  EXPECT_EQ(rebalanced, reference);
 }
 
 }  // namespace

@@ -511,6 +511,12 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
   const auto started = Clock::now();
   step.input.all_logits = false;
   auto out = model->Forward(step.input);
+  if (opt.slowdown_factor > 1.0) {
+    // Fault injection: a device this much slower, in proportion to the work (so moving blocks
+    // away from it helps, as with a real slower GPU).
+    const auto compute = Clock::now() - started;
+    std::this_thread::sleep_for(std::chrono::duration_cast<Clock::duration>(compute * (opt.slowdown_factor - 1.0)));
+  }
   if (!out.ok()) return SendError(out.status().WithContext("stage " + std::to_string(stage_index)), step.micro_batch);
   const auto finished = Clock::now();
   step_times.Record(started, finished);

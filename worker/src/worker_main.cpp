@@ -63,6 +63,10 @@ int main(int argc, char** argv) {
                  "between; default: --data-host and the bound port)");
   app.add_option("--inject-step-delay-ms", step_delay_ms, "fault injection: sleep before every step (tests only)");
   uint64_t hang_at_step = 0;
+  double slowdown_factor = 1.0;
+  app.add_option("--inject-slowdown", slowdown_factor,
+                 "fault injection: make every step take this many times its compute, e.g. 3 (tests only)")
+      ->check(CLI::Range(1.0, 100.0));
   app.add_option("--inject-hang-at-step", hang_at_step,
                  "fault injection: hang forever inside the Nth step's compute (tests only)");
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -132,6 +136,7 @@ int main(int argc, char** argv) {
   options.data_advertise = data_advertise;
   options.step_delay = std::chrono::milliseconds(step_delay_ms);
   options.hang_at_step = hang_at_step;
+  options.slowdown_factor = slowdown_factor;
   options.worker_id = worker_id.empty() ? choice->device + "@" + std::to_string(getpid()) : worker_id;
   // Under systemd (Type=notify): READY=1 once the assigned stage has loaded, WATCHDOG=1 from the
   // poll loop, STOPPING=1 when it drains. No-ops when NOTIFY_SOCKET is unset.

@@ -60,6 +60,13 @@ struct CoordinatorOptions {
   int64_t max_sequences = 64;           // sequences in the pipeline at once (and the plan's KV room)
   int64_t max_context = 4096;           // prompt + new tokens of one sequence; capped at the model's limit
   std::string strategy = "balanced";    // planner strategy: balanced, even or greedy-memory
+  // Dynamic load balancing: when, over a window of serving, the slowest stage's measured compute
+  // per step stays more than `rebalance_threshold` above the mean, re-plan with each worker's
+  // measured speed in place of the predicted one and move the blocks (between steps; every
+  // sequence is replayed, so no request is lost and greedy tokens do not change).
+  bool rebalance = true;
+  double rebalance_threshold = 0.2;
+  std::chrono::milliseconds rebalance_window{30000};  // measured over this much serving
   int64_t max_queue = 256;              // requests waiting for admission before "busy"
   int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
   std::chrono::milliseconds worker_wait{120000};  // give up waiting for workers after this (exit 5)

@@ -202,7 +202,9 @@ struct StrategyRun {
   double ttft_p50_ms = 0;
   double ttft_p99_ms = 0;
   std::vector<StageFigures> stages;
-  double busy_imbalance = 0;  // max / mean of the stages' busy time
+  // Max over mean of the busy time over every worker of the cluster: a worker the plan leaves
+  // without a stage counts as idle, so a plan that uses fewer workers is not "balanced".
+  double busy_imbalance = 0;
   int bottleneck_stage = -1;  // the stage with the largest predicted step time
   double bottleneck_predicted_ms = 0;
   uint64_t peak_resident_max_bytes = 0;
@@ -342,7 +344,7 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
     }
     run.peak_resident_max_bytes = std::max(run.peak_resident_max_bytes, s.peak_resident_bytes);
   }
-  const double busy_mean = busy_sum / static_cast<double>(run.stages.size());
+  const double busy_mean = busy_sum / static_cast<double>(std::max(run.stages.size(), static_cast<size_t>(o.workers)));
   run.busy_imbalance = busy_mean > 0 ? busy_max / busy_mean : 0;
   clients.clear();
   cluster->Stop();
@@ -452,6 +454,7 @@ nlohmann::json RunToJson(const StrategyRun& r) {
           {"tokens_per_s", r.tokens_per_s},
           {"ttft_p50_ms", r.ttft_p50_ms},
           {"ttft_p99_ms", r.ttft_p99_ms},
+          {"stages_used", r.stages.size()},
           {"busy_imbalance", r.busy_imbalance},
           {"bottleneck_stage", r.bottleneck_stage},
           {"bottleneck_predicted_ms", r.bottleneck_predicted_ms},
@@ -607,7 +610,8 @@ void AddBenchCommand(CLI::App& app, Action& action) {
       "side by side, the best of each column marked '*':\n"
       "  tok/s              generated tokens / wall time of the whole workload\n"
       "  ttft p50/p99       submit to first token, over the requests\n"
-      "  busy max/mean      each stage's compute time during the workload; 1.00 is a perfect balance\n"
+      "  busy max/mean      compute time during the workload, slowest worker over the mean of all the\n"
+      "                     workers (one the plan leaves idle counts as 0); 1.00 is a perfect balance\n"
       "  predicted          the planner's slowest stage and its predicted step time\n"
       "  peak RSS           each worker's peak resident memory (VmHWM in /proc/<pid>/status)\n"
       "Every strategy must produce the same greedy tokens; if not, the differences are reported and the\n"

@@ -87,6 +87,7 @@ TEST(BenchStrategiesTest, ReportsEveryStrategyWithIdenticalTokensAndConsistentBe
     EXPECT_GT(s["bottleneck_predicted_ms"].get<double>(), 0);
     ASSERT_TRUE(s["stages"].is_array());
     ASSERT_EQ(s["stages"].size(), 2u);
+    EXPECT_EQ(s["stages_used"], 2);
     double busy_max = 0, busy_sum = 0, predicted_max = 0;
     uint64_t peak_max = 0;
     for (size_t i = 0; i < 2; ++i) {
@@ -103,6 +104,7 @@ TEST(BenchStrategiesTest, ReportsEveryStrategyWithIdenticalTokensAndConsistentBe
       predicted_max = std::max(predicted_max, st["predicted_step_ms"].get<double>());
       peak_max = std::max(peak_max, st["peak_resident_bytes"].get<uint64_t>());
     }
+    // Over every worker of the cluster (here both hold a stage).
     EXPECT_NEAR(s["busy_imbalance"].get<double>(), busy_max / (busy_sum / 2), 1e-6);
     EXPECT_DOUBLE_EQ(s["bottleneck_predicted_ms"].get<double>(), predicted_max);
     EXPECT_EQ(s["peak_resident_max_bytes"].get<uint64_t>(), peak_max);

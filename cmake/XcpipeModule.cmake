@@ -38,7 +38,8 @@ endfunction()
 # One GoogleTest binary; each TEST becomes a ctest case carrying LABELS. Discovery runs just
 # before the tests (PRE_TEST), so building never executes a test binary.
 function(xcpipe_test)
-  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  # RUN_SERIAL: the cases measure time or memory on a live cluster; nothing else may run beside them.
+  cmake_parse_arguments(T "RUN_SERIAL" "NAME;TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
   if(NOT XCPIPE_BUILD_TESTS)
     return()
   endif()
@@ -53,6 +54,6 @@ function(xcpipe_test)
   gtest_discover_tests(${target}
     DISCOVERY_MODE PRE_TEST
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
-    PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+    PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT} RUN_SERIAL ${T_RUN_SERIAL}
     DISCOVERY_TIMEOUT 60)
 endfunction()

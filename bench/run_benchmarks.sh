@@ -5,9 +5,10 @@
 #
 # Builds the benchmark targets (and xcpipe, xcpipe-worker) in BUILD_DIR, makes a small random
 # XComposer2-VL model (xcpipe mkmodel --preset small, a few hundred MB) in a temporary folder,
-# runs plan_bench, plan_ratios, dataplane_bench, decode_bench and pipeline_bench, and removes
-# the model. Each benchmark prints its table and writes BUILD_DIR/reports/<name>.json (.md for
-# plan_ratios). Extra arguments per benchmark: DECODE_ARGS, PIPELINE_ARGS, DATAPLANE_ARGS.
+# runs plan_bench, plan_ratios, dataplane_bench, decode_bench, pipeline_bench and
+# `xcpipe bench strategies` (written to bench_strategies.json), and removes the model. Each
+# benchmark prints its table and writes BUILD_DIR/reports/<name>.json (.md for plan_ratios).
+# Extra arguments per benchmark: DECODE_ARGS, PIPELINE_ARGS, DATAPLANE_ARGS, STRATEGIES_ARGS.
 # Safe to re-run. Takes several minutes on the 2-core VM (most of it decode and pipeline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,13 @@ step "decode_bench"
 step "pipeline_bench"
 # shellcheck disable=SC2086
 "$BUILD/bin/pipeline_bench" --model "$work/model" ${PIPELINE_ARGS:-}
+
+step "xcpipe bench strategies"
+# The placement strategies side by side on one mixed workload; STRATEGIES_ARGS replaces the
+# default 3 workers x 1 thread (e.g. "--workers 3 --threads-per-worker 2,1,1").
+# shellcheck disable=SC2086
+"$BUILD/bin/xcpipe" bench strategies --model "$work/model" --out "$BUILD/reports/bench_strategies.json" \
+  ${STRATEGIES_ARGS:---workers 3 --threads-per-worker 1,1,1}
 
 step "reports"
 ls -l "$BUILD/reports"

@@ -20,6 +20,35 @@ std::string Encode(capnp::MessageBuilder& message) {
   return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
 }
 
+size_t MaxBytesFor(proto::Envelope::Which type) {
+  constexpr size_t kSmall = size_t{64} << 10;   // fixed fields and a few short texts
+  constexpr size_t kMedium = size_t{4} << 20;   // lists bounded by the context or the cluster size
+  using W = proto::Envelope::Which;
+  switch (type) {
+    case W::HELLO:
+    case W::WELCOME:
+    case W::HEARTBEAT:
+    case W::ERROR:
+    case W::ASSIGN_STAGE:
+    case W::LOAD_PROGRESS:
+    case W::STAGE_READY:
+    case W::DRAIN:
+    case W::SHUTDOWN:
+    case W::STATUS_REQUEST:
+      return kSmall;
+    case W::ADMIT_SEQUENCE:    // penalty context: up to a whole context of token ids
+    case W::RELEASE_SEQUENCES:
+    case W::TOKEN_EVENT:       // one logits row, or every token of a finished prompt
+    case W::STATUS_REPLY:
+      return kMedium;
+    case W::FORWARD:           // token ids of a micro-batch plus preprocessed images
+    case W::STEP_RESULT:       // logits rows when asked for
+    case W::SUBMIT:            // encoded or preprocessed images
+      return kMaxControlMessageBytes;
+  }
+  return kSmall;  // a type newer than this build: read only if small
+}
+
 StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> bytes) {
   if (bytes.empty()) return InvalidArgumentError("control message is empty; expected a Cap'n Proto Envelope");
   if (bytes.size() % sizeof(capnp::word) != 0) {
@@ -41,7 +70,12 @@ StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> byt
     out->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words, UntrustedReaderOptions(bytes.size()));
     out->envelope_ = out->reader_->getRoot<proto::Envelope>();
     // Touch the union tag so framing errors surface here, not in a handler.
-    (void)out->envelope_.which();
+    const auto type = out->envelope_.which();
+    if (bytes.size() > MaxBytesFor(type)) {
+      return InvalidArgumentError("control message of type " + std::to_string(static_cast<int>(type)) + " has " +
+                                  std::to_string(bytes.size()) + " bytes; at most " +
+                                  std::to_string(MaxBytesFor(type)) + " are accepted for that type");
+    }
   } catch (const kj::Exception& e) {
     return InvalidArgumentError(std::string("malformed control message: ") + e.getDescription().cStr());
   }

@@ -184,5 +184,22 @@ TEST(WireDecode, RejectsOversizeBeforeParsing) {
   EXPECT_NE(decoded.status().message().find("exceeds the limit"), std::string::npos);
 }
 
+TEST(WireLimits, EachMessageTypeHasItsOwnSizeLimit) {
+  // A hello padded past its type's limit is refused before any handler sees it...
+  capnp::MallocMessageBuilder hello;
+  hello.initRoot<proto::Envelope>().initHello().setWorkerId(std::string(MaxBytesFor(proto::Envelope::HELLO), 'x'));
+  const std::string bytes = Encode(hello);
+  auto refused = Decode({reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("accepted for that type"), std::string::npos) << refused.status().ToString();
+  // ...while a submit of the same size is read.
+  capnp::MallocMessageBuilder submit;
+  submit.initRoot<proto::Envelope>().initSubmit().setPromptJson(std::string(MaxBytesFor(proto::Envelope::HELLO), 'x'));
+  const std::string ok_bytes = Encode(submit);
+  EXPECT_TRUE(Decode({reinterpret_cast<const std::byte*>(ok_bytes.data()), ok_bytes.size()}).ok());
+  EXPECT_LT(MaxBytesFor(proto::Envelope::HEARTBEAT), MaxBytesFor(proto::Envelope::TOKEN_EVENT));
+  EXPECT_LT(MaxBytesFor(proto::Envelope::TOKEN_EVENT), MaxBytesFor(proto::Envelope::FORWARD));
+}
+
 }  // namespace
 }  // namespace xcpipe::wire

@@ -5,7 +5,8 @@
 //     only 4-byte aligned, and Cap'n Proto 0.9 throws on that; and the frame dies before the
 //     envelope is handled),
 //   * applies explicit ReaderOptions (traversal and nesting limits),
-//   * checks the size is a whole number of words and within kMaxControlMessageBytes,
+//   * checks the size is a whole number of words, within kMaxControlMessageBytes and within
+//     its type's own limit (MaxBytesFor),
 //   * turns every kj::Exception into an InvalidArgument Status. Nothing throws out of here.
 //
 // DecodedEnvelope owns its storage; the Reader it hands out is valid while it lives.
@@ -27,6 +28,11 @@ namespace xcpipe::wire {
 // Control messages carry preprocessed images (an HD image of 25 tiles is ~34 MB of float32);
 // anything larger than this is refused before parsing.
 inline constexpr size_t kMaxControlMessageBytes = size_t{256} << 20;
+
+// The largest message of each type that is read at all: a heartbeat or a hello of megabytes is
+// refused before its fields are touched. Only the types that carry images, activations' token
+// ids or logits may approach kMaxControlMessageBytes.
+size_t MaxBytesFor(proto::Envelope::Which type);
 
 // Limits for an untrusted message of `message_bytes`: at most 4 times its own words may be
 // traversed (bounds the amplification a crafted message can cause), nesting 32.

@@ -73,6 +73,8 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
     images.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(request.images[i].data()), request.images[i].size()));
   }
   s.setMaxNewTokens(request.max_new_tokens);
+  // The coordinator gives up when this client does: no work for an answer nobody waits for.
+  s.setDeadlineMs(static_cast<uint32_t>(std::min<int64_t>(timeout.count(), UINT32_MAX)));
   auto sp = s.initSampling();
   sp.setGreedy(request.sampling.greedy);
   sp.setTemperature(request.sampling.temperature);

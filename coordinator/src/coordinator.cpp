@@ -114,6 +114,7 @@ struct Request {
   std::vector<uint64_t> sequences;
   size_t done = 0;
   Clock::time_point received = Clock::now();
+  Clock::time_point deadline = Clock::time_point::max();
   std::vector<FinalEvent> finals;  // prompts finished so far
 };
 
@@ -159,6 +160,8 @@ struct Coordinator::Impl {
   };
   std::map<uint64_t, StepTimes> step_deadlines;  // by micro-batch
   void CheckStepDeadlines();
+  void CheckRequestDeadlines();
+  Clock::time_point next_request_deadline_check = Clock::now();
   // Dynamic load balancing (see CoordinatorOptions::rebalance).
   std::map<std::string, double> slowdown;  // worker peer -> its speed relative to the prediction (1 = as predicted)
   std::map<std::string, std::pair<uint64_t, uint64_t>> window_base;  // peer -> (busy micros, steps) at window start
@@ -506,6 +509,13 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
   };
   if (AnswerRepeatedSubmit(peer, client_id)) return;
+  int64_t of_this_client = 0;
+  for (const auto& [id, r] : requests) of_this_client += r.peer == peer;
+  if (of_this_client >= opt.max_requests_per_client) {
+    return refuse(ResourceExhaustedError("this client already has " + std::to_string(of_this_client) +
+                                         " requests in progress; at most " +
+                                         std::to_string(opt.max_requests_per_client) + " per client"));
+  }
   if (static_cast<int64_t>(queue.size()) >= opt.max_queue) {
     return refuse(ResourceExhaustedError("the coordinator is busy: " + std::to_string(queue.size()) +
                                          " requests are waiting; retry later"));
@@ -538,6 +548,8 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   Request& req = requests[rid];
   req.peer = peer;
   req.client_id = client_id;
+  const auto asked = std::chrono::milliseconds(s.getDeadlineMs());
+  req.deadline = req.received + (asked.count() > 0 ? std::min(asked, opt.max_deadline) : opt.default_deadline);
   for (size_t i = 0; i < prepared->size(); ++i) {
     Sequence seq;
     seq.id = next_sequence++;
@@ -1210,6 +1222,20 @@ void Coordinator::Impl::Heartbeats() {
   }
 }
 
+void Coordinator::Impl::CheckRequestDeadlines() {
+  const auto now = Clock::now();
+  if (now < next_request_deadline_check) return;
+  next_request_deadline_check = now + 100ms;
+  std::vector<uint64_t> late;
+  for (const auto& [id, r] : requests)
+    if (now > r.deadline) late.push_back(id);
+  for (uint64_t id : late) {
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(now - requests.at(id).received).count();
+    FailRequest(id, DeadlineExceededError("the request did not finish within its deadline (" + std::to_string(took) +
+                                          " ms since it was received)"));
+  }
+}
+
 void Coordinator::Impl::CheckStepDeadlines() {
   if (state != ClusterState::kServing || step_deadlines.empty()) return;
   const auto now = Clock::now();
@@ -1425,6 +1451,7 @@ int Coordinator::Run() {
     s.Schedule();
     s.Heartbeats();
     s.CheckStepDeadlines();
+    s.CheckRequestDeadlines();
     s.CheckRebalance();
     s.ResendLostAssignments();
     s.PublishMetrics();

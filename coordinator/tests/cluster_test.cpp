@@ -8,6 +8,7 @@
 
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/npy.h"
+#include "xcpipe/control/socket.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/testing/paths.h"
@@ -98,6 +99,73 @@ TEST(ClusterTest, ConcurrentRequestsEqualOneAtATime) {
   EXPECT_EQ((*status)["completed"].get<uint64_t>(), 64u);
   EXPECT_EQ((*status)["failed"].get<uint64_t>(), 0u);
   EXPECT_EQ((*status)["stages"].get<int>(), 3);
+}
+
+// Limits enforced before scheduling: requests per client connection and request deadlines.
+TEST(ClusterTest, PerClientLimitAndDeadlinesAreEnforced) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  LocalClusterOptions o;
+  o.model_dir = ModelDir();
+  o.workers = 2;
+  o.quiet_workers = true;
+  o.worker_binary = testing::BinDir() / "xcpipe-worker";
+  o.worker_extra_args.assign(2, {"--inject-step-delay-ms", "20"});
+  o.coordinator.max_requests_per_client = 1;
+  auto cluster = LocalCluster::Start(o);
+  ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
+
+  // One connection, two submits: the second is refused while the first runs.
+  zmq::context_t context;
+  auto dealer = control::ControlSocket::ConnectDealer(context, (*cluster)->address(), "limit-test-client");
+  ASSERT_TRUE(dealer.ok());
+  {
+    capnp::MallocMessageBuilder m;
+    m.initRoot<proto::Envelope>().initHello().setRole(proto::Role::CLIENT);
+    m.getRoot<proto::Envelope>().getHello().setProtocolVersion(proto::K_PROTOCOL_VERSION);
+    ASSERT_TRUE((*dealer)->Send(m).ok());
+  }
+  for (uint64_t id : {1, 2}) {
+    capnp::MallocMessageBuilder m;
+    auto sub = m.initRoot<proto::Envelope>().initSubmit();
+    sub.setRequestId(id);
+    sub.setPromptJson("\"Count to one hundred.\"");
+    sub.setMaxNewTokens(60);
+    ASSERT_TRUE((*dealer)->Send(m).ok());
+  }
+  std::string refusal;
+  bool first_done = false;
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < until && !(first_done && !refusal.empty())) {
+    auto in = (*dealer)->Receive(200ms);
+    ASSERT_TRUE(in.ok());
+    if (!in->has_value() || (*in)->message->envelope().which() != proto::Envelope::TOKEN_EVENT) continue;
+    auto e = (*in)->message->envelope().getTokenEvent();
+    if (e.getRequestId() == 2 && e.getDone()) refusal = e.getError().cStr();
+    if (e.getRequestId() == 1 && e.getDone()) {
+      first_done = true;
+      EXPECT_EQ(std::string(e.getError().cStr()), "");
+    }
+  }
+  EXPECT_TRUE(first_done);
+  EXPECT_NE(refusal.find("per client"), std::string::npos) << refusal;
+
+  // A request whose deadline passes is failed by the coordinator (not only by the client).
+  auto client = Client::Connect((*cluster)->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  GenerateRequest slow;
+  slow.prompt_json = "\"Tell me a long story.\"";
+  slow.max_new_tokens = 2000;
+  auto result = (*client)->Generate(slow, 500ms);
+  EXPECT_FALSE(result.ok() && result->error.empty());
+  bool failed_by_deadline = false;
+  for (int i = 0; i < 40 && !failed_by_deadline; ++i) {
+    auto status = (*client)->GetStatus(5s);
+    ASSERT_TRUE(status.ok());
+    failed_by_deadline = (*status)["failed_by_reason"].value("DeadlineExceeded", 0) > 0 &&
+                         (*status)["in_flight"].get<int64_t>() == 0;
+    if (!failed_by_deadline) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(failed_by_deadline) << "the coordinator kept working on a request past its deadline";
 }
 
 TEST(ClusterTest, BadInputIsRefusedAtTheEdgeAndServingGoesOn) {

@@ -68,6 +68,11 @@ struct CoordinatorOptions {
   double rebalance_threshold = 0.2;
   std::chrono::milliseconds rebalance_window{30000};  // measured over this much serving
   int64_t max_queue = 256;              // requests waiting for admission before "busy"
+  int64_t max_requests_per_client = 64; // requests one client connection may have in progress
+  // A request not finished by its deadline fails with DeadlineExceeded (its KV room is freed).
+  // The client may ask for less (Submit.deadlineMs), never for more than max_deadline.
+  std::chrono::milliseconds default_deadline{std::chrono::minutes(10)};
+  std::chrono::milliseconds max_deadline{std::chrono::hours(1)};
   int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
   std::chrono::milliseconds worker_wait{120000};  // give up waiting for workers after this (exit 5)
   // Worker ids expected to register (optional): the count to wait for is the larger of this

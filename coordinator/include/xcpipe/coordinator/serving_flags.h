@@ -22,6 +22,10 @@ inline void AddServingFlags(CLI::App& app, CoordinatorOptions& options) {
       ->check(CLI::IsMember({"balanced", "even", "greedy-memory"}));
   app.add_flag("--no-rebalance{false}", options.rebalance,
                "keep the first plan even when measured stage times stay unbalanced (default: move blocks)");
+  app.add_option("--max-requests-per-client", options.max_requests_per_client,
+                 "requests one client connection may have in progress; more are refused")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   app.add_option("--max-queue", options.max_queue, "requests waiting for admission before new ones are refused as busy")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));

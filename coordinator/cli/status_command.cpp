@@ -12,6 +12,7 @@
 #include "xcpipe/coordinator/status_view.h"
 
 namespace xcpipe::cli {
+
 void AddStatusCommand(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("status", "show workers, stages, memory and queues of a running cluster");
   sub->footer("Example:\n  xcpipe status --coordinator tcp://127.0.0.1:7000 [--json] [--watch [SECONDS]]\n"

@@ -45,11 +45,11 @@ class LocalCluster {
   LocalCluster& operator=(const LocalCluster&) = delete;
 
   const std::string& address() const { return address_; }
+  // "host:port" of the coordinator's metrics endpoint (options.coordinator.metrics_listen); empty when none.
+  std::string metrics_address() const { return coordinator_ ? coordinator_->metrics_address() : std::string(); }
   // What a client of this cluster passes to Client::Connect (keys_dir/client.key); empty
   // (disabled) without keys_dir.
   const control::CurveConfig& client_curve() const { return client_curve_; }
-  // "host:port" of the coordinator's metrics endpoint (options.coordinator.metrics_listen); empty when none.
-  std::string metrics_address() const { return coordinator_ ? coordinator_->metrics_address() : std::string(); }
   // Worker i's process (for fault injection: signals).
   Subprocess& worker(size_t i) { return *workers_.at(i); }
   size_t worker_count() const { return workers_.size(); }

@@ -28,6 +28,7 @@
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/log.h"
+#include "xcpipe/base/subprocess.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
 
@@ -158,20 +159,6 @@ coordinator::GenerateRequest WorkloadRequest(int i, const std::string& image, ui
   return r;
 }
 
-// Peak resident set (VmHWM) of a process on this host, in bytes; 0 when unreadable.
-uint64_t PeakResidentBytes(int64_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      std::istringstream fields(line.substr(6));
-      uint64_t kib = 0;
-      fields >> kib;
-      return kib * 1024;
-    }
-  }
-  return 0;
-}
 
 // Nearest-rank percentile (p in 0..100) of unsorted values.
 double Percentile(std::vector<double> v, double p) {
@@ -329,7 +316,7 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
     s.step_p50_ms = w.value("step_p50_ms", 0.0);
     s.step_p99_ms = w.value("step_p99_ms", 0.0);
     s.planned_bytes = w.value("planned_bytes", uint64_t{0});
-    s.peak_resident_bytes = PeakResidentBytes(w.value("pid", int64_t{0}));
+    s.peak_resident_bytes = PeakResidentBytes(static_cast<pid_t>(w.value("pid", int64_t{0})));
     run.stages.push_back(s);
   }
   std::sort(run.stages.begin(), run.stages.end(), [](const auto& a, const auto& b) { return a.stage < b.stage; });

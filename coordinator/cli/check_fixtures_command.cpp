@@ -254,7 +254,7 @@ int RunCheckFixtures(const std::string& dir, const std::string& only_folder, boo
   std::vector<std::string> argv = {(ExecutableDir() / "xcpipe-worker").string(), "check-fixtures", dir};
   if (!only_folder.empty()) argv.insert(argv.end(), {"--folder", only_folder});
   if (!bf16) argv.push_back("--no-bf16");
-  auto worker = Subprocess::Start(argv, {.capture_stdout = true});
+  auto worker = Subprocess::Start(argv, {.capture_stdout = true, .silence_stderr = false, .extra_env = {}});
   if (!worker.ok()) {
     tally.Print(false, "model", worker.status().ToString());
   } else {

@@ -103,7 +103,7 @@ Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
                              (options_.keys_dir / "coordinator.pub").string()});
   }
   for (const auto& a : extra_args) argv.push_back(a);
-  auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = options_.quiet_workers});
+  auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = options_.quiet_workers, .extra_env = {}});
   if (!p.ok()) return p.status().WithContext("starting worker " + std::to_string(i));
   workers_.push_back(std::move(p).value());
   return OkStatus();

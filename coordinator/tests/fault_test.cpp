@@ -185,7 +185,9 @@ TEST(FaultTest, KillMiddleStageDuringDecodeNoSpare) {
   EXPECT_GE(status["stages"].get<int>(), 1);
   EXPECT_EQ(status["faults"].get<int>(), 1);
   for (const auto& w : status["workers"]) {
-    if (w["id"] == "local-" + std::to_string(victim)) EXPECT_EQ(w["state"], "lost");
+    if (w["id"] == "local-" + std::to_string(victim)) {
+      EXPECT_EQ(w["state"], "lost");
+    }
   }
 }
 
@@ -535,7 +537,9 @@ TEST(FaultTest, HangInsideComputeIsReportedByTheWatchdogAndReplanned) {
   auto status = Status(*cluster);
   EXPECT_GE(status["faults"].get<int>(), 1);
   for (const auto& w : status["workers"]) {
-    if (w["id"] == "local-1") EXPECT_EQ(w["state"], "lost");
+    if (w["id"] == "local-1") {
+      EXPECT_EQ(w["state"], "lost");
+    }
   }
   cluster->worker(1).Signal(SIGKILL);  // it would hang forever
 }

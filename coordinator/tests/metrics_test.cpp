@@ -126,7 +126,9 @@ void ParseInto(const std::string& text, Exposition& e) {
     if (line.empty()) continue;
     if (line.rfind("# HELP ", 0) == 0) {
       EXPECT_TRUE(std::regex_match(line, m, help)) << where;
-      if (!m.empty()) EXPECT_TRUE(helped.insert(m[1]).second) << "HELP twice, " << where;
+      if (!m.empty()) {
+        EXPECT_TRUE(helped.insert(m[1]).second) << "HELP twice, " << where;
+      }
       continue;
     }
     if (line.rfind("# TYPE ", 0) == 0) {
@@ -179,9 +181,15 @@ void ParseInto(const std::string& text, Exposition& e) {
     if (t == "histogram") belongs |= s.name == current + "_bucket" || s.name == current + "_sum" || s.name == current + "_count";
     if (t == "summary") belongs |= s.name == current + "_sum" || s.name == current + "_count";
     EXPECT_TRUE(belongs) << "sample outside its family's group (family '" << current << "'), " << where;
-    if (t == "histogram" && s.name == current + "_bucket") EXPECT_TRUE(s.labels.count("le")) << where;
-    if (t == "summary" && s.name == current) EXPECT_TRUE(s.labels.count("quantile")) << where;
-    if (t == "counter") EXPECT_GE(s.value, 0) << "negative counter, " << where;
+    if (t == "histogram" && s.name == current + "_bucket") {
+      EXPECT_TRUE(s.labels.count("le")) << where;
+    }
+    if (t == "summary" && s.name == current) {
+      EXPECT_TRUE(s.labels.count("quantile")) << where;
+    }
+    if (t == "counter") {
+      EXPECT_GE(s.value, 0) << "negative counter, " << where;
+    }
     families_with_samples.insert(current);
     std::string key = s.name;
     for (const auto& [k, v] : s.labels) key += "|" + k + "=" + v;

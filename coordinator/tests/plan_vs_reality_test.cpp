@@ -35,20 +35,6 @@ constexpr int64_t kMaxSequences = 4;
 constexpr int64_t kMaxContext = 1792;
 constexpr const char* kRankingStrategy = "even";
 
-// Peak resident set (VmHWM) of a process, in bytes; 0 when unreadable.
-uint64_t PeakResidentBytes(int64_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      std::istringstream fields(line.substr(6));
-      uint64_t kib = 0;
-      fields >> kib;
-      return kib * 1024;
-    }
-  }
-  return 0;
-}
 
 class PlanVsRealityTest : public ::testing::Test {
  protected:
@@ -66,20 +52,25 @@ class PlanVsRealityTest : public ::testing::Test {
     fs::remove_all(*model_dir_, ec);
     delete model_dir_;
   }
+  // 3 single-thread workers on the small model; the plan stays as made unless a test says so.
+  static LocalClusterOptions Options() {
+    LocalClusterOptions o;
+    o.model_dir = *model_dir_;
+    o.workers = kWorkers;
+    o.threads_per_worker = 1;
+    o.quiet_workers = true;
+    o.worker_binary = testing::BinDir() / "xcpipe-worker";
+    o.coordinator.max_sequences = kMaxSequences;
+    o.coordinator.rebalance = false;
+    return o;
+  }
   static fs::path* model_dir_;
 };
 fs::path* PlanVsRealityTest::model_dir_ = nullptr;
 
 TEST_F(PlanVsRealityTest, PeakResidentMemoryIsWithinToleranceOfThePlan) {
-  LocalClusterOptions o;
-  o.model_dir = *model_dir_;
-  o.workers = kWorkers;
-  o.threads_per_worker = 1;
-  o.quiet_workers = true;
-  o.worker_binary = testing::BinDir() / "xcpipe-worker";
-  o.coordinator.max_sequences = kMaxSequences;
+  LocalClusterOptions o = Options();
   o.coordinator.max_context = kMaxContext;
-  o.coordinator.rebalance = false;  // the plan under test must stay the plan
   auto cluster = LocalCluster::Start(o);
   ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
 
@@ -113,7 +104,7 @@ TEST_F(PlanVsRealityTest, PeakResidentMemoryIsWithinToleranceOfThePlan) {
   int stages_checked = 0;
   for (const auto& w : (*status)["workers"]) {
     const uint64_t planned = w["planned_bytes"].get<uint64_t>();
-    const uint64_t peak = PeakResidentBytes(w["pid"].get<int64_t>());
+    const uint64_t peak = PeakResidentBytes(static_cast<pid_t>(w["pid"].get<int64_t>()));
     ASSERT_GT(planned, 0u);
     ASSERT_GT(peak, 0u) << "cannot read the peak resident memory of pid " << w["pid"];
     const double ratio = static_cast<double>(peak) / static_cast<double>(planned);
@@ -142,16 +133,9 @@ std::vector<int> RankSlowestFirst(const std::vector<double>& figure) {
 TEST_F(PlanVsRealityTest, MeasuredStepTimesRankStagesAsPredicted) {
   // The `even` strategy (layer counting) gives stages clearly different predicted step times;
   // `balanced` would make them nearly equal, leaving nothing to rank.
-  LocalClusterOptions o;
-  o.model_dir = *model_dir_;
-  o.workers = kWorkers;
-  o.threads_per_worker = 1;
-  o.quiet_workers = true;
-  o.worker_binary = testing::BinDir() / "xcpipe-worker";
-  o.coordinator.max_sequences = kMaxSequences;
+  LocalClusterOptions o = Options();
   o.coordinator.max_context = kMaxContext;
   o.coordinator.strategy = kRankingStrategy;
-  o.coordinator.rebalance = false;  // the plan under test must stay the plan
   auto cluster = LocalCluster::Start(o);
   ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
   auto image = ReadFileToString(testing::FixturesDir() / "ixc2_vl/cases/image_chat/image.png");
@@ -220,14 +204,8 @@ double ExcessOverMean(const std::vector<double>& v) {
 // request completes with the tokens of a run that never rebalanced.
 TEST_F(PlanVsRealityTest, RebalancingBringsTheSlowestStageWithin20PercentOfTheMean) {
   auto run = [&](bool rebalance, std::vector<std::vector<int64_t>>& tokens, nlohmann::json& last) -> double {
-    LocalClusterOptions o;
-    o.model_dir = *model_dir_;
-    o.workers = kWorkers;
-    o.threads_per_worker = 1;
-    o.quiet_workers = true;
-    o.worker_binary = testing::BinDir() / "xcpipe-worker";
+    LocalClusterOptions o = Options();
     o.worker_extra_args = {{}, {"--inject-slowdown", "2.5"}, {}};
-    o.coordinator.max_sequences = kMaxSequences;
     o.coordinator.rebalance = rebalance;
     o.coordinator.rebalance_window = 3s;
     auto cluster = LocalCluster::Start(o);

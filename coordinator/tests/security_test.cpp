@@ -60,7 +60,7 @@ std::unique_ptr<Subprocess> StartRogueWorker(const std::string& address, const s
   std::vector<std::string> argv = {(testing::BinDir() / "xcpipe-worker").string(), "--coordinator", address,
                                    "--worker-id", id, "--device", "cpu", "--threads", "1"};
   argv.insert(argv.end(), key_args.begin(), key_args.end());
-  auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = true});
+  auto p = Subprocess::Start(argv, {.capture_stdout = false, .silence_stderr = true, .extra_env = {}});
   EXPECT_TRUE(p.ok()) << p.status().ToString();
   return p.ok() ? std::move(p).value() : nullptr;
 }

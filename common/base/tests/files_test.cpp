@@ -57,7 +57,7 @@ namespace xcpipe {
 namespace {
 
 TEST(SubprocessTest, CapturesLinesAndExitCode) {
-  auto p = Subprocess::Start({"/bin/sh", "-c", "echo one; echo two; exit 3"}, {.capture_stdout = true});
+  auto p = Subprocess::Start({"/bin/sh", "-c", "echo one; echo two; exit 3"}, {.capture_stdout = true, .silence_stderr = false, .extra_env = {}});
   ASSERT_TRUE(p.ok()) << p.status().ToString();
   auto a = (*p)->ReadLine(std::chrono::seconds(5));
   ASSERT_TRUE(a.ok() && a->has_value());
@@ -73,7 +73,7 @@ TEST(SubprocessTest, CapturesLinesAndExitCode) {
 }
 
 TEST(SubprocessTest, ReadLineTimesOutAndDestructorKills) {
-  auto p = Subprocess::Start({"/bin/sleep", "30"}, {.capture_stdout = true});
+  auto p = Subprocess::Start({"/bin/sleep", "30"}, {.capture_stdout = true, .silence_stderr = false, .extra_env = {}});
   ASSERT_TRUE(p.ok());
   auto line = (*p)->ReadLine(std::chrono::milliseconds(50));
   ASSERT_FALSE(line.ok());

@@ -55,4 +55,8 @@ class Subprocess {
 // Directory of the running executable (/proc/self/exe), to find sibling binaries.
 std::filesystem::path ExecutableDir();
 
+// Peak resident set (VmHWM in /proc/<pid>/status) of a process on this host, in bytes; 0 when
+// the process is gone or the file cannot be read.
+uint64_t PeakResidentBytes(pid_t pid);
+
 }  // namespace xcpipe

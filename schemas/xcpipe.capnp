@@ -112,6 +112,9 @@ struct ResourceSample {
   busyMicrosTotal @13 :UInt64;  # compute time of every step since the process started
   bytesSent @14 :UInt64;        # activation bytes sent to the next stage since the process started
   queuedSteps @15 :UInt32;      # steps received and waiting to run on this stage
+  decoderLayerMicrosTotal @16 :UInt64;  # compute time of every decoder layer run so far
+  decoderLayersTimed @17 :UInt64;       # how many decoder-layer runs that time covers (the
+                                        # ratio compares workers' speeds: all layers cost alike)
 }
 
 # An explicit failure, in reply to a message or unsolicited.

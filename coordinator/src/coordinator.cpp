@@ -8,6 +8,7 @@
 #include <csignal>
 #include <deque>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <set>
 
@@ -33,10 +34,11 @@ constexpr std::chrono::milliseconds kStepDeadline{2000};
 // stage's compute per step is large enough to measure (below it, noise and not placement).
 constexpr uint64_t kRebalanceMinSteps = 20;
 constexpr double kRebalanceMinStepMs = 1.0;
-// A worker's estimated slowdown moves by at most this factor per rebalance (either way), and
-// stays within [1/kRebalanceMaxSlowdown, kRebalanceMaxSlowdown] of the prediction.
-constexpr double kRebalanceMaxStep = 3.0;
+// A worker's measured speed is taken within [1/kRebalanceMaxSlowdown, kRebalanceMaxSlowdown] of
+// the median worker's; speeds that moved less than kRebalanceSpeedChange since the last plan do
+// not justify moving blocks again.
 constexpr double kRebalanceMaxSlowdown = 16.0;
+constexpr double kRebalanceSpeedChange = 0.15;
 // What a client is told to wait before repeating a submit the cluster cannot take yet.
 constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
 // A stage that neither reports load progress nor says ready this long after its assignment is
@@ -164,7 +166,7 @@ struct Coordinator::Impl {
   Clock::time_point next_request_deadline_check = Clock::now();
   // Dynamic load balancing (see CoordinatorOptions::rebalance).
   std::map<std::string, double> slowdown;  // worker peer -> its speed relative to the prediction (1 = as predicted)
-  std::map<std::string, std::pair<uint64_t, uint64_t>> window_base;  // peer -> (busy micros, steps) at window start
+  std::map<std::string, WorkerFigures> window_base;  // peer -> its figures when the window started
   Clock::time_point window_started;
   uint64_t rebalances = 0;
   std::string last_rebalance;
@@ -1266,61 +1268,70 @@ void Coordinator::Impl::CheckRebalance() {
   const auto now = Clock::now();
   auto restart_window = [&] {
     window_base.clear();
-    for (const auto& st : stages) {
-      const WorkerInfo& w = workers[st.peer];
-      window_base[st.peer] = {w.figures.busy_micros_total, w.figures.steps_total};
-    }
+    for (const auto& st : stages) window_base[st.peer] = workers[st.peer].figures;
     window_started = now;
   };
   if (window_base.empty()) return restart_window();
   if (now - window_started < opt.rebalance_window) return;
-  std::vector<double> ms_per_step(stages.size(), 0);
+  // Per stage over the window: compute per step (what the pipeline waits for) and the time of
+  // one decoder layer (what compares the workers: every decoder layer costs the same).
+  std::vector<double> ms_per_step(stages.size(), 0), layer_us(stages.size(), 0);
   for (size_t i = 0; i < stages.size(); ++i) {
-    const WorkerInfo& w = workers[stages[i].peer];
+    const WorkerFigures& f = workers[stages[i].peer].figures;
     auto base = window_base.find(stages[i].peer);
     if (base == window_base.end()) return restart_window();
-    const uint64_t busy = w.figures.busy_micros_total - std::min(w.figures.busy_micros_total, base->second.first);
-    const uint64_t steps = w.figures.steps_total - std::min(w.figures.steps_total, base->second.second);
+    const WorkerFigures& b = base->second;
+    const uint64_t steps = f.steps_total - std::min(f.steps_total, b.steps_total);
     if (steps < kRebalanceMinSteps) return restart_window();  // not enough traffic to judge
-    ms_per_step[i] = static_cast<double>(busy) / 1000.0 / static_cast<double>(steps);
-  }
-  double mean = 0, slowest = 0;
-  size_t slowest_stage = 0;
-  for (size_t i = 0; i < ms_per_step.size(); ++i) {
-    mean += ms_per_step[i] / static_cast<double>(ms_per_step.size());
-    if (ms_per_step[i] > slowest) {
-      slowest = ms_per_step[i];
-      slowest_stage = i;
+    ms_per_step[i] = static_cast<double>(f.busy_micros_total - std::min(f.busy_micros_total, b.busy_micros_total)) /
+                     1000.0 / static_cast<double>(steps);
+    const uint64_t layers = f.decoder_layers_timed - std::min(f.decoder_layers_timed, b.decoder_layers_timed);
+    if (layers > 0) {
+      layer_us[i] = static_cast<double>(f.decoder_layer_micros_total -
+                                        std::min(f.decoder_layer_micros_total, b.decoder_layer_micros_total)) /
+                    static_cast<double>(layers);
     }
   }
+  const double mean = std::accumulate(ms_per_step.begin(), ms_per_step.end(), 0.0) / static_cast<double>(stages.size());
+  const auto slowest_it = std::max_element(ms_per_step.begin(), ms_per_step.end());
+  const double slowest = *slowest_it;
   if (mean < kRebalanceMinStepMs || slowest <= mean * (1.0 + opt.rebalance_threshold)) return restart_window();
-  // Each worker's speed against the prediction for its own blocks. Relative speeds are what the
-  // planner needs; the median worker is the unit, so a stage whose prediction is off (a vision
-  // tower idle in a text-only load) reads as fast rather than making every other one slow.
-  std::vector<double> ratio(stages.size(), 1.0);
+  // Each worker's speed: its decoder-layer time against the median worker's (the unit).
+  std::vector<double> measured;
+  for (double us : layer_us)
+    if (us > 0) measured.push_back(us);
+  if (measured.size() < 2) return restart_window();
+  std::nth_element(measured.begin(), measured.begin() + measured.size() / 2, measured.end());
+  const double unit = measured[measured.size() / 2];
+  bool changed = false;
+  std::map<std::string, double> next = slowdown;
   for (size_t i = 0; i < stages.size(); ++i) {
-    ratio[i] = stages[i].predicted_step_ms > 0 ? ms_per_step[i] / stages[i].predicted_step_ms : 1.0;
+    if (layer_us[i] <= 0) continue;  // holds no decoder layer: its speed was not measured
+    const double sd = std::clamp(layer_us[i] / unit, 1.0 / kRebalanceMaxSlowdown, kRebalanceMaxSlowdown);
+    const double before = slowdown.count(stages[i].peer) ? slowdown[stages[i].peer] : 1.0;
+    if (std::abs(sd / before - 1.0) > kRebalanceSpeedChange) changed = true;
+    next[stages[i].peer] = sd;
   }
-  std::vector<double> sorted = ratio;
-  std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
-  const double best = std::max(sorted[sorted.size() / 2], 1e-9);
   std::string before;
   for (size_t i = 0; i < stages.size(); ++i) {
-    // Damped and bounded: a stage's step also holds costs that do not scale with its blocks
-    // (the hop to the next stage, sampling), which make a stage of few blocks look slow; a
-    // full correction per round would overshoot and swing the plan back and forth.
-    double& sd = slowdown[stages[i].peer];
-    const double step = std::clamp(std::sqrt(ratio[i] / best), 1.0 / kRebalanceMaxStep, kRebalanceMaxStep);
-    sd = std::clamp((sd > 0 ? sd : 1.0) * step, 1.0 / kRebalanceMaxSlowdown, kRebalanceMaxSlowdown);
-    char line[160];
-    std::snprintf(line, sizeof line, "%s%s [%zu, %zu) %.2f ms/step (slowdown %.2f)", i ? ", " : "",
-                  workers[stages[i].peer].id.c_str(), stages[i].first, stages[i].end, ms_per_step[i], sd);
+    char line[200];
+    std::snprintf(line, sizeof line, "%s%s [%zu, %zu) %.2f ms/step, %.0f us/layer (speed 1/%.2f)", i ? ", " : "",
+                  workers[stages[i].peer].id.c_str(), stages[i].first, stages[i].end, ms_per_step[i], layer_us[i],
+                  next.count(stages[i].peer) ? next[stages[i].peer] : 1.0);
     before += line;
   }
+  if (!changed) {
+    // The plan already uses these speeds: what imbalance is left is the granularity of blocks
+    // or the cost model, which moving blocks again would not fix.
+    spdlog::info("stages unbalanced ({:.0f}% above the mean) but the workers' speeds are as planned; keeping the plan: {}",
+                 100.0 * (slowest / mean - 1.0), before);
+    return restart_window();
+  }
+  slowdown = std::move(next);
   ++rebalances;
   char head[160];
-  std::snprintf(head, sizeof head, "stage %zu at %.2f ms/step is %.0f%% above the mean %.2f ms; before: ", slowest_stage,
-                slowest, 100.0 * (slowest / mean - 1.0), mean);
+  std::snprintf(head, sizeof head, "stage %zu at %.2f ms/step is %.0f%% above the mean %.2f ms; before: ",
+                static_cast<size_t>(slowest_it - ms_per_step.begin()), slowest, 100.0 * (slowest / mean - 1.0), mean);
   last_rebalance = head + before;
   spdlog::warn("rebalancing: {}", last_rebalance);
   rebalance_pending = true;

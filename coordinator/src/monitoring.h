@@ -22,6 +22,8 @@ inline void UpdateFromHeartbeat(proto::ResourceSample::Reader r, uint64_t steps,
   f.steps_in_window = r.getStepsInWindow();
   f.idle_fraction = r.getIdleFraction();
   f.busy_micros_total = r.getBusyMicrosTotal();
+  f.decoder_layer_micros_total = r.getDecoderLayerMicrosTotal();
+  f.decoder_layers_timed = r.getDecoderLayersTimed();
   f.bytes_sent = r.getBytesSent();
   f.queued_steps = r.getQueuedSteps();
   f.steps_total = steps;
@@ -54,6 +56,8 @@ inline void FillWorkerMonitoring(const WorkerFigures& f, proto::WorkerStatus::Bu
   r.setStepsInWindow(f.steps_in_window);
   r.setIdleFraction(f.idle_fraction);
   r.setBusyMicrosTotal(f.busy_micros_total);
+  r.setDecoderLayerMicrosTotal(f.decoder_layer_micros_total);
+  r.setDecoderLayersTimed(f.decoder_layers_timed);
   r.setBytesSent(f.bytes_sent);
   r.setQueuedSteps(f.queued_steps);
 }

@@ -137,6 +137,7 @@ struct WorkerActor::Impl {
   // The compute watchdog (its own thread and socket) and what it reads of this actor.
   std::atomic<uint64_t> watchdog_epoch{0}, watchdog_steps{0};
   uint64_t computing_micro_batch = 0;  // named in heartbeats while a step runs
+  uint64_t decoder_layer_micros = 0, decoder_layers_timed = 0;  // speed figure for rebalancing
   // While alive, the actor is computing `micro_batch`: heartbeats name it and the compute
   // watchdog watches it for progress.
   struct ComputeScope {
@@ -241,6 +242,8 @@ void WorkerActor::Impl::FillResources(proto::ResourceSample::Builder r) {
   r.setWindowMs(steps.window_ms);
   r.setIdleFraction(steps.idle_fraction);
   r.setBusyMicrosTotal(step_times.busy_micros_total());
+  r.setDecoderLayerMicrosTotal(decoder_layer_micros);
+  r.setDecoderLayersTimed(decoder_layers_timed);
   r.setBytesSent(bytes_sent_before + (sender ? sender->counters().bytes.load(std::memory_order_relaxed) : 0));
   size_t queued = deferred.size();
   {
@@ -294,6 +297,18 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     model::StageOptions so;
     so.dtype = dtype == "bf16" ? model::ComputeDType::kBF16 : model::ComputeDType::kF32;
     so.kv_budget_bytes = a.getKvBudgetBytes();
+    so.decoder_layer_timed = [this](int64_t micros) {
+      micros = std::max<int64_t>(0, micros);
+      if (opt.slowdown_factor > 1.0) {
+        // Fault injection: a device this much slower, in proportion to the work of each layer
+        // (so moving layers away from it helps, as with a real slower GPU).
+        const auto extra = static_cast<int64_t>(static_cast<double>(micros) * (opt.slowdown_factor - 1.0));
+        std::this_thread::sleep_for(std::chrono::microseconds(extra));
+        micros += extra;
+      }
+      decoder_layer_micros += static_cast<uint64_t>(micros);
+      ++decoder_layers_timed;
+    };
     so.between_layers = [this] {
       if (watchdog) watchdog->Progress();
       if (welcomed && Clock::now() >= next_heartbeat) {
@@ -511,12 +526,6 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
   const auto started = Clock::now();
   step.input.all_logits = false;
   auto out = model->Forward(step.input);
-  if (opt.slowdown_factor > 1.0) {
-    // Fault injection: a device this much slower, in proportion to the work (so moving blocks
-    // away from it helps, as with a real slower GPU).
-    const auto compute = Clock::now() - started;
-    std::this_thread::sleep_for(std::chrono::duration_cast<Clock::duration>(compute * (opt.slowdown_factor - 1.0)));
-  }
   if (!out.ok()) return SendError(out.status().WithContext("stage " + std::to_string(stage_index)), step.micro_batch);
   const auto finished = Clock::now();
   step_times.Record(started, finished);

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   uint64_t hang_at_step = 0;
   double slowdown_factor = 1.0;
   app.add_option("--inject-slowdown", slowdown_factor,
-                 "fault injection: make every step take this many times its compute, e.g. 3 (tests only)")
+                 "fault injection: make every decoder layer take this many times its compute, e.g. 3 (tests only)")
       ->check(CLI::Range(1.0, 100.0));
   app.add_option("--inject-hang-at-step", hang_at_step,
                  "fault injection: hang forever inside the Nth step's compute (tests only)");

@@ -172,7 +172,6 @@ void CheckCase(const fs::path& case_dir, const std::string& prefix, StageModel& 
   c.manifest = std::move(manifest).value();
   const auto& values = c.manifest.value("values", nlohmann::json::object());
   const auto& spec = model.spec();
-  const int64_t H = spec.llm.hidden;
 
   // ---- Vision ----
   std::vector<at::Tensor> pixels;  // one [3, h, w] per image

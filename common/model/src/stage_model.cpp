@@ -756,7 +756,13 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
       sin = impl.RopeCosSin(positions, max_len, true);
     }
     for (size_t i = 0; i < impl.layers.size(); ++i) {
+      const auto layer_started = std::chrono::steady_clock::now();
       h = impl.LayerForward(i, impl.layers[i], h, in.segments, image_rows, cos, sin);
+      if (impl.options.decoder_layer_timed) {
+        impl.options.decoder_layer_timed(std::chrono::duration_cast<std::chrono::microseconds>(
+                                             std::chrono::steady_clock::now() - layer_started)
+                                             .count());
+      }
       if (impl.options.between_layers) impl.options.between_layers();
       if (in.collect_hidden) out.layer_outputs.push_back(h);
     }

@@ -63,6 +63,7 @@ struct WorkerFigures {
   uint32_t steps_in_window = 0;
   double idle_fraction = 1.0;
   uint64_t busy_micros_total = 0, steps_total = 0, bytes_sent = 0;
+  uint64_t decoder_layer_micros_total = 0, decoder_layers_timed = 0;  // worker speed (rebalancing)
   uint32_t queued_steps = 0;
   double heartbeat_age_s = 0;
 };

@@ -59,7 +59,7 @@ struct WorkerOptions {
   // Test hooks (fault injection), off by default.
   std::chrono::milliseconds step_delay{0};  // sleep before each forward step
   uint64_t hang_at_step = 0;  // 1-based: hang forever inside that step's compute (0: never)
-  double slowdown_factor = 1.0;  // > 1: every step takes this many times its compute (a slower device)
+  double slowdown_factor = 1.0;  // > 1: every decoder layer takes this many times its compute (a slower device)
 };
 
 class WorkerActor {

@@ -54,6 +54,9 @@ struct StageOptions {
   // Called between layers (decoder and vision) during long steps, on the calling thread: the
   // worker sends its heartbeats from here, so a long prefill is never mistaken for a hang.
   std::function<void()> between_layers;
+  // Called after each decoder layer of a forward step with the time that layer took (every
+  // decoder layer costs the same, so this compares the speed of workers holding different blocks).
+  std::function<void(int64_t micros)> decoder_layer_timed;
 };
 
 // One image ready for the vision block. For non-HD models `pixels` is [3, S, S]; for HD

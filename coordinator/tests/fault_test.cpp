@@ -125,24 +125,13 @@ Row RunWithFault(const std::string& scenario, LocalCluster& cluster, const std::
   Row row;
   row.scenario = scenario;
   row.requests = static_cast<int>(requests.size());
-  bool identical = true;
+  std::vector<StatusOr<GenerateResult>> results;
+  std::vector<uint32_t> max_new;
   for (size_t i = 0; i < futures.size(); ++i) {
-    auto result = futures[i].get();
-    if (!result.ok()) {
-      ++row.lost;  // no answer at all: a request silently dropped
-      continue;
-    }
-    if (!result->error.empty()) {
-      ++row.failed[result->error.substr(0, result->error.find(':'))];
-      identical = false;
-      continue;
-    }
-    ++row.completed;
-    const auto& got = result->token_ids[0];
-    if (got.size() > requests[i].max_new_tokens) ++row.duplicated;
-    if (i >= reference.size() || got != reference[i]) identical = false;
+    results.push_back(futures[i].get());
+    max_new.push_back(requests[i].max_new_tokens);
   }
-  row.tokens_identical = identical && row.completed == row.requests;
+  testing::TallyResults(results, reference, max_new, row);
   auto s = Status(cluster);
   if (!s.empty()) {
     row.detect_ms = s["last_detect_ms"].get<double>();
@@ -449,24 +438,13 @@ TEST(FaultTest, CoordinatorKilledAndRestartedWorkersKeepTheirWeights) {
 
   Row row;
   row.scenario = "coordinator kill -9 and restart";
-  row.requests = static_cast<int>(requests.size());
-  bool identical = true;
+  std::vector<StatusOr<GenerateResult>> results;
+  std::vector<uint32_t> max_new;
   for (size_t i = 0; i < futures.size(); ++i) {
-    auto result = futures[i].get();
-    if (!result.ok()) {
-      ++row.lost;
-      continue;
-    }
-    if (!result->error.empty()) {
-      ++row.failed[result->error.substr(0, result->error.find(':'))];
-      identical = false;
-      continue;
-    }
-    ++row.completed;
-    if (result->token_ids[0].size() > requests[i].max_new_tokens) ++row.duplicated;
-    if (result->token_ids[0] != Reference()[i]) identical = false;
+    results.push_back(futures[i].get());
+    max_new.push_back(requests[i].max_new_tokens);
   }
-  row.tokens_identical = identical && row.completed == row.requests;
+  testing::TallyResults(results, Reference(), max_new, row);
   row.detect_ms = detect_ms;
   row.recover_ms = recover_ms;
   Report(row);

@@ -265,24 +265,13 @@ Outcome RunWithFault(const std::string& scenario, HandCluster& cluster, const st
   Row& row = out.row;
   row.scenario = scenario;
   row.requests = static_cast<int>(requests.size());
-  bool identical = true;
+  std::vector<StatusOr<GenerateResult>> results;
+  std::vector<uint32_t> max_new;
   for (size_t i = 0; i < futures.size(); ++i) {
-    auto result = futures[i].get();
-    if (!result.ok()) {
-      ++row.lost;  // no answer at all
-      continue;
-    }
-    if (!result->error.empty()) {
-      ++row.failed[result->error.substr(0, result->error.find(':'))];
-      identical = false;
-      continue;
-    }
-    ++row.completed;
-    const auto& got = result->token_ids[0];
-    if (got.size() > requests[i].max_new_tokens) ++row.duplicated;
-    if (i >= reference.size() || got != reference[i]) identical = false;
+    results.push_back(futures[i].get());
+    max_new.push_back(requests[i].max_new_tokens);
   }
-  row.tokens_identical = identical && row.completed == row.requests;
+  testing::TallyResults(results, reference, max_new, row);
   out.status = cluster.Status();
   if (!out.status.empty()) {
     row.detect_ms = out.status["last_detect_ms"].get<double>();

@@ -39,6 +39,9 @@ constexpr double kRebalanceMinStepMs = 1.0;
 // not justify moving blocks again.
 constexpr double kRebalanceMaxSlowdown = 16.0;
 constexpr double kRebalanceSpeedChange = 0.15;
+// The retry budget: how many faults may send one sequence back to prefill before its request
+// fails with the reason.
+constexpr int kMaxFaultReplays = 8;
 // What a client is told to wait before repeating a submit the cluster cannot take yet.
 constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
 // A stage that neither reports load progress nor says ready this long after its assignment is
@@ -99,6 +102,7 @@ struct Sequence {
   size_t text_sent = 0;     // bytes of decoded text already streamed
   std::optional<Clock::time_point> first_token_at;  // monitoring: time to first token, decode speed
   bool want_logits = false;
+  int fault_replays = 0;    // times a fault sent it back to prefill (bounded: kMaxFaultReplays)
 };
 
 // The last event of one prompt, kept so that a repeated submit (its client missed the end) is
@@ -1347,11 +1351,13 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   // Every admitted sequence goes back to the front of the queue, keeping its generated tokens:
   // it will be re-admitted under the new plan and prefill its prompt plus those tokens.
   std::vector<uint64_t> replay;
+  std::set<uint64_t> over_budget;  // requests whose sequences faults have replayed too often
   for (auto& [id, seq] : sequences) {
     if (seq.state == SeqState::kReady || seq.state == SeqState::kInFlight) {
       seq.state = SeqState::kQueued;
       seq.cached = 0;
       replay.push_back(id);
+      if (fault && ++seq.fault_replays > kMaxFaultReplays) over_budget.insert(seq.request);
     }
   }
   replays += replay.size();
@@ -1367,6 +1373,12 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   }
   state = ClusterState::kWaiting;
   if (fault) recovering = true;
+  // The retry budget: a request that faults keep knocking back (a poison input, a flapping
+  // worker) ends with the reason instead of cycling forever.
+  for (uint64_t request : over_budget) {
+    FailRequest(request, AbortedError("replayed after " + std::to_string(kMaxFaultReplays) +
+                                      " faults; giving up on this request (last fault: " + why + ")"));
+  }
 }
 
 Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }

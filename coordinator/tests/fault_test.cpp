@@ -504,6 +504,38 @@ TEST(FaultTest, CorruptOrMissingWeightsAtStartStopWithTheReason) {
   }
 }
 
+// A fault that comes back every time (here: every forward is lost): each request is replayed
+// a bounded number of times, then fails with the reason; it is never lost or left hanging.
+TEST(FaultTest, RepeatingFaultExhaustsTheRetryBudgetWithAReason) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ::setenv("XCPIPE_DROP_CONTROL", "router:send:forward:1+", 1);
+  auto cluster = Start(2);
+  ::unsetenv("XCPIPE_DROP_CONTROL");
+  ASSERT_NE(cluster, nullptr);
+  auto client = Client::Connect(cluster->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  GenerateRequest r = Workload()[0];
+  const auto started = Clock::now();
+  auto result = (*client)->Generate(r, 120s);
+  const double took_ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+  Row row;
+  row.scenario = "a fault that repeats (every forward lost): retry budget";
+  row.requests = 1;
+  if (!result.ok()) {
+    row.lost = 1;
+  } else if (!result->error.empty()) {
+    ++row.failed[result->error.substr(0, result->error.find(':'))];
+  } else {
+    row.completed = 1;
+  }
+  row.detect_ms = took_ms;
+  row.tokens_identical = true;  // nothing was served, nothing could differ
+  Report(row);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_NE(result->error.find("giving up"), std::string::npos) << result->error;
+  EXPECT_EQ(row.lost, 0);
+}
+
 TEST(FaultTest, HangInsideComputeIsReportedByTheWatchdogAndReplanned) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
   ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts

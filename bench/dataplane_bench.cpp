@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "xcpipe/base/cli.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/transport/checksum.h"
 #include "xcpipe/transport/tcp_data_plane.h"
@@ -188,47 +189,17 @@ class RawPair {
   asio::ip::tcp::socket tx_, rx_;
 };
 
-std::vector<int64_t> ParseList(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) out.push_back(std::stoll(item));
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--runs")
-      o.runs = std::stoi(next());
-    else if (a == "--mib-per-run")
-      o.mib_per_run = std::stod(next());
-    else if (a == "--rows")
-      o.rows = ParseList(next());
-    else if (a == "--hidden")
-      o.hidden = std::stoll(next());
-    else if (a == "--out")
-      o.out = next();
-    else if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: dataplane_bench [--runs N] [--mib-per-run MIB] [--rows 8,64,512,4096] [--hidden 4096] [--out "
-          "FILE]\n");
-      return 0;
-    } else {
-      std::fprintf(stderr, "unknown argument '%s' (see --help)\n", a.c_str());
-      return 2;
-    }
-  }
+  CLI::App app{"dataplane_bench: our TCP data plane (framed, CRC-32C) vs raw loopback TCP, tensor bytes/s"};
+  app.add_option("--runs", o.runs, "runs per size (the median is reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--mib-per-run", o.mib_per_run, "tensor MiB pushed per run")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--rows", o.rows, "rows per hand-off, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--hidden", o.hidden, "hidden size (bf16)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--out", o.out, "report file (default: <build>/reports/dataplane_bench.json)");
+  if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (o.out.empty()) o.out = (ExecutableDir().parent_path() / "reports" / "dataplane_bench.json").string();
 
   const TcpLinkOptions defaults;

@@ -54,6 +54,7 @@
 #include <thread>
 #include <vector>
 
+#include "xcpipe/base/cli.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/checkpoint/safetensors.h"
@@ -84,14 +85,6 @@ double Median(std::vector<double> v) {
 }
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-std::vector<int64_t> ParseList(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) out.push_back(std::stoll(item));
-  return out;
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "decode_bench: %s\n", what.c_str());
@@ -289,49 +282,18 @@ struct Sweep {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--model")
-      o.model = next();
-    else if (a == "--threads")
-      o.threads = ParseList(next());
-    else if (a == "--runs")
-      o.runs = std::stoi(next());
-    else if (a == "--steps")
-      o.steps = std::stoi(next());
-    else if (a == "--prompt-tokens")
-      o.prompt_tokens = std::stoi(next());
-    else if (a == "--dtype")
-      o.dtype = next();
-    else if (a == "--batch")
-      o.batch = std::stoi(next());
-    else if (a == "--copy-mib")
-      o.copy_mib = std::stod(next());
-    else if (a == "--out")
-      o.out = next();
-    else if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: decode_bench --model DIR [--threads 1,2] [--runs 5] [--steps 48] [--prompt-tokens 16]\n"
-          "                    [--dtype f32|bf16] [--copy-mib 256] [--batch 8] [--out FILE]\n"
-          "Decode ms/token of one sequence in one process vs the bound weight bytes/token / memcpy GB/s.\n"
-          "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR\n");
-      return 0;
-    } else {
-      std::fprintf(stderr, "unknown argument '%s' (see --help)\n", a.c_str());
-      return 2;
-    }
-  }
-  if (o.model.empty()) {
-    std::fprintf(stderr, "decode_bench: --model DIR is required (see --help)\n");
-    return 2;
-  }
+  CLI::App app{"decode_bench: decode ms/token of one sequence in one process vs the bound weight bytes/token / "
+               "memcpy GB/s.\nMake a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
+  app.add_option("--model", o.model, "checkpoint folder")->required();
+  app.add_option("--threads", o.threads, "thread counts to measure, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--runs", o.runs, "runs (the median is reported)")->capture_default_str();
+  app.add_option("--steps", o.steps, "decode steps per run")->capture_default_str();
+  app.add_option("--prompt-tokens", o.prompt_tokens, "prompt length before decoding")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "f32 or bf16")->capture_default_str();
+  app.add_option("--batch", o.batch, "rows of the batched-GEMM comparison")->capture_default_str();
+  app.add_option("--copy-mib", o.copy_mib, "MiB per memcpy measurement")->capture_default_str();
+  app.add_option("--out", o.out, "report file (default: <build>/reports/decode_bench.json)");
+  if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (o.dtype != "f32" && o.dtype != "bf16") {
     std::fprintf(stderr, "decode_bench: --dtype must be f32 or bf16\n");
     return 2;

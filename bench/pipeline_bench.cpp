@@ -49,6 +49,7 @@
 #include <thread>
 #include <vector>
 
+#include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/coordinator/client.h"
@@ -77,14 +78,6 @@ double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
   return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
-
-std::vector<int64_t> ParseList(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) out.push_back(std::stoll(item));
-  return out;
 }
 
 [[noreturn]] void Die(const std::string& what) {
@@ -189,50 +182,19 @@ Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--model")
-      o.model = next();
-    else if (a == "--workers")
-      o.workers = ParseList(next());
-    else if (a == "--threads")
-      o.threads = ParseList(next());
-    else if (a == "--runs")
-      o.runs = std::stoi(next());
-    else if (a == "--tokens")
-      o.tokens = std::stoi(next());
-    else if (a == "--batch-tokens")
-      o.batch_tokens = std::stoi(next());
-    else if (a == "--concurrency")
-      o.concurrency = std::stoi(next());
-    else if (a == "--batch-workers")
-      o.batch_workers = std::stoi(next());
-    else if (a == "--out")
-      o.out = next();
-    else if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: pipeline_bench --model DIR [--workers 2,4] [--threads 1,2] [--runs 5] [--tokens 64]\n"
-          "                      [--concurrency 8] [--batch-workers 2] [--out FILE]\n"
-          "(a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b) aggregate tokens/s of\n"
-          "--concurrency requests vs one on the --batch-workers pipeline. Text prompts; greedy.\n"
-          "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR\n");
-      return 0;
-    } else {
-      std::fprintf(stderr, "unknown argument '%s' (see --help)\n", a.c_str());
-      return 2;
-    }
-  }
-  if (o.model.empty()) {
-    std::fprintf(stderr, "pipeline_bench: --model DIR is required (see --help)\n");
-    return 2;
-  }
+  CLI::App app{"pipeline_bench: (a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b)\n"
+               "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline. Text prompts;\n"
+               "greedy. Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
+  app.add_option("--model", o.model, "checkpoint folder")->required();
+  app.add_option("--workers", o.workers, "pipeline sizes to measure, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--threads", o.threads, "threads per worker to measure, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--runs", o.runs, "runs (the median is reported)")->capture_default_str();
+  app.add_option("--tokens", o.tokens, "tokens per latency request")->capture_default_str();
+  app.add_option("--batch-tokens", o.batch_tokens, "tokens per throughput request")->capture_default_str();
+  app.add_option("--concurrency", o.concurrency, "concurrent requests of the throughput run")->capture_default_str();
+  app.add_option("--batch-workers", o.batch_workers, "pipeline size of the throughput run")->capture_default_str();
+  app.add_option("--out", o.out, "report file (default: <build>/reports/pipeline_bench.json)");
+  if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (o.runs < 1 || o.tokens < 2 || o.batch_tokens < 2 || o.concurrency < 1 || o.batch_workers < 1 || o.threads.empty()) {
     std::fprintf(stderr, "pipeline_bench: --runs, --concurrency, --batch-workers must be >= 1, --tokens, --batch-tokens >= 2\n");
     return 2;

@@ -2,26 +2,10 @@
 #include <cstdio>
 #include <functional>
 #include <string>
-#include <vector>
 
 #include "commands.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
-
-namespace {
-
-using xcpipe::kExitNotImplemented;
-
-struct PlannedCommand {
-  const char* name;
-  const char* summary;
-};
-
-// Subcommands that are part of the CLI's design but not built yet: they are listed in --help
-// and say so plainly when run.
-const std::vector<PlannedCommand> kNotYetAvailable = {};
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace xcpipe;
@@ -37,19 +21,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::function<int()> action;
 
-  for (const auto& planned : kNotYetAvailable) {
-    CLI::App* sub = app.add_subcommand(planned.name, std::string(planned.summary) + " (not available yet)");
-    sub->allow_extras();
-    std::string name = planned.name;
-    sub->callback([&action, name] {
-      action = [name] {
-        std::fprintf(stderr, "xcpipe %s: not available yet in this build.\n", name.c_str());
-        return static_cast<int>(kExitNotImplemented);
-      };
-    });
-  }
-
-  // Implemented subcommands register here (each removes its entry from kNotYetAvailable).
+  // Every subcommand registers here.
   cli::AddPlanCommand(app, action);
   cli::AddConvertCommand(app, action);
   cli::AddMkmodelCommand(app, action);

@@ -124,14 +124,7 @@ Row RunWithFault(const std::string& scenario, LocalCluster& cluster, const std::
   fault();
   Row row;
   row.scenario = scenario;
-  row.requests = static_cast<int>(requests.size());
-  std::vector<StatusOr<GenerateResult>> results;
-  std::vector<uint32_t> max_new;
-  for (size_t i = 0; i < futures.size(); ++i) {
-    results.push_back(futures[i].get());
-    max_new.push_back(requests[i].max_new_tokens);
-  }
-  testing::TallyResults(results, reference, max_new, row);
+  testing::TallyResults(futures, requests, reference, row);
   auto s = Status(cluster);
   if (!s.empty()) {
     row.detect_ms = s["last_detect_ms"].get<double>();
@@ -438,13 +431,7 @@ TEST(FaultTest, CoordinatorKilledAndRestartedWorkersKeepTheirWeights) {
 
   Row row;
   row.scenario = "coordinator kill -9 and restart";
-  std::vector<StatusOr<GenerateResult>> results;
-  std::vector<uint32_t> max_new;
-  for (size_t i = 0; i < futures.size(); ++i) {
-    results.push_back(futures[i].get());
-    max_new.push_back(requests[i].max_new_tokens);
-  }
-  testing::TallyResults(results, Reference(), max_new, row);
+  testing::TallyResults(futures, requests, Reference(), row);
   row.detect_ms = detect_ms;
   row.recover_ms = recover_ms;
   Report(row);

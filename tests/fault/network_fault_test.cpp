@@ -264,14 +264,7 @@ Outcome RunWithFault(const std::string& scenario, HandCluster& cluster, const st
   Outcome out;
   Row& row = out.row;
   row.scenario = scenario;
-  row.requests = static_cast<int>(requests.size());
-  std::vector<StatusOr<GenerateResult>> results;
-  std::vector<uint32_t> max_new;
-  for (size_t i = 0; i < futures.size(); ++i) {
-    results.push_back(futures[i].get());
-    max_new.push_back(requests[i].max_new_tokens);
-  }
-  testing::TallyResults(results, reference, max_new, row);
+  testing::TallyResults(futures, requests, reference, row);
   out.status = cluster.Status();
   if (!out.status.empty()) {
     row.detect_ms = out.status["last_detect_ms"].get<double>();

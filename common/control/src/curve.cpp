@@ -223,33 +223,34 @@ Status WriteKeyPair(const CurveKeyPair& keys, const fs::path& dir, const std::st
                       0644);
 }
 
-StatusOr<CurveConfig> LoadServerCurve(const fs::path& secret_key_file, const fs::path& allow_list) {
+// This process's own key pair: the secret read from its (0600) file, the public derived from it.
+StatusOr<CurveConfig> LoadOwnKeys(const fs::path& secret_key_file) {
   if (!CurveAvailable()) return NoCurve();
   CurveConfig c;
   auto secret = ReadSecretKeyFile(secret_key_file);
   if (!secret.ok()) return secret.status();
   auto pub = DerivePublicKey(*secret);
   if (!pub.ok()) return pub.status().WithContext(secret_key_file.string());
-  auto allowed = ReadAllowList(allow_list);
-  if (!allowed.ok()) return allowed.status();
   c.secret_key = std::move(secret).value();
   c.public_key = std::move(pub).value();
-  c.allowed_keys = std::move(allowed).value();
+  return c;
+}
+
+StatusOr<CurveConfig> LoadServerCurve(const fs::path& secret_key_file, const fs::path& allow_list) {
+  auto c = LoadOwnKeys(secret_key_file);
+  if (!c.ok()) return c.status();
+  auto allowed = ReadAllowList(allow_list);
+  if (!allowed.ok()) return allowed.status();
+  c->allowed_keys = std::move(allowed).value();
   return c;
 }
 
 StatusOr<CurveConfig> LoadClientCurve(const fs::path& secret_key_file, const fs::path& server_public_key_file) {
-  if (!CurveAvailable()) return NoCurve();
-  CurveConfig c;
-  auto secret = ReadSecretKeyFile(secret_key_file);
-  if (!secret.ok()) return secret.status();
-  auto pub = DerivePublicKey(*secret);
-  if (!pub.ok()) return pub.status().WithContext(secret_key_file.string());
+  auto c = LoadOwnKeys(secret_key_file);
+  if (!c.ok()) return c.status();
   auto server = ReadPublicKeyFile(server_public_key_file);
   if (!server.ok()) return server.status().WithContext("--server-key");
-  c.secret_key = std::move(secret).value();
-  c.public_key = std::move(pub).value();
-  c.server_public_key = std::move(server).value();
+  c->server_public_key = std::move(server).value();
   return c;
 }
 

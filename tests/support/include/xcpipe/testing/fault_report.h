@@ -22,17 +22,17 @@ struct FaultRow {
 // Merges `row` into the report and prints it; returns false when the report cannot be written.
 bool ReportFault(const FaultRow& row);
 
-// Counts the outcomes of a fault scenario's requests into `row` (requests, completed, failed
-// by reason, lost, duplicated, tokens_identical). `results[i]` is what request i's client got
-// (a StatusOr<GenerateResult>: not ok = no answer at all, i.e. lost); `reference[i]` the
-// fault-free tokens and `max_new[i]` how many tokens request i asked for.
-template <typename Results>
-void TallyResults(Results& results, const std::vector<std::vector<int64_t>>& reference,
-                  const std::vector<uint32_t>& max_new, FaultRow& row) {
-  row.requests = static_cast<int>(results.size());
+// Waits for every request of a fault scenario and counts the outcomes into `row` (requests,
+// completed, failed by reason, lost, duplicated, tokens_identical). `futures[i].get()` is what
+// request i's client got (a StatusOr<GenerateResult>: not ok = no answer at all, i.e. lost);
+// `requests[i].max_new_tokens` what it asked for; `reference[i]` the fault-free tokens.
+template <typename Futures, typename Requests>
+void TallyResults(Futures& futures, const Requests& requests, const std::vector<std::vector<int64_t>>& reference,
+                  FaultRow& row) {
+  row.requests = static_cast<int>(futures.size());
   bool identical = true;
-  for (size_t i = 0; i < results.size(); ++i) {
-    auto& result = results[i];
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto result = futures[i].get();
     if (!result.ok()) {
       ++row.lost;
       continue;
@@ -44,7 +44,7 @@ void TallyResults(Results& results, const std::vector<std::vector<int64_t>>& ref
     }
     ++row.completed;
     const auto& got = result->token_ids[0];
-    if (i < max_new.size() && got.size() > max_new[i]) ++row.duplicated;
+    if (i < requests.size() && got.size() > requests[i].max_new_tokens) ++row.duplicated;
     if (i >= reference.size() || got != reference[i]) identical = false;
   }
   row.tokens_identical = identical && row.completed == row.requests;

@@ -185,6 +185,10 @@ struct AdmitSequence {
   maxTokens @2 :UInt32;               # prompt + new tokens
   sampling @3 :SamplingParams;
   penaltyContext @4 :List(Int64);     # tokens the repetition penalty covers before generation
+  prefixSequenceId @5 :UInt64;        # with prefixRows > 0: copy the KV of positions
+  prefixRows @6 :UInt32;              # [0, prefixRows) from this sequence, which every stage holds
+                                      # and has already stepped (the shared prompt head); the
+                                      # sequence's first step then starts at prefixRows. 0: none
 }
 
 # Sequences leave: every stage frees their KV room (and the last stage their samplers).

@@ -85,7 +85,9 @@ struct StageInfo {
   bool ready = false;
 };
 
-enum class SeqState { kQueued, kReady, kInFlight, kDone };
+// kHeld: the shared-prefix holder after its prefill: it keeps its KV on every stage for
+// others to copy and takes no more steps.
+enum class SeqState { kQueued, kReady, kInFlight, kDone, kHeld };
 
 struct Sequence {
   uint64_t id = 0;
@@ -103,6 +105,20 @@ struct Sequence {
   std::optional<Clock::time_point> first_token_at;  // monitoring: time to first token, decode speed
   bool want_logits = false;
   int fault_replays = 0;    // times a fault sent it back to prefill (bounded: kMaxFaultReplays)
+  bool use_prefix = false;  // its prompt starts with the shared head: admitted with a copy of its KV
+  bool is_prefix = false;   // the holder of the shared head's KV (no request; see SharedPrefix)
+};
+
+// The shared prompt prefix: every chat prompt starts with the template's system text
+// (RequestPreparer::shared_head). Its KV is computed once per plan by a holder sequence of its
+// own and copied into each admitted sequence whose prompt starts with it, which then prefills
+// only the rest: the same work for every such prompt, whatever arrives with it, so tokens do
+// not depend on the mix. A new plan (epoch) drops the holder; the next admission makes another.
+struct SharedPrefix {
+  std::vector<int64_t> head;  // empty: off
+  uint64_t holder = 0;        // the holder's sequence id this epoch (0: none yet)
+  bool ready = false;         // the holder's prefill step completed on every stage
+  uint64_t hits = 0, rows_saved = 0;
 };
 
 // The last event of one prompt, kept so that a repeated submit (its client missed the end) is
@@ -158,6 +174,7 @@ struct Coordinator::Impl {
   uint64_t next_request = 1, next_sequence = 1, next_micro_batch = 1, step_counter = 0;
   std::map<uint64_t, Request> requests;
   std::map<uint64_t, Sequence> sequences;
+  SharedPrefix prefix;
   std::deque<uint64_t> queue;            // sequences waiting for admission, in arrival order
   // micro-batch -> its sequences and the rows each contributed
   std::map<uint64_t, std::vector<std::pair<uint64_t, int64_t>>> in_flight;
@@ -254,6 +271,9 @@ struct Coordinator::Impl {
   void MaybePlan();
   void Admit();
   void Schedule();
+  // Turns the shared prefix off for good (its holder cannot be computed): waiting sequences
+  // prefill their whole prompts instead.
+  void DropSharedPrefix(const std::string& why);
   void Heartbeats();
   void FinishSequence(Sequence& seq, const std::string& reason);
   // Frees the sequence's KV room in the accounting and on every stage.
@@ -566,6 +586,9 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     seq.sampling = sampling;
     seq.max_tokens = seq.prompt.ids.size() + static_cast<uint64_t>(max_new);
     seq.want_logits = s.getWantLogits();
+    const auto& head = prefix.head;
+    seq.use_prefix = !head.empty() && seq.prompt.ids.size() > head.size() &&
+                     std::equal(head.begin(), head.end(), seq.prompt.ids.begin());
     req.sequences.push_back(seq.id);
     queue.push_back(seq.id);
     sequences.emplace(seq.id, std::move(seq));
@@ -631,6 +654,23 @@ void Coordinator::Impl::Admit() {
   for (const auto& [id, s] : sequences) active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
   while (!queue.empty() && active < opt.max_sequences) {
     Sequence& seq = sequences.at(queue.front());
+    if (seq.use_prefix && !prefix.ready) {
+      // The shared head's KV is not on the stages yet: its holder goes first (once per plan),
+      // and sequences that copy from it wait for its prefill to complete.
+      if (prefix.holder != 0) break;
+      Sequence holder;
+      holder.id = next_sequence++;
+      holder.is_prefix = true;
+      holder.prompt.ids = prefix.head;
+      holder.prompt.im_mask.assign(prefix.head.size(), 0);
+      holder.prompt.penalty_context = {edge->spec().llm.bos_id};
+      holder.max_new = 1;
+      holder.max_tokens = prefix.head.size();
+      prefix.holder = holder.id;
+      queue.push_front(holder.id);
+      sequences.emplace(holder.id, std::move(holder));
+      continue;
+    }
     bool room = true;
     for (const auto& st : stages)
       if (st.kv_per_token > 0 && st.kv_reserved + seq.max_tokens * st.kv_per_token > st.kv_budget) room = false;
@@ -638,6 +678,10 @@ void Coordinator::Impl::Admit() {
       bool fits_ever = true;
       for (const auto& st : stages)
         if (st.kv_per_token > 0 && seq.max_tokens * st.kv_per_token > st.kv_budget) fits_ever = false;
+      if (!fits_ever && seq.is_prefix) {
+        DropSharedPrefix("its " + std::to_string(seq.max_tokens) + " tokens do not fit a stage's KV cache");
+        continue;
+      }
       if (!fits_ever) {
         queue.pop_front();
         FailRequest(seq.request, ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
@@ -665,12 +709,34 @@ void Coordinator::Impl::Admit() {
       size_t k = 0;
       for (int64_t t : seq.prompt.penalty_context) ctx.set(k++, t);
       for (int64_t t : seq.generated) ctx.set(k++, t);
+      if (seq.use_prefix) {
+        a.setPrefixSequenceId(prefix.holder);
+        a.setPrefixRows(static_cast<uint32_t>(prefix.head.size()));
+      }
       Send(m, st.peer);
+    }
+    if (seq.use_prefix) {
+      seq.cached = static_cast<int64_t>(prefix.head.size());
+      ++prefix.hits;
+      prefix.rows_saved += prefix.head.size();
     }
     seq.state = SeqState::kReady;
     seq.admitted_at = Clock::now();
     ++active;
   }
+}
+
+void Coordinator::Impl::DropSharedPrefix(const std::string& why) {
+  spdlog::error("shared prompt head turned off: {}", why);
+  if (prefix.holder != 0) {
+    queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
+    auto it = sequences.find(prefix.holder);
+    if (it != sequences.end() && it->second.state != SeqState::kQueued) ReleaseOnStages(it->second);
+    sequences.erase(prefix.holder);
+  }
+  prefix = SharedPrefix{};
+  for (auto& [id, seq] : sequences)
+    if (seq.state == SeqState::kQueued) seq.use_prefix = false;
 }
 
 void Coordinator::Impl::Schedule() {
@@ -694,7 +760,7 @@ void Coordinator::Impl::Schedule() {
     int64_t rows = 0;
     while (next < ready.size() && members.size() < target) {
       const Sequence& s = sequences.at(ready[next]);
-      const int64_t r = s.cached == 0 ? static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) : 1;
+      const int64_t r = static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
       if (!members.empty() && rows + r > StepRowLimit(edge->spec())) break;
       members.push_back(ready[next++]);
       rows += r;
@@ -709,23 +775,26 @@ void Coordinator::Impl::Schedule() {
     int64_t row = 0;
     for (size_t i = 0; i < members.size(); ++i) {
       Sequence& s = sequences.at(members[i]);
-      const bool prefill = s.cached == 0;
-      // A replayed sequence prefills its prompt and every token it already generated.
-      const int64_t r = prefill ? static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) : 1;
+      // Every position not in the stages' caches yet: a prompt (after the shared head when it
+      // was copied) and, for a replayed sequence, every token it already generated; in decode,
+      // the last token.
+      const auto prompt_len = static_cast<int64_t>(s.prompt.ids.size());
+      const int64_t r = prompt_len + static_cast<int64_t>(s.generated.size()) - s.cached;
       member_rows.emplace_back(s.id, r);
       segs[i].setSequenceId(s.id);
       segs[i].setRows(static_cast<uint32_t>(r));
       segs[i].setStartPos(static_cast<uint32_t>(s.cached));
-      if (prefill) {
-        for (size_t t = 0; t < s.prompt.ids.size(); ++t, ++row) {
-          ids.set(row, s.prompt.ids[t]);
-          mask[row] = s.prompt.im_mask[t];
+      for (int64_t p = s.cached; p < s.cached + r; ++p, ++row) {
+        if (p < prompt_len) {
+          ids.set(row, s.prompt.ids[p]);
+          mask[row] = s.prompt.im_mask[p];
+        } else {
+          ids.set(row, s.generated[p - prompt_len]);
         }
-        for (int64_t token : s.generated) ids.set(row++, token);
-        for (const auto& img : s.prompt.images) images.push_back(&img);
-      } else {
-        ids.set(row++, s.generated.back());
       }
+      // The shared head holds no image rows, so a step that starts inside the prompt covers them all.
+      if (s.cached < prompt_len)
+        for (const auto& img : s.prompt.images) images.push_back(&img);
       s.state = SeqState::kInFlight;
     }
     f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
@@ -944,6 +1013,12 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
     auto rows = rows_of.find(seq.id);
     if (rows == rows_of.end()) continue;  // not in this micro-batch (stale)
     seq.cached += rows->second;
+    if (seq.is_prefix) {  // the shared head is on every stage now; its token is not wanted
+      seq.state = SeqState::kHeld;
+      prefix.ready = true;
+      spdlog::info("shared prompt head of {} tokens computed; prompts that start with it copy its KV", seq.cached);
+      continue;
+    }
     seq.generated.push_back(token);
     const bool stop_token = std::find(edge->stop_ids().begin(), edge->stop_ids().end(), token) != edge->stop_ids().end();
     const bool length = static_cast<int64_t>(seq.generated.size()) >= seq.max_new;
@@ -990,8 +1065,10 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   }
   if (mb != in_flight.end()) {
     std::set<uint64_t> reqs;
-    for (const auto& [id, rows] : mb->second)
+    for (const auto& [id, rows] : mb->second) {
+      if (id == prefix.holder && prefix.holder != 0) DropSharedPrefix("its step failed on worker " + who + ": " + st.message());
       if (sequences.count(id)) reqs.insert(sequences.at(id).request);
+    }
     step_deadlines.erase(mb->first);
     in_flight.erase(mb);
     for (uint64_t r : reqs) FailRequest(r, st.WithContext("worker " + who));
@@ -1007,6 +1084,9 @@ MetricsSnapshot Coordinator::Impl::Snapshot() const {
   for (const auto& [id, seq] : sequences) snap.in_flight += seq.state == SeqState::kReady || seq.state == SeqState::kInFlight;
   snap.faults = faults;
   snap.replays = replays;
+  snap.prefix_hits = prefix.hits;
+  snap.prefix_rows_saved = prefix.rows_saved;
+  snap.prefix_head_tokens = prefix.ready ? static_cast<uint32_t>(prefix.head.size()) : 0;
   snap.completed = completed;
   const auto now = Clock::now();
   for (const auto& [peer_id, w] : workers) {  // in the order OnStatus lists them
@@ -1352,6 +1432,14 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   // it will be re-admitted under the new plan and prefill its prompt plus those tokens.
   std::vector<uint64_t> replay;
   std::set<uint64_t> over_budget;  // requests whose sequences faults have replayed too often
+  // The new plan starts with empty caches: the shared head's holder goes; the first admission
+  // that needs it makes a new one.
+  if (prefix.holder != 0) {
+    queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
+    sequences.erase(prefix.holder);
+    prefix.holder = 0;
+    prefix.ready = false;
+  }
   for (auto& [id, seq] : sequences) {
     if (seq.state == SeqState::kReady || seq.state == SeqState::kInFlight) {
       seq.state = SeqState::kQueued;
@@ -1408,6 +1496,12 @@ StatusOr<std::string> Coordinator::Bind() {
   auto edge = RequestPreparer::Create(s.opt.model_dir, tok, s.opt.edge);
   if (!edge.ok()) return edge.status().WithContext("model " + s.opt.model_dir.string());
   s.edge = std::move(edge).value();
+  if (s.opt.prefix_cache) {
+    s.prefix.head = s.edge->shared_head();
+    if (!s.prefix.head.empty()) {
+      spdlog::info("shared prompt head: {} tokens of the chat template computed once per plan and copied", s.prefix.head.size());
+    }
+  }
   if (!s.opt.metrics_listen.empty() && !s.metrics_http) {
     s.board->Publish(std::make_shared<const MetricsSnapshot>(s.Snapshot()));
     auto http = MetricsHttpServer::Start(s.opt.metrics_listen, s.board);

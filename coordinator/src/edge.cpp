@@ -49,6 +49,22 @@ StatusOr<std::unique_ptr<RequestPreparer>> RequestPreparer::Create(const fs::pat
   auto stops = tokenizer::StopTokenIds(*p->tokenizer_, p->version_);
   if (!stops.ok()) return stops.status();
   for (auto id : *stops) p->stop_ids_.push_back(id);
+  // Two queries that share no first character: what their prompts share is the template.
+  std::vector<std::vector<int64_t>> built;
+  for (const char* query : {"0", "Z"}) {
+    tokenizer::ChatRequest req;
+    req.query = query;
+    auto chat = tokenizer::BuildChatPrompt(*p->tokenizer_, p->version_, req);
+    if (!chat.ok()) break;
+    auto ids = chat->ExpandedIds({}, -1);
+    if (!ids.ok()) break;
+    built.push_back(std::move(*ids));
+  }
+  if (built.size() == 2) {
+    size_t n = 0;
+    while (n < built[0].size() && n < built[1].size() && built[0][n] == built[1][n] && built[0][n] >= 0) ++n;
+    if (n >= kMinSharedHead) p->shared_head_.assign(built[0].begin(), built[0].begin() + static_cast<long>(n));
+  }
   return p;
 }
 

@@ -133,6 +133,14 @@ std::string RenderPrometheus(const MetricsSnapshot& s) {
   w.Sample("xcpipe_faults_total", {}, s.faults);
   w.Family("xcpipe_replays_total", "counter", "Sequences replayed after faults.");
   w.Sample("xcpipe_replays_total", {}, s.replays);
+  w.Family("xcpipe_prefix_cache_hits_total", "counter",
+           "Sequences admitted with a copy of the shared prompt head's KV instead of prefilling it.");
+  w.Sample("xcpipe_prefix_cache_hits_total", {}, s.prefix_hits);
+  w.Family("xcpipe_prefix_cache_rows_saved_total", "counter", "Prompt rows those sequences did not prefill.");
+  w.Sample("xcpipe_prefix_cache_rows_saved_total", {}, s.prefix_rows_saved);
+  w.Family("xcpipe_prefix_cache_head_tokens", "gauge",
+           "Tokens of the shared prompt head whose KV every stage holds (0: not computed under this plan).");
+  w.Sample("xcpipe_prefix_cache_head_tokens", {}, uint64_t{s.prefix_head_tokens});
   w.Family("xcpipe_requests_submitted_total", "counter", "Submits received (refused ones included).");
   w.Sample("xcpipe_requests_submitted_total", {}, s.submitted);
   w.Family("xcpipe_requests_completed_total", "counter", "Requests whose every prompt finished.");

@@ -101,6 +101,52 @@ TEST(ClusterTest, ConcurrentRequestsEqualOneAtATime) {
   EXPECT_EQ((*status)["stages"].get<int>(), 3);
 }
 
+// The shared prompt head (the chat template's system text computed once per plan and its KV
+// copied into each prompt) gives the tokens of prefilling every prompt whole.
+TEST(ClusterTest, SharedPromptHeadGivesTheTokensOfWholePrefills) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto requests = MixedRequests();
+  requests.resize(9);  // with and without images, penalties, lengths
+  auto run = [&](bool prefix_cache) {
+    std::vector<std::vector<int64_t>> tokens;
+    LocalClusterOptions o;
+    o.model_dir = ModelDir();
+    o.workers = 2;
+    o.quiet_workers = true;
+    o.worker_binary = testing::BinDir() / "xcpipe-worker";
+    o.coordinator.prefix_cache = prefix_cache;
+    auto cluster = LocalCluster::Start(o);
+    EXPECT_TRUE(cluster.ok()) << cluster.status().ToString();
+    if (!cluster.ok()) return tokens;
+    std::vector<std::future<StatusOr<GenerateResult>>> futures;
+    for (const auto& r : requests) {
+      futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
+        auto client = Client::Connect((*cluster)->address(), 10s);
+        if (!client.ok()) return client.status();
+        return (*client)->Generate(r, 300s);
+      }));
+    }
+    for (auto& f : futures) {
+      auto result = f.get();
+      EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
+      tokens.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});
+    }
+    return tokens;
+  };
+  const auto whole = run(false);
+  const auto copied = run(true);
+  ASSERT_EQ(whole.size(), requests.size());
+  ASSERT_EQ(copied.size(), requests.size());
+  int identical = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(copied[i], whole[i]) << "request " << i;
+    EXPECT_EQ(whole[i].size(), requests[i].max_new_tokens);
+    identical += copied[i] == whole[i];
+  }
+  std::cout << "requests: " << requests.size() << ", tokens identical with the shared head: " << identical << "/"
+            << requests.size() << "\n";
+}
+
 // Limits enforced before scheduling: requests per client connection and request deadlines.
 TEST(ClusterTest, PerClientLimitAndDeadlinesAreEnforced) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();

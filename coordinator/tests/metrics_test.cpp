@@ -368,6 +368,10 @@ TEST(MetricsTest, ScrapedFiguresAgreeWithTheWorkDone) {
   EXPECT_GT(e.Value("xcpipe_time_to_first_token_seconds_sum"), 0);
   EXPECT_EQ(e.Value("xcpipe_tokens_per_second_count"), kRequests);
   EXPECT_EQ(e.Value("xcpipe_queue_depth"), 0);
+  // Each prompt starts with the chat template's system text: computed once, copied into each.
+  EXPECT_EQ(e.Value("xcpipe_prefix_cache_hits_total"), kRequests);
+  EXPECT_GT(e.Value("xcpipe_prefix_cache_head_tokens"), 0);
+  EXPECT_EQ(e.Value("xcpipe_prefix_cache_rows_saved_total"), kRequests * e.Value("xcpipe_prefix_cache_head_tokens"));
 
   // Per stage: both stages stepped once per generated token at least (prefill + decode steps).
   std::map<int, std::string> worker_of_stage;
@@ -394,7 +398,8 @@ TEST(MetricsTest, ScrapedFiguresAgreeWithTheWorkDone) {
     EXPECT_GT(e.Value("xcpipe_worker_memory_planned_bytes", {{"worker", worker}, {"category", "weights"}}), 0);
     EXPECT_GT(e.Value("xcpipe_worker_memory_planned_bytes", {{"worker", worker}, {"category", "kv"}}), 0);
     EXPECT_GT(e.Value("xcpipe_worker_kv_budget_bytes", who), 0);
-    EXPECT_EQ(e.Value("xcpipe_worker_kv_reserved_bytes", who), 0);  // every sequence finished
+    // Every sequence finished: what stays reserved is the shared prompt head, all of it stepped.
+    EXPECT_EQ(e.Value("xcpipe_worker_kv_reserved_bytes", who), e.Value("xcpipe_worker_kv_used_bytes", who));
     EXPECT_EQ(e.Value("xcpipe_worker_queued_steps", who), 0);
     const double sent = e.Value("xcpipe_worker_sent_bytes_total", who);
     if (stage == 0) EXPECT_GT(sent, 0);  // hidden states to stage 1
@@ -427,7 +432,10 @@ TEST(MetricsTest, ScrapedFiguresAgreeWithTheWorkDone) {
     EXPECT_GT(w["planned_by_category"]["kv"].get<uint64_t>(), 0u);
     EXPECT_GT(w["capacity_bytes"].get<uint64_t>(), w["used_bytes"].get<uint64_t>());
     EXPECT_GT(w["kv_budget_bytes"].get<uint64_t>(), 0u);
-    EXPECT_DOUBLE_EQ(w["kv_utilisation"].get<double>(), 0.0);
+    // Only the shared prompt head's KV is left in use.
+    EXPECT_DOUBLE_EQ(w["kv_utilisation"].get<double>(), static_cast<double>(w["kv_used_bytes"].get<uint64_t>()) /
+                                                         static_cast<double>(w["kv_budget_bytes"].get<uint64_t>()));
+    EXPECT_LT(w["kv_utilisation"].get<double>(), 0.05);
     EXPECT_TRUE(w.contains("bytes_sent"));
     EXPECT_EQ(w["queued_steps"].get<uint64_t>(), 0u);
   }

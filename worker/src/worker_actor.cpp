@@ -381,6 +381,14 @@ void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
   const uint64_t id = a.getSequenceId();
   if (!model) return SendError(FailedPreconditionError("no stage assigned"), id);
   if (Status st = model->ReserveSequence(id, a.getMaxTokens()); !st.ok()) return SendError(st, id);
+  if (a.getPrefixRows() > 0) {
+    if (Status st = model->CopyPrefix(a.getPrefixSequenceId(), id, a.getPrefixRows()); !st.ok()) {
+      // Without the copy its steps would read an empty cache: keep it unadmitted, so they wait
+      // and end as Aborted (the coordinator re-plans) instead of computing wrong tokens.
+      model->ReleaseSequence(id);
+      return SendError(AbortedError(st.message()), id);
+    }
+  }
   if (is_last()) {
     auto s = a.getSampling();
     model::SamplingParams p;

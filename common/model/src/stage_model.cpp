@@ -681,6 +681,29 @@ void StageModel::ReleaseAllSequences() {
 
 bool StageModel::HoldsSequence(uint64_t sequence_id) const { return impl_->caches.count(sequence_id) > 0; }
 
+Status StageModel::CopyPrefix(uint64_t from, uint64_t to, int64_t rows) {
+  auto& impl = *impl_;
+  auto src = impl.caches.find(from);
+  auto dst = impl.caches.find(to);
+  if (src == impl.caches.end() || dst == impl.caches.end()) {
+    return FailedPreconditionError("prefix copy from sequence " + std::to_string(from) + " to " + std::to_string(to) +
+                                   ": " + (src == impl.caches.end() ? "the prefix" : "the target") +
+                                   " holds no KV room on this stage");
+  }
+  if (rows <= 0 || rows > src->second.filled || rows > dst->second.capacity) {
+    return FailedPreconditionError("prefix copy of " + std::to_string(rows) + " positions: the prefix has stepped " +
+                           std::to_string(src->second.filled) + " and the target has room for " +
+                           std::to_string(dst->second.capacity));
+  }
+  if (!impl.layers.empty()) {
+    // [layers, kv_heads, capacity, head_dim]: positions are dimension 2.
+    dst->second.k.narrow(2, 0, rows).copy_(src->second.k.narrow(2, 0, rows));
+    dst->second.v.narrow(2, 0, rows).copy_(src->second.v.narrow(2, 0, rows));
+  }
+  dst->second.filled = std::max(dst->second.filled, rows);
+  return OkStatus();
+}
+
 void StageModel::SetKvBudget(uint64_t bytes) { impl_->options.kv_budget_bytes = bytes; }
 
 void StageModel::ReleaseSequence(uint64_t sequence_id) {

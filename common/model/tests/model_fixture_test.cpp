@@ -162,5 +162,44 @@ TEST(StageModelTest, KvBytesUsedFollowsTheTokensStepped) {
   EXPECT_EQ(model->kv_bytes_used(), 0u);
 }
 
+// A shared prompt prefix: its KV stepped once under one sequence and copied into another,
+// which then steps only the rest of its prompt, gives the logits of stepping the whole prompt.
+TEST(StageModelTest, CopiedPrefixGivesTheLogitsOfTheWholePrompt) {
+  auto dir = Fixture("ixc2_vl") / "checkpoint";
+  if (!fs::exists(dir)) GTEST_SKIP() << "fixtures not found at " << dir;
+  auto described = checkpoint::DescribeCheckpoint(dir);
+  ASSERT_TRUE(described.ok());
+  const auto& spec = described->spec;
+  auto model = std::move(StageModel::Load(dir, spec, WholeModel(spec), {})).value();
+  const std::vector<int64_t> prompt = {1, 1, 92543, 1008, 364, 9843, 346, 5368, 1008, 364};
+  const int64_t P = 6, T = static_cast<int64_t>(prompt.size());
+  auto step = [&](uint64_t id, int64_t from, int64_t to) {
+    StepInput in;
+    in.segments = {{id, to - from, from}};
+    in.token_ids = at::tensor(std::vector<int64_t>(prompt.begin() + from, prompt.begin() + to), at::kLong);
+    in.im_mask = at::zeros({to - from}, at::kBool);
+    auto out = model->Forward(in);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return out.ok() ? out->logits : at::Tensor();
+  };
+  ASSERT_TRUE(model->ReserveSequence(1, T).ok());
+  at::Tensor whole = step(1, 0, T);
+  ASSERT_TRUE(model->ReserveSequence(2, P).ok());  // the prefix holder
+  step(2, 0, P);
+  ASSERT_TRUE(model->ReserveSequence(3, T).ok());
+  // Refused before the prefix is there or beyond it, and into a sequence without room.
+  EXPECT_EQ(model->CopyPrefix(2, 3, P + 1).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(model->CopyPrefix(2, 99, P).code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(model->CopyPrefix(2, 3, P).ok());
+  EXPECT_EQ(model->kv_bytes_used(), model->kv_bytes_per_token() * (T + P + P));
+  at::Tensor rest = step(3, P, T);
+  ASSERT_TRUE(whole.defined() && rest.defined());
+  EXPECT_TRUE(at::allclose(rest, whole, 1e-4, 1e-4)) << "max diff " << (rest - whole).abs().max().item<float>();
+  // Without the copy the same step reads an empty cache: the logits differ (the test can fail).
+  ASSERT_TRUE(model->ReserveSequence(4, T).ok());
+  at::Tensor uncopied = step(4, P, T);
+  EXPECT_FALSE(at::allclose(uncopied, whole, 1e-4, 1e-4));
+}
+
 }  // namespace
 }  // namespace xcpipe::model

@@ -74,6 +74,9 @@ struct CoordinatorOptions {
   std::chrono::milliseconds default_deadline{std::chrono::minutes(10)};
   std::chrono::milliseconds max_deadline{std::chrono::hours(1)};
   int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
+  // Compute the chat template's system text once per plan and copy its KV into every prompt
+  // that starts with it, instead of prefilling it for each (see SharedPrefix in coordinator.cpp).
+  bool prefix_cache = true;
   std::chrono::milliseconds worker_wait{120000};  // give up waiting for workers after this (exit 5)
   // Worker ids expected to register (optional): the count to wait for is the larger of this
   // list's size and expect_workers; on a wait timeout the message names who is missing.

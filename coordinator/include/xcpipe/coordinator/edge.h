@@ -73,6 +73,13 @@ class RequestPreparer {
 
   const checkpoint::ModelSpec& spec() const { return spec_; }
   const std::vector<int64_t>& stop_ids() const { return stop_ids_; }
+  // The ids every chat prompt of this version starts with before its query (the system text
+  // of the template): the longest common start of the prompts built for two different
+  // queries, so a tokenization that merges into the query is never counted. Empty when it is
+  // shorter than kMinSharedHead tokens. A prompt whose ids begin with these rows can take
+  // their KV from a copy computed once (the coordinator's shared prefix).
+  const std::vector<int64_t>& shared_head() const { return shared_head_; }
+  static constexpr size_t kMinSharedHead = 16;
   const EdgeLimits& limits() const { return limits_; }
   tokenizer::ChatVersion version() const { return version_; }
 
@@ -83,6 +90,7 @@ class RequestPreparer {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   tokenizer::ChatVersion version_ = tokenizer::ChatVersion::kIxc2Vl;
   std::vector<int64_t> stop_ids_;
+  std::vector<int64_t> shared_head_;
   EdgeLimits limits_;
 };
 

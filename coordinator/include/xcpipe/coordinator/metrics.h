@@ -75,6 +75,10 @@ struct MetricsSnapshot {
   uint32_t queue_depth = 0, in_flight = 0;
   uint64_t faults = 0, replays = 0;
   uint64_t submitted = 0, completed = 0;
+  // The shared prompt head: admissions that copied its KV, prompt rows they did not prefill,
+  // and its length while its KV is on the stages (0: not computed under this plan, or off).
+  uint64_t prefix_hits = 0, prefix_rows_saved = 0;
+  uint32_t prefix_head_tokens = 0;
   std::map<std::string, uint64_t> failed_by_reason, refused_by_reason;
   Histogram ttft_seconds{TtftBucketsSeconds()};
   Histogram tokens_per_second{TokensPerSecondBuckets()};

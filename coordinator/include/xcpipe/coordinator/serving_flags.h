@@ -22,6 +22,9 @@ inline void AddServingFlags(CLI::App& app, CoordinatorOptions& options) {
       ->check(CLI::IsMember({"balanced", "even", "greedy-memory"}));
   app.add_flag("--no-rebalance{false}", options.rebalance,
                "keep the first plan even when measured stage times stay unbalanced (default: move blocks)");
+  app.add_flag("--no-prefix-cache{false}", options.prefix_cache,
+               "prefill the chat template's system text with every prompt (default: compute it once per plan and "
+               "copy its KV)");
   app.add_option("--max-requests-per-client", options.max_requests_per_client,
                  "requests one client connection may have in progress; more are refused")
       ->capture_default_str()

@@ -129,6 +129,11 @@ class StageModel {
   void ReleaseSequence(uint64_t sequence_id);
   void ReleaseAllSequences();
   bool HoldsSequence(uint64_t sequence_id) const;
+  // Copies the KV of positions [0, rows) of `from` (a shared prompt prefix already stepped on
+  // this stage) into `to`, so that `to` starts at position `rows` without recomputing them.
+  // Both must be reserved; `from` must have stepped at least `rows` positions and `to` must
+  // have room for them; FailedPrecondition otherwise (nothing is copied).
+  Status CopyPrefix(uint64_t from, uint64_t to, int64_t rows);
   // A new plan may give the stage another budget; reservations already made are kept.
   void SetKvBudget(uint64_t bytes);
   uint64_t kv_bytes_per_token() const;

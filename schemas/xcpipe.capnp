@@ -132,7 +132,9 @@ struct Error {
 # Which blocks this worker holds and how it talks to its neighbours. Sent after `welcome`;
 # the worker answers with `loadProgress` messages and then `stageReady` (or `error`).
 # A new assignment with a higher epoch replaces the previous one (re-plan after a fault); a
-# worker keeps the blocks it already holds when the range is unchanged.
+# worker keeps the blocks it already holds when the range is unchanged. A repeat of the same epoch
+# (re-sent when the coordinator heard nothing for a while) is the same assignment: a worker whose
+# NCCL links are joining or joined keeps them (ids are single-use) and answers when ready.
 struct AssignStage {
   epoch @0 :UInt64;           # cluster epoch this assignment belongs to
   stageIndex @1 :UInt32;      # 0 = first stage (vision + embed), stageCount-1 = last (head)
@@ -146,6 +148,16 @@ struct AssignStage {
   specOverrides @9 :Text;     # JSON object of model facts a checkpoint cannot state (tiny test
                               # towers' head counts: {"vision_heads": 2, "qformer_heads": 2}); may be empty
   maxBatchRows @10 :UInt32;   # largest number of rows one step may carry (sizes receive buffers)
+  # How activations travel on this stage's links (the coordinator chooses one per plan):
+  #   "tcp"  frames with their tensor bytes to nextDataAddress (also what an empty value means);
+  #   "nccl" the same frames without their bytes (header only, to nextDataAddress), the bytes
+  #          device to device with ncclSend/ncclRecv on a 2-rank communicator per stage link.
+  dataPlane @11 :Text;
+  previousNcclId @12 :Data;   # "nccl": the 128-byte ncclUniqueId of the link from stage stageIndex-1 (this
+                              # stage is rank 1 of it); empty on stage 0 and for "tcp"
+  nextNcclId @13 :Data;       # "nccl": the ncclUniqueId of the link to stage stageIndex+1 (this stage is
+                              # rank 0 of it; the next stage gets the same bytes as previousNcclId); empty on
+                              # the last stage and for "tcp". Fresh ids every epoch: a communicator is never reused
 }
 
 # Loading progress, worker -> coordinator, at most a few per second.
@@ -347,6 +359,9 @@ struct StatusReply {
   metricsAddress @19 :Text;        # "host:port" of the Prometheus endpoint; empty when not served
   rebalances @20 :UInt64;          # plans changed because measured stage times were unbalanced
   lastRebalance @21 :Text;         # what the last one saw and did (stage times before, blocks after)
+  dataPlane @22 :Text;             # how activations travel under the current plan: "tcp" or "nccl"
+                                   # (empty before the first plan)
+  dataPlaneReason @23 :Text;       # why that one ("every stage is a CUDA worker with NCCL", or what ruled NCCL out)
 }
 
 # The one top-level message.

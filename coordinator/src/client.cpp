@@ -265,6 +265,8 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["ttft_p99_ms"] = r.getTtftP99Ms();
     j["tokens_per_s_p50"] = r.getTokensPerSecondP50();
     j["metrics_address"] = r.getMetricsAddress().cStr();
+    j["data_plane"] = r.getDataPlane().cStr();
+    j["data_plane_reason"] = r.getDataPlaneReason().cStr();
     j["workers"] = nlohmann::json::array();
     for (auto w : r.getWorkers()) {
       j["workers"].push_back({{"id", w.getWorkerId().cStr()},

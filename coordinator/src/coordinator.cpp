@@ -14,6 +14,9 @@
 
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/control/socket.h"
+#ifdef XCPIPE_HAVE_CUDA
+#include "xcpipe/cuda/nccl.h"
+#endif
 #include "xcpipe/coordinator/metrics_http.h"
 #include "xcpipe/planner/planner.h"
 #include "xcpipe/planner/planning_model.h"
@@ -65,6 +68,7 @@ const char* WorkerStateName(WorkerState s) {
 
 struct WorkerInfo {
   std::string peer, id, host, device, device_name, data_address;
+  std::vector<std::string> data_planes;  // what its hello offered ("tcp", "nccl")
   uint32_t pid = 0, threads = 1;
   uint64_t memory = 0;
   WorkerState state = WorkerState::kIdle;
@@ -143,6 +147,13 @@ struct Request {
 // Finished requests remembered per client for repeated submits (oldest forgotten first).
 constexpr size_t kFinishedRemembered = 4096;
 
+// The data plane of one plan (see CoordinatorOptions::data_plane).
+struct DataPlaneChoice {
+  std::string kind = "tcp";           // "tcp" or "nccl"
+  std::string reason;                 // why: shown in the log and the status
+  std::vector<std::string> nccl_ids;  // "nccl": one 128-byte ncclUniqueId per stage link (k -> k+1)
+};
+
 enum class ClusterState { kWaiting, kLoading, kServing };
 const char* ClusterStateName(ClusterState s) {
   switch (s) {
@@ -168,6 +179,10 @@ struct Coordinator::Impl {
   std::map<std::string, WorkerInfo> workers;  // by peer identity
   std::set<std::string> clients;
   std::vector<StageInfo> stages;
+  DataPlaneChoice data_plane;  // of the current plan
+  // Which data plane a plan on these stage workers (in stage order) uses, with fresh NCCL ids;
+  // FailedPrecondition, naming the worker or the reason, when "nccl" was asked for and cannot be had.
+  StatusOr<DataPlaneChoice> ChooseDataPlane(const std::vector<const WorkerInfo*>& stage_workers) const;
   Clock::time_point started = Clock::now();
   Clock::time_point next_heartbeat = Clock::now();
 
@@ -334,6 +349,8 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
   info.memory = caps.getMemoryBytes();
   info.threads = caps.getThreads();
   info.data_address = caps.getDataAddress().cStr();
+  info.data_planes.clear();
+  for (auto plane : caps.getDataPlanes()) info.data_planes.emplace_back(plane.cStr());
   info.last_seen = Clock::now();
   if (!known) {
     info.state = WorkerState::kIdle;
@@ -437,12 +454,9 @@ void Coordinator::Impl::MaybePlan() {
     capacity_lost = true;
     return;
   }
-  planned_once = true;
-  capacity_lost = false;
-  ++epoch;
-  stages.clear();
+  std::vector<const WorkerInfo*> stage_workers;  // in stage order
   for (const auto& sp : plan->stages) {
-    WorkerInfo* w = nullptr;
+    const WorkerInfo* w = nullptr;
     for (size_t i = 0; i < pool.size(); ++i)
       if (where[i].first == sp.device_ref.host && where[i].second == sp.device_ref.gpu) w = pool[i];
     if (w == nullptr) {
@@ -450,6 +464,33 @@ void Coordinator::Impl::MaybePlan() {
       stop.store(true);
       return;
     }
+    stage_workers.push_back(w);
+  }
+  // The data plane goes with the plan: NCCL ids are fresh every epoch.
+  StatusOr<DataPlaneChoice> chosen = ChooseDataPlane(stage_workers);
+  if (!chosen.ok()) {
+    spdlog::error("cannot plan on the registered workers: {}", chosen.status().message());
+    if (!planned_once) {
+      exit_code = kExitInfeasible;
+      stop.store(true);
+      return;
+    }
+    // After a fault: what is waiting fails with the reason; a worker that registers again
+    // (workers_changed) brings another attempt.
+    std::vector<uint64_t> ids;
+    for (const auto& [id, r] : requests) ids.push_back(id);
+    for (uint64_t id : ids) FailRequest(id, chosen.status().WithContext("no plan can be served"));
+    capacity_lost = true;
+    return;
+  }
+  planned_once = true;
+  capacity_lost = false;
+  ++epoch;
+  stages.clear();
+  data_plane = std::move(chosen).value();
+  for (size_t k = 0; k < plan->stages.size(); ++k) {
+    const auto& sp = plan->stages[k];
+    const WorkerInfo* w = stage_workers[k];
     StageInfo st;
     st.peer = w->peer;
     st.first = sp.first_block;
@@ -461,6 +502,7 @@ void Coordinator::Impl::MaybePlan() {
     stages.push_back(st);
   }
   spdlog::info("plan (epoch {}): {} stages, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan->bottleneck_ms);
+  spdlog::info("data plane: {} ({})", data_plane.kind, data_plane.reason);
   if (rebalance_pending) {
     rebalance_pending = false;
     std::string after;
@@ -488,6 +530,55 @@ void Coordinator::Impl::MaybePlan() {
   state = ClusterState::kLoading;
 }
 
+StatusOr<DataPlaneChoice> Coordinator::Impl::ChooseDataPlane(
+    const std::vector<const WorkerInfo*>& stage_workers) const {
+  DataPlaneChoice choice;
+  if (opt.data_plane == "tcp") {
+    choice.reason = "--data-plane tcp";
+    return choice;
+  }
+  // Whatever rules NCCL out, in words naming the worker; empty: NCCL it is. (NCCL also refuses
+  // two ranks of one communicator on one GPU; the planner already refuses two workers naming
+  // the same device of one host, so neighbouring stages never share a GPU here.)
+  std::string obstacle;
+#ifndef XCPIPE_HAVE_CUDA
+  (void)stage_workers;
+  obstacle = "this coordinator was built without CUDA and NCCL, so it cannot create NCCL unique ids";
+#else
+  for (size_t k = 0; k < stage_workers.size() && obstacle.empty(); ++k) {
+    const WorkerInfo& w = *stage_workers[k];
+    const auto& planes = w.data_planes;
+    if (w.device.rfind("cuda", 0) != 0) {
+      obstacle =
+          "worker " + w.id + " (stage " + std::to_string(k) + ") computes on " + w.device + ", not a CUDA device";
+    } else if (std::find(planes.begin(), planes.end(), "nccl") == planes.end()) {
+      std::string offered;
+      for (const auto& p : planes) offered += (offered.empty() ? "" : ", ") + p;
+      obstacle = "worker " + w.id + " (stage " + std::to_string(k) + ") does not offer the nccl data plane (offered: " +
+                 (offered.empty() ? std::string("nothing") : offered) + ")";
+    }
+  }
+  for (size_t link = 0; link + 1 < stage_workers.size() && obstacle.empty(); ++link) {
+    auto id = cuda::CreateNcclUniqueId();
+    if (!id.ok()) {
+      obstacle = "creating an NCCL unique id failed: " + id.status().ToString();
+      break;
+    }
+    choice.nccl_ids.emplace_back(reinterpret_cast<const char*>(id->data()), id->size());
+  }
+#endif
+  if (obstacle.empty()) {
+    choice.kind = "nccl";
+    choice.reason = "every stage is a CUDA worker offering NCCL; " + std::to_string(choice.nccl_ids.size()) +
+                    " link(s) with fresh unique ids";
+    return choice;
+  }
+  if (opt.data_plane == "nccl") return FailedPreconditionError("--data-plane nccl cannot be used: " + obstacle);
+  choice.nccl_ids.clear();
+  choice.reason = "TCP because " + obstacle;
+  return choice;
+}
+
 void Coordinator::Impl::SendAssignment(size_t i) {
   capnp::MallocMessageBuilder m;
   auto a = m.initRoot<proto::Envelope>().initAssignStage();
@@ -502,6 +593,16 @@ void Coordinator::Impl::SendAssignment(size_t i) {
   a.setNextDataAddress(i + 1 < stages.size() ? workers[stages[i + 1].peer].data_address : "");
   a.setSpecOverrides(opt.spec_overrides);
   a.setMaxBatchRows(static_cast<uint32_t>(opt.max_batch_rows));
+  a.setDataPlane(data_plane.kind);
+  if (data_plane.kind == "nccl") {
+    // Link k joins stage k (rank 0, "next") and stage k+1 (rank 1, "previous"). A re-sent
+    // assignment carries the same ids: the worker keeps links it has started.
+    auto bytes = [](const std::string& id) {
+      return kj::arrayPtr(reinterpret_cast<const kj::byte*>(id.data()), id.size());
+    };
+    if (i > 0 && i - 1 < data_plane.nccl_ids.size()) a.setPreviousNcclId(bytes(data_plane.nccl_ids[i - 1]));
+    if (i < data_plane.nccl_ids.size()) a.setNextNcclId(bytes(data_plane.nccl_ids[i]));
+  }
   stages[i].last_load_news = Clock::now();
   Send(m, stages[i].peer);
 }
@@ -1139,6 +1240,8 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setReplays(replays);
   r.setRebalances(rebalances);
   r.setLastRebalance(last_rebalance);
+  r.setDataPlane(planned_once ? data_plane.kind : "");
+  r.setDataPlaneReason(planned_once ? data_plane.reason : "");
   r.setLastDetectMs(last_detect_ms);
   r.setLastRecoverMs(last_recover_ms);
   auto list = r.initWorkers(workers.size());
@@ -1485,6 +1588,9 @@ StatusOr<std::string> Coordinator::Bind() {
     auto found = FindTokenizer(s.opt.model_dir);
     if (!found.ok()) return found.status();
     tok = *found;
+  }
+  if (s.opt.data_plane != "auto" && s.opt.data_plane != "tcp" && s.opt.data_plane != "nccl") {
+    return InvalidArgumentError("data plane '" + s.opt.data_plane + "' is unknown; expected auto, tcp or nccl");
   }
   if (!planner::ParseStrategy(s.opt.strategy)) {
     return InvalidArgumentError("strategy '" + s.opt.strategy + "' is unknown; expected balanced, even or greedy-memory");

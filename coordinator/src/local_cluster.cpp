@@ -91,8 +91,13 @@ StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions 
 Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
   const auto binary = options_.worker_binary.empty() ? ExecutableDir() / "xcpipe-worker" : options_.worker_binary;
   const size_t i = workers_.size();
-  std::vector<std::string> argv = {binary.string(), "--coordinator", address_, "--worker-id", "local-" + std::to_string(i),
-                                   "--device", "cpu"};
+  std::vector<std::string> argv = {binary.string(), "--coordinator", address_, "--worker-id",
+                                   "local-" + std::to_string(i)};
+  // Workers compute on the CPU unless their extra args name a device (GPU tests): the worker's
+  // parser refuses an option given twice.
+  if (std::find(extra_args.begin(), extra_args.end(), "--device") == extra_args.end()) {
+    argv.insert(argv.end(), {"--device", "cpu"});
+  }
   // A worker's own --threads in its extra args (unequal hosts simulated on one machine) replaces
   // the shared setting: the worker's parser refuses an option given twice.
   if (std::find(extra_args.begin(), extra_args.end(), "--threads") == extra_args.end()) {

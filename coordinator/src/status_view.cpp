@@ -77,6 +77,8 @@ std::string FormatStatusTable(const json& s) {
                                                     ? U(s["refused_by_reason"], "busy")
                                                     : 0),
                 D(s, "ttft_p50_ms"), D(s, "ttft_p99_ms"), D(s, "tokens_per_s_p50"));
+  if (!S(s, "data_plane").empty())
+    out += "data plane: " + S(s, "data_plane") + " (" + S(s, "data_plane_reason") + ")\n";
   if (!S(s, "metrics_address").empty()) out += "metrics: http://" + S(s, "metrics_address") + "/metrics\n";
   const json workers = s.contains("workers") && s["workers"].is_array() ? s["workers"] : json::array();
   out += Format("%-12s %-14s %-8s %-7s %-9s %-6s %-8s %-9s %s\n", "worker", "host", "pid", "device", "state", "stage",

@@ -141,6 +141,9 @@ std::vector<Seed> ValidSeeds() {
     a.setKvBudgetBytes(uint64_t{2} << 30);
     a.setSpecOverrides(R"({"vision_heads": 2})");
     a.setMaxBatchRows(64);
+    a.setDataPlane("nccl");
+    a.initPreviousNcclId(128)[0] = 0x02;  // an ncclUniqueId's first bytes name its address family
+    a.initNextNcclId(128)[0] = 0x02;
     seeds.emplace_back("valid_assign_stage", EncodeBuilder(b));
   }
   {

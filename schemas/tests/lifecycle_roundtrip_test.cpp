@@ -2,6 +2,8 @@
 // field set to a distinct value and read back.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "xcpipe/schemas/wire.h"
 
 namespace xcpipe::wire {
@@ -22,6 +24,14 @@ TEST(LifecycleRoundTrip, AssignStage) {
   a.setEpoch(4); a.setStageIndex(1); a.setStageCount(3); a.setBlockBegin(5); a.setBlockEnd(9);
   a.setModelPath("/models/x"); a.setDtype("bf16"); a.setKvBudgetBytes(123456789); a.setNextDataAddress("10.0.0.3:7001");
   a.setSpecOverrides("{\"vision_heads\":2}"); a.setMaxBatchRows(4096);
+  a.setDataPlane("nccl");
+  std::vector<kj::byte> previous(128), next(128);
+  for (size_t i = 0; i < 128; ++i) {
+    previous[i] = static_cast<kj::byte>(i);
+    next[i] = static_cast<kj::byte>(255 - i);
+  }
+  a.setPreviousNcclId(kj::arrayPtr(previous.data(), previous.size()));
+  a.setNextNcclId(kj::arrayPtr(next.data(), next.size()));
   auto d = RoundTrip(b);
   ASSERT_NE(d, nullptr);
   ASSERT_EQ(d->envelope().which(), proto::Envelope::ASSIGN_STAGE);
@@ -31,6 +41,21 @@ TEST(LifecycleRoundTrip, AssignStage) {
   EXPECT_EQ(Str(r.getDtype()), "bf16"); EXPECT_EQ(r.getKvBudgetBytes(), 123456789u);
   EXPECT_EQ(Str(r.getNextDataAddress()), "10.0.0.3:7001"); EXPECT_EQ(Str(r.getSpecOverrides()), "{\"vision_heads\":2}");
   EXPECT_EQ(r.getMaxBatchRows(), 4096u);
+  EXPECT_EQ(Str(r.getDataPlane()), "nccl");
+  EXPECT_EQ(std::vector<kj::byte>(r.getPreviousNcclId().begin(), r.getPreviousNcclId().end()), previous);
+  EXPECT_EQ(std::vector<kj::byte>(r.getNextNcclId().begin(), r.getNextNcclId().end()), next);
+}
+
+// An assignment from a coordinator that predates the data-plane fields reads as TCP, no ids.
+TEST(LifecycleRoundTrip, AssignStageWithoutDataPlaneFieldsMeansTcp) {
+  capnp::MallocMessageBuilder b;
+  b.initRoot<proto::Envelope>().initAssignStage().setEpoch(1);
+  auto d = RoundTrip(b);
+  ASSERT_NE(d, nullptr);
+  auto r = d->envelope().getAssignStage();
+  EXPECT_EQ(Str(r.getDataPlane()), "");
+  EXPECT_EQ(r.getPreviousNcclId().size(), 0u);
+  EXPECT_EQ(r.getNextNcclId().size(), 0u);
 }
 
 TEST(LifecycleRoundTrip, LoadProgressAndReady) {
@@ -166,6 +191,7 @@ TEST(LifecycleRoundTrip, DrainShutdownAndClientMessages) {
   auto st = b5.initRoot<proto::Envelope>().initStatusReply();
   st.setEpoch(9); st.setState("serving"); st.setQueueDepth(3); st.setInFlight(4); st.setCompleted(5); st.setFailed(6);
   st.setModel("m"); st.setStages(2); st.setFaults(1); st.setReplays(8); st.setLastDetectMs(2500.5); st.setLastRecoverMs(400.25);
+  st.setDataPlane("nccl"); st.setDataPlaneReason("every stage is a CUDA worker with NCCL");
   auto w = st.initWorkers(1)[0];
   w.setWorkerId("a/0"); w.setHost("a"); w.setPid(11); w.setDevice("cpu"); w.setState("serving"); w.setStageIndex(-1);
   w.setPlannedBytes(10); w.setUsedBytes(9); w.setBlocks("0..3"); w.setStepsCompleted(100); w.setLastHeartbeatMsAgo(12);
@@ -174,6 +200,7 @@ TEST(LifecycleRoundTrip, DrainShutdownAndClientMessages) {
   auto rst = d5->envelope().getStatusReply();
   EXPECT_EQ(rst.getEpoch(), 9u); EXPECT_EQ(Str(rst.getState()), "serving"); EXPECT_EQ(rst.getReplays(), 8u);
   EXPECT_DOUBLE_EQ(rst.getLastRecoverMs(), 400.25); EXPECT_EQ(rst.getWorkers()[0].getStageIndex(), -1);
+  EXPECT_EQ(Str(rst.getDataPlane()), "nccl"); EXPECT_EQ(Str(rst.getDataPlaneReason()), "every stage is a CUDA worker with NCCL");
   EXPECT_EQ(Str(rst.getWorkers()[0].getBlocks()), "0..3"); EXPECT_EQ(rst.getWorkers()[0].getLastHeartbeatMsAgo(), 12u);
 
   capnp::MallocMessageBuilder b6;

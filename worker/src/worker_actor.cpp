@@ -5,13 +5,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <csignal>
 #include <deque>
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -20,7 +21,11 @@
 #include "xcpipe/control/socket.h"
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
+#include "xcpipe/transport/tcp_data_plane.h"
 #include "xcpipe/transport/tcp_link.h"
+#ifdef XCPIPE_HAVE_CUDA
+#include "xcpipe/transport/nccl_data_plane.h"
+#endif
 #include "xcpipe/worker/compute_watchdog.h"
 #include "xcpipe/worker/resource_sampler.h"
 
@@ -53,6 +58,21 @@ std::string HostName() {
 constexpr auto kSendDeadline = 1s;
 // How long an activation may wait for its sequences' admission before it is refused.
 constexpr auto kDeferLimit = 10s;
+// The receiver thread's wait for one message; also how soon it notices a new plane or a stop.
+constexpr auto kReceivePoll = 200ms;
+// How long a new assignment waits for the receiver thread to leave the previous plane before
+// it goes on (a frame read by the old plane would be lost to the new one). A receive returns
+// within kReceivePoll, or at once when an NCCL transfer under way is aborted.
+constexpr auto kReceiverLeaveTimeout = 1s;
+// How long the NCCL links of an assignment may take to join, counted from the assignment. Both
+// neighbours start their communicators as soon as their assignment arrives, before loading
+// (the join runs on NCCL's own threads while the weights load), so a neighbour that has not
+// joined by then never will: it died, or cannot reach the NCCL bootstrap. The actor checks
+// between loads only, so a stage that loads for longer finds out right after its load.
+constexpr auto kNcclJoinTimeout = 30s;
+// While its links join, a stage sends loadProgress this often: the coordinator re-sends an
+// assignment it hears nothing about, and a repeat must not look like silence.
+constexpr auto kJoinProgressInterval = 1s;
 
 enum class State { kIdle, kLoading, kReady, kServing, kDraining };
 const char* StateName(State s) {
@@ -98,6 +118,17 @@ std::span<const std::byte> BytesOf(const at::Tensor& t) {
   return {static_cast<const std::byte*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size()};
 }
 
+// "cuda:N" -> N; nullopt for any other device ("cpu").
+std::optional<int> CudaOrdinal(const std::string& device) {
+  if (device.rfind("cuda:", 0) != 0 || device.size() == 5) return std::nullopt;
+  int ordinal = 0;
+  for (char c : device.substr(5)) {
+    if (c < '0' || c > '9' || ordinal > 1000) return std::nullopt;
+    ordinal = ordinal * 10 + (c - '0');
+  }
+  return ordinal;
+}
+
 }  // namespace
 
 struct WorkerActor::Impl {
@@ -106,8 +137,26 @@ struct WorkerActor::Impl {
   std::unique_ptr<control::ControlSocket> control;
   zmq::socket_t wake_rx{context, zmq::socket_type::pair};
   zmq::socket_t wake_tx{context, zmq::socket_type::pair};
+  // The data address announced in hello: one listener for the life of the process, whatever
+  // the plans (TCP frames, or NCCL headers, from the previous stage arrive here).
   std::unique_ptr<transport::TcpReceiverLink> receiver;
-  std::unique_ptr<transport::TcpSenderLink> sender;
+  // The data plane of the current assignment once usable (TCP: connected; NCCL: joined); null
+  // before that, between assignments and for a single-stage pipeline. The actor sends through
+  // it; the receiver thread takes a copy for each Receive and says which plane it is in, so a
+  // new assignment can wait until it has left the old one. Written by the actor only, under
+  // plane_mutex (the actor reads it without the lock).
+  std::mutex plane_mutex;
+  std::condition_variable plane_cv;
+  std::shared_ptr<transport::DataPlane> plane;
+  const transport::DataPlane* receiving_on = nullptr;  // guarded by plane_mutex
+  std::thread plane_reaper;                            // aborts and releases a retired plane (see RetirePlane)
+#ifdef XCPIPE_HAVE_CUDA
+  // NCCL links of the current assignment while they join (polled by the actor's loop).
+  std::shared_ptr<transport::NcclDataPlane> joining;
+  Clock::time_point join_deadline, next_join_progress;
+#endif
+  // The assignment is loaded and waits for its NCCL links before it answers stageReady.
+  bool links_pending = false;
   std::thread receiver_thread;
   std::atomic<bool> stop{false};
   std::mutex queue_mutex;
@@ -127,6 +176,10 @@ struct WorkerActor::Impl {
   uint64_t kv_budget = 0;
 
   // Assignment.
+  uint64_t assigned_epoch = 0;     // epoch of the last assignment taken (a repeat is recognised)
+  std::string data_plane = "tcp";  // of that assignment: "tcp" or "nccl"
+  bool weights_kept = false;       // its blocks were already loaded
+  Clock::time_point assign_started;
   uint32_t stage_index = 0, stage_count = 0;
   model::BlockRange range;
   std::string model_path, dtype, overrides;
@@ -170,6 +223,21 @@ struct WorkerActor::Impl {
   void FillResources(proto::ResourceSample::Builder r);
   void Dispatch(const proto::Envelope::Reader& env);
   void OnAssign(proto::AssignStage::Reader a);
+  // The data-plane part of an assignment that does not depend on the weights: checks what was
+  // asked for and, for NCCL, starts the communicators (before loading; see kNcclJoinTimeout).
+  Status StartDataPlane(proto::AssignStage::Reader a);
+  // After loading: TCP connects now and the stage is ready; NCCL waits in PollLinks.
+  Status FinishDataPlane(const std::string& next_address);
+  // Advances joining NCCL links: stageReady once joined, an error naming the stage when they
+  // fail or the join deadline passes.
+  void PollLinks();
+  void PublishPlane(std::shared_ptr<transport::DataPlane> ready);
+  // Takes the current plane (and links still joining) out of service; see the definition.
+  // `next_is_nccl`: the plane that follows reads headers in the other mode or of another epoch.
+  void RetirePlane(bool next_is_nccl = false);
+  void SendStageReady();
+  // Stops the receiver thread and retires the plane (process exit). Idempotent.
+  void StopDataPlane();
   void OnAdmit(proto::AdmitSequence::Reader a);
   void OnForward(proto::Forward::Reader f);
   void OnData(transport::StageMessage message);
@@ -193,9 +261,11 @@ void WorkerActor::Impl::SendHello() {
   caps.setDeviceName(opt.device.device_name);
   caps.setMemoryBytes(opt.memory_limit_bytes ? opt.memory_limit_bytes : opt.device.total_bytes);
   caps.setFreeMemoryBytes(opt.device.free_bytes);
-  auto planes = caps.initDataPlanes(BuiltWithCuda() ? 2 : 1);
+  // NCCL moves device memory: only a CUDA build computing on a CUDA device offers it.
+  const bool nccl = BuiltWithCuda() && CudaOrdinal(opt.device.device).has_value();
+  auto planes = caps.initDataPlanes(nccl ? 2 : 1);
   planes.set(0, "tcp");
-  if (BuiltWithCuda()) planes.set(1, "nccl");
+  if (nccl) planes.set(1, "nccl");
   caps.setDataAddress(opt.data_advertise.empty() ? receiver->local_endpoint().ToString() : opt.data_advertise);
   caps.setThreads(static_cast<uint32_t>(opt.threads));
   caps.setBuildVersion("0.1.0");
@@ -244,7 +314,7 @@ void WorkerActor::Impl::FillResources(proto::ResourceSample::Builder r) {
   r.setBusyMicrosTotal(step_times.busy_micros_total());
   r.setDecoderLayerMicrosTotal(decoder_layer_micros);
   r.setDecoderLayersTimed(decoder_layers_timed);
-  r.setBytesSent(bytes_sent_before + (sender ? sender->counters().bytes.load(std::memory_order_relaxed) : 0));
+  r.setBytesSent(bytes_sent_before + (plane ? plane->stats().bytes_sent : 0));
   size_t queued = deferred.size();
   {
     std::lock_guard<std::mutex> lock(queue_mutex);
@@ -259,6 +329,13 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
                                       " is older than this worker's epoch " + std::to_string(epoch)), 0);
     return;
   }
+  // A repeat of the assignment in hand (the coordinator re-sends one it heard nothing about).
+  // NCCL unique ids are single-use: links joining or joined are kept, not rebuilt.
+  if (a.getEpoch() == assigned_epoch && data_plane == "nccl" && a.getDataPlane() == "nccl" &&
+      a.getStageIndex() == stage_index && model) {
+    if (links_pending) return;  // stageReady follows once they have joined
+    if (state == State::kReady || state == State::kServing) return SendStageReady();
+  }
   const model::BlockRange new_range{a.getBlockBegin(), a.getBlockEnd()};
   const std::string new_path = a.getModelPath().cStr(), new_dtype = a.getDtype().cStr();
   const std::string new_overrides = a.getSpecOverrides().cStr();
@@ -272,6 +349,13 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   state = State::kLoading;
   if (opt.on_state_change) opt.on_state_change(StateName(state));  // the loop sees only the end state
   const auto started = Clock::now();
+  assign_started = started;
+  assigned_epoch = epoch;
+  // The previous plan's links go first: NCCL links of this one start now, before the load.
+  if (Status st = StartDataPlane(a); !st.ok()) {
+    state = State::kIdle;
+    return SendError(st.WithContext("stage " + std::to_string(stage_index)), 0);
+  }
   if (!same_blocks) {
     model.reset();
     range = new_range;
@@ -318,6 +402,11 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     };
     so.on_progress = [this](uint64_t done, uint64_t total) {
       if (opt.on_tick) opt.on_tick();  // loading a large stage must not trip a service watchdog
+#ifdef XCPIPE_HAVE_CUDA
+      // Links joining meanwhile: post their warm-up as soon as they can, so a neighbour that
+      // finished loading first is not kept waiting for this load (failures show in PollLinks).
+      if (joining) (void)joining->PollReady();
+#endif
       capnp::MallocMessageBuilder m;
       auto p = m.initRoot<proto::Envelope>().initLoadProgress();
       p.setEpoch(epoch);
@@ -338,31 +427,18 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   model->ReleaseAllSequences();
   kv_budget = a.getKvBudgetBytes();
   step_times.Reset(Clock::now());
-  if (sender) bytes_sent_before += sender->counters().bytes.load(std::memory_order_relaxed);
-  sender.reset();
-  const std::string next = a.getNextDataAddress().cStr();
-  if (!is_last()) {
-    auto endpoint = transport::TcpEndpoint::Parse(next);
-    if (!endpoint.ok()) {
-      state = State::kIdle;
-      return SendError(endpoint.status().WithContext("nextDataAddress"), 0);
-    }
-    auto link = transport::TcpSenderLink::Create(*endpoint, {});
-    if (link.ok()) {
-      // Bounded well under the heartbeat timeout: a dead neighbour must not make this stage
-      // look dead; the coordinator plans again and the dead one drops out.
-      Status st = (*link)->Connect(transport::DeadlineAfter(1500ms));
-      if (!st.ok()) {
-        state = State::kIdle;
-        return SendError(st.WithContext("connecting to stage " + std::to_string(stage_index + 1) + " at " + next), 0);
-      }
-      sender = std::move(link).value();
-    } else {
-      state = State::kIdle;
-      return SendError(link.status(), 0);
-    }
+  weights_kept = same_blocks;
+  if (Status st = FinishDataPlane(a.getNextDataAddress().cStr()); !st.ok()) {
+    state = State::kIdle;
+    RetirePlane();
+    return SendError(st, 0);
   }
+  if (links_pending) return PollLinks();  // stageReady once they have joined
   state = State::kReady;
+  SendStageReady();
+}
+
+void WorkerActor::Impl::SendStageReady() {
   capnp::MallocMessageBuilder m;
   auto r = m.initRoot<proto::Envelope>().initStageReady();
   r.setEpoch(epoch);
@@ -370,11 +446,207 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   r.setWeightBytes(model->weight_bytes());
   r.setKvBytesPerToken(model->kv_bytes_per_token());
   r.setResidentBytes(ResidentBytes());
-  r.setWeightsKept(same_blocks);
-  r.setLoadMs(static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()));
+  r.setWeightsKept(weights_kept);
+  r.setLoadMs(static_cast<uint32_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - assign_started).count()));
   SendEnvelope(m);
-  spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}", stage_index, stage_count, range.begin,
-               range.end, model->weight_bytes() >> 20, same_blocks ? "kept from the previous epoch" : "loaded");
+  spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}, {} data plane", stage_index, stage_count,
+               range.begin, range.end, model->weight_bytes() >> 20,
+               weights_kept ? "kept from the previous epoch" : "loaded", data_plane);
+}
+
+Status WorkerActor::Impl::StartDataPlane(proto::AssignStage::Reader a) {
+  const std::string wanted = a.getDataPlane().size() == 0 ? "tcp" : a.getDataPlane().cStr();  // older coordinators
+  RetirePlane(/*next_is_nccl=*/wanted == "nccl");
+  if (wanted != "tcp" && wanted != "nccl") {
+    return InvalidArgumentError("dataPlane '" + wanted + "' is unknown; expected \"tcp\" or \"nccl\"");
+  }
+  data_plane = wanted;
+  if (wanted == "tcp") return OkStatus();  // connected after the load (FinishDataPlane)
+#ifndef XCPIPE_HAVE_CUDA
+  return FailedPreconditionError(
+      "assigned the NCCL data plane, but this worker was built without CUDA and NCCL "
+      "(its hello offered only tcp)");
+#else
+  const std::optional<int> device = CudaOrdinal(opt.device.device);
+  if (!device) {
+    return FailedPreconditionError("assigned the NCCL data plane, but this worker computes on " + opt.device.device +
+                                   " (its hello offered only tcp); NCCL needs a CUDA device");
+  }
+  const bool first = stage_index == 0, last = is_last();
+  if (first && last) return OkStatus();  // one stage: no links
+  transport::NcclDataPlaneOptions o;
+  o.device = *device;
+  o.epoch = epoch;
+  o.shared_header_in = receiver.get();  // headers arrive at the address announced in hello
+  auto id_of = [](capnp::Data::Reader bytes, const char* field) -> StatusOr<cuda::NcclUniqueIdBytes> {
+    cuda::NcclUniqueIdBytes id{};
+    if (bytes.size() != id.size()) {
+      return InvalidArgumentError(std::string(field) + " has " + std::to_string(bytes.size()) +
+                                  " bytes; an ncclUniqueId has " + std::to_string(id.size()));
+    }
+    std::copy(bytes.begin(), bytes.end(), id.begin());
+    return id;
+  };
+  if (!first) {
+    XCPIPE_ASSIGN_OR_RETURN(auto id, id_of(a.getPreviousNcclId(), "previousNcclId"));
+    o.previous = transport::NcclPeerLink{id, {}};
+  }
+  if (!last) {
+    XCPIPE_ASSIGN_OR_RETURN(auto id, id_of(a.getNextNcclId(), "nextNcclId"));
+    auto endpoint = transport::TcpEndpoint::Parse(a.getNextDataAddress().cStr());
+    if (!endpoint.ok()) return endpoint.status().WithContext("nextDataAddress");
+    o.next = transport::NcclPeerLink{id, *endpoint};
+  }
+  auto started = transport::NcclDataPlane::Start(o);
+  if (!started.ok()) return started.status().WithContext("starting the NCCL data plane on " + opt.device.device);
+  joining = std::move(started).value();
+  join_deadline = Clock::now() + kNcclJoinTimeout;
+  return OkStatus();
+#endif
+}
+
+Status WorkerActor::Impl::FinishDataPlane(const std::string& next_address) {
+  if (data_plane == "nccl") {
+#ifdef XCPIPE_HAVE_CUDA
+    links_pending = joining != nullptr;
+    next_join_progress = Clock::now();
+#endif
+    return OkStatus();
+  }
+  const bool first = stage_index == 0, last = is_last();
+  if (first && last) return OkStatus();  // one stage: nothing to connect
+  transport::TcpDataPlaneOptions o;
+  if (!first) o.shared_receiver = receiver.get();
+  if (!last) {
+    auto endpoint = transport::TcpEndpoint::Parse(next_address);
+    if (!endpoint.ok()) return endpoint.status().WithContext("nextDataAddress");
+    o.next = *endpoint;
+  }
+  XCPIPE_ASSIGN_OR_RETURN(std::unique_ptr<transport::TcpDataPlane> tcp, transport::TcpDataPlane::Create(o));
+  if (!last) {
+    // Bounded well under the heartbeat timeout: a dead neighbour must not make this stage
+    // look dead; the coordinator plans again and the dead one drops out.
+    Status st = tcp->Connect(transport::DeadlineAfter(1500ms));
+    if (!st.ok()) {
+      return st.WithContext("stage " + std::to_string(stage_index) + ": connecting to stage " +
+                            std::to_string(stage_index + 1) + " at " + next_address);
+    }
+  }
+  PublishPlane(std::move(tcp));
+  return OkStatus();
+}
+
+void WorkerActor::Impl::PollLinks() {
+#ifdef XCPIPE_HAVE_CUDA
+  if (!links_pending || !joining) return;
+  StatusOr<bool> joined = joining->PollReady();
+  if (joined.ok() && *joined) {
+    links_pending = false;
+    spdlog::info("stage {}: NCCL links joined in {} ms", stage_index,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - assign_started).count());
+    PublishPlane(std::move(joining));
+    state = State::kReady;
+    return SendStageReady();
+  }
+  const auto now = Clock::now();
+  Status failure;
+  if (!joined.ok()) {
+    failure = joined.status();
+  } else if (now >= join_deadline) {
+    std::string which;
+    if (!joining->previous_joined()) which = "from stage " + std::to_string(stage_index - 1);
+    if (!joining->next_joined())
+      which += (which.empty() ? "to stage " : " and to stage ") + std::to_string(stage_index + 1);
+    failure = DeadlineExceededError(
+        "the NCCL link " + which + " did not join within " + std::to_string(kNcclJoinTimeout.count()) +
+        " s of the assignment (the neighbour never started its communicator, or cannot reach the NCCL bootstrap "
+        "at the coordinator); links aborted");
+  } else {
+    if (now >= next_join_progress) {
+      // Alive and working on the assignment: keeps the coordinator from re-sending it.
+      const uint64_t bytes = model ? model->weight_bytes() : 0;
+      capnp::MallocMessageBuilder m;
+      auto p = m.initRoot<proto::Envelope>().initLoadProgress();
+      p.setEpoch(epoch);
+      p.setStageIndex(stage_index);
+      p.setBytesDone(bytes);
+      p.setBytesTotal(bytes);
+      SendEnvelope(m);
+      next_join_progress = now + kJoinProgressInterval;
+    }
+    return;
+  }
+  links_pending = false;
+  state = State::kIdle;
+  RetirePlane();
+  SendError(failure.WithContext("stage " + std::to_string(stage_index) + ": NCCL data plane"), 0);
+#endif
+}
+
+void WorkerActor::Impl::StopDataPlane() {
+  stop.store(true);
+  if (receiver) receiver->Close();  // wakes a receive waiting on the listener
+  plane_cv.notify_all();
+  RetirePlane();
+  if (receiver_thread.joinable()) receiver_thread.join();
+  if (plane_reaper.joinable()) plane_reaper.join();
+}
+
+void WorkerActor::Impl::PublishPlane(std::shared_ptr<transport::DataPlane> ready) {
+  {
+    std::lock_guard<std::mutex> lock(plane_mutex);
+    plane = std::move(ready);
+  }
+  plane_cv.notify_all();
+}
+
+// Unpublishes the plane and closes it. The abort and release run on plane_reaper:
+// ncclCommAbort waits for NCCL's own threads and may take longer than a heartbeat interval.
+// Received tensors that still hold the old plane's buffers keep them.
+//
+// The receiver thread may still be inside the old plane's Receive on the shared listener (up to
+// kReceivePoll). A TCP plane handing it a frame of the next TCP plane is harmless (the frame is
+// delivered all the same), but an NCCL plane refuses in-band frames and headers of other epochs,
+// and a TCP plane refuses headers without bytes: a frame meant for the next plane would be lost.
+// So when either side is NCCL, this waits (bounded) until the receiver thread is out.
+void WorkerActor::Impl::RetirePlane(bool next_is_nccl) {
+  std::shared_ptr<transport::DataPlane> old;
+  {
+    std::lock_guard<std::mutex> lock(plane_mutex);
+    old.swap(plane);
+  }
+  plane_cv.notify_all();
+  std::shared_ptr<transport::DataPlane> old_joining;
+#ifdef XCPIPE_HAVE_CUDA
+  old_joining = std::move(joining);
+  joining.reset();
+#endif
+  links_pending = false;
+  if (!old && !old_joining) return;
+  const transport::DataPlane* retired = old.get();
+  const bool wait_for_receiver = old && (next_is_nccl || old->kind() == "nccl");
+  if (old) {
+    bytes_sent_before += old->stats().bytes_sent;
+    old->Close();
+  }
+  if (old_joining) old_joining->Close();
+  if (plane_reaper.joinable()) plane_reaper.join();
+  plane_reaper = std::thread([old = std::move(old), old_joining = std::move(old_joining)]() mutable {
+#ifdef XCPIPE_HAVE_CUDA
+    for (auto* p : {old.get(), old_joining.get()}) {
+      if (auto* nccl = dynamic_cast<transport::NcclDataPlane*>(p)) nccl->Abort("replaced by a new assignment");
+    }
+#endif
+    old.reset();
+    old_joining.reset();
+  });
+  if (!wait_for_receiver) return;
+  std::unique_lock<std::mutex> lock(plane_mutex);
+  if (!plane_cv.wait_for(lock, kReceiverLeaveTimeout, [&] { return receiving_on != retired; })) {
+    spdlog::warn("the data-plane receiver is still in the previous plane after {} ms; going on",
+                 std::chrono::duration_cast<std::chrono::milliseconds>(kReceiverLeaveTimeout).count());
+  }
 }
 
 void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
@@ -587,7 +859,15 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
     return SendError(InternalError("cannot frame activations"), step.micro_batch);
   }
   msg.tensors = {*f1, *f2, *f3, *f4};
-  if (Status st = sender->Send(msg, transport::DeadlineAfter(kSendDeadline)); !st.ok()) {
+  if (!plane) {
+    return SendError(FailedPreconditionError("stage " + std::to_string(stage_index) + " has no data plane to stage " +
+                                             std::to_string(stage_index + 1) + " yet"),
+                     step.micro_batch);
+  }
+  // TCP writes the frame; NCCL sends the header over TCP and the tensors with ncclSend. The
+  // tensors are host memory here (a CPU libtorch), which NCCL stages to the device first; with
+  // a CUDA libtorch they would already be on the device and go in place.
+  if (Status st = plane->Send(msg, transport::DeadlineAfter(kSendDeadline)); !st.ok()) {
     SendError(AbortedError(st.message()).WithContext("hand-off to stage " + std::to_string(stage_index + 1)),
               step.micro_batch);
   }
@@ -652,17 +932,49 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
 
 void WorkerActor::Impl::ReceiverLoop() {
   while (!stop.load()) {
-    auto frame = receiver->Receive(transport::DeadlineAfter(200ms));
-    if (!frame.ok()) {
-      if (frame.status().code() == StatusCode::kCancelled) return;
-      if (frame.status().code() != StatusCode::kDeadlineExceeded) {
-        spdlog::warn("data plane: {}", frame.status().ToString());
+    std::shared_ptr<transport::DataPlane> current;
+    {
+      std::unique_lock<std::mutex> lock(plane_mutex);
+      // No plane (between assignments): wait for one; wake now and then to see a stop.
+      if (!plane) plane_cv.wait_for(lock, kReceivePoll, [this] { return plane != nullptr || stop.load(); });
+      current = plane;
+      receiving_on = current.get();
+    }
+    if (!current) continue;
+    auto message = current->Receive(transport::DeadlineAfter(kReceivePoll));
+    {
+      std::lock_guard<std::mutex> lock(plane_mutex);
+      receiving_on = nullptr;
+    }
+    plane_cv.notify_all();
+    if (!message.ok()) {
+      switch (message.status().code()) {
+        case StatusCode::kDeadlineExceeded:  // nothing arrived
+        case StatusCode::kCancelled:         // the plane was retired (or the process stops)
+          break;
+        case StatusCode::kFailedPrecondition: {  // the first stage: nothing comes in on this plane
+          std::unique_lock<std::mutex> lock(plane_mutex);
+          plane_cv.wait_for(lock, kReceivePoll, [&] { return plane != current || stop.load(); });
+          break;
+        }
+        default:
+          spdlog::warn("data plane ({}): {}", current->kind(), message.status().ToString());
       }
       continue;
     }
+#ifdef XCPIPE_HAVE_CUDA
+    // NCCL delivers the tensors into device memory. This worker's libtorch computes on the
+    // host (a CPU build), so the hidden states are copied to host memory before the actor
+    // computes on them. A worker built against a CUDA libtorch could wrap the device pointers
+    // instead (at::from_blob with a CUDA device) and skip this copy.
+    if (Status st = transport::CopyTensorsToHost(*message); !st.ok()) {
+      spdlog::warn("data plane: {}", st.ToString());
+      continue;
+    }
+#endif
     {
       std::lock_guard<std::mutex> lock(queue_mutex);
-      queue.push_back(std::move(frame->message));
+      queue.push_back(std::move(*message));
     }
     try {
       wake_tx.send(zmq::buffer("w", 1), zmq::send_flags::dontwait);
@@ -673,11 +985,7 @@ void WorkerActor::Impl::ReceiverLoop() {
 
 WorkerActor::WorkerActor(WorkerOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }
 
-WorkerActor::~WorkerActor() {
-  if (impl_->receiver) impl_->receiver->Close();
-  impl_->stop.store(true);
-  if (impl_->receiver_thread.joinable()) impl_->receiver_thread.join();
-}
+WorkerActor::~WorkerActor() { impl_->StopDataPlane(); }
 
 int WorkerActor::Run() {
   Impl& s = *impl_;
@@ -734,7 +1042,8 @@ int WorkerActor::Run() {
     }
     zmq::pollitem_t items[] = {{s.control->socket().handle(), 0, ZMQ_POLLIN, 0}, {s.wake_rx.handle(), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds(s.deferred.empty() ? 100 : 10));
+      // Short waits while steps are deferred or links join (both are polled, not signalled).
+      zmq::poll(items, 2, std::chrono::milliseconds(s.deferred.empty() && !s.links_pending ? 100 : 10));
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) spdlog::warn("poll: {}", e.what());
       continue;
@@ -771,11 +1080,10 @@ int WorkerActor::Run() {
       }
     }
     s.RetryDeferred();
+    s.PollLinks();
   }
   spdlog::info("worker {} exiting ({})", s.opt.worker_id, StateName(s.state));
-  s.receiver->Close();
-  s.stop.store(true);
-  if (s.receiver_thread.joinable()) s.receiver_thread.join();
+  s.StopDataPlane();
   return s.exit_code;
 }
 

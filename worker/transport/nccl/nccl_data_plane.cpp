@@ -170,59 +170,56 @@ void NcclLink::WatchdogLoop() {
   }
 }
 
-// Polls the communicator until enqueued work is issued (async state success), then (when
-// `record_event`) records an event and polls it until the device has finished. The watchdog
-// aborts at the deadline; we see that as state kAborted.
+StatusOr<bool> NcclLink::PollOnceLocked(bool record_event, const char* what) {
+  if (state_ == State::kAborted) return AbortedError(std::string(what) + ": " + abort_reason_);
+  Handles& h = *handles_;
+  auto abort_with = [&](std::string reason) -> Status {
+    ncclCommAbort(h.comm);
+    h.comm = nullptr;
+    abort_reason_ = std::move(reason);
+    state_ = State::kAborted;
+    return AbortedError(std::string(what) + ": " + abort_reason_ + "; communicator aborted");
+  };
+  ncclResult_t state = ncclSuccess;
+  ncclResult_t r = ncclCommGetAsyncError(h.comm, &state);
+  if (r != ncclSuccess) state = r;
+  if (state != ncclSuccess && state != ncclInProgress) {
+    std::string detail = "NCCL error " + NcclText(state);
+    const char* last = ncclGetLastError(h.comm);
+    if (last != nullptr && *last != '\0') detail += ": " + std::string(last);
+    return abort_with(std::move(detail));
+  }
+  if (state == ncclInProgress) return false;
+  if (!record_event) return true;
+  // The group is issued to the stream: record an event once, then watch it.
+  if (!event_recorded_) {
+    cudaError_t err = cudaEventRecord(h.done, h.stream);
+    if (err != cudaSuccess) return abort_with("cudaEventRecord: " + CudaText(err));
+    event_recorded_ = true;
+  }
+  cudaError_t err = cudaEventQuery(h.done);
+  if (err == cudaSuccess) return true;
+  if (err != cudaErrorNotReady) return abort_with("cudaEventQuery: " + CudaText(err));
+  return false;
+}
+
+// Polls until the work is done. The watchdog aborts at the deadline; we see that as an
+// aborted link and report it as DeadlineExceeded.
 Status NcclLink::PollUntilDone(Deadline deadline, bool record_event, const char* what) {
   const auto started = Clock::now();
-  bool event_recorded = false;
   for (;;) {
+    bool was_aborted = false;
+    StatusOr<bool> done = false;
     {
       std::lock_guard lock(comm_mutex_);
-      if (state_ == State::kAborted) {
-        std::string reason = abort_reason_;
-        const bool timed_out = Clock::now() >= deadline;
-        if (timed_out) return DeadlineExceededError(std::string(what) + ": " + reason);
-        return AbortedError(std::string(what) + ": " + reason);
-      }
-      Handles& h = *handles_;
-      ncclResult_t state = ncclSuccess;
-      ncclResult_t r = ncclCommGetAsyncError(h.comm, &state);
-      if (r != ncclSuccess) state = r;
-      if (state != ncclSuccess && state != ncclInProgress) {
-        std::string detail = NcclText(state);
-        const char* last = ncclGetLastError(h.comm);
-        if (last != nullptr && *last != '\0') detail += ": " + std::string(last);
-        ncclCommAbort(h.comm);
-        h.comm = nullptr;
-        abort_reason_ = detail;
-        state_ = State::kAborted;
-        return AbortedError(std::string(what) + ": NCCL error " + detail + "; communicator aborted");
-      }
-      if (state == ncclSuccess) {
-        if (!record_event) return OkStatus();
-        if (!event_recorded) {
-          cudaError_t err = cudaEventRecord(h.done, h.stream);
-          if (err != cudaSuccess) {
-            ncclCommAbort(h.comm);
-            h.comm = nullptr;
-            abort_reason_ = "cudaEventRecord: " + CudaText(err);
-            state_ = State::kAborted;
-            return AbortedError(std::string(what) + ": " + abort_reason_);
-          }
-          event_recorded = true;
-        }
-        cudaError_t err = cudaEventQuery(h.done);
-        if (err == cudaSuccess) return OkStatus();
-        if (err != cudaErrorNotReady) {
-          ncclCommAbort(h.comm);
-          h.comm = nullptr;
-          abort_reason_ = "cudaEventQuery: " + CudaText(err);
-          state_ = State::kAborted;
-          return AbortedError(std::string(what) + ": " + abort_reason_);
-        }
-      }
+      was_aborted = state_ == State::kAborted;
+      done = PollOnceLocked(record_event, what);
     }
+    if (!done.ok()) {
+      if (was_aborted && Clock::now() >= deadline) return DeadlineExceededError(done.status().message());
+      return done.status();
+    }
+    if (*done) return OkStatus();
     Pause(started);
   }
 }
@@ -236,42 +233,57 @@ Status NcclLink::WaitReady(Deadline deadline) {
   return s;
 }
 
+StatusOr<bool> NcclLink::PollReady() {
+  if (state_ == State::kReady) return true;
+  std::lock_guard lock(comm_mutex_);
+  XCPIPE_ASSIGN_OR_RETURN(bool joined, PollOnceLocked(/*record_event=*/false, "NCCL communicator initialisation"));
+  if (joined) state_ = State::kReady;
+  return joined;
+}
+
+Status NcclLink::Post(int peer, std::span<const DeviceBytes> sends, std::span<const MutableDeviceBytes> receives) {
+  std::lock_guard lock(comm_mutex_);
+  if (state_ == State::kAborted) {
+    return AbortedError("NCCL link is aborted (" + abort_reason_ + "); a new unique id is needed");
+  }
+  if (state_ != State::kReady) return FailedPreconditionError("NCCL link: the communicator has not joined yet");
+  Handles& h = *handles_;
+  cudaSetDevice(options_.device);
+  ncclResult_t r = ncclGroupStart();
+  for (const auto& s : sends) {
+    if (r != ncclSuccess) break;
+    r = ncclSend(s.data, s.bytes, ncclUint8, peer, h.comm, h.stream);
+  }
+  for (const auto& d : receives) {
+    if (r != ncclSuccess) break;
+    r = ncclRecv(d.data, d.bytes, ncclUint8, peer, h.comm, h.stream);
+  }
+  // ncclGroupEnd must close the group even after a failed call.
+  ncclResult_t end = ncclGroupEnd();
+  if (r == ncclSuccess) r = end;
+  if (r != ncclSuccess && r != ncclInProgress) {
+    ncclCommAbort(h.comm);
+    h.comm = nullptr;
+    abort_reason_ = "posting send/recv: " + NcclText(r);
+    state_ = State::kAborted;
+    return AbortedError("NCCL exchange with rank " + std::to_string(peer) + ": " + abort_reason_);
+  }
+  event_recorded_ = false;
+  return OkStatus();
+}
+
+StatusOr<bool> NcclLink::PollPosted() {
+  std::lock_guard lock(comm_mutex_);
+  return PollOnceLocked(/*record_event=*/true, "NCCL exchange");
+}
+
 Status NcclLink::Exchange(int peer, std::span<const DeviceBytes> sends, std::span<const MutableDeviceBytes> receives,
                           Deadline deadline) {
   if (state_ == State::kInitializing) XCPIPE_RETURN_IF_ERROR(WaitReady(deadline));
-  if (state_ != State::kReady) {
-    std::lock_guard lock(comm_mutex_);
-    return AbortedError("NCCL link is aborted (" + abort_reason_ + "); a new unique id is needed");
-  }
   Arm(deadline);
-  {
-    std::lock_guard lock(comm_mutex_);
-    if (state_ == State::kAborted) {
-      Disarm();
-      return AbortedError("NCCL link is aborted (" + abort_reason_ + ")");
-    }
-    Handles& h = *handles_;
-    cudaSetDevice(options_.device);
-    ncclResult_t r = ncclGroupStart();
-    for (const auto& s : sends) {
-      if (r != ncclSuccess) break;
-      r = ncclSend(s.data, s.bytes, ncclUint8, peer, h.comm, h.stream);
-    }
-    for (const auto& d : receives) {
-      if (r != ncclSuccess) break;
-      r = ncclRecv(d.data, d.bytes, ncclUint8, peer, h.comm, h.stream);
-    }
-    // ncclGroupEnd must close the group even after a failed call.
-    ncclResult_t end = ncclGroupEnd();
-    if (r == ncclSuccess) r = end;
-    if (r != ncclSuccess && r != ncclInProgress) {
-      ncclCommAbort(h.comm);
-      h.comm = nullptr;
-      abort_reason_ = "posting send/recv: " + NcclText(r);
-      state_ = State::kAborted;
-      Disarm();
-      return AbortedError("NCCL exchange with rank " + std::to_string(peer) + ": " + abort_reason_);
-    }
+  if (Status posted = Post(peer, sends, receives); !posted.ok()) {
+    Disarm();
+    return posted;
   }
   Status s = PollUntilDone(deadline, /*record_event=*/true, "NCCL exchange");
   Disarm();
@@ -353,46 +365,137 @@ class DeviceBufferPool {
 // NcclDataPlane
 // ---------------------------------------------------------------------------------------------
 
-StatusOr<std::unique_ptr<NcclDataPlane>> NcclDataPlane::Create(NcclDataPlaneOptions options, Deadline init_deadline) {
+// One link's warm-up exchange (see PollReady).
+struct NcclDataPlane::Warmup {
+  std::shared_ptr<DeviceBufferPool::Block> scratch;  // its first byte travels
+  bool posted = false;
+  bool done = false;
+};
+
+NcclDataPlane::NcclDataPlane() = default;
+
+StatusOr<std::unique_ptr<NcclDataPlane>> NcclDataPlane::Start(NcclDataPlaneOptions options) {
   if (!options.previous && !options.next) {
     return InvalidArgumentError("an NCCL data plane needs a previous link, a next link, or both");
   }
   std::unique_ptr<NcclDataPlane> plane(new NcclDataPlane());
   plane->options_ = options;
   plane->pool_ = std::make_unique<DeviceBufferPool>(options.device, options.device_pool_max_cached_bytes);
+  plane->previous_warmup_ = std::make_unique<Warmup>();
+  plane->next_warmup_ = std::make_unique<Warmup>();
   if (options.previous) {
-    XCPIPE_ASSIGN_OR_RETURN(plane->header_in_,
-                            TcpReceiverLink::Listen(options.previous->header_endpoint, options.header_link));
+    if (options.shared_header_in == nullptr) {
+      XCPIPE_ASSIGN_OR_RETURN(plane->header_in_,
+                              TcpReceiverLink::Listen(options.previous->header_endpoint, options.header_link));
+    }
     NcclLinkOptions link{options.previous->unique_id, 2, /*rank=*/1, options.device};
-    XCPIPE_ASSIGN_OR_RETURN(plane->previous_, NcclLink::Start(link));
+    auto started = NcclLink::Start(link);
+    if (!started.ok()) return started.status().WithContext("NCCL link from the previous stage");
+    plane->previous_ = std::move(started).value();
   }
   if (options.next) {
     XCPIPE_ASSIGN_OR_RETURN(plane->header_out_,
                             TcpSenderLink::Create(options.next->header_endpoint, options.header_link));
     NcclLinkOptions link{options.next->unique_id, 2, /*rank=*/0, options.device};
-    XCPIPE_ASSIGN_OR_RETURN(plane->next_, NcclLink::Start(link));
-  }
-  // Both communicators initialise concurrently; waiting on one then the other cannot deadlock
-  // a chain because neither blocks the other's progress.
-  if (plane->previous_) {
-    XCPIPE_RETURN_IF_ERROR(plane->previous_->WaitReady(init_deadline).WithContext("NCCL link from the previous stage"));
-  }
-  if (plane->next_) {
-    XCPIPE_RETURN_IF_ERROR(plane->next_->WaitReady(init_deadline).WithContext("NCCL link to the next stage"));
+    auto started = NcclLink::Start(link);
+    if (!started.ok()) return started.status().WithContext("NCCL link to the next stage");
+    plane->next_ = std::move(started).value();
   }
   return plane;
 }
 
-NcclDataPlane::~NcclDataPlane() { Close(); }
+StatusOr<std::unique_ptr<NcclDataPlane>> NcclDataPlane::Create(NcclDataPlaneOptions options, Deadline init_deadline) {
+  XCPIPE_ASSIGN_OR_RETURN(std::unique_ptr<NcclDataPlane> plane, Start(std::move(options)));
+  XCPIPE_RETURN_IF_ERROR(plane->WaitReady(init_deadline));
+  return plane;
+}
+
+StatusOr<bool> NcclDataPlane::PollReady() {
+  if (ready_) return true;
+  if (closed_) return CancelledError("NCCL data plane is closed");
+  // Advances one link: joined, then its warm-up posted, then finished. The two links are
+  // separate communicators on separate streams, so neither waits for the other.
+  auto advance = [this](NcclLink* link, Warmup& warmup, bool sending) -> StatusOr<bool> {
+    if (link == nullptr || warmup.done) return true;
+    XCPIPE_ASSIGN_OR_RETURN(bool joined, link->PollReady());
+    if (!joined) return false;
+    if (!warmup.posted) {
+      XCPIPE_ASSIGN_OR_RETURN(warmup.scratch, pool_->Acquire(1));
+      if (sending) {
+        const DeviceBytes byte{warmup.scratch->data, 1};
+        XCPIPE_RETURN_IF_ERROR(link->Post(/*peer=*/1, {&byte, 1}, {}));
+      } else {
+        const MutableDeviceBytes byte{warmup.scratch->data, 1};
+        XCPIPE_RETURN_IF_ERROR(link->Post(/*peer=*/0, {}, {&byte, 1}));
+      }
+      warmup.posted = true;
+    }
+    XCPIPE_ASSIGN_OR_RETURN(bool finished, link->PollPosted());
+    if (finished) {
+      warmup.done = true;
+      warmup.scratch.reset();
+    }
+    return finished;
+  };
+  auto previous = advance(previous_.get(), *previous_warmup_, /*sending=*/false);
+  if (!previous.ok()) return previous.status().WithContext("NCCL link from the previous stage");
+  auto next = advance(next_.get(), *next_warmup_, /*sending=*/true);
+  if (!next.ok()) return next.status().WithContext("NCCL link to the next stage");
+  if (*previous && *next) ready_ = true;
+  return ready_.load();
+}
+
+Status NcclDataPlane::WaitReady(Deadline deadline) {
+  const auto started = Clock::now();
+  for (;;) {
+    XCPIPE_ASSIGN_OR_RETURN(bool ready, PollReady());
+    if (ready) return OkStatus();
+    if (Clock::now() >= deadline) {
+      const std::string joining = JoiningLinks();
+      Abort(joining + " did not join by its deadline");
+      return DeadlineExceededError("NCCL data plane: " + joining +
+                                   " did not join by the deadline (the neighbour never started its communicator, "
+                                   "or cannot reach this one); communicators aborted");
+    }
+    Pause(started);
+  }
+}
+
+bool NcclDataPlane::previous_joined() const { return !previous_ || previous_warmup_->done; }
+bool NcclDataPlane::next_joined() const { return !next_ || next_warmup_->done; }
+
+std::string NcclDataPlane::JoiningLinks() const {
+  std::string out;
+  if (!previous_joined()) out = "the link from the previous stage";
+  if (!next_joined()) out += std::string(out.empty() ? "" : " and ") + "the link to the next stage";
+  return out;
+}
+
+void NcclDataPlane::Abort(const std::string& reason) {
+  if (previous_) previous_->Abort(reason);
+  if (next_) next_->Abort(reason);
+}
+
+NcclDataPlane::~NcclDataPlane() {
+  Close();
+  // A warm-up still in flight keeps a kernel waiting for the peer, and freeing its buffer
+  // (cudaFree synchronises the device) would wait for it forever: abort first.
+  const bool in_flight = (previous_warmup_ && previous_warmup_->posted && !previous_warmup_->done) ||
+                         (next_warmup_ && next_warmup_->posted && !next_warmup_->done);
+  if (in_flight) Abort("data plane destroyed while joining");
+  previous_warmup_.reset();
+  next_warmup_.reset();
+}
 
 std::optional<TcpEndpoint> NcclDataPlane::header_listen_endpoint() const {
-  if (!header_in_) return std::nullopt;
-  return header_in_->local_endpoint();
+  if (!previous_ || header_in() == nullptr) return std::nullopt;
+  return header_in()->local_endpoint();
 }
 
 Status NcclDataPlane::Send(const StageMessage& message, Deadline deadline) {
   if (closed_) return CancelledError("NCCL data plane is closed");
   if (!next_) return FailedPreconditionError("this stage has no next stage to send to (last stage)");
+  if (!ready_) return FailedPreconditionError("the NCCL data plane has not joined its neighbours yet (PollReady)");
   try {
     // Host tensors go through one device staging block; device tensors are sent in place.
     size_t staging = 0;
@@ -440,8 +543,14 @@ Status NcclDataPlane::Send(const StageMessage& message, Deadline deadline) {
 StatusOr<StageMessage> NcclDataPlane::Receive(Deadline deadline) {
   if (closed_) return CancelledError("NCCL data plane is closed");
   if (!previous_) return FailedPreconditionError("this stage has no previous stage to receive from (first stage)");
+  if (!ready_) return FailedPreconditionError("the NCCL data plane has not joined its neighbours yet (PollReady)");
   try {
-    XCPIPE_ASSIGN_OR_RETURN(ReceivedFrame frame, header_in_->Receive(deadline, PayloadMode::kOutOfBand));
+    XCPIPE_ASSIGN_OR_RETURN(ReceivedFrame frame, header_in()->Receive(deadline, PayloadMode::kOutOfBand));
+    if (options_.epoch != 0 && frame.header.epoch != options_.epoch) {
+      return InvalidArgumentError("header of epoch " + std::to_string(frame.header.epoch) +
+                                  " refused: this NCCL link belongs to epoch " + std::to_string(options_.epoch) +
+                                  " (a previous plan's sender); no receive posted");
+    }
     const auto& descriptors = frame.header.tensors;
     size_t capacity = 0;
     std::vector<size_t> offsets;
@@ -458,8 +567,9 @@ StatusOr<StageMessage> NcclDataPlane::Receive(Deadline deadline) {
         receives.push_back({static_cast<std::byte*>(block->data) + offsets[i], descriptors[i].byte_length});
       }
     }
-    XCPIPE_RETURN_IF_ERROR(
-        previous_->Exchange(/*peer=*/0, {}, receives, deadline).WithContext("receiving from the previous stage"));
+    const Deadline payload_deadline = std::max(deadline, Clock::now() + options_.payload_timeout);
+    XCPIPE_RETURN_IF_ERROR(previous_->Exchange(/*peer=*/0, {}, receives, payload_deadline)
+                               .WithContext("receiving from the previous stage"));
     StageMessage& m = frame.message;
     m.tensors.clear();
     for (size_t i = 0; i < descriptors.size(); ++i) {
@@ -498,12 +608,32 @@ DataPlaneStats NcclDataPlane::stats() const {
     s.connections_dropped += c.dropped.load(std::memory_order_relaxed);
   };
   if (header_out_) add(header_out_->counters(), true);
-  if (header_in_) add(header_in_->counters(), false);
+  if (header_in_) add(header_in_->counters(), false);  // a shared listener's counters are its owner's
   s.bytes_sent += payload_sent_.load(std::memory_order_relaxed);
   s.bytes_received += payload_received_.load(std::memory_order_relaxed);
   s.messages_sent = messages_sent_.load(std::memory_order_relaxed);
   s.messages_received = messages_received_.load(std::memory_order_relaxed);
   return s;
+}
+
+Status CopyTensorsToHost(StageMessage& message) {
+  for (auto& t : message.tensors) {
+    if (t.location() != MemoryLocation::kCudaDevice) continue;
+    std::vector<std::byte> host(t.byte_length());
+    if (!host.empty()) {
+      cudaError_t err = cudaSetDevice(t.device());
+      // The link's stream has finished (Exchange waited for its event): a plain copy is ordered.
+      if (err == cudaSuccess) err = cudaMemcpy(host.data(), t.bytes().data(), host.size(), cudaMemcpyDeviceToHost);
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        return UnavailableError("copying tensor '" + t.name() + "' from device " + std::to_string(t.device()) +
+                                " to the host: " + CudaText(err));
+      }
+    }
+    XCPIPE_ASSIGN_OR_RETURN(TensorFrame copy, TensorFrame::Own(t.name(), t.dtype(), t.shape(), std::move(host)));
+    t = std::move(copy);
+  }
+  return OkStatus();
 }
 
 }  // namespace xcpipe::transport

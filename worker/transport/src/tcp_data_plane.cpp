@@ -3,14 +3,22 @@
 namespace xcpipe::transport {
 
 StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Create(TcpDataPlaneOptions options) {
-  if (!options.listen && !options.next) {
-    return InvalidArgumentError("a TCP data plane needs a listen address, a next-stage address, or both");
+  if (options.listen && options.shared_receiver != nullptr) {
+    return InvalidArgumentError("a TCP data plane takes a listen address or a shared receiver, not both");
+  }
+  if (!options.listen && options.shared_receiver == nullptr && !options.next) {
+    return InvalidArgumentError(
+        "a TCP data plane needs a listen address (or a shared receiver), a next-stage "
+        "address, or both");
   }
   std::unique_ptr<TcpDataPlane> plane(new TcpDataPlane());
   if (options.listen) {
     auto receiver = TcpReceiverLink::Listen(*options.listen, options.link);
     if (!receiver.ok()) return receiver.status().WithContext("data plane (previous-stage link)");
-    plane->receiver_ = std::move(*receiver);
+    plane->owned_receiver_ = std::move(*receiver);
+    plane->receiver_ = plane->owned_receiver_.get();
+  } else {
+    plane->receiver_ = options.shared_receiver;
   }
   if (options.next) {
     auto sender = TcpSenderLink::Create(*options.next, options.link);
@@ -28,6 +36,7 @@ Status TcpDataPlane::Send(const StageMessage& message, Deadline deadline) {
 }
 
 StatusOr<StageMessage> TcpDataPlane::Receive(Deadline deadline) {
+  if (closed_.load()) return CancelledError("TCP data plane is closed");
   if (!receiver_) return FailedPreconditionError("this stage has no previous stage to receive from (first stage)");
   XCPIPE_ASSIGN_OR_RETURN(ReceivedFrame frame, receiver_->Receive(deadline, PayloadMode::kInBand));
   return std::move(frame.message);
@@ -39,7 +48,8 @@ Status TcpDataPlane::Connect(Deadline deadline) {
 }
 
 void TcpDataPlane::Close() {
-  if (receiver_) receiver_->Close();
+  closed_.store(true);
+  if (owned_receiver_) owned_receiver_->Close();  // a shared receiver stays open: its owner closes it
   if (sender_) sender_->Close();
 }
 

@@ -316,6 +316,34 @@ TEST(TcpDataPlaneTest, CloseWakesABlockedReceiveAndSend) {
   EXPECT_LT(SecondsSince(start), 2.0);
 }
 
+// A worker keeps one listener (the address in its hello) while each assignment builds a new
+// plane around it: closing a plane leaves the shared listener serving the next one.
+TEST(TcpDataPlaneTest, PlanesOverASharedListenerComeAndGo) {
+  auto listener = TcpReceiverLink::Listen({"127.0.0.1", 0}, {});
+  ASSERT_TRUE(listener.ok()) << listener.status().ToString();
+  const TcpEndpoint at = (*listener)->local_endpoint();
+  TcpDataPlaneOptions both;
+  both.listen = at;
+  both.shared_receiver = listener->get();
+  EXPECT_EQ(TcpDataPlane::Create(both).status().code(), StatusCode::kInvalidArgument);
+  for (uint64_t epoch = 1; epoch <= 2; ++epoch) {
+    TcpDataPlaneOptions o;
+    o.shared_receiver = listener->get();
+    auto rx = TcpDataPlane::Create(o);
+    ASSERT_TRUE(rx.ok()) << rx.status().ToString();
+    EXPECT_EQ((*rx)->listen_endpoint(), at);
+    auto tx = SenderTo(at);
+    StageMessage sent = MakeStageMessage(epoch, 8, 64);
+    ASSERT_TRUE(tx->Send(sent, DeadlineAfter(5s)).ok());
+    auto got = (*rx)->Receive(DeadlineAfter(5s));
+    ASSERT_TRUE(got.ok()) << "epoch " << epoch << ": " << got.status().ToString();
+    ExpectSameMessage(sent, *got);
+    (*rx)->Close();
+    EXPECT_EQ((*rx)->Receive(DeadlineAfter(100ms)).status().code(), StatusCode::kCancelled);
+    EXPECT_NE((*listener)->state(), TcpReceiverLink::State::kClosed) << "epoch " << epoch;
+  }
+}
+
 TEST(TcpDataPlaneTest, ReceiveTimingOutMidFrameResumesLater) {
   auto rx = Listener();
   auto tx = SenderTo(*rx->listen_endpoint());

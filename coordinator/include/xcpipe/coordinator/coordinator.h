@@ -21,7 +21,8 @@
 //
 // Not copyable or movable. Run() returns the process exit code: 0 after a stop, 5 when the
 // expected workers did not register in time (the log names who is missing), 3 when no plan
-// fits them, the load error's code (4 for a bad checkpoint) when the first load fails.
+// fits them (or --data-plane nccl cannot be used on them, the log says why), the load error's
+// code (4 for a bad checkpoint) when the first load fails.
 // RequestStop() (any thread) stops at once; SIGTERM/SIGINT drain first: new requests are
 // refused as unavailable, admitted ones finish (bounded by drain_timeout), then it stops.
 #pragma once
@@ -60,6 +61,14 @@ struct CoordinatorOptions {
   int64_t max_sequences = 64;           // sequences in the pipeline at once (and the plan's KV room)
   int64_t max_context = 4096;           // prompt + new tokens of one sequence; capped at the model's limit
   std::string strategy = "balanced";    // planner strategy: balanced, even or greedy-memory
+  // How activations travel between stages, chosen again with every plan:
+  //   "auto" NCCL when this coordinator is a CUDA build and every stage's worker offered "nccl"
+  //          on a CUDA device; otherwise TCP, with one info line saying why;
+  //   "tcp"  always TCP;
+  //   "nccl" NCCL, or planning fails naming the worker or the reason it cannot be used.
+  // With NCCL the coordinator creates one fresh ncclUniqueId per stage link and plan (its
+  // bootstrap listener lives in this process, so workers must reach this host).
+  std::string data_plane = "auto";
   // Dynamic load balancing: when, over a window of serving, the slowest stage's measured compute
   // per step stays more than `rebalance_threshold` above the mean, re-plan with each worker's
   // measured speed in place of the predicted one and move the blocks (between steps; every

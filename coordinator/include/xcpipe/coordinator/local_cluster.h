@@ -28,7 +28,8 @@ struct LocalClusterOptions {
   std::string dtype = "f32";
   int threads_per_worker = 0;        // 0: the machine's cores split between the workers
   std::filesystem::path worker_binary;  // empty: xcpipe-worker next to this executable
-  std::vector<std::vector<std::string>> worker_extra_args;  // per worker (fault injection)
+  // Per worker (fault injection; "--device cuda:N" replaces the default "--device cpu").
+  std::vector<std::vector<std::string>> worker_extra_args;
   std::chrono::milliseconds start_timeout{180000};
   bool quiet_workers = false;        // send the workers' logs to /dev/null
   CoordinatorOptions coordinator;    // model_dir/listen/expect_workers/dtype are filled in

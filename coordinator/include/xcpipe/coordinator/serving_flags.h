@@ -1,5 +1,6 @@
 // Serving-limit flags shared by `xcpipe-coordinator` and `xcpipe serve-local`: the limits the
-// planner sizes every stage's KV cache and activations for, and the strategy it plans with.
+// planner sizes every stage's KV cache and activations for, the strategy it plans with, and the
+// data plane between stages.
 // Binds CLI11 options to a CoordinatorOptions owned by the caller (which must outlive parsing).
 #pragma once
 
@@ -25,6 +26,11 @@ inline void AddServingFlags(CLI::App& app, CoordinatorOptions& options) {
   app.add_flag("--no-prefix-cache{false}", options.prefix_cache,
                "prefill the chat template's system text with every prompt (default: compute it once per plan and "
                "copy its KV)");
+  app.add_option("--data-plane", options.data_plane,
+                 "how activations travel between stages: auto (NCCL when every stage is a CUDA worker offering it, "
+                 "else TCP), tcp, or nccl (planning fails when a worker cannot use it)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "tcp", "nccl"}));
   app.add_option("--max-requests-per-client", options.max_requests_per_client,
                  "requests one client connection may have in progress; more are refused")
       ->capture_default_str()

@@ -7,15 +7,28 @@
 //
 // Lifecycle:
 //
-//            hello/welcome                assignStage                loaded + next stage connected
+//            hello/welcome                assignStage                loaded + data plane up
 //   (start) --------------> [idle] --------------------> [loading] ------------------------------> [ready]
-//                             ^                            |  load failed: error reported          |
-//                             +----------------------------+                                       | first forward
+//                             ^                            |  load failed, or links did not        |
+//                             +----------------------------+  join: error reported                | first forward
 //                                                                                                  v
 //   [draining] <--------------------------- drain -------------------------------------------- [serving]
 //       | nothing in flight: exit 0         (assignStage with a newer epoch from ready/serving: back to loading,
 //       v                                    keeping the model when the block range is unchanged)
 //     (exit)
+//
+// Data plane (worker/transport): the assignment says which one. One TCP listener lives as long
+// as the process (the data address in hello); each assignment builds a new DataPlane around it:
+//   * "tcp": frames with their bytes; after the load the stage connects to the next one.
+//   * "nccl" (CUDA builds on a CUDA device): headers over the same listener and sender pair,
+//     tensor bytes with ncclSend/ncclRecv. The communicators start when the assignment
+//     arrives, before the load, and join on NCCL's threads while both neighbours load; the
+//     actor polls them (never blocks: heartbeats go on) and answers stageReady once both links
+//     have joined, or an error naming the stage and the link when one has not joined within
+//     30 s of the assignment. A repeat of the same assignment keeps the links (ids are
+//     single-use); a new epoch tears them down (ncclCommAbort, off the actor thread) and
+//     starts over with the new ids. Received tensors are copied to host memory (this libtorch
+//     computes on the CPU) by the receiver thread.
 //
 // Failure: every libtorch/zmq error is caught in the dispatch and answered with an `error`
 // message naming the step; the actor keeps serving other sequences. Messages of an older epoch

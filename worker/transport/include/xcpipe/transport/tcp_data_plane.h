@@ -6,7 +6,8 @@
 // Used by CPU workers and by every CI test; also the yardstick in bench/dataplane_bench.
 //
 // Thread-safety: as DataPlane (Send and Receive may run concurrently on two threads; Close and
-// stats from any thread). Ownership: owns both links; not copyable or movable.
+// stats from any thread). Ownership: owns both links, except a shared receiver (see
+// TcpDataPlaneOptions::shared_receiver), which it borrows; not copyable or movable.
 //
 //   auto plane = TcpDataPlane::Create({.listen = TcpEndpoint{"10.0.0.2", 7001},
 //                                      .next = TcpEndpoint{"10.0.0.3", 7001}});
@@ -15,6 +16,7 @@
 //   (*plane)->Send(out, DeadlineAfter(5s));               // to stage k+1
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <optional>
 
@@ -27,6 +29,11 @@ struct TcpDataPlaneOptions {
   std::optional<TcpEndpoint> listen;  // where the previous stage connects; none on stage 0
   std::optional<TcpEndpoint> next;    // the next stage's listen address; none on the last stage
   TcpLinkOptions link;
+  // A listener the caller keeps (instead of `listen`): a worker announces one data address in
+  // its hello and keeps it across epochs, while each assignment gets a new plane. Borrowed: it
+  // must outlive the plane, and Close() leaves it open (the caller closes it), so a Receive
+  // already waiting on it returns by its deadline rather than at once; later calls say Cancelled.
+  TcpReceiverLink* shared_receiver = nullptr;
 };
 
 class TcpDataPlane final : public DataPlane {
@@ -50,12 +57,15 @@ class TcpDataPlane final : public DataPlane {
   Status ReserveReceiveBuffers(size_t bytes, size_t count);
 
   TcpSenderLink* sender() { return sender_.get(); }
-  TcpReceiverLink* receiver() { return receiver_.get(); }
+  TcpReceiverLink* receiver() { return receiver_; }
 
  private:
   TcpDataPlane() = default;
-  std::unique_ptr<TcpReceiverLink> receiver_;
+  std::unique_ptr<TcpReceiverLink> owned_receiver_;  // from options.listen
+  TcpReceiverLink* receiver_ = nullptr;              // owned_receiver_ or options.shared_receiver
   std::unique_ptr<TcpSenderLink> sender_;
+  // Set by Close(): Receive on a shared receiver, which Close leaves open, says Cancelled too.
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace xcpipe::transport

@@ -1537,7 +1537,11 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   std::set<uint64_t> over_budget;  // requests whose sequences faults have replayed too often
   // The new plan starts with empty caches: the shared head's holder goes; the first admission
   // that needs it makes a new one.
+  bool holder_knocked_back = false;  // the fault hit the head's prefill, which queued sequences wait for
   if (prefix.holder != 0) {
+    auto it = sequences.find(prefix.holder);
+    holder_knocked_back = it != sequences.end() &&
+                          (it->second.state == SeqState::kReady || it->second.state == SeqState::kInFlight);
     queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
     sequences.erase(prefix.holder);
     prefix.holder = 0;
@@ -1548,6 +1552,10 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
       seq.state = SeqState::kQueued;
       seq.cached = 0;
       replay.push_back(id);
+      if (fault && ++seq.fault_replays > kMaxFaultReplays) over_budget.insert(seq.request);
+    } else if (seq.state == SeqState::kQueued && seq.use_prefix && holder_knocked_back) {
+      // Its progress was the head's prefill: that counts against its budget too, or a fault
+      // that repeats on the head would keep it waiting forever.
       if (fault && ++seq.fault_replays > kMaxFaultReplays) over_budget.insert(seq.request);
     }
   }

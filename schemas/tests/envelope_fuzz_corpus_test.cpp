@@ -157,6 +157,8 @@ std::vector<Seed> ValidSeeds() {
     s.setTopK(40);
     auto ctx = a.initPenaltyContext(3);
     for (uint32_t i = 0; i < 3; ++i) ctx.set(i, 100 + i);
+    a.setPrefixSequenceId(3);  // copies the shared prompt head's KV
+    a.setPrefixRows(96);
     seeds.emplace_back("valid_admit_sequence", EncodeBuilder(b));
   }
   {

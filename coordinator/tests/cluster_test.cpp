@@ -21,12 +21,13 @@ using namespace std::chrono_literals;
 
 fs::path ModelDir() { return testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
 
-std::unique_ptr<LocalCluster> StartCluster(int workers) {
+std::unique_ptr<LocalCluster> StartCluster(int workers, bool prefix_cache = true) {
   LocalClusterOptions o;
   o.model_dir = ModelDir();
   o.workers = workers;
   o.quiet_workers = true;
   o.worker_binary = testing::BinDir() / "xcpipe-worker";
+  o.coordinator.prefix_cache = prefix_cache;
   auto c = LocalCluster::Start(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(c).value() : nullptr;
@@ -109,19 +110,12 @@ TEST(ClusterTest, SharedPromptHeadGivesTheTokensOfWholePrefills) {
   requests.resize(9);  // with and without images, penalties, lengths
   auto run = [&](bool prefix_cache) {
     std::vector<std::vector<int64_t>> tokens;
-    LocalClusterOptions o;
-    o.model_dir = ModelDir();
-    o.workers = 2;
-    o.quiet_workers = true;
-    o.worker_binary = testing::BinDir() / "xcpipe-worker";
-    o.coordinator.prefix_cache = prefix_cache;
-    auto cluster = LocalCluster::Start(o);
-    EXPECT_TRUE(cluster.ok()) << cluster.status().ToString();
-    if (!cluster.ok()) return tokens;
+    auto cluster = StartCluster(2, prefix_cache);
+    if (cluster == nullptr) return tokens;
     std::vector<std::future<StatusOr<GenerateResult>>> futures;
     for (const auto& r : requests) {
       futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
-        auto client = Client::Connect((*cluster)->address(), 10s);
+        auto client = Client::Connect(cluster->address(), 10s);
         if (!client.ok()) return client.status();
         return (*client)->Generate(r, 300s);
       }));

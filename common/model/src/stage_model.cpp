@@ -4,8 +4,13 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -122,12 +127,23 @@ struct SequenceCache {
 
 }  // namespace
 
+// Whether the kernel gives anonymous memory transparent huge pages when asked (madvise mode) or
+// always: /sys/kernel/mm/transparent_hugepage/enabled names the mode in brackets.
+bool HugePagesAvailable() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return mode.find("[always]") != std::string::npos || mode.find("[madvise]") != std::string::npos;
+}
+
 struct StageModel::Impl {
   ModelSpec spec;
   BlockRange range;
   StageOptions options;
   at::ScalarType dtype = at::kFloat;
   std::unique_ptr<checkpoint::MappedCheckpoint> mapped;
+  // See StageOptions::huge_pages: copies every weight into one THP-backed arena (owned by the
+  // tensors), dropping the mapped pages of each tensor once copied; reports load progress.
+  void MoveWeightsToHugePages();
   std::map<std::string, at::Tensor> weights;
   uint64_t weight_bytes = 0;
 
@@ -225,6 +241,43 @@ at::Tensor StageModel::Impl::ApplyProjection(const Projection& p, const at::Tens
   return y;
 }
 
+void StageModel::Impl::MoveWeightsToHugePages() {
+  constexpr size_t kHugePage = size_t{2} << 20, kAlign = 64;
+  size_t total = 0;
+  for (const auto& [name, t] : weights) total += (static_cast<size_t>(t.nbytes()) + kAlign - 1) / kAlign * kAlign;
+  if (total == 0) return;
+  const size_t size = (total + kHugePage - 1) / kHugePage * kHugePage;
+  void* raw = std::aligned_alloc(kHugePage, size);
+  if (raw == nullptr) return;  // keep computing on the mapping
+  std::shared_ptr<uint8_t> arena(static_cast<uint8_t*>(raw), [](uint8_t* p) { std::free(p); });
+  if (::madvise(raw, size, MADV_HUGEPAGE) != 0) return;  // the arena goes; the mapping stays in use
+  const long page = ::sysconf(_SC_PAGESIZE);
+  uint64_t done = 0, reported = 0;
+  size_t used = 0;
+  for (auto& [name, t] : weights) {
+    at::Tensor src = t.contiguous();
+    const size_t n = static_cast<size_t>(src.nbytes());
+    uint8_t* dst = arena.get() + used;
+    std::memcpy(dst, src.data_ptr(), n);
+    used += (n + kAlign - 1) / kAlign * kAlign;
+    t = at::from_blob(dst, src.sizes(), [arena](void*) {}, src.options());
+    // The mapped pages of this tensor are not needed any more: drop them from this process
+    // (whole pages inside the tensor only; a neighbour's page may still be read).
+    auto view = mapped->Get(name);
+    if (view.ok()) {
+      const auto begin = reinterpret_cast<uintptr_t>(view->data);
+      const uintptr_t first = (begin + page - 1) / page * page, last = (begin + n) / page * page;
+      if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    }
+    done += n;
+    if (options.on_progress && (done - reported >= (uint64_t{256} << 20))) {
+      options.on_progress(done, total);
+      reported = done;
+    }
+  }
+  if (options.on_progress) options.on_progress(total, total);
+}
+
 Status StageModel::Impl::Load(const std::filesystem::path& dir) {
   std::set<std::string> wanted;
   for (size_t b = range.begin; b < range.end; ++b) {
@@ -238,7 +291,8 @@ Status StageModel::Impl::Load(const std::filesystem::path& dir) {
   if (!opened.ok()) return opened.status().WithContext("loading blocks [" + std::to_string(range.begin) + ", " +
                                                        std::to_string(range.end) + ")");
   mapped = std::move(opened).value();
-  if (options.prefault) {
+  const bool copy_to_huge_pages = options.huge_pages && HugePagesAvailable();
+  if (options.prefault && !copy_to_huge_pages) {
     // Read one byte per page: the kernel maps the weights in now, with progress reported.
     const uint64_t total = mapped->tensor_bytes();
     uint64_t done = 0, reported = 0;
@@ -268,6 +322,7 @@ Status StageModel::Impl::Load(const std::filesystem::path& dir) {
     weight_bytes += static_cast<uint64_t>(t.numel()) * t.element_size();
     weights.emplace(name, std::move(t));
   }
+  if (copy_to_huge_pages) MoveWeightsToHugePages();
 
   const bool v1 = spec.arch == ModelArch::kIxc1;
   const std::string llm = v1 ? "internlm_model.model." : "model.";

@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <limits>
+
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/model/stage_model.h"
 #include "xcpipe/testing/paths.h"
@@ -160,6 +163,56 @@ TEST(StageModelTest, KvBytesUsedFollowsTheTokensStepped) {
   EXPECT_EQ(model->kv_bytes_reserved(), model->kv_bytes_per_token() * 40);
   model->ReleaseSequence(1);
   EXPECT_EQ(model->kv_bytes_used(), 0u);
+}
+
+// Resident bytes of this process and how many of them are anonymous huge pages.
+std::pair<uint64_t, uint64_t> ResidentAndHugeBytes() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  std::string key;
+  std::getline(in, key);  // the "[rollup]" range line
+  uint64_t kb = 0, rss = 0, huge = 0;
+  while (in >> key >> kb) {
+    if (key == "Rss:") rss = kb * 1024;
+    if (key == "AnonHugePages:") huge = kb * 1024;
+    in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return {rss, huge};
+}
+
+// Weights copied into the huge-page arena compute exactly what the mapped weights compute, and
+// the copy does not keep the mapped pages resident beside it.
+TEST(StageModelTest, WeightsInHugePagesGiveTheSameLogitsWithoutADoubleCopy) {
+  auto dir = Fixture("ixc2_vl") / "checkpoint";
+  if (!fs::exists(dir)) GTEST_SKIP() << "fixtures not found at " << dir;
+  auto described = checkpoint::DescribeCheckpoint(dir);
+  ASSERT_TRUE(described.ok());
+  const auto& spec = described->spec;
+  at::Tensor ids = at::tensor(std::vector<int64_t>{1, 1, 92543, 1008, 364, 9843, 346, 5368}, at::kLong);
+  auto logits_of = [&](bool huge_pages, uint64_t* resident_growth, uint64_t* huge_growth, uint64_t* weights) {
+    StageOptions options;
+    options.huge_pages = huge_pages;
+    const auto before = ResidentAndHugeBytes();
+    auto model = StageModel::Load(dir, spec, WholeModel(spec), options);
+    EXPECT_TRUE(model.ok()) << model.status().ToString();
+    if (!model.ok()) return at::Tensor();
+    const auto after = ResidentAndHugeBytes();
+    if (resident_growth) *resident_growth = after.first > before.first ? after.first - before.first : 0;
+    if (huge_growth) *huge_growth = after.second > before.second ? after.second - before.second : 0;
+    if (weights) *weights = (*model)->weight_bytes();
+    std::vector<std::unique_ptr<StageModel>> whole;
+    whole.push_back(std::move(model).value());
+    return RunPipeline(whole, ids);
+  };
+  uint64_t growth = 0, huge = 0, weights = 0;
+  at::Tensor copied = logits_of(true, &growth, &huge, &weights);
+  at::Tensor mapped = logits_of(false, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(copied.defined() && mapped.defined());
+  EXPECT_TRUE(at::equal(copied, mapped));
+  ASSERT_GT(weights, 0u);
+  // One copy of the weights (plus the small tensors' shared pages), not the arena and the mapping.
+  EXPECT_LT(static_cast<double>(growth), 1.5 * static_cast<double>(weights))
+      << "resident memory grew by " << growth << " bytes for " << weights << " bytes of weights";
+  std::cout << "weights " << weights << " bytes; resident +" << growth << "; anonymous huge pages +" << huge << "\n";
 }
 
 // A shared prompt prefix: its KV stepped once under one sequence and copied into another,

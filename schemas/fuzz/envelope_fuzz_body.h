@@ -11,8 +11,9 @@
 // a finding:
 //   * a refusal by Decode is InvalidArgument with a message;
 //   * a message that walks cleanly, deep-copied into a builder (from a fresh decode: the
-//     traversal budget is per reader) and encoded again, decodes again and walks to the same
-//     digest (what a relay or a re-send sees is what was received).
+//     traversal budget is per reader) and encoded again, decodes again and, read with the
+//     original's traversal budget, walks to the same digest (what a relay or a re-send sees is
+//     what was received).
 // Text and data bytes are read in this (instrumented) translation unit, so a pointer Cap'n
 // Proto failed to bound would be caught by AddressSanitizer on the message's own buffer.
 #pragma once
@@ -20,6 +21,7 @@
 #include <capnp/dynamic.h>
 #include <capnp/message.h>
 #include <capnp/schema.h>
+#include <capnp/serialize.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -188,9 +190,16 @@ inline EnvelopeRound FuzzEnvelopeOnce(std::span<const std::byte> bytes) {
     round.violation = "the re-encoded copy of a valid message was refused: " + copy.status().ToString();
     return round;
   }
+  // Walk the copy with the traversal budget the original was given. The budget follows the size
+  // on the wire, and a copy can be far smaller than its original (padding and unreachable words
+  // are not copied) while holding the same elements: a list of empty structs costs a word per
+  // element to read however compactly it is encoded.
   WalkDigest copy_digest;
   try {
-    WalkStruct(capnp::toDynamic((*copy)->envelope()), copy_digest);
+    kj::Array<capnp::word> words = kj::heapArray<capnp::word>(reencoded.size() / sizeof(capnp::word));
+    std::memcpy(words.begin(), reencoded.data(), words.size() * sizeof(capnp::word));
+    capnp::FlatArrayMessageReader reader(words, UntrustedReaderOptions(bytes.size()));
+    WalkStruct(capnp::toDynamic(reader.getRoot<proto::Envelope>()), copy_digest);
   } catch (const std::exception& e) {
     round.violation = std::string("the re-encoded copy of a valid message does not walk: ") + e.what();
     return round;

@@ -289,6 +289,9 @@ struct Coordinator::Impl {
   // Turns the shared prefix off for good (its holder cannot be computed): waiting sequences
   // prefill their whole prompts instead.
   void DropSharedPrefix(const std::string& why);
+  // Forgets this plan's holder of the shared head (queue and sequences), telling the stages to
+  // free its KV when asked; returns the state it was in (kDone when there was none).
+  SeqState RemoveHolder(bool release_on_stages);
   void Heartbeats();
   void FinishSequence(Sequence& seq, const std::string& reason);
   // Frees the sequence's KV room in the accounting and on every stage.
@@ -827,14 +830,23 @@ void Coordinator::Impl::Admit() {
   }
 }
 
+SeqState Coordinator::Impl::RemoveHolder(bool release_on_stages) {
+  SeqState was = SeqState::kDone;
+  if (prefix.holder == 0) return was;
+  queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
+  if (auto it = sequences.find(prefix.holder); it != sequences.end()) {
+    was = it->second.state;
+    if (release_on_stages && was != SeqState::kQueued) ReleaseOnStages(it->second);
+    sequences.erase(it);
+  }
+  prefix.holder = 0;
+  prefix.ready = false;
+  return was;
+}
+
 void Coordinator::Impl::DropSharedPrefix(const std::string& why) {
   spdlog::error("shared prompt head turned off: {}", why);
-  if (prefix.holder != 0) {
-    queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
-    auto it = sequences.find(prefix.holder);
-    if (it != sequences.end() && it->second.state != SeqState::kQueued) ReleaseOnStages(it->second);
-    sequences.erase(prefix.holder);
-  }
+  RemoveHolder(/*release_on_stages=*/true);
   prefix = SharedPrefix{};
   for (auto& [id, seq] : sequences)
     if (seq.state == SeqState::kQueued) seq.use_prefix = false;
@@ -1535,18 +1547,11 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   // it will be re-admitted under the new plan and prefill its prompt plus those tokens.
   std::vector<uint64_t> replay;
   std::set<uint64_t> over_budget;  // requests whose sequences faults have replayed too often
-  // The new plan starts with empty caches: the shared head's holder goes; the first admission
-  // that needs it makes a new one.
-  bool holder_knocked_back = false;  // the fault hit the head's prefill, which queued sequences wait for
-  if (prefix.holder != 0) {
-    auto it = sequences.find(prefix.holder);
-    holder_knocked_back = it != sequences.end() &&
-                          (it->second.state == SeqState::kReady || it->second.state == SeqState::kInFlight);
-    queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
-    sequences.erase(prefix.holder);
-    prefix.holder = 0;
-    prefix.ready = false;
-  }
+  // The new plan starts with empty caches (no release messages needed): the shared head's
+  // holder goes; the first admission that needs it makes a new one.
+  const SeqState holder_was = RemoveHolder(/*release_on_stages=*/false);
+  // The fault hit the head's prefill, which queued sequences wait for.
+  const bool holder_knocked_back = holder_was == SeqState::kReady || holder_was == SeqState::kInFlight;
   for (auto& [id, seq] : sequences) {
     if (seq.state == SeqState::kReady || seq.state == SeqState::kInFlight) {
       seq.state = SeqState::kQueued;

@@ -55,6 +55,20 @@ std::vector<GenerateRequest> MixedRequests() {
   return out;
 }
 
+// Submits every request at once, each from its own client; the futures in request order.
+std::vector<std::future<StatusOr<GenerateResult>>> SubmitAllAtOnce(const LocalCluster& cluster,
+                                                                   const std::vector<GenerateRequest>& requests) {
+  std::vector<std::future<StatusOr<GenerateResult>>> futures;
+  for (const auto& r : requests) {
+    futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
+      auto client = Client::Connect(cluster.address(), 10s);
+      if (!client.ok()) return client.status();
+      return (*client)->Generate(r, 300s);
+    }));
+  }
+  return futures;
+}
+
 TEST(ClusterTest, ConcurrentRequestsEqualOneAtATime) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
   auto cluster = StartCluster(3);
@@ -76,14 +90,7 @@ TEST(ClusterTest, ConcurrentRequestsEqualOneAtATime) {
     }
   }
   // All at once, each from its own client.
-  std::vector<std::future<StatusOr<GenerateResult>>> futures;
-  for (const auto& r : requests) {
-    futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
-      auto client = Client::Connect(cluster->address(), 10s);
-      if (!client.ok()) return client.status();
-      return (*client)->Generate(r, 300s);
-    }));
-  }
+  auto futures = SubmitAllAtOnce(*cluster, requests);
   int identical = 0;
   for (size_t i = 0; i < futures.size(); ++i) {
     auto result = futures[i].get();
@@ -112,15 +119,7 @@ TEST(ClusterTest, SharedPromptHeadGivesTheTokensOfWholePrefills) {
     std::vector<std::vector<int64_t>> tokens;
     auto cluster = StartCluster(2, prefix_cache);
     if (cluster == nullptr) return tokens;
-    std::vector<std::future<StatusOr<GenerateResult>>> futures;
-    for (const auto& r : requests) {
-      futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
-        auto client = Client::Connect(cluster->address(), 10s);
-        if (!client.ok()) return client.status();
-        return (*client)->Generate(r, 300s);
-      }));
-    }
-    for (auto& f : futures) {
+    for (auto& f : SubmitAllAtOnce(*cluster, requests)) {
       auto result = f.get();
       EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
       tokens.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});

@@ -6,7 +6,9 @@
 //     token / (tokens - 1)) through 1 worker (the single-process `xcpipe run` path) and through
 //     pipelines of --workers (default 2 and 4) stages. The clusters of one thread setting are
 //     up together and their repeats interleave (1, 2, 4, 1, 2, 4, ...), so background load hits
-//     each alike. ratio = pipeline / single (goal <= 1.05).
+//     each alike. ratio = pipeline / single (goal <= 1.05). Beside it, where a decode step's
+//     time went, from the coordinator's step counters (`xcpipe status`): the stages' compute,
+//     summed, and the rest of the round trip (the hand-offs between processes).
 // (b) Throughput: --concurrency (8) requests submitted at once, each from its own client, vs
 //     one request alone, on the --batch-workers (2) pipeline; repeats alternate. Two figures,
 //     ratio = concurrent / single for each (goal >= 4):
@@ -46,6 +48,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -106,6 +109,7 @@ struct Cluster {
   int workers = 0;
   std::unique_ptr<LocalCluster> cluster;
   std::unique_ptr<Client> client;
+  std::unique_ptr<Client> status_client;  // asks for the step figures while `client` generates
 };
 
 Cluster StartCluster(const Options& o, int workers, int threads) {
@@ -123,6 +127,9 @@ Cluster StartCluster(const Options& o, int workers, int threads) {
   auto client = Client::Connect(c.cluster->address(), 30s);
   if (!client.ok()) Die("connecting: " + client.status().ToString());
   c.client = std::move(client).value();
+  auto status_client = Client::Connect(c.cluster->address(), 30s);
+  if (!status_client.ok()) Die("connecting: " + status_client.status().ToString());
+  c.status_client = std::move(status_client).value();
   return c;
 }
 
@@ -131,6 +138,43 @@ GenerateResult Generate(Client& client, const GenerateRequest& request) {
   if (!r.ok()) Die("generate: " + r.status().ToString());
   if (!r->error.empty()) Die("generate: " + r->error);
   if (r->token_ids.empty() || r->token_ids[0].size() < 2) Die("a request made fewer than 2 tokens");
+  return *std::move(r);
+}
+
+// Where one request's decode steps went, from the coordinator's step counters read when its
+// first token arrived and after its last: per step, the stages' compute (summed over stages)
+// and the rest of the round trip (hand-offs between processes; one request never waits behind
+// another).
+struct DecodeSteps {
+  double compute_ms = 0;
+  double other_ms = 0;
+};
+
+struct StepCounters {
+  uint64_t steps = 0;
+  double round_trip_ms = 0, compute_ms = 0;
+};
+
+StepCounters ReadStepCounters(Client& status_client) {
+  auto s = status_client.GetStatus(30s);
+  if (!s.ok()) Die("status: " + s.status().ToString());
+  return {(*s)["steps_completed"].get<uint64_t>(), (*s)["step_round_trip_ms_total"].get<double>(),
+          (*s)["step_compute_ms_total"].get<double>()};
+}
+
+GenerateResult GenerateMeasured(Cluster& c, const GenerateRequest& request, DecodeSteps& steps) {
+  std::optional<StepCounters> at_first;
+  auto r = c.client->Generate(request, 10min, [&](uint32_t, const std::string&) {
+    if (!at_first) at_first = ReadStepCounters(*c.status_client);
+  });
+  if (!r.ok()) Die("generate: " + r.status().ToString());
+  if (!r->error.empty()) Die("generate: " + r->error);
+  if (r->token_ids.empty() || r->token_ids[0].size() < 2) Die("a request made fewer than 2 tokens");
+  const StepCounters end = ReadStepCounters(*c.status_client);
+  if (!at_first || end.steps <= at_first->steps) Die("no decode steps were counted");
+  const double n = static_cast<double>(end.steps - at_first->steps);
+  steps.compute_ms = (end.compute_ms - at_first->compute_ms) / n;
+  steps.other_ms = (end.round_trip_ms - at_first->round_trip_ms) / n - steps.compute_ms;
   return *std::move(r);
 }
 
@@ -229,8 +273,10 @@ int main(int argc, char** argv) {
   for (int64_t w : o.workers)
     if (w > 1 && std::find(configs.begin(), configs.end(), w) == configs.end()) configs.push_back(static_cast<int>(w));
   std::printf("\n(a) one request, decode ms per token (client time after the first token / (tokens - 1))\n");
-  std::printf("%16s %8s %12s %12s %10s %10s\n", "threads/worker", "workers", "ms/token", "tokens/s", "ttft ms",
-              "ratio");
+  std::printf("    per decode step, from the coordinator's counters: stages computing (summed) + the rest of the\n"
+              "    round trip (hand-offs: coordinator -> stage 0 -> ... -> last stage -> coordinator)\n");
+  std::printf("%16s %8s %12s %12s %10s %10s %12s %12s\n", "threads/worker", "workers", "ms/token", "tokens/s",
+              "ttft ms", "ratio", "compute ms", "hand-off ms");
   report["latency"] = nlohmann::json::array();
   bool latency_met = true;
   std::unique_ptr<LocalCluster> kept_cluster;  // the (b) pipeline, if (a) started it
@@ -239,14 +285,17 @@ int main(int argc, char** argv) {
     std::vector<Cluster> clusters;
     for (int w : configs) clusters.push_back(StartCluster(o, w, threads));
     for (auto& c : clusters) Generate(*c.client, MakeRequest(0, o.tokens));  // warm-up
-    std::map<int, std::vector<double>> ms, ttft;
+    std::map<int, std::vector<double>> ms, ttft, compute, handoff;
     std::map<int, std::vector<uint64_t>> made;
     for (int r = 0; r < o.runs; ++r) {
       for (auto& c : clusters) {
-        GenerateResult g = Generate(*c.client, MakeRequest(r + 1, o.tokens));
+        DecodeSteps steps;
+        GenerateResult g = GenerateMeasured(c, MakeRequest(r + 1, o.tokens), steps);
         ms[c.workers].push_back(1000.0 / g.tokens_per_s);
         ttft[c.workers].push_back(g.ttft_ms);
         made[c.workers].push_back(g.token_ids[0].size());
+        compute[c.workers].push_back(steps.compute_ms);
+        handoff[c.workers].push_back(steps.other_ms);
       }
     }
     const double single = Median(ms[1]);
@@ -256,14 +305,16 @@ int main(int argc, char** argv) {
       if (w > 1) latency_met = latency_met && ratio <= 1.05;
       char ratio_text[32];
       std::snprintf(ratio_text, sizeof ratio_text, "%.3fx", ratio);
-      std::printf("%16d %8d %12.2f %12.2f %10.1f %10s\n", threads, w, m, 1000.0 / m, Median(ttft[w]),
-                  w == 1 ? "(single)" : ratio_text);
+      std::printf("%16d %8d %12.2f %12.2f %10.1f %10s %12.2f %12.2f\n", threads, w, m, 1000.0 / m, Median(ttft[w]),
+                  w == 1 ? "(single)" : ratio_text, Median(compute[w]), Median(handoff[w]));
       report["latency"].push_back({{"threads_per_worker", threads},
                                    {"workers", w},
                                    {"ms_per_token", ms[w]},
                                    {"median_ms_per_token", m},
                                    {"ttft_ms", ttft[w]},
                                    {"tokens_made", made[w]},
+                                   {"compute_ms_per_step", compute[w]},
+                                   {"handoff_ms_per_step", handoff[w]},
                                    {"ratio_over_single", ratio}});
     }
     std::fflush(stdout);

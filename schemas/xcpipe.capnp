@@ -362,6 +362,10 @@ struct StatusReply {
   dataPlane @22 :Text;             # how activations travel under the current plan: "tcp" or "nccl"
                                    # (empty before the first plan)
   dataPlaneReason @23 :Text;       # why that one ("every stage is a CUDA worker with NCCL", or what ruled NCCL out)
+  stepsCompleted @24 :UInt64;      # micro-batch steps that came back through the whole pipeline
+  stepRoundTripMsTotal @25 :Float64;  # their round trips summed: coordinator send to the last stage's result
+  stepComputeMsTotal @26 :Float64;    # the stages' compute within them, summed (the rest: hand-offs and waits)
+  stepRoundTripP50Ms @27 :Float64;    # median round trip, from the coordinator's histogram
 }
 
 # The one top-level message.

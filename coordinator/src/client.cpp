@@ -267,6 +267,10 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["metrics_address"] = r.getMetricsAddress().cStr();
     j["data_plane"] = r.getDataPlane().cStr();
     j["data_plane_reason"] = r.getDataPlaneReason().cStr();
+    j["steps_completed"] = r.getStepsCompleted();
+    j["step_round_trip_ms_total"] = r.getStepRoundTripMsTotal();
+    j["step_compute_ms_total"] = r.getStepComputeMsTotal();
+    j["step_round_trip_p50_ms"] = r.getStepRoundTripP50Ms();
     j["workers"] = nlohmann::json::array();
     for (auto w : r.getWorkers()) {
       j["workers"].push_back({{"id", w.getWorkerId().cStr()},

@@ -1108,6 +1108,12 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   auto mb = in_flight.find(r.getMicroBatchId());
   if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
   std::map<uint64_t, int64_t> rows_of(mb->second.begin(), mb->second.end());
+  if (auto sent = step_deadlines.find(mb->first); sent != step_deadlines.end()) {
+    live.step_round_trip_seconds.Observe(std::chrono::duration<double>(Clock::now() - sent->second.sent).count());
+    uint64_t micros = 0;
+    for (uint32_t m : r.getStageMicros()) micros += m;
+    live.step_compute_seconds += static_cast<double>(micros) * 1e-6;
+  }
   step_deadlines.erase(mb->first);
   in_flight.erase(mb);
   if (recovering) {

@@ -45,6 +45,10 @@ std::vector<double> TtftBucketsSeconds() {
 
 std::vector<double> TokensPerSecondBuckets() { return {0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000}; }
 
+std::vector<double> StepBucketsSeconds() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+}
+
 namespace {
 
 std::string Number(double v) {
@@ -153,6 +157,13 @@ std::string RenderPrometheus(const MetricsSnapshot& s) {
   w.HistogramSamples("xcpipe_time_to_first_token_seconds", s.ttft_seconds);
   w.Family("xcpipe_tokens_per_second", "histogram", "Decode speed of finished prompts after their first token.");
   w.HistogramSamples("xcpipe_tokens_per_second", s.tokens_per_second);
+  w.Family("xcpipe_step_round_trip_seconds", "histogram",
+           "A micro-batch step from the coordinator's send to the last stage's result (every stage, every hand-off).");
+  w.HistogramSamples("xcpipe_step_round_trip_seconds", s.step_round_trip_seconds);
+  w.Family("xcpipe_step_compute_seconds_total", "counter",
+           "Of those round trips, the stages' compute time (the sum over stages). The round trips' sum minus this is "
+           "what hand-offs between processes and waiting behind other micro-batches took.");
+  w.Sample("xcpipe_step_compute_seconds_total", {}, s.step_compute_seconds);
 
   w.Family("xcpipe_worker_up", "gauge", "1 while the worker is registered and alive, 0 once lost.");
   for (const auto& x : s.workers) w.Sample("xcpipe_worker_up", WorkerLabels(x), uint64_t{x.up ? 1u : 0u});

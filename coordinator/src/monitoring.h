@@ -80,6 +80,10 @@ inline void FillRequestMonitoring(const MetricsSnapshot& s, proto::StatusReply::
   r.setTtftP50Ms(s.ttft_seconds.Quantile(0.5) * 1e3);
   r.setTtftP99Ms(s.ttft_seconds.Quantile(0.99) * 1e3);
   r.setTokensPerSecondP50(s.tokens_per_second.Quantile(0.5));
+  r.setStepsCompleted(s.step_round_trip_seconds.count());
+  r.setStepRoundTripMsTotal(s.step_round_trip_seconds.sum() * 1e3);
+  r.setStepComputeMsTotal(s.step_compute_seconds * 1e3);
+  r.setStepRoundTripP50Ms(s.step_round_trip_seconds.Quantile(0.5) * 1e3);
 }
 
 }  // namespace xcpipe::coordinator

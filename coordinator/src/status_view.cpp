@@ -77,6 +77,13 @@ std::string FormatStatusTable(const json& s) {
                                                     ? U(s["refused_by_reason"], "busy")
                                                     : 0),
                 D(s, "ttft_p50_ms"), D(s, "ttft_p99_ms"), D(s, "tokens_per_s_p50"));
+  if (const uint64_t steps = U(s, "steps_completed"); steps > 0) {
+    const double trip = D(s, "step_round_trip_ms_total") / static_cast<double>(steps);
+    const double compute = D(s, "step_compute_ms_total") / static_cast<double>(steps);
+    out += Format("steps: %llu through the pipeline; mean round trip %.2f ms = stages computing %.2f ms + hand-offs "
+                  "and waits %.2f ms (median round trip %.2f ms)\n",
+                  static_cast<unsigned long long>(steps), trip, compute, trip - compute, D(s, "step_round_trip_p50_ms"));
+  }
   if (!S(s, "data_plane").empty())
     out += "data plane: " + S(s, "data_plane") + " (" + S(s, "data_plane_reason") + ")\n";
   if (!S(s, "metrics_address").empty()) out += "metrics: http://" + S(s, "metrics_address") + "/metrics\n";

@@ -372,6 +372,13 @@ TEST(MetricsTest, ScrapedFiguresAgreeWithTheWorkDone) {
   EXPECT_EQ(e.Value("xcpipe_prefix_cache_hits_total"), kRequests);
   EXPECT_GT(e.Value("xcpipe_prefix_cache_head_tokens"), 0);
   EXPECT_EQ(e.Value("xcpipe_prefix_cache_rows_saved_total"), kRequests * e.Value("xcpipe_prefix_cache_head_tokens"));
+  // One step per generated token at least (the shared head's prefill is one more); every round
+  // trip holds the compute of both stages and some hand-off time.
+  const double steps = e.Value("xcpipe_step_round_trip_seconds_count");
+  EXPECT_GE(steps, static_cast<double>(tokens));
+  const double compute = e.Value("xcpipe_step_compute_seconds_total");
+  EXPECT_GT(compute, 0);
+  EXPECT_GT(e.Value("xcpipe_step_round_trip_seconds_sum"), compute);
 
   // Per stage: both stages stepped once per generated token at least (prefill + decode steps).
   std::map<int, std::string> worker_of_stage;
@@ -417,6 +424,10 @@ TEST(MetricsTest, ScrapedFiguresAgreeWithTheWorkDone) {
   EXPECT_GT(s["tokens_per_s_p50"].get<double>(), 0);
   EXPECT_EQ(s["metrics_address"].get<std::string>(), metrics);
   EXPECT_TRUE(s["failed_by_reason"].empty());
+  EXPECT_EQ(s["steps_completed"].get<uint64_t>(), static_cast<uint64_t>(steps));
+  EXPECT_NEAR(s["step_compute_ms_total"].get<double>(), compute * 1e3, 1e-6 * compute * 1e3 + 1e-3);
+  EXPECT_GT(s["step_round_trip_ms_total"].get<double>(), s["step_compute_ms_total"].get<double>());
+  EXPECT_GT(s["step_round_trip_p50_ms"].get<double>(), 0);
   int stages_seen = 0;
   for (const auto& w : s["workers"]) {
     if (w["stage"].get<int>() < 0) continue;
@@ -443,6 +454,7 @@ TEST(MetricsTest, ScrapedFiguresAgreeWithTheWorkDone) {
   const std::string table = FormatStatusTable(s);
   EXPECT_NE(table.find("per stage"), std::string::npos) << table;
   EXPECT_NE(table.find("step p50/p99 ms"), std::string::npos) << table;
+  EXPECT_NE(table.find("through the pipeline; mean round trip"), std::string::npos) << table;
 }
 
 }  // namespace

@@ -192,6 +192,7 @@ TEST(LifecycleRoundTrip, DrainShutdownAndClientMessages) {
   st.setEpoch(9); st.setState("serving"); st.setQueueDepth(3); st.setInFlight(4); st.setCompleted(5); st.setFailed(6);
   st.setModel("m"); st.setStages(2); st.setFaults(1); st.setReplays(8); st.setLastDetectMs(2500.5); st.setLastRecoverMs(400.25);
   st.setDataPlane("nccl"); st.setDataPlaneReason("every stage is a CUDA worker with NCCL");
+  st.setStepsCompleted(70); st.setStepRoundTripMsTotal(1050.5); st.setStepComputeMsTotal(980.25); st.setStepRoundTripP50Ms(14.5);
   auto w = st.initWorkers(1)[0];
   w.setWorkerId("a/0"); w.setHost("a"); w.setPid(11); w.setDevice("cpu"); w.setState("serving"); w.setStageIndex(-1);
   w.setPlannedBytes(10); w.setUsedBytes(9); w.setBlocks("0..3"); w.setStepsCompleted(100); w.setLastHeartbeatMsAgo(12);
@@ -201,6 +202,8 @@ TEST(LifecycleRoundTrip, DrainShutdownAndClientMessages) {
   EXPECT_EQ(rst.getEpoch(), 9u); EXPECT_EQ(Str(rst.getState()), "serving"); EXPECT_EQ(rst.getReplays(), 8u);
   EXPECT_DOUBLE_EQ(rst.getLastRecoverMs(), 400.25); EXPECT_EQ(rst.getWorkers()[0].getStageIndex(), -1);
   EXPECT_EQ(Str(rst.getDataPlane()), "nccl"); EXPECT_EQ(Str(rst.getDataPlaneReason()), "every stage is a CUDA worker with NCCL");
+  EXPECT_EQ(rst.getStepsCompleted(), 70u); EXPECT_DOUBLE_EQ(rst.getStepRoundTripMsTotal(), 1050.5);
+  EXPECT_DOUBLE_EQ(rst.getStepComputeMsTotal(), 980.25); EXPECT_DOUBLE_EQ(rst.getStepRoundTripP50Ms(), 14.5);
   EXPECT_EQ(Str(rst.getWorkers()[0].getBlocks()), "0..3"); EXPECT_EQ(rst.getWorkers()[0].getLastHeartbeatMsAgo(), 12u);
 
   capnp::MallocMessageBuilder b6;

@@ -40,9 +40,11 @@ class Histogram {
   double sum_ = 0;
 };
 
-// Buckets for time to first token (seconds) and decode speed (tokens per second).
+// Buckets for time to first token (seconds), decode speed (tokens per second) and a
+// micro-batch's round trip through the pipeline (seconds).
 std::vector<double> TtftBucketsSeconds();
 std::vector<double> TokensPerSecondBuckets();
+std::vector<double> StepBucketsSeconds();
 
 // Memory by category.
 struct MemoryByCategory {
@@ -82,6 +84,12 @@ struct MetricsSnapshot {
   std::map<std::string, uint64_t> failed_by_reason, refused_by_reason;
   Histogram ttft_seconds{TtftBucketsSeconds()};
   Histogram tokens_per_second{TokensPerSecondBuckets()};
+  // Micro-batches that came back: from the coordinator's send to the last stage's result
+  // (round trip), and the part of it the stages spent computing (the sum of their step times,
+  // which the result carries). The rest went to hand-offs between processes and to waiting
+  // behind other micro-batches: what the pipeline costs beyond its compute.
+  Histogram step_round_trip_seconds{StepBucketsSeconds()};
+  double step_compute_seconds = 0;
   std::vector<WorkerFigures> workers;
 };
 

@@ -9,8 +9,13 @@
 // ratio ours/raw (goal >= 0.8), prints a table and writes JSON (default
 // <build>/reports/dataplane_bench.json).
 //
+// A second table times what a decode step's hand-off waits for: a one-row message (the same
+// tensors, 1 row) sent back and forth between two threads, --pings round trips each for ours
+// and for raw TCP, in alternating blocks of 100; it reports the median one-way time (half a
+// round trip) and ours - raw, the time our framing, checks and pool add to a hop.
+//
 //   build/bin/dataplane_bench [--runs 5] [--mib-per-run 512] [--rows 8,64,512,4096]
-//                             [--hidden 4096] [--out FILE]
+//                             [--hidden 4096] [--pings 2000] [--out FILE]
 #include <utility>  // before Asio (PLATFORM.md item 7)
 
 #include <boost/asio/io_context.hpp>
@@ -50,6 +55,7 @@ struct Options {
   double mib_per_run = 512;
   std::vector<int64_t> rows = {8, 64, 512, 4096};
   int64_t hidden = 4096;
+  int pings = 2000;
   std::string out;
 };
 
@@ -145,6 +151,52 @@ class OursPair {
   std::unique_ptr<TcpDataPlane> rx_, tx_;
 };
 
+// Ping-pong through our data plane: one plane each way; an echo thread sends back what it gets.
+class OursEcho {
+ public:
+  OursEcho() {
+    TcpDataPlaneOptions listen;
+    listen.listen = TcpEndpoint{"127.0.0.1", 0};
+    rx_a_ = TcpDataPlane::Create(listen).value();
+    rx_b_ = TcpDataPlane::Create(listen).value();
+    TcpDataPlaneOptions to_b, to_a;
+    to_b.next = *rx_b_->listen_endpoint();
+    to_a.next = *rx_a_->listen_endpoint();
+    tx_a_ = TcpDataPlane::Create(to_b).value();
+    tx_b_ = TcpDataPlane::Create(to_a).value();
+  }
+  // One-way microseconds (half of each round trip) of `count` pings.
+  std::vector<double> Run(const StageMessage& message, int count) {
+    auto echo = std::async(std::launch::async, [&] {
+      for (int i = 0; i < count; ++i) {
+        auto got = rx_b_->Receive(DeadlineAfter(60s));
+        if (!got.ok()) return got.status();
+        if (Status s = tx_b_->Send(*got, DeadlineAfter(60s)); !s.ok()) return s;
+      }
+      return OkStatus();
+    });
+    std::vector<double> one_way;
+    for (int i = 0; i < count; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      Status s = tx_a_->Send(message, DeadlineAfter(60s));
+      auto back = s.ok() ? rx_a_->Receive(DeadlineAfter(60s)) : StatusOr<StageMessage>(s);
+      if (!back.ok()) {
+        std::fprintf(stderr, "ping failed: %s\n", back.status().ToString().c_str());
+        std::exit(1);
+      }
+      one_way.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 2);
+    }
+    if (Status e = echo.get(); !e.ok()) {
+      std::fprintf(stderr, "echo failed: %s\n", e.ToString().c_str());
+      std::exit(1);
+    }
+    return one_way;
+  }
+
+ private:
+  std::unique_ptr<TcpDataPlane> rx_a_, rx_b_, tx_a_, tx_b_;
+};
+
 // Raw loopback TCP: blocking Asio sockets, the same socket options as ours, the same bytes
 // (a gather write per message; the reader reads exactly one message's bytes into a reused buffer).
 class RawPair {
@@ -191,6 +243,48 @@ class RawPair {
 
 }  // namespace
 
+// Ping-pong over raw loopback TCP: one connection, the echo thread reads exactly one message's
+// bytes and writes them back (the same socket options as RawPair).
+class RawEcho {
+ public:
+  RawEcho() : acceptor_(io_), a_(io_), b_(io_) {
+    asio::ip::tcp::endpoint at(asio::ip::make_address("127.0.0.1"), 0);
+    acceptor_.open(at.protocol());
+    acceptor_.set_option(asio::socket_base::reuse_address(true));
+    acceptor_.bind(at);
+    acceptor_.listen();
+    a_.open(at.protocol());
+    a_.set_option(asio::ip::tcp::no_delay(true));
+    a_.connect(acceptor_.local_endpoint());
+    acceptor_.accept(b_);
+    b_.set_option(asio::ip::tcp::no_delay(true));
+  }
+  std::vector<double> Run(const Payload& p, int count) {
+    std::vector<std::byte> at_b(p.bytes), at_a(p.bytes);
+    auto echo = std::async(std::launch::async, [&] {
+      for (int i = 0; i < count; ++i) {
+        asio::read(b_, asio::buffer(at_b));
+        asio::write(b_, asio::buffer(at_b));
+      }
+    });
+    std::vector<asio::const_buffer> gather = {asio::buffer(p.hidden), asio::buffer(p.mask), asio::buffer(p.positions)};
+    std::vector<double> one_way;
+    for (int i = 0; i < count; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      asio::write(a_, gather);
+      asio::read(a_, asio::buffer(at_a));
+      one_way.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 2);
+    }
+    echo.get();
+    return one_way;
+  }
+
+ private:
+  asio::io_context io_;
+  asio::ip::tcp::acceptor acceptor_;
+  asio::ip::tcp::socket a_, b_;
+};
+
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"dataplane_bench: our TCP data plane (framed, CRC-32C) vs raw loopback TCP, tensor bytes/s"};
@@ -198,6 +292,9 @@ int main(int argc, char** argv) {
   app.add_option("--mib-per-run", o.mib_per_run, "tensor MiB pushed per run")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--rows", o.rows, "rows per hand-off, comma-separated")->delimiter(',')->capture_default_str();
   app.add_option("--hidden", o.hidden, "hidden size (bf16)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--pings", o.pings, "round trips of a one-row hand-off, each for ours and raw (0 skips)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--out", o.out, "report file (default: <build>/reports/dataplane_bench.json)");
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (o.out.empty()) o.out = (ExecutableDir().parent_path() / "reports" / "dataplane_bench.json").string();
@@ -267,6 +364,27 @@ int main(int argc, char** argv) {
                                  {"ratio_nocrc_over_raw", ratio_nocrc}});
   }
   report["goal_met"] = all_met;
+
+  if (o.pings > 0) {
+    Payload p = MakePayload(1, o.hidden);
+    OursEcho ours;
+    RawEcho raw;
+    ours.Run(p.message, 100);  // warm-up: connections, pools
+    raw.Run(p, 100);
+    std::vector<double> t_ours, t_raw;
+    for (int done = 0; done < o.pings; done += 100) {
+      const int n = std::min(100, o.pings - done);
+      for (double v : raw.Run(p, n)) t_raw.push_back(v);
+      for (double v : ours.Run(p.message, n)) t_ours.push_back(v);
+    }
+    const double m_ours = Median(t_ours), m_raw = Median(t_raw);
+    std::printf("\none-row hand-off (%llu bytes), %d round trips each, median one-way us: raw %.1f  ours %.1f  "
+                "(+%.1f)\n",
+                static_cast<unsigned long long>(p.bytes), o.pings, m_raw, m_ours, m_ours - m_raw);
+    report["one_row_latency"] = {{"message_bytes", p.bytes},     {"round_trips", o.pings},
+                                 {"raw_one_way_us", m_raw},      {"ours_one_way_us", m_ours},
+                                 {"ours_minus_raw_us", m_ours - m_raw}};
+  }
   std::filesystem::create_directories(std::filesystem::path(o.out).parent_path());
   std::ofstream(o.out) << report.dump(2) << "\n";
   std::printf("ours = CRC-32C on (the default); goal ours/raw >= 0.8: %s\nwrote %s\n", all_met ? "met" : "NOT met",

@@ -38,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/transport/checksum.h"
@@ -49,6 +50,8 @@ using namespace xcpipe::transport;
 using namespace std::chrono_literals;
 
 namespace {
+
+using bench::Median;
 
 struct Options {
   int runs = 5;
@@ -95,12 +98,6 @@ struct Timing {
   double sender_cpu = 0;
   double receiver_cpu = 0;
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
 
 // Our data plane: a listening plane and a sending plane, one persistent connection.
 class OursPair {

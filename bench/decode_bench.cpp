@@ -54,6 +54,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/checkpoint/model_spec.h"
@@ -64,6 +65,10 @@ using namespace xcpipe;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+using bench::Median;
+using bench::Ms;
+using bench::Die;
 
 struct Options {
   std::string model;
@@ -77,19 +82,6 @@ struct Options {
   int batch = 8;
   std::string out;
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
-
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "decode_bench: %s\n", what.c_str());
-  std::exit(1);
-}
 
 // memcpy bandwidth: `copies` copies of src into dst, GB/s (1e9 bytes copied per second) each.
 std::vector<double> TimeCopies(std::vector<char>& src, std::vector<char>& dst, int copies) {

@@ -54,6 +54,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/subprocess.h"
@@ -67,6 +68,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using bench::Median;
+using bench::Die;
+
 struct Options {
   std::string model;
   std::vector<int64_t> workers = {2, 4};
@@ -79,17 +83,6 @@ struct Options {
   bool prefix_cache = true;
   std::string out;
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "pipeline_bench: %s\n", what.c_str());
-  std::exit(1);
-}
 
 std::string Prompt(int i) {
   return nlohmann::json("Write a long story about a lighthouse keeper and the sea, chapter " + std::to_string(i + 1) +

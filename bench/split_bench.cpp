@@ -48,6 +48,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/checkpoint/model_spec.h"
@@ -58,6 +59,10 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+using bench::Median;
+using bench::Ms;
+using bench::Die;
+
 struct Options {
   std::string model;
   int stages = 4;
@@ -65,19 +70,6 @@ struct Options {
   int prompt_tokens = 300;
   std::string out;
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
-
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "split_bench: %s\n", what.c_str());
-  std::exit(1);
-}
 
 void Pin(const cpu_set_t& set) {
   if (sched_setaffinity(0, sizeof set, &set) != 0) Die("sched_setaffinity failed");

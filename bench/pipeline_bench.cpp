@@ -21,6 +21,12 @@
 //         first token): the rate the pipeline sustains once the requests are generating, which
 //         is what continuous batching is for.
 //
+// (c) An image prompt arriving while one request decodes, on 2 workers: the decoding request's
+//     largest gap between tokens after the image request was sent (when it had 8 tokens), and
+//     the image request's time to first token; prefilled whole vs in pieces of --piece rows
+//     (256; `--prefill-chunk`); the two clusters' repeats alternate; medians. The image is a
+//     synthetic 490x490 PNG (1225 rows on XComposer2-VL).
+//
 // Threads: one request keeps one stage busy at a time, so every worker gets the same compute
 // threads as the single process has (--threads, default "1,2": each setting is a section of
 // the table). With 1 thread per worker, 2 workers fill the 2 cores exactly and 4 workers only
@@ -36,7 +42,7 @@
 //
 //   build/bin/pipeline_bench --model DIR [--workers 2,4] [--threads 1,2] [--runs 5]
 //                            [--tokens 64] [--batch-tokens 192] [--concurrency 8]
-//                            [--batch-workers 2] [--out FILE]
+//                            [--batch-workers 2] [--piece 256] [--out FILE]
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -45,6 +51,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +67,7 @@
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/image/synthetic.h"
 
 using namespace xcpipe;
 using namespace xcpipe::coordinator;
@@ -80,6 +88,7 @@ struct Options {
   int batch_tokens = 192;
   int concurrency = 8;
   int batch_workers = 2;
+  int piece = 256;
   bool prefix_cache = true;
   std::string out;
 };
@@ -105,13 +114,14 @@ struct Cluster {
   std::unique_ptr<Client> status_client;  // asks for the step figures while `client` generates
 };
 
-Cluster StartCluster(const Options& o, int workers, int threads) {
+Cluster StartCluster(const Options& o, int workers, int threads, int64_t piece = 0) {
   LocalClusterOptions lo;
   lo.model_dir = o.model;
   lo.workers = workers;
   lo.threads_per_worker = threads;
   lo.quiet_workers = true;
   lo.coordinator.prefix_cache = o.prefix_cache;
+  lo.coordinator.prefill_chunk_rows = piece;
   auto started = LocalCluster::Start(lo);
   if (!started.ok()) Die("starting " + std::to_string(workers) + " workers: " + started.status().ToString());
   Cluster c;
@@ -126,8 +136,9 @@ Cluster StartCluster(const Options& o, int workers, int threads) {
   return c;
 }
 
-GenerateResult Generate(Client& client, const GenerateRequest& request) {
-  auto r = client.Generate(request, 10min);
+GenerateResult Generate(Client& client, const GenerateRequest& request,
+                        const std::function<void(uint32_t, const std::string&)>& on_text = {}) {
+  auto r = client.Generate(request, 10min, on_text);
   if (!r.ok()) Die("generate: " + r.status().ToString());
   if (!r->error.empty()) Die("generate: " + r->error);
   if (r->token_ids.empty() || r->token_ids[0].size() < 2) Die("a request made fewer than 2 tokens");
@@ -169,6 +180,51 @@ GenerateResult GenerateMeasured(Cluster& c, const GenerateRequest& request, Deco
   steps.compute_ms = (end.compute_ms - at_first->compute_ms) / n;
   steps.other_ms = (end.round_trip_ms - at_first->round_trip_ms) / n - steps.compute_ms;
   return *std::move(r);
+}
+
+// (c): one request decodes; after its 8th token an image prompt arrives. The decoding request's
+// largest gap between tokens from then on (ms) and the image request's time to first token.
+struct Stall {
+  double max_gap_ms = 0;
+  double image_ttft_ms = 0;
+};
+
+Stall RunStall(Cluster& c, const std::string& png, int tokens, int salt) {
+  auto other = Client::Connect(c.cluster->address(), 30s);
+  if (!other.ok()) Die("connecting: " + other.status().ToString());
+  std::vector<Clock::time_point> times;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool arrived = false;
+  auto signal = [&] {
+    std::lock_guard lock(mu);
+    arrived = true;
+    cv.notify_all();
+  };
+  std::thread decoding([&] {
+    Generate(*c.client, MakeRequest(salt, tokens), [&](uint32_t, const std::string&) {
+      times.push_back(Clock::now());
+      if (times.size() == 8) signal();
+    });
+    signal();  // a request that stopped early
+  });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return arrived; });
+  }
+  const size_t from = times.size();
+  GenerateRequest image;
+  image.prompt_json = nlohmann::json("<ImageHere>Describe the picture.").dump();
+  image.images = {png};
+  image.max_new_tokens = 2;
+  image.sampling.greedy = true;
+  const GenerateResult r = Generate(**other, image);
+  decoding.join();
+  Stall s;
+  s.image_ttft_ms = r.ttft_ms;
+  for (size_t i = std::max<size_t>(from, 1); i < times.size(); ++i)
+    s.max_gap_ms = std::max(s.max_gap_ms, std::chrono::duration<double, std::milli>(times[i] - times[i - 1]).count());
+  return s;
 }
 
 // (b): `n` requests at once, each from its own connected client: tokens, wall seconds, and the
@@ -234,6 +290,9 @@ int main(int argc, char** argv) {
   app.add_option("--batch-tokens", o.batch_tokens, "tokens per throughput request")->capture_default_str();
   app.add_option("--concurrency", o.concurrency, "concurrent requests of the throughput run")->capture_default_str();
   app.add_option("--batch-workers", o.batch_workers, "pipeline size of the throughput run")->capture_default_str();
+  app.add_option("--piece", o.piece,
+                 "(c): prefill piece in rows for the pieces cluster (0 skips (c))")
+      ->capture_default_str();
   app.add_flag("--no-prefix-cache{false}", o.prefix_cache,
                "prefill the chat template's system text with every prompt (default: computed once, KV copied)");
   app.add_option("--out", o.out, "report file (default: <build>/reports/pipeline_bench.json)");
@@ -374,6 +433,39 @@ int main(int argc, char** argv) {
                           {"ratio_decode_concurrent_over_single", dratio},
                           {"single_ttft_ms", single_ttft},
                           {"concurrent_last_ttft_ms", burst_ttft}};
+
+  // (c) ------------------------------------------------------------------------------------
+  if (o.piece > 0) {
+    const std::string png = image::SyntheticPng(490, 490);
+    Cluster whole = StartCluster(o, 2, threads_b, 0);
+    Cluster pieces = StartCluster(o, 2, threads_b, o.piece);
+    RunStall(whole, png, o.tokens, 0);  // warm-up
+    RunStall(pieces, png, o.tokens, 0);
+    std::vector<double> gap_whole, gap_pieces, ttft_whole, ttft_pieces;
+    for (int r = 0; r < o.runs; ++r) {
+      const Stall w = RunStall(whole, png, o.tokens, 3000 + r), p = RunStall(pieces, png, o.tokens, 3000 + r);
+      gap_whole.push_back(w.max_gap_ms);
+      gap_pieces.push_back(p.max_gap_ms);
+      ttft_whole.push_back(w.image_ttft_ms);
+      ttft_pieces.push_back(p.image_ttft_ms);
+    }
+    std::printf("\n(c) one request decoding while an image prompt arrives (after its 8th token), 2 workers x %d thread(s):\n"
+                "    the decoding request's largest gap between tokens, and the image request's time to first token\n",
+                threads_b);
+    std::printf("%24s %16s %16s\n", "prefill", "largest gap ms", "image ttft ms");
+    std::printf("%24s %16.1f %16.1f\n", "whole prompts", Median(gap_whole), Median(ttft_whole));
+    std::printf("%24s %16.1f %16.1f\n", ("pieces of " + std::to_string(o.piece) + " rows").c_str(), Median(gap_pieces),
+                Median(ttft_pieces));
+    report["image_arrival"] = {{"workers", 2},
+                               {"threads_per_worker", threads_b},
+                               {"piece_rows", o.piece},
+                               {"largest_gap_ms_whole", gap_whole},
+                               {"largest_gap_ms_pieces", gap_pieces},
+                               {"image_ttft_ms_whole", ttft_whole},
+                               {"image_ttft_ms_pieces", ttft_pieces},
+                               {"median_largest_gap_ms_whole", Median(gap_whole)},
+                               {"median_largest_gap_ms_pieces", Median(gap_pieces)}};
+  }
   report["goal_latency_met"] = latency_met;
   report["goal_throughput_met"] = throughput_met;
   report["goal_decode_throughput_met"] = decode_met;

@@ -111,7 +111,20 @@ struct Sequence {
   int fault_replays = 0;    // times a fault sent it back to prefill (bounded: kMaxFaultReplays)
   bool use_prefix = false;  // its prompt starts with the shared head: admitted with a copy of its KV
   bool is_prefix = false;   // the holder of the shared head's KV (no request; see SharedPrefix)
+  bool in_pieces = false;   // its prompt is being prefilled piece by piece (prefill_chunk_rows)
 };
+
+// Where each image of a prompt starts: its rows are the next run of -1 ids, in image order.
+std::vector<int64_t> ImageFirstRows(const PreparedPrompt& p) {
+  std::vector<int64_t> first;
+  int64_t pos = 0;
+  for (const auto& image : p.images) {
+    while (pos < static_cast<int64_t>(p.ids.size()) && p.ids[pos] >= 0) ++pos;
+    first.push_back(pos);
+    pos += image.rows;
+  }
+  return first;
+}
 
 // The shared prompt prefix: every chat prompt starts with the template's system text
 // (RequestPreparer::shared_head). Its KV is computed once per plan by a holder sequence of its
@@ -304,11 +317,12 @@ struct Coordinator::Impl {
     const int64_t model_limit = spec.llm.max_position_embeddings > 0 ? spec.llm.max_position_embeddings : 4096;
     return std::min<int64_t>(opt.max_context, model_limit);
   }
-  // Rows one micro-batch may carry: the configured bound, but never more than one whole
-  // context, which is also what the plan sizes activations for. (A prompt is not split across
-  // steps, so one sequence's prefill may carry up to a whole context by itself.)
+  // Rows one micro-batch may carry, which is also what the plan sizes activations for: the
+  // configured bound, never more than one whole context, and no more than a prefill piece when
+  // long prompts go in pieces (a prompt left whole may carry up to a whole context by itself).
   int64_t StepRowLimit(const checkpoint::ModelSpec& spec) const {
-    return std::min<int64_t>(opt.max_batch_rows, MaxContext(spec));
+    const int64_t limit = std::min<int64_t>(opt.max_batch_rows, MaxContext(spec));
+    return opt.prefill_chunk_rows > 0 ? std::min(limit, opt.prefill_chunk_rows) : limit;
   }
   uint64_t ReadyWorkers() const {
     uint64_t n = 0;
@@ -863,21 +877,38 @@ void Coordinator::Impl::Schedule() {
   // Up to one micro-batch per stage in flight; each about active/stages sequences, so the
   // groups rotate through the pipeline and every stage has work.
   const size_t target = std::max<size_t>(1, (active + stages.size() - 1) / stages.size());
+  // A prompt with more than prefill_chunk_rows left to prefill goes in pieces, one such prompt
+  // at a time: the others wait until it is through (stage 0 keeps its image rows meanwhile).
+  const int64_t piece = opt.prefill_chunk_rows;
+  uint64_t in_pieces = 0;
+  for (const auto& [id, s] : sequences)
+    if (s.in_pieces) in_pieces = id;
   size_t next = 0;
   while (next < ready.size() && in_flight.size() < stages.size()) {
-    capnp::MallocMessageBuilder m;
-    auto f = m.initRoot<proto::Envelope>().initForward();
-    const uint64_t mb = next_micro_batch++;
     std::vector<uint64_t> members;
     std::vector<std::pair<uint64_t, int64_t>> member_rows;
     int64_t rows = 0;
     while (next < ready.size() && members.size() < target) {
-      const Sequence& s = sequences.at(ready[next]);
-      const int64_t r = static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
+      Sequence& s = sequences.at(ready[next]);
+      int64_t r = static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
+      if (piece > 0 && r > piece) {
+        if (in_pieces != 0 && in_pieces != s.id) {  // another long prompt goes first
+          ++next;
+          continue;
+        }
+        r = piece;
+        in_pieces = s.id;
+        s.in_pieces = true;
+      }
       if (!members.empty() && rows + r > StepRowLimit(edge->spec())) break;
       members.push_back(ready[next++]);
+      member_rows.emplace_back(s.id, r);
       rows += r;
     }
+    if (members.empty()) break;
+    capnp::MallocMessageBuilder m;
+    auto f = m.initRoot<proto::Envelope>().initForward();
+    const uint64_t mb = next_micro_batch++;
     f.setEpoch(epoch);
     f.setMicroBatchId(mb);
     f.setStep(++step_counter);
@@ -888,12 +919,11 @@ void Coordinator::Impl::Schedule() {
     int64_t row = 0;
     for (size_t i = 0; i < members.size(); ++i) {
       Sequence& s = sequences.at(members[i]);
-      // Every position not in the stages' caches yet: a prompt (after the shared head when it
-      // was copied) and, for a replayed sequence, every token it already generated; in decode,
-      // the last token.
+      // Every position not in the stages' caches yet (or the next piece of them): a prompt
+      // (after the shared head when it was copied) and, for a replayed sequence, every token it
+      // already generated; in decode, the last token.
       const auto prompt_len = static_cast<int64_t>(s.prompt.ids.size());
-      const int64_t r = prompt_len + static_cast<int64_t>(s.generated.size()) - s.cached;
-      member_rows.emplace_back(s.id, r);
+      const int64_t r = member_rows[i].second;
       segs[i].setSequenceId(s.id);
       segs[i].setRows(static_cast<uint32_t>(r));
       segs[i].setStartPos(static_cast<uint32_t>(s.cached));
@@ -905,9 +935,13 @@ void Coordinator::Impl::Schedule() {
           ids.set(row, s.generated[p - prompt_len]);
         }
       }
-      // The shared head holds no image rows, so a step that starts inside the prompt covers them all.
-      if (s.cached < prompt_len)
-        for (const auto& img : s.prompt.images) images.push_back(&img);
+      // Each image goes with the step that holds its first row; stage 0 encodes it then and
+      // keeps its rows for the pieces that follow.
+      if (s.cached < prompt_len && !s.prompt.images.empty()) {
+        const std::vector<int64_t> first = ImageFirstRows(s.prompt);
+        for (size_t k = 0; k < first.size(); ++k)
+          if (first[k] >= s.cached && first[k] < s.cached + r) images.push_back(&s.prompt.images[k]);
+      }
       s.state = SeqState::kInFlight;
     }
     f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
@@ -1132,6 +1166,11 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
     auto rows = rows_of.find(seq.id);
     if (rows == rows_of.end()) continue;  // not in this micro-batch (stale)
     seq.cached += rows->second;
+    if (seq.cached < static_cast<int64_t>(seq.prompt.ids.size() + seq.generated.size())) {
+      seq.state = SeqState::kReady;  // a piece of a long prompt: the next piece follows; no token yet
+      continue;
+    }
+    seq.in_pieces = false;
     if (seq.is_prefix) {  // the shared head is on every stage now; its token is not wanted
       seq.state = SeqState::kHeld;
       prefix.ready = true;
@@ -1562,6 +1601,7 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
     if (seq.state == SeqState::kReady || seq.state == SeqState::kInFlight) {
       seq.state = SeqState::kQueued;
       seq.cached = 0;
+      seq.in_pieces = false;
       replay.push_back(id);
       if (fault && ++seq.fault_replays > kMaxFaultReplays) over_budget.insert(seq.request);
     } else if (seq.state == SeqState::kQueued && seq.use_prefix && holder_knocked_back) {

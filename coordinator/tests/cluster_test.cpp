@@ -21,13 +21,14 @@ using namespace std::chrono_literals;
 
 fs::path ModelDir() { return testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
 
-std::unique_ptr<LocalCluster> StartCluster(int workers, bool prefix_cache = true) {
+std::unique_ptr<LocalCluster> StartCluster(int workers, bool prefix_cache = true, int64_t prefill_chunk_rows = 0) {
   LocalClusterOptions o;
   o.model_dir = ModelDir();
   o.workers = workers;
   o.quiet_workers = true;
   o.worker_binary = testing::BinDir() / "xcpipe-worker";
   o.coordinator.prefix_cache = prefix_cache;
+  o.coordinator.prefill_chunk_rows = prefill_chunk_rows;
   auto c = LocalCluster::Start(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(c).value() : nullptr;
@@ -137,6 +138,50 @@ TEST(ClusterTest, SharedPromptHeadGivesTheTokensOfWholePrefills) {
     identical += copied[i] == whole[i];
   }
   std::cout << "requests: " << requests.size() << ", tokens identical with the shared head: " << identical << "/"
+            << requests.size() << "\n";
+}
+
+// Prompts prefilled in pieces (a few rows per step, one long prompt at a time, images split
+// across pieces and encoded once) give the tokens of prefilling every prompt whole, with the
+// shared prompt head copied or not.
+TEST(ClusterTest, PromptsInPiecesGiveTheTokensOfWholePrefills) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto requests = MixedRequests();
+  requests.resize(7);  // with and without images, penalties, lengths
+  auto run = [&](bool prefix_cache, int64_t piece, uint64_t& steps) {
+    std::vector<std::vector<int64_t>> tokens;
+    auto cluster = StartCluster(2, prefix_cache, piece);
+    if (cluster == nullptr) return tokens;
+    for (auto& f : SubmitAllAtOnce(*cluster, requests)) {
+      auto result = f.get();
+      EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
+      tokens.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});
+    }
+    auto client = Client::Connect(cluster->address(), 10s);
+    auto status = client.ok() ? (*client)->GetStatus(5s) : client.status();
+    EXPECT_TRUE(status.ok()) << status.status().ToString();
+    steps = status.ok() ? (*status)["steps_completed"].get<uint64_t>() : 0;
+    return tokens;
+  };
+  uint64_t steps_whole = 0, steps_pieces = 0, steps_after_head = 0;
+  const auto whole = run(false, 0, steps_whole);
+  const auto pieces = run(false, 13, steps_pieces);             // the whole prompt in pieces of 13 rows
+  const auto pieces_after_head = run(true, 13, steps_after_head);  // what follows the copied head, in pieces
+  // Every piece is a step of its own: each prompt holds the template's system text (329 tokens)
+  // at least, so 25 pieces or more where the whole prompt took one step.
+  EXPECT_GE(steps_pieces, steps_whole + requests.size() * 24);
+  EXPECT_GT(steps_after_head, steps_whole);
+  ASSERT_EQ(whole.size(), requests.size());
+  ASSERT_EQ(pieces.size(), requests.size());
+  ASSERT_EQ(pieces_after_head.size(), requests.size());
+  int identical = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(whole[i].size(), requests[i].max_new_tokens);
+    EXPECT_EQ(pieces[i], whole[i]) << "request " << i;
+    EXPECT_EQ(pieces_after_head[i], whole[i]) << "request " << i;
+    identical += pieces[i] == whole[i] && pieces_after_head[i] == whole[i];
+  }
+  std::cout << "requests: " << requests.size() << ", tokens identical when prefilled in pieces: " << identical << "/"
             << requests.size() << "\n";
 }
 

@@ -185,6 +185,19 @@ struct WorkerActor::Impl {
   std::string model_path, dtype, overrides;
   std::unique_ptr<model::StageModel> model;
   std::map<uint64_t, SequenceState> sequences;
+  // Stage 0: the image embedding rows of each sequence whose prompt is still prefilling, in
+  // prompt order, and how many of them its steps have used. An image is encoded when the step
+  // holding its first row arrives; a prompt prefilled in pieces takes the rest with later steps.
+  struct ImageRows {
+    std::vector<at::Tensor> pending;  // encoded images not used up, oldest first
+    int64_t used = 0;                 // rows of pending.front() already placed
+  };
+  std::map<uint64_t, ImageRows> image_rows;
+  // This step's image embedding rows for each segment, in row order: `slots` rows per segment
+  // (its -1 token ids), taken from its ImageRows, encoding `images` (the step's, in segment
+  // order) as a segment runs short. Rows of an image left over stay for the sequence's next step.
+  StatusOr<std::vector<at::Tensor>> TakeImageRows(const std::vector<model::Segment>& segments,
+                                                  const std::vector<int64_t>& slots, std::vector<at::Tensor> images);
   std::deque<PendingStep> deferred;
   int exit_code = -1;
   // The compute watchdog (its own thread and socket) and what it reads of this actor.
@@ -345,6 +358,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   stage_index = a.getStageIndex();
   stage_count = a.getStageCount();
   sequences.clear();
+  image_rows.clear();
   deferred.clear();
   state = State::kLoading;
   if (opt.on_state_change) opt.on_state_change(StateName(state));  // the loop sees only the end state
@@ -715,6 +729,7 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   step.input.im_mask = at::from_blob(const_cast<uint8_t*>(mask.begin()), {rows}, at::kByte).to(at::kBool);
   std::optional<ComputeScope> encoding;  // the vision tower can take a while: watched like a step
   if (f.getImages().size() > 0) encoding.emplace(*this, step.micro_batch, rows);
+  std::vector<at::Tensor> encoded;
   for (auto img : f.getImages()) {
     const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
     auto px = img.getPixels();
@@ -727,15 +742,63 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
     std::memcpy(pixels.data_ptr(), px.begin(), px.size());
     auto embeds = model->EncodeImage({pixels, img.getGridH(), img.getGridW()});
     if (!embeds.ok()) return SendError(embeds.status().WithContext("encoding an image"), step.micro_batch);
-    step.input.image_embeds.push_back(*embeds);
+    encoded.push_back(*embeds);
   }
   encoding.reset();
+  std::vector<int64_t> slots;  // image rows (-1 ids) of each segment in this step
+  size_t row = 0;
+  for (const auto& seg : step.segments) {
+    int64_t n = 0;
+    for (int64_t r = 0; r < seg.rows; ++r, ++row) n += id_values[row] < 0;
+    slots.push_back(n);
+  }
+  auto taken = TakeImageRows(step.segments, slots, std::move(encoded));
+  if (!taken.ok()) return SendError(taken.status(), step.micro_batch);
+  step.input.image_embeds = std::move(taken).value();
   step.input.segments = step.segments;
   if (!Admitted(step.segments)) {
     deferred.push_back(std::move(step));
     return;
   }
   RunStep(step);
+}
+
+StatusOr<std::vector<at::Tensor>> WorkerActor::Impl::TakeImageRows(const std::vector<model::Segment>& segments,
+                                                                    const std::vector<int64_t>& slots,
+                                                                    std::vector<at::Tensor> images) {
+  std::vector<at::Tensor> out;
+  size_t next_image = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    int64_t need = slots[i];
+    if (need == 0) continue;
+    ImageRows& have = image_rows[segments[i].sequence_id];
+    while (need > 0) {
+      if (have.pending.empty()) {
+        if (next_image == images.size()) {
+          image_rows.erase(segments[i].sequence_id);
+          return InvalidArgumentError("sequence " + std::to_string(segments[i].sequence_id) + " has " +
+                                      std::to_string(need) + " image rows in this step that no image given covers");
+        }
+        have.pending.push_back(std::move(images[next_image++]));
+        have.used = 0;
+      }
+      const at::Tensor& front = have.pending.front();
+      const int64_t n = std::min(need, front.size(0) - have.used);
+      out.push_back(front.narrow(0, have.used, n));
+      have.used += n;
+      need -= n;
+      if (have.used == front.size(0)) {
+        have.pending.erase(have.pending.begin());
+        have.used = 0;
+      }
+    }
+    if (have.pending.empty()) image_rows.erase(segments[i].sequence_id);
+  }
+  if (next_image != images.size()) {
+    return InvalidArgumentError(std::to_string(images.size() - next_image) +
+                                " image(s) in this step fall on no image rows of it");
+  }
+  return out;
 }
 
 void WorkerActor::Impl::OnData(transport::StageMessage message) {
@@ -896,6 +959,7 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
       for (uint64_t id : env.getReleaseSequences().getSequenceIds()) {
         if (model) model->ReleaseSequence(id);
         sequences.erase(id);
+        image_rows.erase(id);
       }
       return;
     }

@@ -83,6 +83,13 @@ struct CoordinatorOptions {
   std::chrono::milliseconds default_deadline{std::chrono::minutes(10)};
   std::chrono::milliseconds max_deadline{std::chrono::hours(1)};
   int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
+  // When > 0, a prompt with more rows than this to prefill goes through in pieces of this many
+  // rows, one long prompt at a time, so the decode steps of the other sequences run between its
+  // pieces instead of waiting behind all of it (an image alone is 1225 rows on XComposer2), and
+  // a step carries at most this many rows (the plan sizes activations for it). 0: whole prompts.
+  // Off by default: the plan's stage-0 estimate is then ruled by the vision tower's, which is
+  // short of the measured peak (README, Pipeline speed).
+  int64_t prefill_chunk_rows = 0;
   // Compute the chat template's system text once per plan and copy its KV into every prompt
   // that starts with it, instead of prefilling it for each (see SharedPrefix in coordinator.cpp).
   bool prefix_cache = true;

@@ -26,6 +26,12 @@ inline void AddServingFlags(CLI::App& app, CoordinatorOptions& options) {
   app.add_flag("--no-prefix-cache{false}", options.prefix_cache,
                "prefill the chat template's system text with every prompt (default: compute it once per plan and "
                "copy its KV)");
+  app.add_option("--prefill-chunk", options.prefill_chunk_rows,
+                 "prefill a longer prompt in pieces of this many rows, one such prompt at a time, so other "
+                 "sequences keep decoding between the pieces; a step then carries at most this many rows "
+                 "(0: whole prompts in one step)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
   app.add_option("--data-plane", options.data_plane,
                  "how activations travel between stages: auto (NCCL when every stage is a CUDA worker offering it, "
                  "else TCP), tcp, or nccl (planning fails when a worker cannot use it)")

@@ -1,6 +1,6 @@
 // pipeline_bench: what the pipeline costs and what it buys, measured in one run on one model
 // folder through real LocalClusters (coordinator thread + xcpipe-worker processes, loopback
-// TCP between stages), text prompts only.
+// TCP between stages); text prompts, and in (c) one image prompt.
 //
 // (a) Decode latency of ONE request: ms per generated token (the client's time after the first
 //     token / (tokens - 1)) through 1 worker (the single-process `xcpipe run` path) and through
@@ -280,8 +280,9 @@ Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"pipeline_bench: (a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b)\n"
-               "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline. Text prompts;\n"
-               "greedy. Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
+               "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline; (c) the stall\n"
+               "an arriving image prompt causes a decoding request, prefilled whole vs in --piece rows. Greedy.\n"
+               "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
   app.add_option("--model", o.model, "checkpoint folder")->required();
   app.add_option("--workers", o.workers, "pipeline sizes to measure, comma-separated")->delimiter(',')->capture_default_str();
   app.add_option("--threads", o.threads, "threads per worker to measure, comma-separated")->delimiter(',')->capture_default_str();

@@ -21,6 +21,8 @@ done
 check 2 "xcpipe with no subcommand" "$bin/xcpipe"
 check 2 "xcpipe with an unknown subcommand" "$bin/xcpipe" frobnicate
 check 2 "xcpipe-worker without --coordinator" "$bin/xcpipe-worker"
+check 2 "xcpipe serve-local with a negative --prefill-chunk" "$bin/xcpipe" serve-local --model /nonexistent --prefill-chunk -5
+echo "$LAST_OUT" | grep -q -- "--prefill-chunk" || { echo "FAIL: the error does not name --prefill-chunk"; fail=1; }
 check 0 "xcpipe-worker --probe" "$bin/xcpipe-worker" --probe --device cpu
 echo "$LAST_OUT" | grep -q '"device":"cpu"' || { echo "FAIL: --probe did not print the device JSON"; fail=1; }
 exit $fail

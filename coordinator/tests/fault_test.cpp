@@ -188,6 +188,25 @@ TEST(FaultTest, KillMiddleStageDuringDecodeWithSpare) {
   EXPECT_EQ(status["workers"].size(), 4u);  // the spare registered and was planned with the survivors
 }
 
+// Prompts prefilled in pieces of 16 rows (one long prompt at a time; stage 0 keeps an image's
+// rows between pieces) when stage 0 dies: the pieces start over on the new plan, and tokens equal
+// the fault-free run's (prefilled whole).
+TEST(FaultTest, KillFirstStageWhilePromptsGoInPieces) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts
+  auto cluster = Start(3, {}, [](LocalClusterOptions& o) { o.coordinator.prefill_chunk_rows = 16; });
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(cluster->AddWorker({"--inject-step-delay-ms", "15"}).ok());  // a spare: registers idle
+  std::this_thread::sleep_for(500ms);
+  const size_t victim = WorkerOfStage(*cluster, 0);
+  ASSERT_NE(victim, SIZE_MAX);
+  RunWithFault("kill -9 first stage while prompts prefill in 16-row pieces, with spare", *cluster,
+               [&] { cluster->worker(victim).Signal(SIGKILL); });
+  auto status = Status(*cluster);
+  EXPECT_GE(status["faults"].get<int>(), 1);
+  EXPECT_GT(status["steps_completed"].get<uint64_t>(), 6u * 20);  // the prompts really went in pieces
+}
+
 TEST(FaultTest, FrozenStageIsReplacedAndItsStaleWorkIsIgnored) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
   ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts

@@ -70,6 +70,18 @@ std::vector<std::future<StatusOr<GenerateResult>>> SubmitAllAtOnce(const LocalCl
   return futures;
 }
 
+// The first prompt's tokens of each request, all submitted at once (empty where one failed).
+std::vector<std::vector<int64_t>> TokensOfAllAtOnce(const LocalCluster& cluster,
+                                                    const std::vector<GenerateRequest>& requests) {
+  std::vector<std::vector<int64_t>> tokens;
+  for (auto& f : SubmitAllAtOnce(cluster, requests)) {
+    auto result = f.get();
+    EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
+    tokens.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});
+  }
+  return tokens;
+}
+
 TEST(ClusterTest, ConcurrentRequestsEqualOneAtATime) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
   auto cluster = StartCluster(3);
@@ -117,15 +129,8 @@ TEST(ClusterTest, SharedPromptHeadGivesTheTokensOfWholePrefills) {
   auto requests = MixedRequests();
   requests.resize(9);  // with and without images, penalties, lengths
   auto run = [&](bool prefix_cache) {
-    std::vector<std::vector<int64_t>> tokens;
     auto cluster = StartCluster(2, prefix_cache);
-    if (cluster == nullptr) return tokens;
-    for (auto& f : SubmitAllAtOnce(*cluster, requests)) {
-      auto result = f.get();
-      EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
-      tokens.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});
-    }
-    return tokens;
+    return cluster == nullptr ? std::vector<std::vector<int64_t>>{} : TokensOfAllAtOnce(*cluster, requests);
   };
   const auto whole = run(false);
   const auto copied = run(true);
@@ -149,14 +154,9 @@ TEST(ClusterTest, PromptsInPiecesGiveTheTokensOfWholePrefills) {
   auto requests = MixedRequests();
   requests.resize(7);  // with and without images, penalties, lengths
   auto run = [&](bool prefix_cache, int64_t piece, uint64_t& steps) {
-    std::vector<std::vector<int64_t>> tokens;
     auto cluster = StartCluster(2, prefix_cache, piece);
-    if (cluster == nullptr) return tokens;
-    for (auto& f : SubmitAllAtOnce(*cluster, requests)) {
-      auto result = f.get();
-      EXPECT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
-      tokens.push_back(result.ok() && !result->token_ids.empty() ? result->token_ids[0] : std::vector<int64_t>{});
-    }
+    if (cluster == nullptr) return std::vector<std::vector<int64_t>>{};
+    auto tokens = TokensOfAllAtOnce(*cluster, requests);
     auto client = Client::Connect(cluster->address(), 10s);
     auto status = client.ok() ? (*client)->GetStatus(5s) : client.status();
     EXPECT_TRUE(status.ok()) << status.status().ToString();

@@ -168,18 +168,15 @@ StepCounters ReadStepCounters(Client& status_client) {
 
 GenerateResult GenerateMeasured(Cluster& c, const GenerateRequest& request, DecodeSteps& steps) {
   std::optional<StepCounters> at_first;
-  auto r = c.client->Generate(request, 10min, [&](uint32_t, const std::string&) {
+  GenerateResult r = Generate(*c.client, request, [&](uint32_t, const std::string&) {
     if (!at_first) at_first = ReadStepCounters(*c.status_client);
   });
-  if (!r.ok()) Die("generate: " + r.status().ToString());
-  if (!r->error.empty()) Die("generate: " + r->error);
-  if (r->token_ids.empty() || r->token_ids[0].size() < 2) Die("a request made fewer than 2 tokens");
   const StepCounters end = ReadStepCounters(*c.status_client);
   if (!at_first || end.steps <= at_first->steps) Die("no decode steps were counted");
   const double n = static_cast<double>(end.steps - at_first->steps);
   steps.compute_ms = (end.compute_ms - at_first->compute_ms) / n;
   steps.other_ms = (end.round_trip_ms - at_first->round_trip_ms) / n - steps.compute_ms;
-  return *std::move(r);
+  return r;
 }
 
 // (c): one request decodes; after its 8th token an image prompt arrives. The decoding request's

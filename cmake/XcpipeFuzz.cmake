@@ -22,7 +22,8 @@ set(XCPIPE_FUZZ_TARGETS
   "xcpipe_image_decode_fuzz|common/image/fuzz/corpus|"
   "xcpipe_tokenizer_prompt_fuzz|common/tokenizer/fuzz/corpus|"
   "xcpipe_safetensors_header_fuzz|common/checkpoint/fuzz/corpus|"
-  "xcpipe_torch_pickle_fuzz|common/checkpoint/fuzz/pickle_corpus|-max_len=4096")
+  "xcpipe_torch_pickle_fuzz|common/checkpoint/fuzz/pickle_corpus|-max_len=4096"
+  "xcpipe_http_request_fuzz|coordinator/http/fuzz/corpus|")
 
 if(XCPIPE_FUZZ)
   # This is the clang build (the sub-build, or one configured by hand): one target for them all.

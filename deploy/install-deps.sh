@@ -45,6 +45,9 @@ PACKAGES=(
   # deploy test: a real single-host Slurm (controller, node daemon, srun/sbatch) started by
   # tests/deploy/slurm_test.sh with a scratch config; munge is Slurm's usual authentication
   slurmctld slurmd slurm-client munge
+  # HTTP API tests: Node.js and npm run the official `openai` client (tests/http/setup_node.sh
+  # installs the pinned npm packages), chromium is the browser the console test drives
+  nodejs npm chromium
 )
 
 missing=()

@@ -11,6 +11,7 @@
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/coordinator/serving_flags.h"
+#include "xcpipe/http/gateway_flags.h"
 
 namespace xcpipe::cli {
 
@@ -22,6 +23,7 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
       "drains and stops everything.\n\n"
       "Example:\n  xcpipe serve-local --model /tmp/m --workers 3 --listen tcp://127.0.0.1:7000\n"
       "  xcpipe submit --coordinator tcp://127.0.0.1:7000 --prompt 'Hello'\n"
+      "With --http-listen 127.0.0.1:8000 it also serves the OpenAI-compatible API and the console.\n"
       "Exit codes: 0 stopped cleanly, 4 bad model, 5 the cluster did not come up.");
   auto o = std::make_shared<coordinator::LocalClusterOptions>();
   o->listen = "tcp://127.0.0.1:7000";
@@ -45,8 +47,10 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
                   "DIR/client.key --server-key DIR/coordinator.pub)");
   sub->add_flag("--allow-wildcard-bind", o->coordinator.allow_wildcard_bind,
                 "permit --listen on every interface (tcp://*:PORT, tcp://0.0.0.0:PORT)");
-  sub->callback([&action, o, secure] {
-    action = [o, secure]() -> int {
+  auto http_options = std::make_shared<http::GatewayOptions>();
+  http::AddGatewayFlags(*sub, *http_options);
+  sub->callback([&action, o, secure, http_options] {
+    action = [o, secure, http_options]() -> int {
       // A throwaway key folder lives as long as this command.
       struct RemoveOnExit {
         std::filesystem::path dir;
@@ -89,9 +93,32 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
       if (!(*cluster)->metrics_address().empty()) {
         std::printf("metrics http://%s/metrics\n", (*cluster)->metrics_address().c_str());
       }
+      // The HTTP API: a client of this cluster's coordinator, on threads of this process.
+      std::unique_ptr<http::Gateway> gateway;
+      if (!http_options->listen.empty()) {
+        http::GatewayBackend backend{(*cluster)->address(), {}, o->model_dir, o->tokenizer, o->coordinator.max_context};
+        if (*secure) {
+          auto curve = control::LoadClientCurve(o->keys_dir / "client.key", o->keys_dir / "coordinator.pub");
+          if (!curve.ok()) {
+            std::fprintf(stderr, "xcpipe serve-local: %s\n", curve.status().ToString().c_str());
+            (*cluster)->Stop();
+            return ExitCodeFor(curve.status());
+          }
+          backend.curve = std::move(curve).value();
+        }
+        auto started = http::Gateway::Start(*http_options, std::move(backend));
+        if (!started.ok()) {
+          std::fprintf(stderr, "xcpipe serve-local: %s\n", started.status().ToString().c_str());
+          (*cluster)->Stop();
+          return ExitCodeFor(started.status());
+        }
+        gateway = std::move(started).value();
+        std::printf("http http://%s/v1\n", gateway->address().c_str());
+      }
       std::fflush(stdout);
       // The coordinator thread stops on SIGINT/SIGTERM (its handler) or on a fatal error.
       while (!(*cluster)->coordinator_exited()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      gateway.reset();  // before the coordinator it is a client of
       return (*cluster)->Stop();
     };
   });

@@ -124,6 +124,10 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
     const auto now = Clock::now();
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
     if (left.count() <= 0) return DeadlineExceededError("request not finished within " + std::to_string(timeout.count()) + " ms");
+    if (request.cancelled && request.cancelled()) {
+      result.error = "Cancelled: the caller abandoned the request";
+      return result;
+    }
     // Silence: the submit, its acknowledgement or the last event may have been lost. Submitting
     // again is safe: the coordinator knows the request by (this client, id) and answers with
     // where it stands, or with the final events of a request that already finished.

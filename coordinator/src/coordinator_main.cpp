@@ -13,6 +13,7 @@
 #include "xcpipe/control/socket.h"
 #include "xcpipe/coordinator/coordinator.h"
 #include "xcpipe/coordinator/serving_flags.h"
+#include "xcpipe/http/gateway_flags.h"
 
 int main(int argc, char** argv) {
   using namespace xcpipe;
@@ -60,6 +61,12 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", options.metrics_listen,
                  "serve Prometheus /metrics, /healthz and /readyz over HTTP on HOST:PORT (e.g. 127.0.0.1:9100; "
                  "no default, nothing is served without it)");
+  http::GatewayOptions http_options;
+  http::AddGatewayFlags(app, http_options);
+  std::string http_client_key;
+  app.add_option("--http-client-key", http_client_key,
+                 "CURVE: the secret key the HTTP API connects to this coordinator with (its public key must be in "
+                 "--allow); needed with --http-listen when --secret-key is given");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   if (auto st = InitLogging({"coordinator", log_level}); !st.ok()) {
@@ -96,7 +103,39 @@ int main(int argc, char** argv) {
   // Under systemd (Type=notify): READY=1 once serving, WATCHDOG=1 from the loop, STOPPING=1 on
   // a signal. No-ops when NOTIFY_SOCKET is unset.
   auto watchdog = std::make_shared<service::WatchdogPinger>();
-  options.on_ready = [](const std::string& address) {
+  // The HTTP API: a client of this coordinator on threads of this process. It starts before the
+  // coordinator serves (/health says 503 until then) and learns the bound address when ready.
+  std::shared_ptr<http::Gateway> gateway;
+  if (!http_options.listen.empty()) {
+    http::GatewayBackend backend{listen, {}, model, tokenizer, options.max_context};
+    if (options.curve.enabled()) {
+      if (http_client_key.empty()) {
+        std::fprintf(stderr, "xcpipe-coordinator: --http-listen with CURVE keys needs --http-client-key\n");
+        return kExitUsage;
+      }
+      auto server_public = control::DerivePublicKey(options.curve.secret_key);
+      auto client_secret = control::ReadSecretKeyFile(http_client_key);
+      auto client_public = client_secret.ok() ? control::DerivePublicKey(*client_secret) : client_secret.status();
+      if (!server_public.ok() || !client_public.ok()) {
+        const Status st = !server_public.ok() ? server_public.status() : client_public.status();
+        std::fprintf(stderr, "xcpipe-coordinator: --http-client-key: %s\n", st.ToString().c_str());
+        return ExitCodeFor(st);
+      }
+      backend.curve.secret_key = *client_secret;
+      backend.curve.public_key = *client_public;
+      backend.curve.server_public_key = *server_public;
+    }
+    auto started = http::Gateway::Start(http_options, std::move(backend));
+    if (!started.ok()) {
+      std::fprintf(stderr, "xcpipe-coordinator: %s\n", started.status().ToString().c_str());
+      return ExitCodeFor(started.status());
+    }
+    gateway = std::move(started).value();
+    std::printf("http http://%s/v1\n", gateway->address().c_str());
+    std::fflush(stdout);
+  }
+  options.on_ready = [gateway](const std::string& address) {
+    if (gateway) gateway->SetCoordinatorEndpoint(address);
     std::printf("ready %s\n", address.c_str());
     std::fflush(stdout);
     service::NotifyStatus("serving on " + address);

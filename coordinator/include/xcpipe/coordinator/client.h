@@ -42,6 +42,11 @@ struct GenerateRequest {
   std::vector<PreparedImage> pixel_images;
   std::vector<int64_t> penalty_context;
   bool want_logits = false;
+  // Polled between events (at least every 100 ms): true abandons the request. Generate then
+  // returns what arrived so far with error "Cancelled: ..."; the caller must drop this Client,
+  // whose closed connection makes the coordinator cancel the request and free its KV room when
+  // it next sends to it (as for any client that went away).
+  std::function<bool()> cancelled;
 };
 
 struct GenerateResult {

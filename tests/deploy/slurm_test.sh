@@ -100,7 +100,12 @@ chmod -R a+rX "$work/model"
 # The shipped batch script, CPU workers, steps slowed so a kill lands mid-request. --gres is
 # dropped (no GPUs here): the command line overrides the script's #SBATCH --gres.
 address_file=$work/coordinator.address
+# The HTTP API on the first node with a key file, as an operator enables it.
+http_file=$work/coordinator.http
+http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+echo "xcpipe-slurm-test-key-0123456789" > "$work/api-keys"
 job=$(XCPIPE_MODEL=$work/model XCPIPE_BIN=$BIN XCPIPE_DEVICE=cpu XCPIPE_ADDRESS_FILE=$address_file \
+      XCPIPE_HTTP_PORT=$http_port XCPIPE_API_KEY_FILE=$work/api-keys XCPIPE_HTTP_FILE=$http_file \
       XCPIPE_WORKER_ARGS="--threads 1 --inject-step-delay-ms 25" XCPIPE_WORKER_WAIT_S=60 \
       sbatch --parsable --nodes=2 --ntasks-per-node=2 --gres=none --chdir="$work" \
       --output="$work/job-%j.out" --export=ALL "$ROOT/deploy/slurm/xcpipe.sbatch") || fail "sbatch refused the script"
@@ -120,6 +125,17 @@ out=$("$BIN/xcpipe" submit --coordinator "$address" --prompt 'Hello from Slurm' 
 echo "$out" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); assert len(r["token_ids"]) >= 1, r' ||
   fail "unexpected reply: $out"
 echo "answered: $(echo "$out" | tail -1 | cut -c1-160)"
+
+# 1b. The same over the HTTP API the script published, with the key file's key.
+[ -s "$http_file" ] || fail "the batch script published no HTTP address"
+http=$(cat "$http_file")
+out=$(curl -sS --max-time 60 "$http/v1/chat/completions" -H 'Authorization: Bearer xcpipe-slurm-test-key-0123456789' \
+       -H 'Content-Type: application/json' -d '{"messages":[{"role":"user","content":"Hello over HTTP"}],"max_tokens":4}') ||
+  fail "HTTP request failed"
+echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["usage"]["completion_tokens"] >= 1, r' ||
+  fail "unexpected HTTP reply: $out"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$http/v1/models")" = 401 ] || fail "the HTTP API answered without a key"
+echo "HTTP API at $http: a chat completion with the key; 401 without"
 
 # 2. Kill one worker process inside the allocation while a 40-token request is decoding.
 "$BIN/xcpipe" submit --coordinator "$address" --prompt 'Tell me a long story' --max-new-tokens 40 --json \

@@ -222,6 +222,11 @@ def run(bin_dir, tmp, etc, procs):
     coordinator_env.update(XCPIPE_MODEL=str(model), XCPIPE_LISTEN=f"tcp://127.0.0.1:{port}", XCPIPE_EXPECT_WORKERS="2",
                            XCPIPE_WORKER_WAIT_S="60", XCPIPE_DRAIN_TIMEOUT_S="30",
                            XCPIPE_COORDINATOR_ARGS=f"--expect-worker-ids {HOST}/gpu0,{HOST}/gpu1")
+    # The HTTP API as the example configures it, on a free port with a key file of this test.
+    http_port = free_port()
+    (etc / "api-keys").write_text("# test key\nxcpipe-systemd-test-key-0123456789\n")
+    coordinator_env["XCPIPE_HTTP_ARGS"] = coordinator_env["XCPIPE_HTTP_ARGS"].replace(
+        "10.0.0.1:8000", f"127.0.0.1:{http_port}").replace("/etc/xcpipe/api-keys", str(etc / "api-keys"))
     worker_env = read_env_file(UNITS / "worker.env.example")
     worker_env.update(XCPIPE_COORDINATOR=f"tcp://127.0.0.1:{port}", XCPIPE_DATA_HOST="127.0.0.1", XCPIPE_DEVICE="cpu",
                       XCPIPE_WORKER_ARGS="--threads 1 --inject-step-delay-ms 20")
@@ -260,6 +265,30 @@ def run(bin_dir, tmp, etc, procs):
         fail(f"coordinator sent no serving status: {c_notify.texts()}")
     address = status_line[0].split("serving on ", 1)[1]
     print(f"READY=1 from both workers after loading and from the coordinator ({address})")
+    # The HTTP API the unit exposes: health without a key, a chat answer with the key file's key.
+    import urllib.error
+    import urllib.request
+    base = f"http://127.0.0.1:{http_port}"
+    health = None
+    for _ in range(50):  # the API refreshes its view of the coordinator once a second
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=10) as r:
+                health = r.status
+                break
+        except urllib.error.HTTPError as e:
+            health = e.code
+            time.sleep(0.2)
+    if health != 200:
+        fail(f"HTTP /health: {health}\n{logs()}")
+    chat = urllib.request.Request(base + "/v1/chat/completions", method="POST",
+                                  data=json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}).encode(),
+                                  headers={"Authorization": "Bearer xcpipe-systemd-test-key-0123456789",
+                                           "Content-Type": "application/json"})
+    with urllib.request.urlopen(chat, timeout=60) as r:
+        answer = json.load(r)
+    if answer["usage"]["completion_tokens"] < 1:
+        fail(f"HTTP chat answer: {answer}")
+    print(f"HTTP API on {base}: /health 200, a chat completion with the key file's key")
     time.sleep(2.6)  # WATCHDOG_USEC=1 s: a ping every 0.5 s
     for name, n in [("coordinator", c_notify)] + [(f"worker {i}", w[1]) for i, w in enumerate(workers)]:
         if n.count("WATCHDOG=1") < 3:

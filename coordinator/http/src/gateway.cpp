@@ -182,6 +182,7 @@ struct Gateway::Impl {
   std::condition_variable status_cv;
   json status;
   std::string status_error = "no status from the coordinator yet";
+  bool refresh_now = false;  // ask again without waiting (the coordinator just became ready)
   Clock::time_point status_at{};
 
   std::string Endpoint() {
@@ -227,7 +228,8 @@ struct Gateway::Impl {
         } else {
           status_error = "the coordinator at " + Endpoint() + " does not answer: " + got.status().message();
         }
-        status_cv.wait_for(lock, kStatusRefresh, [this] { return stopping.load(); });
+        status_cv.wait_for(lock, kStatusRefresh, [this] { return stopping.load() || refresh_now; });
+        refresh_now = false;
       }
     }
   }
@@ -860,8 +862,13 @@ StatusOr<std::unique_ptr<Gateway>> Gateway::Start(const GatewayOptions& options,
 }
 
 void Gateway::SetCoordinatorEndpoint(const std::string& endpoint) {
-  std::lock_guard<std::mutex> lock(impl_->endpoint_mu);
-  impl_->endpoint = LocalEndpointFor(endpoint);
+  {
+    std::lock_guard<std::mutex> lock(impl_->endpoint_mu);
+    impl_->endpoint = LocalEndpointFor(endpoint);
+  }
+  std::lock_guard<std::mutex> lock(impl_->status_mu);
+  impl_->refresh_now = true;
+  impl_->status_cv.notify_all();
 }
 
 Gateway::~Gateway() {

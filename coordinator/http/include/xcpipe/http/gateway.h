@@ -88,7 +88,8 @@ class Gateway {
 
   // "host:port" actually bound (the real port when 0 was asked for).
   const std::string& address() const { return address_; }
-  // Where the coordinator is, once known (xcpipe-coordinator learns its address when ready).
+  // Where the coordinator is, once known (xcpipe-coordinator learns its address when ready);
+  // the cached status is refreshed at once, so /health turns 200 without waiting a period.
   void SetCoordinatorEndpoint(const std::string& endpoint);
 
  private:

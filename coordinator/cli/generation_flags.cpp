@@ -6,6 +6,7 @@
 
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
+#include "xcpipe/tokenizer/utf8.h"
 
 namespace xcpipe::cli {
 
@@ -34,9 +35,18 @@ StatusOr<coordinator::GenerateRequest> BuildRequest(const GenerationFlags& f, co
     if (f.prompt_file.size() > 5 && f.prompt_file.substr(f.prompt_file.size() - 5) == ".json") {
       r.prompt_json = text;
     } else {
+      // Checked here: the JSON encoding below would otherwise turn bad bytes into U+FFFD.
+      if (auto bad = tokenizer::FindUtf8Error(text)) {
+        return InvalidArgumentError("--prompt-file " + f.prompt_file + " is not valid UTF-8 at byte offset " +
+                                    std::to_string(bad->offset) + " (" + bad->reason + "); expected UTF-8 text");
+      }
       r.prompt_json = nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }
   } else if (sub.count("--prompt") > 0) {
+    if (auto bad = tokenizer::FindUtf8Error(f.prompt)) {
+      return InvalidArgumentError("--prompt is not valid UTF-8 at byte offset " + std::to_string(bad->offset) + " (" +
+                                  bad->reason + "); expected UTF-8 text");
+    }
     r.prompt_json = nlohmann::json(f.prompt).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } else {
     return InvalidArgumentError("give the prompt with --prompt TEXT or --prompt-file FILE");

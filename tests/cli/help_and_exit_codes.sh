@@ -23,6 +23,9 @@ check 2 "xcpipe with an unknown subcommand" "$bin/xcpipe" frobnicate
 check 2 "xcpipe-worker without --coordinator" "$bin/xcpipe-worker"
 check 2 "xcpipe serve-local with a negative --prefill-chunk" "$bin/xcpipe" serve-local --model /nonexistent --prefill-chunk -5
 echo "$LAST_OUT" | grep -q -- "--prefill-chunk" || { echo "FAIL: the error does not name --prefill-chunk"; fail=1; }
+# Text that is not UTF-8 is refused before anything connects, naming the byte offset.
+check 4 "xcpipe submit with a prompt that is not UTF-8" "$bin/xcpipe" submit --coordinator tcp://127.0.0.1:1 --prompt $'ab\xffcd'
+echo "$LAST_OUT" | grep -q "not valid UTF-8 at byte offset 2" || { echo "FAIL: the error does not name the byte offset"; fail=1; }
 check 0 "xcpipe-worker --probe" "$bin/xcpipe-worker" --probe --device cpu
 echo "$LAST_OUT" | grep -q '"device":"cpu"' || { echo "FAIL: --probe did not print the device JSON"; fail=1; }
 exit $fail

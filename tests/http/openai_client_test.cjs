@@ -152,7 +152,50 @@ test('a bad request is a BadRequestError with our message', async () => {
   await bad({ messages: [{ role: 'user', content: five }] }, 'at most 4 are accepted per request');
   await bad({ messages: [{ role: 'user', content: 'x' }], max_tokens: 4000 }, 'exceeds the context of');
   await bad({ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'file:///etc/passwd' } }] }] },
-            'file:// image URLs are off');
+            'is not a file below the server\'s --allowed-media-dir');
+});
+
+// The cluster runs with --allowed-media-dir @WORK@/media --allow-remote-images (CMake).
+test('image URLs: file:// below the allowed folder, http:// with redirects, refusals', async () => {
+  const http = require('node:http');
+  const media = path.join(process.env.XCPIPE_WORK, 'media');
+  fs.writeFileSync(path.join(media, 'a.png'), png(40, 9));
+  fs.writeFileSync(path.join(process.env.XCPIPE_WORK, 'outside.png'), png(40, 9));
+  const server = http.createServer((req, res) => {
+    if (req.url === '/a.png') { res.writeHead(200, { 'Content-Type': 'image/png' }); res.end(png(40, 9)); return; }
+    if (req.url === '/moved') { res.writeHead(302, { Location: '/a.png' }); res.end(); return; }
+    const hop = /^\/loop(\d+)$/.exec(req.url);
+    if (hop) { res.writeHead(302, { Location: '/loop' + (Number(hop[1]) + 1) }); res.end(); return; }
+    if (req.url === '/text') { res.writeHead(200); res.end('not an image'); return; }
+    res.writeHead(404); res.end();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const origin = 'http://127.0.0.1:' + server.address().port;
+  try {
+    const ask = (url) => openai.chat.completions.create({
+      model, max_tokens: 6, temperature: 0,
+      messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url } }, { type: 'text', text: 'What is this?' }] }],
+    });
+    const inline = (await ask(pngDataUrl(40, 9))).choices[0].message.content;
+    assert.equal((await ask('file://' + path.join(media, 'a.png'))).choices[0].message.content, inline);
+    assert.equal((await ask(origin + '/a.png')).choices[0].message.content, inline);
+    assert.equal((await ask(origin + '/moved')).choices[0].message.content, inline, 'one redirect is followed');
+    const refused = async (url, message) => {
+      await assert.rejects(ask(url), (err) => {
+        assert.ok(err instanceof OpenAI.BadRequestError, err.message);
+        assert.ok(err.message.includes(message), err.message);
+        return true;
+      });
+    };
+    await refused('file://' + path.join(media, '..', 'outside.png'), '--allowed-media-dir');
+    await refused(origin + '/loop0', 'more than 3 redirects');
+    await refused(origin + '/text', 'neither a PNG nor a JPEG');
+    await refused(origin + '/missing', 'answered HTTP 404');
+    await refused('https://127.0.0.1:1/a.png', 'need TLS');
+    await refused('ftp://example.com/a.png', "the URL scheme 'ftp' is not accepted");
+  } finally {
+    server.close();
+  }
 });
 
 test('errors: 401 without or with a wrong key, 404 unknown model and path, 405, 413', async () => {

@@ -3,6 +3,7 @@
 # by xcpipe mkmodel, N worker processes, an API key file) and runs one Node.js test file against
 # it with node --test. Real processes, real sockets, the real npm client.
 # Usage: run_with_cluster.sh BIN_DIR NODE_DIR TEST_FILE WORKERS [serve-local flags...]
+# (in the flags, @WORK@ stands for the scratch folder, which holds an empty media/ folder)
 # The test file reads XCPIPE_HTTP_BASE (http://HOST:PORT), XCPIPE_API_KEY, XCPIPE_BIN,
 # XCPIPE_COORDINATOR, XCPIPE_WORK (a scratch folder) and XCPIPE_REPORT_DIR.
 set -euo pipefail
@@ -20,11 +21,15 @@ cleanup() {
 trap cleanup EXIT
 
 "$BIN/xcpipe" mkmodel --arch ixc2-vl --preset tiny --out "$WORK/model" >/dev/null 2>&1
+# @WORK@ in the serve-local flags names this run's scratch folder (e.g. --allowed-media-dir @WORK@/media).
+mkdir -p "$WORK/media"
+args=()
+for a in "$@"; do args+=("${a//@WORK@/$WORK}"); done
 # A key of 32 random characters (the gateway refuses keys shorter than 16).
 tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32 >"$WORK/keys" || true
 printf '\n# a comment line, ignored\n' >>"$WORK/keys"
 "$BIN/xcpipe" serve-local --model "$WORK/model" --workers "$WORKERS" --listen 'tcp://127.0.0.1:*' \
-  --http-listen 127.0.0.1:0 --api-key-file "$WORK/keys" "$@" \
+  --http-listen 127.0.0.1:0 --api-key-file "$WORK/keys" "${args[@]}" \
   >"$WORK/serve.out" 2>"$WORK/serve.err" &
 PID=$!
 for _ in $(seq 1 1200); do

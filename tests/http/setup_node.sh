@@ -7,6 +7,7 @@
 # Usage: setup_node.sh DIR
 set -euo pipefail
 DIR=${1:?usage: setup_node.sh DIR}
+mkdir -p "$DIR" && DIR=$(cd "$DIR" && pwd)  # node's require() needs an absolute path
 OPENAI_VERSION=6.30.1
 PLAYWRIGHT_VERSION=1.65.2
 log() { printf '[http-setup] %s\n' "$*"; }
@@ -34,7 +35,6 @@ if installed openai "$OPENAI_VERSION" && installed playwright-core "$PLAYWRIGHT_
   log "openai $OPENAI_VERSION and playwright-core $PLAYWRIGHT_VERSION already in $DIR"
   exit 0
 fi
-mkdir -p "$DIR"
 log "npm install openai@$OPENAI_VERSION playwright-core@$PLAYWRIGHT_VERSION into $DIR"
 # PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: the test uses Debian's chromium, never a downloaded one.
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --no-save --prefix "$DIR" \

@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/model/stage_model.h"
 
 namespace xcpipe::model {
@@ -78,6 +79,24 @@ Status ValidateBeamSearchParams(const BeamSearchParams& p) {
     if (id < 0) return InvalidArgumentError("stop id " + std::to_string(id) + " is negative");
   }
   return OkStatus();
+}
+
+void SetOfficialBeamEnds(const checkpoint::ModelSpec& spec, BeamSearchParams& params) {
+  params.stop_when_all_beams_end_with.clear();
+  if (spec.arch == checkpoint::ModelArch::kIxc1) {
+    params.eos_ids = {spec.llm.eos_id};
+    for (int64_t id : spec.llm.stop_ids) {
+      if (id != spec.llm.eos_id) params.stop_when_all_beams_end_with.push_back(id);
+    }
+  } else {
+    params.eos_ids = spec.llm.stop_ids;
+  }
+}
+
+std::vector<int64_t> OfficialInitialIds(const checkpoint::ModelSpec& spec, const std::vector<int64_t>& prompt_ids,
+                                        bool has_images) {
+  if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images) && !prompt_ids.empty()) return prompt_ids;
+  return {spec.llm.bos_id};  // generate() seeds input_ids with a placeholder BOS
 }
 
 BeamSearch::BeamSearch(BeamSearchParams params) : params_(std::move(params)) {

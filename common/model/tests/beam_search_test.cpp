@@ -321,6 +321,31 @@ TEST(BeamSearchTest, BadInputIsRefusedAndChangesNothing) {
   EXPECT_EQ(s.beam_tokens(1), (Ids{1}));
 }
 
+// The official chat() per version: 1.0 closes hypotheses on the config's EOS only and stops when
+// every beam ends with end-of-human or end-of-assistant; 2.x closes them on EOS and im_end. Its
+// input_ids are the prompt's where it hands generate() ids (2.x text prompts), else {bos}.
+TEST(BeamSearchTest, OfficialEndsAndInitialIdsFollowTheVersion) {
+  checkpoint::ModelSpec v1;
+  v1.arch = checkpoint::ModelArch::kIxc1;
+  v1.llm.eos_id = 2;
+  v1.llm.bos_id = 1;
+  v1.llm.stop_ids = {2, 103027, 103028};
+  BeamSearchParams p;
+  SetOfficialBeamEnds(v1, p);
+  EXPECT_EQ(p.eos_ids, (Ids{2}));
+  EXPECT_EQ(p.stop_when_all_beams_end_with, (Ids{103027, 103028}));
+  EXPECT_EQ(OfficialInitialIds(v1, {1, 5, 6}, false), (Ids{1}));
+
+  checkpoint::ModelSpec v2 = v1;
+  v2.arch = checkpoint::ModelArch::kIxc2Vl;
+  v2.llm.stop_ids = {2, 92542};
+  SetOfficialBeamEnds(v2, p);
+  EXPECT_EQ(p.eos_ids, (Ids{2, 92542}));
+  EXPECT_TRUE(p.stop_when_all_beams_end_with.empty());
+  EXPECT_EQ(OfficialInitialIds(v2, {1, 1, 92543}, false), (Ids{1, 1, 92543}));
+  EXPECT_EQ(OfficialInitialIds(v2, {1, -1, 92543}, true), (Ids{1}));
+}
+
 // ---- KV reorder on a real (tiny) model ----
 
 namespace fs = std::filesystem;

@@ -63,6 +63,10 @@
 
 #include "xcpipe/base/status.h"
 
+namespace xcpipe::checkpoint {
+struct ModelSpec;
+}
+
 namespace xcpipe::model {
 
 class StageModel;
@@ -89,6 +93,19 @@ struct BeamSearchParams {
 
 // Refuses parameters out of range with a message naming the parameter.
 Status ValidateBeamSearchParams(const BeamSearchParams& params);
+
+// What the official chat() of the model's version does, for the fields that depend on it:
+//   eos_ids, stop_when_all_beams_end_with:
+//     1.0  passes no eos_token_id to generate(), so the config's EOS closes hypotheses; its stop
+//          words (end of human, end of assistant) end generation through a StoppingCriteria that
+//          needs every beam's last token to be the same one of them.
+//     2.x  passes eos_token_id = [EOS, im_end]: both close hypotheses; no stop words.
+//   initial_ids: the prompt's ids where chat() hands generate() ids (the repetition penalty then
+//     covers the prompt: checkpoint::PenaltyCoversPrompt), else the placeholder {bos}.
+// The other fields (num_beams, penalties, lengths) are the caller's.
+void SetOfficialBeamEnds(const checkpoint::ModelSpec& spec, BeamSearchParams& params);
+std::vector<int64_t> OfficialInitialIds(const checkpoint::ModelSpec& spec, const std::vector<int64_t>& prompt_ids,
+                                        bool has_images);
 
 enum class BeamStopReason {
   kRunning,

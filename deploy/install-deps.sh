@@ -40,8 +40,9 @@ PACKAGES=(
   # fuzzing and sanitizers: the fuzz tests build their targets with clang (the main build is g++);
   # libclang-rt-14-dev holds libFuzzer (libclang_rt.fuzzer) and the ASan/UBSan runtimes
   clang libclang-rt-14-dev
-  # fault tests: network namespaces and tools used by the scripts
-  iproute2 procps python3 python3-numpy
+  # fault tests: network namespaces and tools used by the scripts; nftables for the chaos runs'
+  # partitions and packet loss inside namespaces (tc, for bandwidth caps, comes with iproute2)
+  iproute2 procps python3 python3-numpy nftables
   # deploy test: a real single-host Slurm (controller, node daemon, srun/sbatch) started by
   # tests/deploy/slurm_test.sh with a scratch config; munge is Slurm's usual authentication
   slurmctld slurmd slurm-client munge

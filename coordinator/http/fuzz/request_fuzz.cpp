@@ -9,8 +9,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool accepted = false;
-  const std::string broken = xcpipe::http::fuzz::CheckRequestOnce(
-      std::string_view(reinterpret_cast<const char*>(data), size), &accepted);
+  const std::string broken =
+      xcpipe::http::fuzz::CheckRequestOnce(std::string_view(reinterpret_cast<const char*>(data), size), &accepted);
   if (!broken.empty()) {
     std::fprintf(stderr, "invariant broken: %s\n", broken.c_str());
     std::abort();

@@ -75,7 +75,8 @@ inline std::string CheckRequestOnce(std::string_view body, bool* accepted) {
   XCPIPE_FUZZ_CHECK(out == stream.sent(), "sent() is what was returned");
   XCPIPE_FUZZ_CHECK(rest.substr(0, out.size()) == out, "sent text is a prefix of the input");
   XCPIPE_FUZZ_CHECK(stream.stopped() || out == rest, "without a stop everything is sent");
-  XCPIPE_FUZZ_CHECK(!stream.stopped() || rest.find(stop) == out.size(), "the text stops where the stop sequence starts");
+  XCPIPE_FUZZ_CHECK(!stream.stopped() || rest.find(stop) == out.size(),
+                    "the text stops where the stop sequence starts");
   return "";
 }
 

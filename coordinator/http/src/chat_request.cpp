@@ -41,19 +41,20 @@ std::optional<ApiError> ReadNumber(const json& body, const char* field, double l
   return std::nullopt;
 }
 
-std::optional<ApiError> ReadInteger(const json& body, const char* field, int64_t lo, int64_t hi, std::optional<int64_t>* out) {
+std::optional<ApiError> ReadInteger(const json& body, const char* field, int64_t lo, int64_t hi,
+                                    std::optional<int64_t>* out) {
   auto it = body.find(field);
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_number_integer()) return WrongType(field, *it, "an integer");
   if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(hi)) {
-    return BadRequest(std::string(field) + " " + it->dump() + " is out of range; expected " + std::to_string(lo) + ".." +
-                          std::to_string(hi),
+    return BadRequest(std::string(field) + " " + it->dump() + " is out of range; expected " + std::to_string(lo) +
+                          ".." + std::to_string(hi),
                       field);
   }
   const int64_t v = it->is_number_unsigned() ? static_cast<int64_t>(it->get<uint64_t>()) : it->get<int64_t>();
   if (v < lo || v > hi) {
-    return BadRequest(std::string(field) + " " + it->dump() + " is out of range; expected " + std::to_string(lo) + ".." +
-                          std::to_string(hi),
+    return BadRequest(std::string(field) + " " + it->dump() + " is out of range; expected " + std::to_string(lo) +
+                          ".." + std::to_string(hi),
                       field);
   }
   *out = v;
@@ -91,13 +92,14 @@ std::optional<ApiError> ParseContent(const json& content, const std::string& whe
     const std::string t = type->get<std::string>();
     if (t == "text") {
       for (const auto& [key, value] : part.items()) {
-        if (key != "type" && key != "text") return BadRequest(p + "." + key + " is not a field of a text part", p + "." + key);
+        if (key != "type" && key != "text")
+          return BadRequest(p + "." + key + " is not a field of a text part", p + "." + key);
       }
       auto text = part.find("text");
       if (text == part.end() || !text->is_string()) {
-        return BadRequest(p + ".text is " + (text == part.end() ? std::string("missing") : TypeName(*text)) +
-                              "; expected a string",
-                          p + ".text");
+        return BadRequest(
+            p + ".text is " + (text == part.end() ? std::string("missing") : TypeName(*text)) + "; expected a string",
+            p + ".text");
       }
       msg->parts.push_back({false, text->get<std::string>(), ""});
     } else if (t == "image_url") {
@@ -166,22 +168,31 @@ std::optional<ApiError> ParseMessages(const json& body, const ChatLimits& limits
       return BadRequest(where + ".role is missing; expected \"system\", \"user\" or \"assistant\"", where + ".role");
     }
     const std::string r = role->get<std::string>();
-    if (r == "system" || r == "developer") msg.role = Role::kSystem;
-    else if (r == "user") msg.role = Role::kUser;
-    else if (r == "assistant") msg.role = Role::kAssistant;
-    else if (r == "tool" || r == "function") return NotImplemented(where + ".role", "the role \"" + r + "\" (tool calling)");
-    else return BadRequest(where + ".role \"" + r + "\" is not a role; expected \"system\", \"user\" or \"assistant\"", where + ".role");
+    if (r == "system" || r == "developer")
+      msg.role = Role::kSystem;
+    else if (r == "user")
+      msg.role = Role::kUser;
+    else if (r == "assistant")
+      msg.role = Role::kAssistant;
+    else if (r == "tool" || r == "function")
+      return NotImplemented(where + ".role", "the role \"" + r + "\" (tool calling)");
+    else
+      return BadRequest(where + ".role \"" + r + "\" is not a role; expected \"system\", \"user\" or \"assistant\"",
+                        where + ".role");
     for (const auto& [key, value] : m.items()) {
       if (key == "role" || key == "content" || key == "name") continue;
       if (key == "tool_calls" || key == "function_call" || key == "tool_call_id") {
         return NotImplemented(where + "." + key, "tool calling");
       }
-      return BadRequest(where + "." + key + " is not a field of a message; expected role and content", where + "." + key);
+      return BadRequest(where + "." + key + " is not a field of a message; expected role and content",
+                        where + "." + key);
     }
-    if (auto name = m.find("name"); name != m.end() && !name->is_string()) return WrongType(where + ".name", *name, "a string");
+    if (auto name = m.find("name"); name != m.end() && !name->is_string())
+      return WrongType(where + ".name", *name, "a string");
     auto content = m.find("content");
     if (content == m.end() || content->is_null()) {
-      return BadRequest(where + ".content is missing; expected a string or a list of content parts", where + ".content");
+      return BadRequest(where + ".content is missing; expected a string or a list of content parts",
+                        where + ".content");
     }
     if (auto err = ParseContent(*content, where + ".content", msg.role, &msg)) return err;
     out->messages.push_back(std::move(msg));
@@ -190,10 +201,27 @@ std::optional<ApiError> ParseMessages(const json& body, const ChatLimits& limits
 }
 
 const std::set<std::string>& KnownFields() {
-  static const std::set<std::string> fields = {
-      "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream",
-      "stream_options", "top_k", "repetition_penalty", "min_tokens", "ignore_eos", "n", "logprobs",
-      "frequency_penalty", "presence_penalty", "user", "metadata", "store"};
+  static const std::set<std::string> fields = {"model",
+                                               "messages",
+                                               "max_tokens",
+                                               "max_completion_tokens",
+                                               "temperature",
+                                               "top_p",
+                                               "seed",
+                                               "stop",
+                                               "stream",
+                                               "stream_options",
+                                               "top_k",
+                                               "repetition_penalty",
+                                               "min_tokens",
+                                               "ignore_eos",
+                                               "n",
+                                               "logprobs",
+                                               "frequency_penalty",
+                                               "presence_penalty",
+                                               "user",
+                                               "metadata",
+                                               "store"};
   return fields;
 }
 
@@ -240,7 +268,8 @@ std::optional<ApiError> ParseFields(const json& body, const ChatLimits& limits, 
   if (auto err = ReadInteger(body, "top_k", -1, 1 << 20, &top_k)) return err;
   out->top_k = top_k && *top_k > 0 ? static_cast<uint32_t>(*top_k) : 0;  // -1 and 0: off (vLLM uses -1)
   if (auto it = body.find("seed"); it != body.end() && it->is_number_integer() && !it->is_number_unsigned()) {
-    if (it->get<int64_t>() < 0) return BadRequest("seed " + it->dump() + " is negative; expected an integer >= 0", "seed");
+    if (it->get<int64_t>() < 0)
+      return BadRequest("seed " + it->dump() + " is negative; expected an integer >= 0", "seed");
   }
   if (auto it = body.find("seed"); it != body.end() && !it->is_null()) {
     if (!it->is_number_integer()) return WrongType("seed", *it, "an integer");
@@ -319,7 +348,8 @@ void JoinInto(std::string* text, const std::string& more) {
 
 }  // namespace
 
-std::variant<ChatCompletionRequest, ApiError> ParseChatCompletionRequest(std::string_view body, const ChatLimits& limits) {
+std::variant<ChatCompletionRequest, ApiError> ParseChatCompletionRequest(std::string_view body,
+                                                                         const ChatLimits& limits) {
   if (auto bad = tokenizer::FindUtf8Error(body)) {
     return BadRequest("the request body is not valid UTF-8 at byte offset " + std::to_string(bad->offset) + " (" +
                           bad->reason + "); expected a UTF-8 JSON object",
@@ -348,7 +378,7 @@ std::variant<ChatCompletionRequest, ApiError> ParseChatCompletionRequest(std::st
 }
 
 std::variant<Conversation, ApiError> BuildConversation(const std::vector<ChatMessage>& messages,
-                                                      tokenizer::ChatVersion version, const ChatLimits& limits) {
+                                                       tokenizer::ChatVersion version, const ChatLimits& limits) {
   Conversation out;
   std::optional<std::string> system;
   // Turns after the system text: role and text (with placeholders), merged when a role repeats.
@@ -369,8 +399,9 @@ std::variant<Conversation, ApiError> BuildConversation(const std::vector<ChatMes
       const ContentPart& part = m.parts[j];
       if (!part.is_image) {
         if (tokenizer::CountImagePlaceholders(part.text) > 0) {
-          return BadRequest(where + " holds the text <ImageHere>; send images as image_url parts (the server places them)",
-                            where + ".content");
+          return BadRequest(
+              where + " holds the text <ImageHere>; send images as image_url parts (the server places them)",
+              where + ".content");
         }
         text += part.text;
         continue;
@@ -410,9 +441,10 @@ std::variant<Conversation, ApiError> BuildConversation(const std::vector<ChatMes
   }
   if (turns.empty()) return BadRequest("messages has no user message; expected one to answer", "messages");
   if (turns.front().role != Role::kUser) {
-    return BadRequest("messages[" + std::to_string(turns.front().first_message) +
-                          "] is an assistant message before any user message; expected the conversation to start with user",
-                      "messages");
+    return BadRequest(
+        "messages[" + std::to_string(turns.front().first_message) +
+            "] is an assistant message before any user message; expected the conversation to start with user",
+        "messages");
   }
   if (turns.back().role != Role::kUser) {
     return BadRequest("the last message is from the assistant; expected the conversation to end with a user message",
@@ -479,8 +511,8 @@ std::optional<std::string> DecodeBase64(std::string_view text, size_t* bad_offse
 
 std::string_view SniffImageType(std::string_view bytes) {
   if (bytes.size() >= 8 && bytes.substr(0, 8) == std::string_view("\x89PNG\r\n\x1a\n", 8)) return "image/png";
-  if (bytes.size() >= 3 && static_cast<unsigned char>(bytes[0]) == 0xff && static_cast<unsigned char>(bytes[1]) == 0xd8 &&
-      static_cast<unsigned char>(bytes[2]) == 0xff) {
+  if (bytes.size() >= 3 && static_cast<unsigned char>(bytes[0]) == 0xff &&
+      static_cast<unsigned char>(bytes[1]) == 0xd8 && static_cast<unsigned char>(bytes[2]) == 0xff) {
     return "image/jpeg";
   }
   return "";
@@ -491,7 +523,8 @@ std::variant<DataUrlImage, ApiError> DecodeDataUrl(std::string_view url, std::st
   if (url.substr(0, 5) != "data:") return BadRequest(p + " is not a data: URL", p);
   const size_t comma = url.find(',');
   if (comma == std::string_view::npos) {
-    return BadRequest(p + " is a data: URL without a comma; expected data:image/png;base64,<bytes>", p, "invalid_image_url");
+    return BadRequest(p + " is a data: URL without a comma; expected data:image/png;base64,<bytes>", p,
+                      "invalid_image_url");
   }
   std::string_view head = url.substr(5, comma - 5);
   std::string_view payload = url.substr(comma + 1);

@@ -70,8 +70,7 @@ bool IsLoopback(const sockaddr_storage& a) {
   }
   if (a.ss_family == AF_INET6) {
     const auto& s6 = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
-    return IN6_IS_ADDR_LOOPBACK(&s6) ||
-           (IN6_IS_ADDR_V4MAPPED(&s6) && s6.s6_addr[12] == 127);
+    return IN6_IS_ADDR_LOOPBACK(&s6) || (IN6_IS_ADDR_V4MAPPED(&s6) && s6.s6_addr[12] == 127);
   }
   return false;
 }
@@ -90,7 +89,8 @@ int FindKey(const std::vector<std::string>& keys, std::string_view presented) {
   for (size_t i = 0; i < keys.size(); ++i) {
     const std::string& k = keys[i];
     unsigned diff = k.size() != presented.size();
-    for (size_t j = 0; j < k.size(); ++j) diff |= static_cast<unsigned>(k[j] ^ (j < presented.size() ? presented[j] : 0));
+    for (size_t j = 0; j < k.size(); ++j)
+      diff |= static_cast<unsigned>(k[j] ^ (j < presented.size() ? presented[j] : 0));
     if (diff == 0) found = static_cast<int>(i);
   }
   return found;
@@ -212,8 +212,10 @@ struct Gateway::Impl {
       StatusOr<json> got = UnavailableError("not connected");
       if (!client) {
         auto c = coordinator::Client::Connect(Endpoint(), kStatusTimeout, backend.curve);
-        if (c.ok()) client = std::move(c).value();
-        else got = c.status();
+        if (c.ok())
+          client = std::move(c).value();
+        else
+          got = c.status();
       }
       if (client) {
         got = client->GetStatus(kStatusTimeout);
@@ -265,10 +267,10 @@ struct Gateway::Impl {
       Reap();
       std::lock_guard<std::mutex> lock(conn_mu);
       if (static_cast<int>(connections.size()) >= opt.max_connections) {
-        Response r = ErrorResponse(MakeError(429, "rate_limit_error",
-                                             "too many open connections (" + std::to_string(opt.max_connections) +
-                                                 "); retry later",
-                                             "too_many_connections"));
+        Response r = ErrorResponse(
+            MakeError(429, "rate_limit_error",
+                      "too many open connections (" + std::to_string(opt.max_connections) + "); retry later",
+                      "too_many_connections"));
         r.headers.emplace_back("Retry-After", "1");
         WriteResponse(fd, r, false, 11);
         ::close(fd);
@@ -321,10 +323,11 @@ struct Gateway::Impl {
       first = false;
       bhttp::read_header(stream, buffer, parser, ec);
       if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
-        WriteResponse(fd, ErrorResponse(MakeError(431, "invalid_request_error",
-                                                  "the request header exceeds " + std::to_string(opt.max_header_bytes) +
-                                                      " bytes")),
-                      false, 11);
+        WriteResponse(
+            fd,
+            ErrorResponse(MakeError(431, "invalid_request_error",
+                                    "the request header exceeds " + std::to_string(opt.max_header_bytes) + " bytes")),
+            false, 11);
         return;
       }
       if (ec == bhttp::error::body_limit) {
@@ -332,9 +335,10 @@ struct Gateway::Impl {
         return;
       }
       if (ec == beast::error::timeout && buffer.size() > 0) {
-        WriteResponse(fd, ErrorResponse(MakeError(408, "invalid_request_error",
-                                                  "the request header did not arrive within " +
-                                                      std::to_string(opt.header_timeout_s) + " s")),
+        WriteResponse(fd,
+                      ErrorResponse(MakeError(
+                          408, "invalid_request_error",
+                          "the request header did not arrive within " + std::to_string(opt.header_timeout_s) + " s")),
                       false, 11);
         return;
       }
@@ -369,16 +373,18 @@ struct Gateway::Impl {
       } else if (needs_key && !keys.empty()) {
         std::string auth(head[bhttp::field::authorization]);
         constexpr std::string_view kBearer = "Bearer ";
-        if (auth.size() <= kBearer.size() || !std::equal(kBearer.begin(), kBearer.end(), auth.begin(),
-                                                         [](char a, char b) { return std::tolower(a) == std::tolower(b); })) {
-          early = ErrorResponse(MakeError(401, "authentication_error",
-                                          "no API key; send the header Authorization: Bearer <key>", "missing_api_key"));
+        if (auth.size() <= kBearer.size() ||
+            !std::equal(kBearer.begin(), kBearer.end(), auth.begin(),
+                        [](char a, char b) { return std::tolower(a) == std::tolower(b); })) {
+          early =
+              ErrorResponse(MakeError(401, "authentication_error",
+                                      "no API key; send the header Authorization: Bearer <key>", "missing_api_key"));
         } else {
           key_index = FindKey(keys, std::string_view(auth).substr(kBearer.size()));
           if (key_index < 0) {
-            early = ErrorResponse(MakeError(401, "authentication_error",
-                                            "the API key is not valid; expected one of the keys in the server's key file",
-                                            "invalid_api_key"));
+            early = ErrorResponse(MakeError(
+                401, "authentication_error",
+                "the API key is not valid; expected one of the keys in the server's key file", "invalid_api_key"));
           }
         }
       }
@@ -391,7 +397,8 @@ struct Gateway::Impl {
       }
       if (has_body) {
         if (beast::iequals(head[bhttp::field::expect], "100-continue")) {
-          if (!WriteAll(fd, "HTTP/1.1 100 Continue\r\n\r\n", Clock::now() + std::chrono::seconds(opt.write_timeout_s))) {
+          if (!WriteAll(fd, "HTTP/1.1 100 Continue\r\n\r\n",
+                        Clock::now() + std::chrono::seconds(opt.write_timeout_s))) {
             return;
           }
         }
@@ -402,9 +409,10 @@ struct Gateway::Impl {
           return;
         }
         if (ec == beast::error::timeout) {
-          WriteResponse(fd, ErrorResponse(MakeError(408, "invalid_request_error",
-                                                    "the request body did not arrive within " +
-                                                        std::to_string(opt.body_timeout_s) + " s")),
+          WriteResponse(fd,
+                        ErrorResponse(MakeError(
+                            408, "invalid_request_error",
+                            "the request body did not arrive within " + std::to_string(opt.body_timeout_s) + " s")),
                         false, version);
           return;
         }
@@ -492,10 +500,10 @@ struct Gateway::Impl {
     }
     const std::string id = target.substr(std::string("/v1/models/").size());
     if (id != opt.served_model_name) {
-      return ErrorResponse(MakeError(404, "not_found_error",
-                                     "the model '" + id + "' is not served here; GET /v1/models lists '" +
-                                         opt.served_model_name + "'",
-                                     "model_not_found"));
+      return ErrorResponse(
+          MakeError(404, "not_found_error",
+                    "the model '" + id + "' is not served here; GET /v1/models lists '" + opt.served_model_name + "'",
+                    "model_not_found"));
     }
     r.body = model.dump();
     return r;
@@ -525,9 +533,11 @@ struct Gateway::Impl {
       auto bytes = FetchImage(c.image_urls[i], c.image_params[i], policy);
       if (auto* e = std::get_if<ApiError>(&bytes)) return *e;
       auto rgb = image::DecodeImage(std::get<std::string>(bytes));
-      if (!rgb.ok()) return BadRequest(c.image_params[i] + ": " + rgb.status().message(), c.image_params[i], "invalid_image");
+      if (!rgb.ok())
+        return BadRequest(c.image_params[i] + ": " + rgb.status().message(), c.image_params[i], "invalid_image");
       auto pre = image::PreprocessForModel(*rgb, image_spec);
-      if (!pre.ok()) return BadRequest(c.image_params[i] + ": " + pre.status().message(), c.image_params[i], "invalid_image");
+      if (!pre.ok())
+        return BadRequest(c.image_params[i] + ": " + pre.status().message(), c.image_params[i], "invalid_image");
       coordinator::PreparedImage img;
       img.channels = pre->pixel_values.channels;
       img.height = pre->pixel_values.height;
@@ -552,9 +562,9 @@ struct Gateway::Impl {
     }
     int64_t max_new = req.max_tokens ? *req.max_tokens : std::min(opt.default_max_tokens, context - prompt);
     if (prompt + max_new > context) {
-      return BadRequest("the prompt (" + std::to_string(prompt) + " tokens) plus max_tokens (" + std::to_string(max_new) +
-                            ") exceeds the context of " + std::to_string(context) + " tokens; expected max_tokens <= " +
-                            std::to_string(context - prompt),
+      return BadRequest("the prompt (" + std::to_string(prompt) + " tokens) plus max_tokens (" +
+                            std::to_string(max_new) + ") exceeds the context of " + std::to_string(context) +
+                            " tokens; expected max_tokens <= " + std::to_string(context - prompt),
                         req.max_tokens ? "max_tokens" : "messages", "context_length_exceeded");
     }
     bool has_images = false;
@@ -563,8 +573,10 @@ struct Gateway::Impl {
       out.request.im_mask[t] = (*ids)[t] < 0 && spec.arch != checkpoint::ModelArch::kIxc1 ? 1 : 0;
       has_images |= (*ids)[t] < 0;
     }
-    if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images)) out.request.penalty_context = *ids;
-    else out.request.penalty_context = {spec.llm.bos_id};
+    if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images))
+      out.request.penalty_context = *ids;
+    else
+      out.request.penalty_context = {spec.llm.bos_id};
     out.request.token_ids = std::move(*ids);
     out.request.max_new_tokens = static_cast<uint32_t>(max_new);
     out.request.sampling.greedy = req.greedy;
@@ -580,18 +592,18 @@ struct Gateway::Impl {
   std::optional<ApiError> TakeSlot(int key_index) {
     std::lock_guard<std::mutex> lock(slots_mu);
     if (requests_in_progress >= opt.max_requests) {
-      ApiError e = MakeError(429, "rate_limit_error",
-                             "the server has " + std::to_string(requests_in_progress) +
-                                 " requests in progress, its limit; retry later",
-                             "busy");
+      ApiError e = MakeError(
+          429, "rate_limit_error",
+          "the server has " + std::to_string(requests_in_progress) + " requests in progress, its limit; retry later",
+          "busy");
       e.retry_after_s = 1;
       return e;
     }
     if (key_index >= 0 && per_key[key_index] >= opt.max_requests_per_key) {
-      ApiError e = MakeError(429, "rate_limit_error",
-                             "this API key has " + std::to_string(per_key[key_index]) +
-                                 " requests in progress, its limit; retry later",
-                             "key_busy");
+      ApiError e = MakeError(
+          429, "rate_limit_error",
+          "this API key has " + std::to_string(per_key[key_index]) + " requests in progress, its limit; retry later",
+          "key_busy");
       e.retry_after_s = 1;
       return e;
     }
@@ -616,10 +628,10 @@ struct Gateway::Impl {
     if (auto* e = std::get_if<ApiError>(&parsed)) return reply_error(*e);
     const ChatCompletionRequest& req = std::get<ChatCompletionRequest>(parsed);
     if (!req.model.empty() && req.model != opt.served_model_name) {
-      ApiError e = MakeError(404, "not_found_error",
-                             "the model '" + req.model + "' is not served here; GET /v1/models lists '" +
-                                 opt.served_model_name + "'",
-                             "model_not_found");
+      ApiError e = MakeError(
+          404, "not_found_error",
+          "the model '" + req.model + "' is not served here; GET /v1/models lists '" + opt.served_model_name + "'",
+          "model_not_found");
       e.param = "model";
       return reply_error(e);
     }
@@ -649,7 +661,10 @@ struct Gateway::Impl {
     bool headers_sent = false, write_failed = false, gone = false;
     const auto write_deadline = [&] { return Clock::now() + std::chrono::seconds(opt.write_timeout_s); };
     auto chunk = [&](json choices, const json* usage) {
-      json c = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created_at}, {"model", opt.served_model_name},
+      json c = {{"id", id},
+                {"object", "chat.completion.chunk"},
+                {"created", created_at},
+                {"model", opt.served_model_name},
                 {"choices", std::move(choices)}};
       if (req.include_usage) c["usage"] = usage ? *usage : json(nullptr);
       return c.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -665,23 +680,26 @@ struct Gateway::Impl {
     auto start_stream = [&] {
       if (headers_sent) return;
       headers_sent = true;
-      const std::string head = "HTTP/1.1 200 OK\r\nServer: xcpipe\r\nContent-Type: text/event-stream\r\n"
-                               "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: " +
-                               std::string(*keep_alive ? "keep-alive" : "close") + "\r\n\r\n";
+      const std::string head =
+          "HTTP/1.1 200 OK\r\nServer: xcpipe\r\nContent-Type: text/event-stream\r\n"
+          "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: " +
+          std::string(*keep_alive ? "keep-alive" : "close") + "\r\n\r\n";
       if (!WriteAll(fd, head, write_deadline())) {
         write_failed = true;
         return;
       }
-      send_event(chunk(json::array({{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}},
-                                     {"logprobs", nullptr}, {"finish_reason", nullptr}}}),
+      send_event(chunk(json::array({{{"index", 0},
+                                     {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                     {"logprobs", nullptr},
+                                     {"finish_reason", nullptr}}}),
                        nullptr));
     };
     auto send_text = [&](const std::string& t) {
       if (t.empty()) return;
       start_stream();
-      send_event(chunk(json::array({{{"index", 0}, {"delta", {{"content", t}}}, {"logprobs", nullptr},
-                                     {"finish_reason", nullptr}}}),
-                       nullptr));
+      send_event(chunk(
+          json::array({{{"index", 0}, {"delta", {{"content", t}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}}),
+          nullptr));
     };
     p.request.cancelled = [&] {
       if (text.stopped() || write_failed || stopping) return true;
@@ -693,8 +711,8 @@ struct Gateway::Impl {
       if (req.stream) send_text(now);
     };
     auto result = (*client)->Generate(p.request, std::chrono::seconds(opt.request_timeout_s), on_text);
-    const bool cancelled = text.stopped() || write_failed || gone ||
-                           (result.ok() && result->error.rfind("Cancelled", 0) == 0);
+    const bool cancelled =
+        text.stopped() || write_failed || gone || (result.ok() && result->error.rfind("Cancelled", 0) == 0);
     if (result.ok() && !cancelled) ReturnClient(std::move(client).value());
     // else: the Client is dropped here; its closed connection cancels the request.
     if (gone || write_failed) {
@@ -702,8 +720,10 @@ struct Gateway::Impl {
       return false;
     }
     Status failure = OkStatus();
-    if (!result.ok()) failure = result.status();
-    else if (!result->error.empty() && !text.stopped()) failure = StatusFromResultError(result->error);
+    if (!result.ok())
+      failure = result.status();
+    else if (!result->error.empty() && !text.stopped())
+      failure = StatusFromResultError(result->error);
     if (!failure.ok()) {
       ApiError e = ErrorFromStatus(failure);
       if (!headers_sent) return reply_error(e);
@@ -723,23 +743,24 @@ struct Gateway::Impl {
     *status_out = 200;
     if (!req.stream) {
       Response r;
-      r.body = json{{"id", id},
-                    {"object", "chat.completion"},
-                    {"created", created_at},
-                    {"model", opt.served_model_name},
-                    {"choices", json::array({{{"index", 0},
-                                              {"message", {{"role", "assistant"}, {"content", text.sent()}}},
-                                              {"logprobs", nullptr},
-                                              {"finish_reason", finish}}})},
-                    {"usage", usage}}
-                   .dump(-1, ' ', false, json::error_handler_t::replace);
+      r.body = json{
+          {"id", id},
+          {"object", "chat.completion"},
+          {"created", created_at},
+          {"model", opt.served_model_name},
+          {"choices", json::array({{{"index", 0},
+                                    {"message", {{"role", "assistant"}, {"content", text.sent()}}},
+                                    {"logprobs", nullptr},
+                                    {"finish_reason", finish}}})},
+          {"usage",
+           usage}}.dump(-1, ' ', false, json::error_handler_t::replace);
       return WriteResponse(fd, r, *keep_alive, version_http);
     }
     send_text(rest);
     start_stream();
-    send_event(chunk(json::array({{{"index", 0}, {"delta", json::object()}, {"logprobs", nullptr},
-                                   {"finish_reason", finish}}}),
-                     nullptr));
+    send_event(chunk(
+        json::array({{{"index", 0}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", finish}}}),
+        nullptr));
     if (req.include_usage) send_event(chunk(json::array(), &usage));
     send_event("[DONE]");
     return !write_failed && WriteAll(fd, "0\r\n\r\n", write_deadline());
@@ -755,7 +776,8 @@ StatusOr<std::unique_ptr<Gateway>> Gateway::Start(const GatewayOptions& options,
   impl.endpoint = LocalEndpointFor(impl.backend.coordinator_endpoint);
   impl.created = static_cast<int64_t>(std::time(nullptr));
   if (impl.opt.served_model_name.empty()) {
-    impl.opt.served_model_name = std::filesystem::absolute(impl.backend.model_dir).lexically_normal().filename().string();
+    impl.opt.served_model_name =
+        std::filesystem::absolute(impl.backend.model_dir).lexically_normal().filename().string();
     if (impl.opt.served_model_name.empty()) {
       impl.opt.served_model_name =
           std::filesystem::absolute(impl.backend.model_dir).lexically_normal().parent_path().filename().string();

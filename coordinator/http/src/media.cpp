@@ -2,8 +2,8 @@
 
 #include "media.h"
 
-#include <netdb.h>
 #include <fcntl.h>
+#include <netdb.h>
 
 #include <boost/beast/http.hpp>
 #include <fstream>
@@ -24,11 +24,13 @@ std::variant<std::string, ApiError> CheckedImage(std::string bytes, const std::s
   return bytes;
 }
 
-std::variant<std::string, ApiError> ReadFileUrl(const std::string& url, const std::string& param, const MediaPolicy& policy) {
+std::variant<std::string, ApiError> ReadFileUrl(const std::string& url, const std::string& param,
+                                                const MediaPolicy& policy) {
   namespace fs = std::filesystem;
   if (policy.allowed_media_dir.empty()) {
-    return BadRequest(param + ": file:// image URLs are off on this server (it was started without "
-                      "--allowed-media-dir); send the image as a data: URL",
+    return BadRequest(param +
+                          ": file:// image URLs are off on this server (it was started without "
+                          "--allowed-media-dir); send the image as a data: URL",
                       param, "file_urls_disabled");
   }
   std::string path = url.substr(7);
@@ -94,12 +96,14 @@ std::variant<std::string, ApiError> HttpGet(const std::string& url, const std::s
   socklen_t len = sizeof err;
   if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 0))) <= 0 ||
       ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-    return BadRequest(param + ": cannot connect to " + hostport + " within " + std::to_string(policy.timeout.count()) + " s",
-                      param, "image_fetch_failed");
+    return BadRequest(
+        param + ": cannot connect to " + hostport + " within " + std::to_string(policy.timeout.count()) + " s", param,
+        "image_fetch_failed");
   }
   const std::string request = "GET " + target + " HTTP/1.1\r\nHost: " + hostport +
                               "\r\nUser-Agent: xcpipe\r\nAccept: image/png, image/jpeg\r\nConnection: close\r\n\r\n";
-  if (!WriteAll(fd, request, deadline)) return BadRequest(param + ": cannot send to " + hostport, param, "image_fetch_failed");
+  if (!WriteAll(fd, request, deadline))
+    return BadRequest(param + ": cannot send to " + hostport, param, "image_fetch_failed");
   DeadlineStream stream(fd);
   stream.set_deadline(deadline);
   beast::flat_buffer buffer;
@@ -108,8 +112,9 @@ std::variant<std::string, ApiError> HttpGet(const std::string& url, const std::s
   beast::error_code ec;
   bhttp::read(stream, buffer, parser, ec);
   if (ec == bhttp::error::body_limit) {
-    return BadRequest(param + ": the image at " + url + " is larger than " + std::to_string(policy.max_bytes) + " bytes",
-                      param, "image_too_large");
+    return BadRequest(
+        param + ": the image at " + url + " is larger than " + std::to_string(policy.max_bytes) + " bytes", param,
+        "image_too_large");
   }
   if (ec) return BadRequest(param + ": fetching " + url + " failed: " + ec.message(), param, "image_fetch_failed");
   const auto& res = parser.get();
@@ -119,14 +124,16 @@ std::variant<std::string, ApiError> HttpGet(const std::string& url, const std::s
     return std::string();
   }
   if (code != 200) {
-    return BadRequest(param + ": fetching " + url + " answered HTTP " + std::to_string(code), param, "image_fetch_failed");
+    return BadRequest(param + ": fetching " + url + " answered HTTP " + std::to_string(code), param,
+                      "image_fetch_failed");
   }
   return CheckedImage(res.body(), param);
 }
 
 }  // namespace
 
-std::variant<std::string, ApiError> FetchImage(const std::string& url, const std::string& param, const MediaPolicy& policy) {
+std::variant<std::string, ApiError> FetchImage(const std::string& url, const std::string& param,
+                                               const MediaPolicy& policy) {
   if (url.rfind("data:", 0) == 0) {
     auto d = DecodeDataUrl(url, param, policy.max_bytes);
     if (auto* e = std::get_if<ApiError>(&d)) return *e;
@@ -136,19 +143,22 @@ std::variant<std::string, ApiError> FetchImage(const std::string& url, const std
   const bool http = url.rfind("http://", 0) == 0, https = url.rfind("https://", 0) == 0;
   if (http || https) {
     if (!policy.allow_remote) {
-      return BadRequest(param + ": remote image URLs are off on this server (it was started without "
-                        "--allow-remote-images); send the image as a data: URL",
+      return BadRequest(param +
+                            ": remote image URLs are off on this server (it was started without "
+                            "--allow-remote-images); send the image as a data: URL",
                         param, "remote_images_disabled");
     }
     std::string current = url;
     for (int hop = 0; hop <= MediaPolicy::kMaxRedirects; ++hop) {
       if (current.rfind("https://", 0) == 0) {
-        return BadRequest(param + ": https:// image URLs need TLS, which this build does not carry; send the image "
-                          "as a data: URL or over http://",
+        return BadRequest(param +
+                              ": https:// image URLs need TLS, which this build does not carry; send the image "
+                              "as a data: URL or over http://",
                           param, "https_unsupported");
       }
       if (current.rfind("http://", 0) != 0) {
-        return BadRequest(param + ": a redirect led to " + current + "; expected an http:// URL", param, "image_fetch_failed");
+        return BadRequest(param + ": a redirect led to " + current + "; expected an http:// URL", param,
+                          "image_fetch_failed");
       }
       std::string location;
       auto got = HttpGet(current, param, policy, &location);
@@ -163,8 +173,9 @@ std::variant<std::string, ApiError> FetchImage(const std::string& url, const std
                       param, "image_fetch_failed");
   }
   std::string scheme = url.substr(0, std::min<size_t>(url.find(':'), 16));
-  return BadRequest(param + ": the URL scheme '" + scheme + "' is not accepted; expected data:image/png;base64,... "
-                    "(or file:// / http:// where the server allows them)",
+  return BadRequest(param + ": the URL scheme '" + scheme +
+                        "' is not accepted; expected data:image/png;base64,... "
+                        "(or file:// / http:// where the server allows them)",
                     param, "invalid_image_url");
 }
 

@@ -25,6 +25,7 @@ struct MediaPolicy {
 };
 
 // The encoded image bytes (PNG or JPEG, checked by signature), or a 400 naming `param`.
-std::variant<std::string, ApiError> FetchImage(const std::string& url, const std::string& param, const MediaPolicy& policy);
+std::variant<std::string, ApiError> FetchImage(const std::string& url, const std::string& param,
+                                               const MediaPolicy& policy);
 
 }  // namespace xcpipe::http

@@ -84,9 +84,10 @@ INSTANTIATE_TEST_SUITE_P(
                 "messages[0].content[0].type", "\"audio\" is not supported"},
         BadCase{"text_part_no_text", WithMessages({{{"role", "user"}, {"content", {{{"type", "text"}}}}}}), 400,
                 "messages[0].content[0].text", "text is missing; expected a string"},
-        BadCase{"image_no_url",
-                WithMessages({{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", json::object()}}}}}}),
-                400, "messages[0].content[0].image_url.url", "url is missing"},
+        BadCase{
+            "image_no_url",
+            WithMessages({{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", json::object()}}}}}}),
+            400, "messages[0].content[0].image_url.url", "url is missing"},
         BadCase{"image_in_assistant",
                 WithMessages({kUser,
                               {{"role", "assistant"},
@@ -110,15 +111,19 @@ INSTANTIATE_TEST_SUITE_P(
                 "max_completion_tokens", "differ"},
         BadCase{"max_completion_negative", With({{"max_completion_tokens", -1}}), 400, "max_completion_tokens",
                 "out of range"},
-        BadCase{"temperature_high", With({{"temperature", 2.5}}), 400, "temperature", "temperature 2.5 is out of range"},
+        BadCase{"temperature_high", With({{"temperature", 2.5}}), 400, "temperature",
+                "temperature 2.5 is out of range"},
         BadCase{"temperature_negative", With({{"temperature", -0.1}}), 400, "temperature", "out of range"},
-        BadCase{"temperature_string", With({{"temperature", "hot"}}), 400, "temperature", "is a string; expected a number"},
+        BadCase{"temperature_string", With({{"temperature", "hot"}}), 400, "temperature",
+                "is a string; expected a number"},
         BadCase{"top_p_zero", With({{"top_p", 0}}), 400, "top_p", "expected > 0"},
         BadCase{"top_p_high", With({{"top_p", 1.5}}), 400, "top_p", "out of range"},
         BadCase{"top_k_negative", With({{"top_k", -2}}), 400, "top_k", "out of range"},
         BadCase{"top_k_float", With({{"top_k", 2.5}}), 400, "top_k", "expected an integer"},
-        BadCase{"repetition_penalty_zero", With({{"repetition_penalty", 0}}), 400, "repetition_penalty", "expected > 0"},
-        BadCase{"repetition_penalty_high", With({{"repetition_penalty", 11}}), 400, "repetition_penalty", "out of range"},
+        BadCase{"repetition_penalty_zero", With({{"repetition_penalty", 0}}), 400, "repetition_penalty",
+                "expected > 0"},
+        BadCase{"repetition_penalty_high", With({{"repetition_penalty", 11}}), 400, "repetition_penalty",
+                "out of range"},
         BadCase{"seed_negative", With({{"seed", -1}}), 400, "seed", "seed -1 is negative"},
         BadCase{"seed_string", With({{"seed", "7"}}), 400, "seed", "expected an integer"},
         BadCase{"stop_number", With({{"stop", 3}}), 400, "stop", "stop is a number; expected a string or a list"},
@@ -147,7 +152,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"logprobs", With({{"logprobs", true}}), 400, "logprobs", "log probabilities is not implemented"},
         BadCase{"top_logprobs", With({{"top_logprobs", 2}}), 400, "top_logprobs", "log probabilities"},
         BadCase{"logit_bias", With({{"logit_bias", {{"5", 1}}}}), 400, "logit_bias", "logit bias"},
-        BadCase{"frequency_penalty", With({{"frequency_penalty", 0.5}}), 400, "frequency_penalty", "repetition_penalty"},
+        BadCase{"frequency_penalty", With({{"frequency_penalty", 0.5}}), 400, "frequency_penalty",
+                "repetition_penalty"},
         BadCase{"presence_penalty", With({{"presence_penalty", 0.5}}), 400, "presence_penalty", "is not implemented"},
         BadCase{"min_tokens", With({{"min_tokens", 5}}), 400, "min_tokens", "a minimum number of tokens"},
         BadCase{"ignore_eos", With({{"ignore_eos", true}}), 400, "ignore_eos", "past the end-of-answer token"}),
@@ -190,7 +196,8 @@ TEST(ChatRequestTest, ReadsEveryField) {
 }
 
 TEST(ChatRequestTest, DefaultsAndSpellings) {
-  auto out = ParseChatCompletionRequest(With({{"temperature", 0}, {"max_completion_tokens", 9}, {"stop", "X"}, {"top_k", -1}}));
+  auto out = ParseChatCompletionRequest(
+      With({{"temperature", 0}, {"max_completion_tokens", 9}, {"stop", "X"}, {"top_k", -1}}));
   ASSERT_TRUE(std::holds_alternative<ChatCompletionRequest>(out));
   const auto& r = std::get<ChatCompletionRequest>(out);
   EXPECT_TRUE(r.greedy);  // temperature 0 is greedy
@@ -209,9 +216,10 @@ TEST(ChatRequestTest, DefaultsAndSpellings) {
 TEST(ChatRequestTest, ContentPartsKeepTheirOrder) {
   auto out = ParseChatCompletionRequest(WithMessages(
       {{{"role", "user"},
-        {"content", {{{"type", "text"}, {"text", "A "}},
-                     {{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64,AAAA"}, {"detail", "low"}}}},
-                     {{"type", "text"}, {"text", " B"}}}}}}));
+        {"content",
+         {{{"type", "text"}, {"text", "A "}},
+          {{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64,AAAA"}, {"detail", "low"}}}},
+          {{"type", "text"}, {"text", " B"}}}}}}));
   ASSERT_TRUE(std::holds_alternative<ChatCompletionRequest>(out));
   const auto& parts = std::get<ChatCompletionRequest>(out).messages[0].parts;
   ASSERT_EQ(parts.size(), 3u);
@@ -275,24 +283,47 @@ TEST_P(RefusedConversationTest, Refused) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, RefusedConversationTest,
-    ::testing::Values(
-        BadConversation{"only_system", {{{"role", "system"}, {"content", "x"}}}, tokenizer::ChatVersion::kIxc2Vl,
-                        "messages", "no user message"},
-        BadConversation{"assistant_first", {{{"role", "assistant"}, {"content", "x"}}, kUser},
-                        tokenizer::ChatVersion::kIxc2Vl, "messages", "assistant message before any user message"},
-        BadConversation{"ends_with_assistant", {kUser, {{"role", "assistant"}, {"content", "x"}}},
-                        tokenizer::ChatVersion::kIxc2Vl, "messages", "end with a user message"},
-        BadConversation{"late_system", {kUser, {{"role", "system"}, {"content", "x"}}},
-                        tokenizer::ChatVersion::kIxc2Vl, "messages[1].role", "system messages first"},
-        BadConversation{"placeholder_text", {{{"role", "user"}, {"content", "look <ImageHere>"}}},
-                        tokenizer::ChatVersion::kIxc2Vl, "messages[0].content", "send images as image_url parts"},
-        BadConversation{"too_many_images", {{{"role", "user"}, {"content", {kImagePart, kImagePart, kImagePart}}}},
-                        tokenizer::ChatVersion::kIxc2Vl, "messages[0].content[2]", "more than 2 images"},
-        BadConversation{"ixc1_two_images", {{{"role", "user"}, {"content", {kImagePart, kImagePart}}}},
-                        tokenizer::ChatVersion::kIxc1, "messages[0].content[1]", "one image per message"},
-        BadConversation{"ixc1_image_after_text",
-                        {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "x"}}, kImagePart}}}},
-                        tokenizer::ChatVersion::kIxc1, "messages[0].content[1]", "before its text"}),
+    ::testing::Values(BadConversation{"only_system",
+                                      {{{"role", "system"}, {"content", "x"}}},
+                                      tokenizer::ChatVersion::kIxc2Vl,
+                                      "messages",
+                                      "no user message"},
+                      BadConversation{"assistant_first",
+                                      {{{"role", "assistant"}, {"content", "x"}}, kUser},
+                                      tokenizer::ChatVersion::kIxc2Vl,
+                                      "messages",
+                                      "assistant message before any user message"},
+                      BadConversation{"ends_with_assistant",
+                                      {kUser, {{"role", "assistant"}, {"content", "x"}}},
+                                      tokenizer::ChatVersion::kIxc2Vl,
+                                      "messages",
+                                      "end with a user message"},
+                      BadConversation{"late_system",
+                                      {kUser, {{"role", "system"}, {"content", "x"}}},
+                                      tokenizer::ChatVersion::kIxc2Vl,
+                                      "messages[1].role",
+                                      "system messages first"},
+                      BadConversation{"placeholder_text",
+                                      {{{"role", "user"}, {"content", "look <ImageHere>"}}},
+                                      tokenizer::ChatVersion::kIxc2Vl,
+                                      "messages[0].content",
+                                      "send images as image_url parts"},
+                      BadConversation{"too_many_images",
+                                      {{{"role", "user"}, {"content", {kImagePart, kImagePart, kImagePart}}}},
+                                      tokenizer::ChatVersion::kIxc2Vl,
+                                      "messages[0].content[2]",
+                                      "more than 2 images"},
+                      BadConversation{"ixc1_two_images",
+                                      {{{"role", "user"}, {"content", {kImagePart, kImagePart}}}},
+                                      tokenizer::ChatVersion::kIxc1,
+                                      "messages[0].content[1]",
+                                      "one image per message"},
+                      BadConversation{
+                          "ixc1_image_after_text",
+                          {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "x"}}, kImagePart}}}},
+                          tokenizer::ChatVersion::kIxc1,
+                          "messages[0].content[1]",
+                          "before its text"}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(DataUrlTest, DecodesPngAndJpegAndRefusesTheRest) {
@@ -311,7 +342,8 @@ TEST(DataUrlTest, DecodesPngAndJpegAndRefusesTheRest) {
     std::string message;
   };
   for (const Bad& b : std::vector<Bad>{
-           {"data:image/gif;base64,R0lGODlh", "unsupported_image_type", "media type \"image/gif\"; expected image/png or image/jpeg"},
+           {"data:image/gif;base64,R0lGODlh", "unsupported_image_type",
+            "media type \"image/gif\"; expected image/png or image/jpeg"},
            {"data:image/png;base64,iVBO!wKGgo=", "invalid_base64", "not valid base64 at character 4"},
            {"data:image/png;base64,iVBORw0KG", "invalid_base64", "not valid base64 at character 8"},
            {"data:image/png,iVBORw0KGgo=", "invalid_image_url", "not base64"},

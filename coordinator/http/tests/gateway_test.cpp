@@ -38,7 +38,9 @@ class Connection {
   }
   ~Connection() { ::close(fd_); }
   bool connected() const { return connected_; }
-  void Send(const std::string& data) { ASSERT_EQ(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL), static_cast<ssize_t>(data.size())); }
+  void Send(const std::string& data) {
+    ASSERT_EQ(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL), static_cast<ssize_t>(data.size()));
+  }
   // Reads until `until` appears, the peer closes, or `timeout` passes.
   std::string Read(std::chrono::milliseconds timeout, const std::string& until = "") {
     const auto end = std::chrono::steady_clock::now() + timeout;
@@ -154,11 +156,13 @@ TEST_F(GatewayTest, KeysRoutesAndMethods) {
   EXPECT_EQ(StatusOf(no_key), 401);
   EXPECT_NE(no_key.find("WWW-Authenticate: Bearer"), std::string::npos);
   EXPECT_EQ(BodyOf(no_key)["error"]["code"], "missing_api_key");
-  auto wrong = Exchange(a, "GET /v1/models HTTP/1.1\r\nAuthorization: Bearer key-number-one-012345678X\r\nConnection: close\r\n\r\n");
+  auto wrong = Exchange(
+      a, "GET /v1/models HTTP/1.1\r\nAuthorization: Bearer key-number-one-012345678X\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(StatusOf(wrong), 401);
   EXPECT_EQ(BodyOf(wrong)["error"]["code"], "invalid_api_key");
   for (const char* key : {"key-number-one-0123456789", "key-number-two-0123456789"}) {
-    auto ok = Exchange(a, std::string("GET /v1/models HTTP/1.1\r\nAuthorization: Bearer ") + key + "\r\nConnection: close\r\n\r\n");
+    auto ok = Exchange(
+        a, std::string("GET /v1/models HTTP/1.1\r\nAuthorization: Bearer ") + key + "\r\nConnection: close\r\n\r\n");
     EXPECT_EQ(StatusOf(ok), 200) << ok;
     EXPECT_EQ(BodyOf(ok)["data"][0]["id"], "model");
   }
@@ -180,15 +184,17 @@ TEST_F(GatewayTest, NotServingIs503WithAReason) {
   EXPECT_EQ(BodyOf(health)["status"], "unavailable");
   EXPECT_FALSE(BodyOf(health)["reason"].get<std::string>().empty());
   const std::string body = R"({"messages":[{"role":"user","content":"hi"}]})";
-  auto chat = Exchange(g->address(), "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: " +
-                                         std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
+  auto chat = Exchange(g->address(),
+                       "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
   EXPECT_EQ(StatusOf(chat), 503) << chat;
   EXPECT_NE(chat.find("Retry-After: 1"), std::string::npos);
   EXPECT_EQ(BodyOf(chat)["error"]["type"], "service_unavailable");
   // A bad request is still a 400 (it is checked before the cluster is asked).
   const std::string bad = R"({"messages":[{"role":"user","content":"hi"}],"n":3})";
-  auto refused = Exchange(g->address(), "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: " + std::to_string(bad.size()) +
-                                            "\r\nConnection: close\r\n\r\n" + bad);
+  auto refused =
+      Exchange(g->address(), "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: " + std::to_string(bad.size()) +
+                                 "\r\nConnection: close\r\n\r\n" + bad);
   EXPECT_EQ(StatusOf(refused), 400);
   EXPECT_EQ(BodyOf(refused)["error"]["param"], "n");
 }
@@ -250,8 +256,8 @@ TEST_F(GatewayTest, ConnectionLimitKeepAliveAndContinue) {
     // Expect: 100-continue is answered before the body is sent.
     c.Clear();
     const std::string body = R"({"messages":[]})";
-    c.Send("POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: " + std::to_string(body.size()) +
-           "\r\n\r\n");
+    c.Send("POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n");
     EXPECT_EQ(c.Read(5s, "\r\n\r\n").rfind("HTTP/1.1 100 Continue\r\n\r\n", 0), 0u);
     c.Clear();
     c.Send(body);

@@ -21,8 +21,8 @@ struct ApiError {
   int status = 400;
   std::string message;
   std::string type = "invalid_request_error";
-  std::string param;  // the request field at fault ("" renders as null)
-  std::string code;   // a short machine-readable code ("" renders as null)
+  std::string param;      // the request field at fault ("" renders as null)
+  std::string code;       // a short machine-readable code ("" renders as null)
   int retry_after_s = 0;  // > 0: sent as the Retry-After header (429, 503)
 };
 

@@ -86,12 +86,12 @@ std::variant<ChatCompletionRequest, ApiError> ParseChatCompletionRequest(std::st
 // the system text, the messages must alternate user/assistant, start with user and end with
 // user (the question to answer); assistant messages carry text only.
 struct Conversation {
-  tokenizer::ChatRequest chat;          // query, history, meta_instruction, num_images
-  std::vector<std::string> image_urls;  // in prompt order
+  tokenizer::ChatRequest chat;            // query, history, meta_instruction, num_images
+  std::vector<std::string> image_urls;    // in prompt order
   std::vector<std::string> image_params;  // "messages[i].content[j]" for each image, for errors
 };
 std::variant<Conversation, ApiError> BuildConversation(const std::vector<ChatMessage>& messages,
-                                                      tokenizer::ChatVersion version, const ChatLimits& limits = {});
+                                                       tokenizer::ChatVersion version, const ChatLimits& limits = {});
 
 // An image given inline as data:image/png;base64,... or data:image/jpeg;base64,...: the decoded
 // bytes, checked to be what the media type says. `param` names the part in errors.

@@ -45,22 +45,22 @@ namespace xcpipe::http {
 
 // Tunables of the HTTP server (flags: gateway_flags.h).
 struct GatewayOptions {
-  std::string listen;                  // HOST:PORT; "" = no HTTP server
-  std::filesystem::path api_key_file;  // one key per line ('#' comments); empty = no keys
-  bool allow_unauthenticated = false;  // without keys, serve on a non-loopback address anyway
-  std::string served_model_name;       // default: the model folder's name
-  std::filesystem::path allowed_media_dir;  // file:// image URLs only below it; empty = refused
-  bool allow_remote_images = false;         // http:// image URLs (https needs a TLS build: refused)
+  std::string listen;                        // HOST:PORT; "" = no HTTP server
+  std::filesystem::path api_key_file;        // one key per line ('#' comments); empty = no keys
+  bool allow_unauthenticated = false;        // without keys, serve on a non-loopback address anyway
+  std::string served_model_name;             // default: the model folder's name
+  std::filesystem::path allowed_media_dir;   // file:// image URLs only below it; empty = refused
+  bool allow_remote_images = false;          // http:// image URLs (https needs a TLS build: refused)
   size_t max_body_bytes = size_t{48} << 20;  // a few large base64 images
   size_t max_header_bytes = size_t{16} << 10;
-  int header_timeout_s = 10;    // the header of a request, from its first byte
-  int body_timeout_s = 60;      // the body, after the header
-  int idle_timeout_s = 30;      // keep-alive: waiting for the next request
-  int write_timeout_s = 30;     // one write to a slow client; past it the request is cancelled
+  int header_timeout_s = 10;  // the header of a request, from its first byte
+  int body_timeout_s = 60;    // the body, after the header
+  int idle_timeout_s = 30;    // keep-alive: waiting for the next request
+  int write_timeout_s = 30;   // one write to a slow client; past it the request is cancelled
   int max_connections = 256;
-  int max_requests = 128;       // chat requests in progress at once; more get 429
-  int max_requests_per_key = 64;  // of them, per API key
-  int request_timeout_s = 900;    // one chat request end to end
+  int max_requests = 128;            // chat requests in progress at once; more get 429
+  int max_requests_per_key = 64;     // of them, per API key
+  int request_timeout_s = 900;       // one chat request end to end
   int64_t default_max_tokens = 512;  // when a request gives no max_tokens (capped by the context)
   int remote_image_timeout_s = 10;
   size_t max_image_bytes = size_t{16} << 20;
@@ -72,8 +72,8 @@ struct GatewayBackend {
   std::string coordinator_endpoint;  // tcp://127.0.0.1:7000 (wildcards are turned into loopback)
   control::CurveConfig curve;        // client keys when the coordinator requires CURVE
   std::filesystem::path model_dir;
-  std::filesystem::path tokenizer;   // empty: found next to the model
-  int64_t max_context = 4096;        // the coordinator's serving context (capped by the model's)
+  std::filesystem::path tokenizer;  // empty: found next to the model
+  int64_t max_context = 4096;       // the coordinator's serving context (capped by the model's)
 };
 
 class Gateway {

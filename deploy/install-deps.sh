@@ -49,6 +49,9 @@ PACKAGES=(
   # HTTP API tests: Node.js and npm run the official `openai` client (tests/http/setup_node.sh
   # installs the pinned npm packages), chromium is the browser the console test drives
   nodejs npm chromium
+  # HTTP API: OpenSSL for https:// image URLs (optional in the build); its CLI makes the tests'
+  # certificates
+  libssl-dev openssl
 )
 
 missing=()

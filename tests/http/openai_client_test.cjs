@@ -155,9 +155,18 @@ test('a bad request is a BadRequestError with our message', async () => {
             'is not a file below the server\'s --allowed-media-dir');
 });
 
-// The cluster runs with --allowed-media-dir @WORK@/media --allow-remote-images (CMake).
-test('image URLs: file:// below the allowed folder, http:// with redirects, refusals', async () => {
+// The cluster runs with --allowed-media-dir @WORK@/media --allow-remote-images
+// --remote-image-ca-file @WORK@/tls/cert.pem (CMake; run_with_cluster.sh makes the certificates).
+test('image URLs: file:// below the allowed folder, http(s):// with redirects, refusals', async () => {
   const http = require('node:http');
+  const https = require('node:https');
+  const tls = path.join(process.env.XCPIPE_WORK, 'tls');
+  const tlsServer = (name) => https.createServer({ key: fs.readFileSync(path.join(tls, name + '-key.pem')),
+                                                   cert: fs.readFileSync(path.join(tls, name + '.pem')) },
+                                                 (req, res) => { res.writeHead(200); res.end(png(40, 9)); });
+  const trusted = tlsServer('cert'), untrusted = tlsServer('other');
+  await new Promise((r) => trusted.listen(0, '127.0.0.1', r));
+  await new Promise((r) => untrusted.listen(0, '127.0.0.1', r));
   const media = path.join(process.env.XCPIPE_WORK, 'media');
   fs.writeFileSync(path.join(media, 'a.png'), png(40, 9));
   fs.writeFileSync(path.join(process.env.XCPIPE_WORK, 'outside.png'), png(40, 9));
@@ -180,6 +189,8 @@ test('image URLs: file:// below the allowed folder, http:// with redirects, refu
     assert.equal((await ask('file://' + path.join(media, 'a.png'))).choices[0].message.content, inline);
     assert.equal((await ask(origin + '/a.png')).choices[0].message.content, inline);
     assert.equal((await ask(origin + '/moved')).choices[0].message.content, inline, 'one redirect is followed');
+    assert.equal((await ask(`https://127.0.0.1:${trusted.address().port}/a.png`)).choices[0].message.content, inline,
+                 'https with a trusted certificate');
     const refused = async (url, message) => {
       await assert.rejects(ask(url), (err) => {
         assert.ok(err instanceof OpenAI.BadRequestError, err.message);
@@ -191,10 +202,12 @@ test('image URLs: file:// below the allowed folder, http:// with redirects, refu
     await refused(origin + '/loop0', 'more than 3 redirects');
     await refused(origin + '/text', 'neither a PNG nor a JPEG');
     await refused(origin + '/missing', 'answered HTTP 404');
-    await refused('https://127.0.0.1:1/a.png', 'need TLS');
+    await refused(`https://127.0.0.1:${untrusted.address().port}/a.png`, 'the certificate is not trusted');
     await refused('ftp://example.com/a.png', "the URL scheme 'ftp' is not accepted");
   } finally {
     server.close();
+    trusted.close();
+    untrusted.close();
   }
 });
 

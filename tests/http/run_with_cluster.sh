@@ -3,7 +3,8 @@
 # by xcpipe mkmodel, N worker processes, an API key file) and runs one Node.js test file against
 # it with node --test. Real processes, real sockets, the real npm client.
 # Usage: run_with_cluster.sh BIN_DIR NODE_DIR TEST_FILE WORKERS [serve-local flags...]
-# (in the flags, @WORK@ stands for the scratch folder, which holds an empty media/ folder)
+# (in the flags, @WORK@ stands for the scratch folder, which holds an empty media/ folder and
+# tls/: cert.pem, other.pem and their keys)
 # The test file reads XCPIPE_HTTP_BASE (http://HOST:PORT), XCPIPE_API_KEY, XCPIPE_BIN,
 # XCPIPE_COORDINATOR, XCPIPE_WORK (a scratch folder) and XCPIPE_REPORT_DIR.
 set -euo pipefail
@@ -22,7 +23,13 @@ trap cleanup EXIT
 
 "$BIN/xcpipe" mkmodel --arch ixc2-vl --preset tiny --out "$WORK/model" >/dev/null 2>&1
 # @WORK@ in the serve-local flags names this run's scratch folder (e.g. --allowed-media-dir @WORK@/media).
-mkdir -p "$WORK/media"
+mkdir -p "$WORK/media" "$WORK/tls"
+# Two self-signed certificates for 127.0.0.1 (the tests' https image servers): one trusted with
+# --remote-image-ca-file @WORK@/tls/cert.pem, one not.
+for name in cert other; do
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$WORK/tls/$name-key.pem" -out "$WORK/tls/$name.pem" >/dev/null 2>&1
+done
 args=()
 for a in "$@"; do args+=("${a//@WORK@/$WORK}"); done
 # A key of 32 random characters (the gateway refuses keys shorter than 16).

@@ -529,7 +529,7 @@ struct Gateway::Impl {
     std::vector<int64_t> rows;
     for (size_t i = 0; i < c.image_urls.size(); ++i) {
       MediaPolicy policy{opt.allowed_media_dir, opt.allow_remote_images, opt.max_image_bytes,
-                         std::chrono::seconds(opt.remote_image_timeout_s)};
+                         std::chrono::seconds(opt.remote_image_timeout_s), opt.remote_image_ca_file};
       auto bytes = FetchImage(c.image_urls[i], c.image_params[i], policy);
       if (auto* e = std::get_if<ApiError>(&bytes)) return *e;
       auto rgb = image::DecodeImage(std::get<std::string>(bytes));

@@ -1,7 +1,8 @@
 // Where the images of image_url parts come from: inline data: URLs (always), file:// paths
-// below --allowed-media-dir only, http:// URLs only with --allow-remote-images (fetched with a
-// timeout, a size cap and at most kMaxRedirects redirects). https:// is refused: this build
-// carries no TLS client; such images are sent as data: URLs.
+// below --allowed-media-dir only, http:// and https:// URLs only with --allow-remote-images
+// (fetched with a timeout, a size cap and at most kMaxRedirects redirects; https verifies the
+// certificate against the system's CAs or --remote-image-ca-file, and needs a build with
+// OpenSSL, else it is refused saying so).
 //
 // Thread-safe (no shared state).
 #pragma once
@@ -21,6 +22,7 @@ struct MediaPolicy {
   bool allow_remote = false;
   size_t max_bytes = size_t{16} << 20;
   std::chrono::seconds timeout{10};
+  std::filesystem::path ca_file;  // https: trust these CAs instead of the system's
   static constexpr int kMaxRedirects = 3;
 };
 

@@ -50,7 +50,7 @@ struct GatewayOptions {
   bool allow_unauthenticated = false;        // without keys, serve on a non-loopback address anyway
   std::string served_model_name;             // default: the model folder's name
   std::filesystem::path allowed_media_dir;   // file:// image URLs only below it; empty = refused
-  bool allow_remote_images = false;          // http:// image URLs (https needs a TLS build: refused)
+  bool allow_remote_images = false;          // http(s):// image URLs (https in builds with OpenSSL)
   size_t max_body_bytes = size_t{48} << 20;  // a few large base64 images
   size_t max_header_bytes = size_t{16} << 10;
   int header_timeout_s = 10;  // the header of a request, from its first byte
@@ -63,6 +63,7 @@ struct GatewayOptions {
   int request_timeout_s = 900;       // one chat request end to end
   int64_t default_max_tokens = 512;  // when a request gives no max_tokens (capped by the context)
   int remote_image_timeout_s = 10;
+  std::filesystem::path remote_image_ca_file;  // https image URLs: trusted CAs (default: the system's)
   size_t max_image_bytes = size_t{16} << 20;
   int max_images = 4;
 };

@@ -21,7 +21,9 @@ inline void AddGatewayFlags(CLI::App& app, GatewayOptions& o) {
   app.add_option("--allowed-media-dir", o.allowed_media_dir,
                  "accept file:// image URLs for files below this folder (default: refused)");
   app.add_flag("--allow-remote-images", o.allow_remote_images,
-               "fetch http:// image URLs (timeout, size cap, at most 3 redirects; default: refused)");
+               "fetch http:// and https:// image URLs (timeout, size cap, at most 3 redirects; default: refused)");
+  app.add_option("--remote-image-ca-file", o.remote_image_ca_file,
+                 "PEM file of the CAs https image URLs are verified against (default: the system's)");
   app.add_option("--http-max-body-bytes", o.max_body_bytes, "largest HTTP request body; larger ones get 413")
       ->capture_default_str();
   app.add_option("--http-max-connections", o.max_connections, "open HTTP connections at once; more get 429")

@@ -42,6 +42,16 @@ add_library(xcpipe_torch INTERFACE)
 target_link_libraries(xcpipe_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(xcpipe_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 add_library(xcpipe::torch ALIAS xcpipe_torch)
+# Whether this libtorch can compute on CUDA devices. Debian's is CPU only; a CUDA libtorch (the
+# official archive, or the one inside a pip `torch` CUDA wheel, found through
+# -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')) exports
+# torch_cuda. Workers refuse a CUDA device (exit 7) in a build without it.
+if(TARGET torch_cuda OR TARGET c10_cuda OR "${TORCH_LIBRARIES}" MATCHES "torch_cuda")
+  set(XCPIPE_TORCH_CUDA ON)
+else()
+  set(XCPIPE_TORCH_CUDA OFF)
+endif()
+message(STATUS "xcpipe: libtorch ${Torch_VERSION} (${Torch_DIR}): computes on CUDA: ${XCPIPE_TORCH_CUDA}")
 
 # CUDA + NCCL for the GPU data plane, behind XCPIPE_WITH_CUDA.
 set(XCPIPE_CUDA_ENABLED OFF)
@@ -61,8 +71,21 @@ if(NOT XCPIPE_WITH_CUDA STREQUAL "OFF")
     endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
-    find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/include)
-    find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+    # One libnccl per process: a CUDA libtorch from a pip wheel loads the NCCL of its own
+    # `nvidia-nccl` wheel, so link that one when it is there (a toolkit's NCCL beside it would
+    # otherwise be a second copy under the same soname, and which one wins depends on load order).
+    set(XCPIPE_NCCL_HINTS "")
+    if(XCPIPE_TORCH_CUDA)
+      get_filename_component(XCPIPE_SITE_PACKAGES "${Torch_DIR}/../../../.." ABSOLUTE)
+      list(APPEND XCPIPE_NCCL_HINTS "${XCPIPE_SITE_PACKAGES}/nvidia/nccl")
+    endif()
+    find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${XCPIPE_NCCL_HINTS} ${CUDAToolkit_INCLUDE_DIRS} /usr/include
+              PATH_SUFFIXES include)
+    find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2
+                 HINTS ${XCPIPE_NCCL_HINTS} ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu PATH_SUFFIXES lib)
+    if(NCCL_LIBRARY)
+      message(STATUS "xcpipe: NCCL: ${NCCL_LIBRARY}")
+    endif()
     if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
       set(XCPIPE_CUDA_ENABLED ON)
     elseif(XCPIPE_WITH_CUDA STREQUAL "ON")

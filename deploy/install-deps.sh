@@ -3,9 +3,93 @@
 # Idempotent: packages already present are skipped by apt; safe to re-run.
 # Needs root (or sudo). Prints each step. CUDA/NCCL are not installed here: where a
 # CUDA toolkit is present (for example /usr/local/cuda) the build finds it on its own.
+#
+# Air-gapped GPU hosts (no registry; a CUDA libtorch, CUDA and CMake already there):
+#   on a connected Debian 12 machine:  bash deploy/install-deps.sh --download DIR
+#       fetches the .deb files of the libraries xcpipe builds against (not libtorch: the GPU
+#       host brings its own CUDA one) with their dependencies, plus DIR/MANIFEST;
+#   on the GPU host:                   bash deploy/install-deps.sh --from DIR --prefix PREFIX
+#       unpacks them into PREFIX (no root, no dpkg database touched), points their pkg-config
+#       files there and writes PREFIX/env.sh; `. PREFIX/env.sh` before cmake (README: GPU hosts).
 set -euo pipefail
 
 log() { printf '[install-deps] %s\n' "$*"; }
+
+usage() {
+  cat <<'USAGE'
+usage: install-deps.sh                          install every build and test dependency (root, Debian 12)
+       install-deps.sh --download DIR           fetch the build libraries' .deb files into DIR
+       install-deps.sh --from DIR --prefix P    unpack DIR's .deb files into P and write P/env.sh
+Exit codes: 0 done, 1 a step failed, 2 usage error.
+USAGE
+}
+
+# What an air-gapped GPU host needs to build and test xcpipe: the libraries and tools beside
+# libtorch (which comes with CUDA from the host's PyTorch) and the toolchain (the host's).
+OFFLINE_PACKAGES=(
+  libzmq3-dev libzmq5 cppzmq-dev capnproto libcapnp-dev libcapnp-0.9.2
+  libsentencepiece-dev libsentencepiece0 sentencepiece
+  libboost-dev libboost1.74-dev nlohmann-json3-dev libtomlplusplus-dev libtomlplusplus3 libcli11-dev
+  libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
+  libpng-dev libpng16-16 libturbojpeg0-dev libturbojpeg0 libzip-dev libzip4 libsystemd-dev
+  libgtest-dev libgmock-dev libjemalloc2 ninja-build
+  libsodium23 libpgm-5.3-0 libnorm1 libgssapi-krb5-2 libbsd0 libmd0 libkrb5-3 libk5crypto3 libkrb5support0
+  libkeyutils1 libcom-err2
+)
+
+mode=install
+dir=""
+prefix=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --download) mode=download; dir="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    --from) mode=from; dir="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    --prefix) prefix="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    -h|--help) usage; exit 0 ;;
+    *) log "unknown argument '$1'"; usage >&2; exit 2 ;;
+  esac
+done
+
+if [ "$mode" = download ]; then
+  [ -n "$dir" ] || { log "--download needs a folder"; exit 2; }
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  log "downloading ${#OFFLINE_PACKAGES[@]} packages into $dir"
+  if ! (cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "${OFFLINE_PACKAGES[@]}" >/dev/null); then
+    log "apt-get download failed (run 'apt-get update' first, as root)"; exit 1
+  fi
+  (cd "$dir" && for f in *.deb; do echo "$(dpkg-deb -f "$f" Package) $(dpkg-deb -f "$f" Version)"; done) > "$dir/MANIFEST"
+  log "$(ls "$dir"/*.deb | wc -l) files, $(du -sh "$dir" | cut -f1); listed in $dir/MANIFEST"
+  exit 0
+fi
+
+if [ "$mode" = from ]; then
+  [ -n "$dir" ] && [ -d "$dir" ] || { log "--from needs a folder of .deb files"; exit 2; }
+  [ -n "$prefix" ] || { log "--from needs --prefix PREFIX (where to unpack)"; exit 2; }
+  command -v dpkg-deb >/dev/null || { log "dpkg-deb is needed to unpack .deb files"; exit 1; }
+  ls "$dir"/*.deb >/dev/null 2>&1 || { log "no .deb files in $dir"; exit 1; }
+  mkdir -p "$prefix"
+  prefix=$(cd "$prefix" && pwd)
+  n=0
+  for f in "$dir"/*.deb; do dpkg-deb -x "$f" "$prefix"; n=$((n + 1)); done
+  # pkg-config files name /usr; point them at the prefix.
+  find "$prefix" -name '*.pc' -exec sed -i "s|^prefix=/usr|prefix=$prefix/usr|; s|=/usr/|=$prefix/usr/|g" {} +
+  # Absolute symlinks in the packages (for example lib*.so -> /lib/...) resolve inside the prefix.
+  find "$prefix" -type l | while read -r link; do
+    target=$(readlink "$link")
+    case "$target" in /*) [ -e "$prefix$target" ] && ln -sfn "$prefix$target" "$link" ;; esac
+  done
+  multiarch=$(find "$prefix/usr/lib" -maxdepth 1 -type d -name '*-linux-gnu' | head -1)
+  cat > "$prefix/env.sh" <<ENV
+# Written by deploy/install-deps.sh --from: the libraries unpacked here, for cmake and at run time.
+export CMAKE_PREFIX_PATH="$prefix/usr\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"
+export PKG_CONFIG_PATH="$multiarch/pkgconfig:$prefix/usr/share/pkgconfig\${PKG_CONFIG_PATH:+:\$PKG_CONFIG_PATH}"
+export LD_LIBRARY_PATH="$multiarch\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export PATH="$prefix/usr/bin:\$PATH"
+ENV
+  log "unpacked $n packages into $prefix; before cmake: . $prefix/env.sh"
+  exit 0
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -43,6 +127,8 @@ PACKAGES=(
   # fault tests: network namespaces and tools used by the scripts; nftables for the chaos runs'
   # partitions and packet loss inside namespaces (tc, for bandwidth caps, comes with iproute2)
   iproute2 procps python3 python3-numpy nftables
+  # deploy test: `systemd-analyze verify` checks the units (absent from minimal images and containers)
+  systemd
   # deploy test: a real single-host Slurm (controller, node daemon, srun/sbatch) started by
   # tests/deploy/slurm_test.sh with a scratch config; munge is Slurm's usual authentication
   slurmctld slurmd slurm-client munge

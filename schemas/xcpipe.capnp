@@ -53,6 +53,14 @@ struct Capabilities {
   dataAddress @7 :Text;       # where neighbours reach this worker's TCP data plane ("host:port")
   threads @8 :UInt32;         # compute threads (CPU workers)
   buildVersion @9 :Text;      # xcpipe version string, for the status table
+  computeDtypes @10 :List(Text);  # dtypes this worker can compute in on its device: "f32", "bf16",
+                                  # "f16" (a CPU worker has no f16: libtorch has no CPU half GEMM)
+  kernels @11 :Text;          # "cpu-fast" (the CPU's own fast paths) or "generic" (the op
+                              # sequence a CUDA device runs; always so on a CUDA device)
+  memoryBandwidthBytesPerS @12 :UInt64;  # CUDA: device-to-device copy rate measured at start
+                                         # (decode is bound by it); 0 when not measured
+  matmulTflops @13 :Float64;  # CUDA: bf16 matrix-product rate measured at start (prefill is bound
+                              # by it); 0 when not measured
 }
 
 # First message on a connection, peer -> coordinator.
@@ -97,9 +105,12 @@ struct MemoryBreakdown {
 # /proc/self/statm or cudaMemGetInfo, and a sort of at most a few thousand step times).
 struct ResourceSample {
   capacityBytes @0 :UInt64;     # memory the worker may use (its limit, or the device's total)
-  usedBytes @1 :UInt64;         # memory in use: CPU the resident set size; CUDA total minus free
+  usedBytes @1 :UInt64;         # memory this process uses: CPU the resident set size; CUDA the bytes
+                                # libtorch's caching allocator has allocated (other processes on
+                                # the GPU are not counted), or total minus free where it cannot be read
   deviceFreeBytes @2 :UInt64;   # CUDA: free device memory (cudaMemGetInfo); CPU: 0
-  allocatorBytes @3 :UInt64;    # CUDA: bytes the caching allocator holds; 0 where it cannot be read
+  allocatorBytes @3 :UInt64;    # CUDA: bytes the caching allocator has reserved from the driver
+                                # (allocated plus cached); 0 where it cannot be read
   used @4 :MemoryBreakdown;     # usedBytes split by category
   kvBudgetBytes @5 :UInt64;     # KV cache budget of this stage
   kvReservedBytes @6 :UInt64;   # KV room reserved by admitted sequences
@@ -142,7 +153,8 @@ struct AssignStage {
   blockBegin @3 :UInt32;      # contiguous blocks [blockBegin, blockEnd) of the model spec
   blockEnd @4 :UInt32;
   modelPath @5 :Text;         # checkpoint folder as seen from the worker's host
-  dtype @6 :Text;             # compute dtype: "f32" or "bf16"
+  dtype @6 :Text;             # compute dtype: "f32", "bf16" or "f16" (the coordinator resolves "auto"
+                              # before it assigns: every worker of a plan computes in one dtype)
   kvBudgetBytes @7 :UInt64;   # KV cache the plan gave this stage
   nextDataAddress @8 :Text;   # "host:port" of the next stage's data plane; empty on the last stage
   specOverrides @9 :Text;     # JSON object of model facts a checkpoint cannot state (tiny test
@@ -177,6 +189,8 @@ struct StageReady {
   residentBytes @4 :UInt64;    # process memory in use after loading
   loadMs @5 :UInt32;           # time the load took
   weightsKept @6 :Bool;        # the blocks were already loaded (same range): nothing was read again
+  dtype @7 :Text;              # the dtype the stage computes in ("f32", "bf16", "f16")
+  device @8 :Text;             # the device its tensors live on ("cpu", "cuda:K")
 }
 
 # Sampling parameters of one sequence (Hugging Face generate() semantics).
@@ -328,6 +342,8 @@ struct WorkerStatus {
   memoryBytes @13 :UInt64;         # memory the worker announced in its hello
   predictedStepMs @14 :Float64;    # the plan's step time for this worker's stage (0 unassigned)
   weightsKept @15 :Bool;           # its last stageReady reused weights already loaded
+  dtype @16 :Text;                 # the dtype its stage computes in (from stageReady; empty before)
+  kernels @17 :Text;               # "cpu-fast" or "generic" (from its hello)
 }
 
 # How many requests ended one way, for one reason.
@@ -366,6 +382,7 @@ struct StatusReply {
   stepRoundTripMsTotal @25 :Float64;  # their round trips summed: coordinator send to the last stage's result
   stepComputeMsTotal @26 :Float64;    # the stages' compute within them, summed (the rest: hand-offs and waits)
   stepRoundTripP50Ms @27 :Float64;    # median round trip, from the coordinator's histogram
+  dtype @28 :Text;                 # the dtype every stage of the current plan computes in (empty before)
 }
 
 # The one top-level message.

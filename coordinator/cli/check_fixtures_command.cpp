@@ -53,7 +53,21 @@ std::optional<NpyArray> Load(const std::filesystem::path& file, Tally& tally, co
 // (ids and images exactly as the fixture has them) is submitted to the coordinator; the greedy
 // tokens must equal the official ones and the logits of the first generated token must match
 // the official logits at the last prompt position.
-void RunClusterChecks(const std::string& dir, const std::string& only_folder, int workers, Tally& tally) {
+struct CheckSettings {
+  std::string dir;
+  std::string folder;   // only this model folder (empty: all)
+  bool bf16 = true;     // in process: the bf16 top-k agreement checks too
+  int workers = 0;      // > 0: through a local cluster of that many worker processes
+  std::string device = "cpu";
+  std::string dtype = "f32";  // through workers: f32 (tokens identical) or bf16 (top-k agreement)
+  bool generic = false;
+};
+
+void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
+  const std::string& dir = settings.dir;
+  const std::string& only_folder = settings.folder;
+  const int workers = settings.workers;
+  const bool bf16 = settings.dtype == "bf16";
   namespace fs = std::filesystem;
   std::vector<fs::path> folders;
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -63,7 +77,7 @@ void RunClusterChecks(const std::string& dir, const std::string& only_folder, in
   for (const auto& folder : folders) {
     const std::string fname = folder.filename().string();
     if (!only_folder.empty() && fname != only_folder) continue;
-    const std::string prefix = "cluster" + std::to_string(workers) + "/" + fname;
+    const std::string prefix = "cluster" + std::to_string(workers) + (bf16 ? "-bf16/" : "/") + fname;
     auto described = checkpoint::DescribeCheckpoint(folder / "checkpoint");
     if (!described.ok()) {
       tally.Print(false, prefix, described.status().ToString());
@@ -74,6 +88,9 @@ void RunClusterChecks(const std::string& dir, const std::string& only_folder, in
     o.model_dir = folder / "checkpoint";
     o.workers = workers;
     o.quiet_workers = true;
+    o.device = settings.device;
+    o.dtype = settings.dtype;
+    o.generic = settings.generic;
     o.coordinator.edge.max_prompt_tokens = 1 << 16;
     auto cluster = coordinator::LocalCluster::Start(o);
     if (!cluster.ok()) {
@@ -151,9 +168,17 @@ void RunClusterChecks(const std::string& dir, const std::string& only_folder, in
       std::vector<int64_t> mask_values = mask ? mask->ToInt64() : std::vector<int64_t>(B * T, 0);
       std::vector<int64_t> attn_values = attn ? attn->ToInt64() : std::vector<int64_t>(B * T, 1);
       size_t next_image = 0;
+      // bf16 through workers: the first token must be within the official (float32) top-5 at
+      // the last prompt position, as in process; later tokens may rightly drift from float32.
+      std::optional<NpyArray> top10;
+      if (bf16) {
+        if (!fs::exists(cdir / "top10_ids.npy")) continue;
+        top10 = Load(cdir / "top10_ids.npy", tally, name);
+        if (!top10) continue;
+      }
       for (auto [file, penalty] : {std::pair<std::string, double>{"generated_ids.npy", 1.0},
                                    std::pair<std::string, double>{"generated_ids_rep1005.npy", 1.005}}) {
-        if (!fs::exists(cdir / file)) continue;
+        if (!fs::exists(cdir / file) || (bf16 && penalty != 1.0)) continue;
         auto want = Load(cdir / file, tally, name);
         if (!want) continue;
         auto want_ids = want->ToInt64();
@@ -175,9 +200,9 @@ void RunClusterChecks(const std::string& dir, const std::string& only_folder, in
           }
           const bool has_images = !r.pixel_images.empty();
           if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images)) r.penalty_context = r.token_ids;
-          r.max_new_tokens = static_cast<uint32_t>(n_new);
+          r.max_new_tokens = static_cast<uint32_t>(bf16 ? 1 : n_new);
           r.sampling.repetition_penalty = penalty;
-          r.want_logits = penalty == 1.0;
+          r.want_logits = penalty == 1.0 && !bf16;
           const std::string row_name = name + "/" + file.substr(0, file.size() - 4) + (B > 1 ? "/row" + std::to_string(b) : "");
           auto result = (*client)->Generate(r, std::chrono::minutes(5));
           if (!result.ok() || !result->error.empty()) {
@@ -185,6 +210,24 @@ void RunClusterChecks(const std::string& dir, const std::string& only_folder, in
             continue;
           }
           const auto& got = result->token_ids.empty() ? std::vector<int64_t>{} : result->token_ids[0];
+          if (bf16) {
+            int64_t last = -1;
+            for (int64_t t = 0; t < T; ++t)
+              if (attn_values[b * T + t] != 0) last = t;
+            const auto ids10 = top10->ToInt64();
+            const int64_t k10 = top10->shape[2], k = 5;
+            bool in_top = false;
+            std::string official;
+            for (int64_t j = 0; j < k && last >= 0; ++j) {
+              const int64_t id = ids10[(b * T + last) * k10 + j];
+              in_top |= !got.empty() && got[0] == id;
+              official += (j ? "," : "") + std::to_string(id);
+            }
+            tally.Print(in_top, row_name + "/first_token_in_top5",
+                        "ours " + (got.empty() ? std::string("none") : std::to_string(got[0])) + ", official top-5 " +
+                            official);
+            continue;
+          }
           bool same = true;
           std::string why;
           for (int64_t t = 0; t < n_new; ++t) {
@@ -228,8 +271,10 @@ void RunClusterChecks(const std::string& dir, const std::string& only_folder, in
   }
 }
 
-int RunCheckFixtures(const std::string& dir, const std::string& only_folder, bool bf16, int workers) {
+int RunCheckFixtures(const CheckSettings& settings) {
   namespace fs = std::filesystem;
+  const std::string& dir = settings.dir;
+  const std::string& only_folder = settings.folder;
   if (!fs::is_directory(dir)) {
     std::fprintf(stderr, "xcpipe check-fixtures: '%s' is not a folder; expected a fixtures folder with\n"
                          "tokenizer/ and model folders holding checkpoint/ and cases/\n", dir.c_str());
@@ -246,14 +291,16 @@ int RunCheckFixtures(const std::string& dir, const std::string& only_folder, boo
     if (in_folder(r.case_name)) tally.Print(r.passed, "image/" + r.case_name, r.message);
   }
 
-  if (workers > 0) {
-    RunClusterChecks(dir, only_folder, workers, tally);
+  if (settings.workers > 0) {
+    RunClusterChecks(settings, tally);
     std::printf("%d passed, %d failed\n", tally.passed, tally.failed);
     return tally.failed == 0 ? kExitOk : kExitCheckFailed;
   }
-  std::vector<std::string> argv = {(ExecutableDir() / "xcpipe-worker").string(), "check-fixtures", dir};
+  std::vector<std::string> argv = {(ExecutableDir() / "xcpipe-worker").string()};
+  if (settings.generic) argv.push_back("--generic");
+  argv.insert(argv.end(), {"check-fixtures", dir, "--device", settings.device});
   if (!only_folder.empty()) argv.insert(argv.end(), {"--folder", only_folder});
-  if (!bf16) argv.push_back("--no-bf16");
+  if (!settings.bf16) argv.push_back("--no-bf16");
   auto worker = Subprocess::Start(argv, {.capture_stdout = true, .silence_stderr = false, .extra_env = {}});
   if (!worker.ok()) {
     tally.Print(false, "model", worker.status().ToString());
@@ -275,6 +322,11 @@ int RunCheckFixtures(const std::string& dir, const std::string& only_folder, boo
       }
     }
     auto code = (*worker)->Wait(std::chrono::seconds(30));
+    if (code.ok() && *code == kExitNotImplemented) {
+      // The worker printed why (a CUDA device asked of a libtorch without CUDA): pass it on.
+      std::printf("%d passed, %d failed\n", tally.passed, tally.failed);
+      return kExitNotImplemented;
+    }
     if (!code.ok() || (*code != kExitOk && *code != kExitCheckFailed)) {
       tally.Print(false, "model", "worker exited abnormally (" +
                                       (code.ok() ? "exit code " + std::to_string(*code) : code.status().ToString()) +
@@ -294,18 +346,32 @@ void AddCheckFixturesCommand(CLI::App& app, Action& action) {
   sub->footer(
       "Reads every model folder (checkpoint/ + cases/*/manifest.json) and tokenizer_cases.json under DIR and\n"
       "compares with the manifest tolerances. Prints a line per check and, last, 'N passed, M failed'.\n"
-      "Exit 0 when all pass, 6 when any differs, 4 when DIR is not a fixtures folder.\n\n"
-      "Example:\n  xcpipe check-fixtures ../shared/fixtures\n  xcpipe check-fixtures ../shared/fixtures --folder ixc2_vl");
-  auto dir = std::make_shared<std::string>();
-  auto folder = std::make_shared<std::string>();
+      "Exit 0 when all pass, 6 when any differs, 4 when DIR is not a fixtures folder, 7 when --device names a\n"
+      "CUDA device and this build's libtorch has no CUDA.\n\n"
+      "Examples:\n  xcpipe check-fixtures ../shared/fixtures\n  xcpipe check-fixtures ../shared/fixtures --folder ixc2_vl\n"
+      "  xcpipe check-fixtures ../shared/fixtures --generic --workers 2 --dtype bf16   # what a GPU runs, on the CPU\n"
+      "  xcpipe check-fixtures ../shared/fixtures --device cuda:0 --workers 2          # a GPU host");
+  auto settings = std::make_shared<CheckSettings>();
   auto no_bf16 = std::make_shared<bool>(false);
-  auto workers = std::make_shared<int>(0);
-  sub->add_option("dir", *dir, "fixtures folder")->required();
-  sub->add_option("--folder", *folder, "only this model folder (e.g. ixc2_vl)");
-  sub->add_flag("--no-bf16", *no_bf16, "skip the bf16 top-k agreement checks");
-  sub->add_option("--workers", *workers, "run the model through a local cluster of N worker processes");
-  sub->callback([&action, dir, folder, no_bf16, workers] {
-    action = [=] { return RunCheckFixtures(*dir, *folder, !*no_bf16, *workers); };
+  sub->add_option("dir", settings->dir, "fixtures folder")->required();
+  sub->add_option("--folder", settings->folder, "only this model folder (e.g. ixc2_vl)");
+  sub->add_flag("--no-bf16", *no_bf16, "skip the bf16 top-k agreement checks (in process)");
+  sub->add_option("--workers", settings->workers, "run the model through a local cluster of N worker processes");
+  sub->add_option("--device", settings->device, "compute device: cpu or cuda:K (exit 7 where libtorch has no CUDA)")
+      ->capture_default_str();
+  sub->add_option("--dtype", settings->dtype,
+                  "with --workers: f32 (tokens identical, logits within 1e-4) or bf16 (first token within the "
+                  "official top-5); in process both always run")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  sub->add_flag("--generic", settings->generic,
+                "compute with the generic op sequence a CUDA device runs (no CPU-only fast paths)");
+  sub->callback([&action, settings, no_bf16] {
+    action = [=] {
+      CheckSettings s = *settings;
+      s.bf16 = !*no_bf16;
+      return RunCheckFixtures(s);
+    };
   });
 }
 

@@ -89,7 +89,9 @@ void AddMkmodelCommand(CLI::App& app, Action& action) {
       "The same flags give byte-identical files. The result is read back and checked before exit.\n\n"
       "Presets: tiny   the fixtures' tiny dimensions, 2048-piece vocabulary (about 1-5 MB, seconds)\n"
       "         small  LLM hidden 1024, 8 layers, FFN 2816, 8192 pieces; vision width 256, 4 layers at the\n"
-      "                version's real tile size (a few hundred MB; for benchmarks)\n\n"
+      "                version's real tile size (a few hundred MB; for benchmarks)\n"
+      "         large  the 7B's decoder layer size (hidden 4096) with 8 layers, small towers (~2 G parameters:\n"
+      "                ~4 GB in bf16; a decode benchmark that is memory-bound on a data-centre GPU)\n\n"
       "An existing, non-empty OUT is refused; --force replaces the model files in it (other files stay).\n\n"
       "Exit 0 written and checked, 1 OUT not empty (without --force), a write failed or the check failed,\n"
       "2 bad flags.\n\n"
@@ -103,7 +105,7 @@ void AddMkmodelCommand(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"ixc2-vl", "ixc2-4khd", "ixc2.5", "ixc1"}));
   sub->add_option("--preset", args->preset, "model size")
       ->capture_default_str()
-      ->check(CLI::IsMember({"tiny", "small"}));
+      ->check(CLI::IsMember({"tiny", "small", "large"}));
   sub->add_option("--out", args->out, "folder to write the model into (created if missing)")->required();
   sub->add_option("--seed", args->seed, "seed of the weights and of the tokenizer's corpus")->capture_default_str();
   sub->add_option("--dtype", args->dtype, "weight dtype: f32 or bf16")

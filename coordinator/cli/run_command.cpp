@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "compute_flags.h"
 #include "generation_flags.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/local_cluster.h"
@@ -24,8 +25,7 @@ void AddRunCommand(CLI::App& app, Action& action) {
   o->quiet_workers = true;
   sub->add_option("--model", o->model_dir, "checkpoint folder")->required();
   sub->add_option("--tokenizer", o->tokenizer, "tokenizer.model (default: found next to the model)");
-  sub->add_option("--dtype", o->dtype, "compute dtype: f32 or bf16")->capture_default_str()
-      ->check(CLI::IsMember({"f32", "bf16"}));
+  AddComputeFlags(*sub, *o);
   sub->add_option("--threads", o->threads_per_worker, "compute threads (0: every core)");
   AddGenerationFlags(*sub, *flags);
   sub->callback([&action, sub, o, flags] {

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "compute_flags.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/coordinator/serving_flags.h"
@@ -32,8 +33,7 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
   sub->add_option("--listen", o->listen, "control address, e.g. tcp://127.0.0.1:7000 (tcp://127.0.0.1:* picks a port)")
       ->capture_default_str();
   sub->add_option("--tokenizer", o->tokenizer, "tokenizer.model (default: found next to the model)");
-  sub->add_option("--dtype", o->dtype, "compute dtype: f32 or bf16")->capture_default_str()
-      ->check(CLI::IsMember({"f32", "bf16"}));
+  AddComputeFlags(*sub, *o);
   sub->add_option("--threads", o->threads_per_worker, "compute threads per worker (0: split the cores)");
   coordinator::AddServingFlags(*sub, o->coordinator);
   sub->add_option("--metrics-listen", o->coordinator.metrics_listen,

@@ -270,6 +270,7 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["tokens_per_s_p50"] = r.getTokensPerSecondP50();
     j["metrics_address"] = r.getMetricsAddress().cStr();
     j["data_plane"] = r.getDataPlane().cStr();
+    j["dtype"] = r.getDtype().cStr();
     j["data_plane_reason"] = r.getDataPlaneReason().cStr();
     j["steps_completed"] = r.getStepsCompleted();
     j["step_round_trip_ms_total"] = r.getStepRoundTripMsTotal();
@@ -307,6 +308,9 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
                                 : 0.0;
       x["predicted_step_ms"] = w.getPredictedStepMs();
       x["weights_kept"] = w.getWeightsKept();
+      x["dtype"] = w.getDtype().cStr();
+      x["kernels"] = w.getKernels().cStr();
+      x["allocator_reserved_bytes"] = res.getAllocatorBytes();
       x["step_p50_ms"] = static_cast<double>(res.getStepP50Micros()) / 1e3;
       x["step_p99_ms"] = static_cast<double>(res.getStepP99Micros()) / 1e3;
       x["steps_in_window"] = res.getStepsInWindow();

@@ -71,6 +71,10 @@ struct WorkerInfo {
   std::vector<std::string> data_planes;  // what its hello offered ("tcp", "nccl")
   uint32_t pid = 0, threads = 1;
   uint64_t memory = 0;
+  std::string kernels;                // "cpu-fast" or "generic" (hello)
+  std::string dtype;                  // the dtype its stage computes in (stageReady)
+  uint64_t bandwidth_bytes_per_s = 0;  // CUDA: measured device copy rate (hello); 0 unknown
+  double matmul_tflops = 0;            // CUDA: measured bf16 matrix-product rate (hello); 0 unknown
   WorkerState state = WorkerState::kIdle;
   int stage = -1;
   bool weights_kept = false;  // its last stageReady reused loaded weights
@@ -168,6 +172,26 @@ struct DataPlaneChoice {
 };
 
 enum class ClusterState { kWaiting, kLoading, kServing };
+// The dtype every stage of a plan computes in. "auto" (the default): the checkpoint's 16-bit
+// dtype when every worker is a CUDA device (bf16 for a float32 checkpoint), else float32,
+// which the CPU computes fast and which matches the official float32 outputs exactly.
+std::string ResolveDtype(const std::string& asked, const std::vector<WorkerInfo*>& pool,
+                         const checkpoint::TensorTable& tensors) {
+  if (!asked.empty() && asked != "auto") return asked;
+  const bool all_cuda = !pool.empty() && std::all_of(pool.begin(), pool.end(), [](const WorkerInfo* w) {
+    return w->device.rfind("cuda", 0) == 0;
+  });
+  if (!all_cuda) return "f32";
+  for (const auto& t : tensors.tensors) {
+    if (t.dtype == checkpoint::DType::kF16) return "f16";
+    if (t.dtype == checkpoint::DType::kBF16 || t.dtype == checkpoint::DType::kF32) break;
+  }
+  return "bf16";
+}
+
+// Planner ordinals for the second and later workers sharing one GPU (no host has this many).
+constexpr size_t kSharedGpuOrdinal = 1000;
+
 const char* ClusterStateName(ClusterState s) {
   switch (s) {
     case ClusterState::kWaiting: return "waiting-for-workers";
@@ -255,6 +279,7 @@ struct Coordinator::Impl {
   // and replay every admitted sequence from its prompt and the tokens already generated.
   bool recovering = false;
   bool planned_once = false;
+  std::string plan_dtype = "f32";  // the dtype of the current plan (ResolveDtype)
   bool planned_once_served = false;  // the cluster has served at least once
   bool capacity_lost = false;    // recovery found no feasible plan: refuse until a worker returns
   bool workers_changed = true;   // re-plan only when the set of live workers changed
@@ -365,6 +390,9 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
   info.device_name = caps.getDeviceName().cStr();
   info.memory = caps.getMemoryBytes();
   info.threads = caps.getThreads();
+  info.kernels = caps.getKernels().cStr();
+  info.bandwidth_bytes_per_s = caps.getMemoryBandwidthBytesPerS();
+  info.matmul_tflops = caps.getMatmulTflops();
   info.data_address = caps.getDataAddress().cStr();
   info.data_planes.clear();
   for (auto plane : caps.getDataPlanes()) info.data_planes.emplace_back(plane.cStr());
@@ -420,7 +448,10 @@ void Coordinator::Impl::MaybePlan() {
   // The rows one step carries, as the scheduler packs them (see StepRowLimit): what each
   // stage's activations are planned for.
   cluster.serving.prefill_chunk = StepRowLimit(model->spec);
-  cluster.serving.dtype = opt.dtype == "bf16" ? checkpoint::DType::kBF16 : checkpoint::DType::kF32;
+  plan_dtype = ResolveDtype(opt.dtype, pool, model->tensors);
+  cluster.serving.dtype = plan_dtype == "bf16"  ? checkpoint::DType::kBF16
+                          : plan_dtype == "f16" ? checkpoint::DType::kF16
+                                                : checkpoint::DType::kF32;
   cluster.network.inter_host_gbps = 10;
   std::vector<std::pair<size_t, size_t>> where(pool.size());
   for (size_t i = 0; i < pool.size(); ++i) {
@@ -437,10 +468,40 @@ void Coordinator::Impl::MaybePlan() {
     planner::GpuSpec gpu;
     const bool cuda = pool[i]->device.rfind("cuda", 0) == 0;
     gpu.device = cuda ? pool[i]->device : "cpu:" + std::to_string(i);
+    // Workers sharing one GPU of a host (allowed: they hand off over TCP) split its memory and
+    // speed; the planner, which sees one entry per device, gets the later ones under ordinals
+    // no device has (status shows the real device of each worker).
+    size_t gpu_sharers = 1, gpu_rank = 0;
+    if (cuda) {
+      for (size_t j = 0; j < pool.size(); ++j) {
+        if (j == i || pool[j]->host != pool[i]->host || pool[j]->device != pool[i]->device) continue;
+        ++gpu_sharers;
+        if (j < i) ++gpu_rank;
+      }
+      if (gpu_rank > 0) gpu.device = "cuda:" + std::to_string(kSharedGpuOrdinal + i);
+    }
     gpu.memory_gib = static_cast<double>(pool[i]->memory) / double(1ull << 30);
-    gpu.tflops = cuda ? 100.0 : 0.05 * std::max<uint32_t>(1, pool[i]->threads);
-    gpu.mem_bw_gbps = cuda ? 1000.0 : 20.0;
+    if (!cuda) {
+      // CPU workers on one host share its RAM, and each announces all of it: each is planned
+      // for its share, so their plans together fit the host.
+      const auto sharing = std::count_if(pool.begin(), pool.end(), [&](const WorkerInfo* w) {
+        return w->host == pool[i]->host && w->device.rfind("cuda", 0) != 0;
+      });
+      gpu.memory_gib /= static_cast<double>(std::max<std::ptrdiff_t>(1, sharing));
+    }
+    // A CUDA worker's speed as it measured its device at start; the constants stand in for a
+    // worker that could not measure (an older one, or no toolkit at build time).
+    gpu.tflops = cuda ? (pool[i]->matmul_tflops > 0 ? pool[i]->matmul_tflops : 100.0)
+                      : 0.05 * std::max<uint32_t>(1, pool[i]->threads);
+    gpu.mem_bw_gbps = cuda ? (pool[i]->bandwidth_bytes_per_s > 0 ? static_cast<double>(pool[i]->bandwidth_bytes_per_s) / 1e9
+                                                                 : 1000.0)
+                           : 20.0;
     gpu.reserved_gib = cuda ? planner::kDefaultCudaReservedGib : planner::kDefaultCpuReservedGib;
+    if (gpu_sharers > 1) {
+      gpu.memory_gib /= static_cast<double>(gpu_sharers);
+      gpu.tflops /= static_cast<double>(gpu_sharers);
+      gpu.mem_bw_gbps /= static_cast<double>(gpu_sharers);
+    }
     if (auto sd = slowdown.find(pool[i]->peer); sd != slowdown.end() && sd->second > 0) {
       gpu.tflops /= sd->second;  // measured: this worker runs slower (or faster) than predicted
       gpu.mem_bw_gbps /= sd->second;
@@ -518,7 +579,8 @@ void Coordinator::Impl::MaybePlan() {
     st.predicted_step_ms = sp.step_ms();
     stages.push_back(st);
   }
-  spdlog::info("plan (epoch {}): {} stages, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan->bottleneck_ms);
+  spdlog::info("plan (epoch {}): {} stages in {}, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan_dtype,
+               plan->bottleneck_ms);
   spdlog::info("data plane: {} ({})", data_plane.kind, data_plane.reason);
   if (rebalance_pending) {
     rebalance_pending = false;
@@ -554,10 +616,17 @@ StatusOr<DataPlaneChoice> Coordinator::Impl::ChooseDataPlane(
     choice.reason = "--data-plane tcp";
     return choice;
   }
-  // Whatever rules NCCL out, in words naming the worker; empty: NCCL it is. (NCCL also refuses
-  // two ranks of one communicator on one GPU; the planner already refuses two workers naming
-  // the same device of one host, so neighbouring stages never share a GPU here.)
+  // Whatever rules NCCL out, in words naming the worker; empty: NCCL it is. NCCL refuses two
+  // ranks of one communicator on one GPU, so neighbours sharing a GPU go over TCP.
   std::string obstacle;
+  for (size_t k = 0; k + 1 < stage_workers.size() && obstacle.empty(); ++k) {
+    const WorkerInfo& a = *stage_workers[k];
+    const WorkerInfo& b = *stage_workers[k + 1];
+    if (a.host == b.host && a.device == b.device && a.device.rfind("cuda", 0) == 0) {
+      obstacle = "workers " + a.id + " and " + b.id + " (stages " + std::to_string(k) + " and " + std::to_string(k + 1) +
+                 ") share " + a.device + " on " + a.host + ", and NCCL cannot join two ranks on one GPU";
+    }
+  }
 #ifndef XCPIPE_HAVE_CUDA
   (void)stage_workers;
   obstacle = "this coordinator was built without CUDA and NCCL, so it cannot create NCCL unique ids";
@@ -605,7 +674,7 @@ void Coordinator::Impl::SendAssignment(size_t i) {
   a.setBlockBegin(static_cast<uint32_t>(stages[i].first));
   a.setBlockEnd(static_cast<uint32_t>(stages[i].end));
   a.setModelPath(std::filesystem::absolute(opt.model_dir).string());
-  a.setDtype(opt.dtype);
+  a.setDtype(plan_dtype);
   a.setKvBudgetBytes(stages[i].kv_budget);
   a.setNextDataAddress(i + 1 < stages.size() ? workers[stages[i + 1].peer].data_address : "");
   a.setSpecOverrides(opt.spec_overrides);
@@ -1298,6 +1367,7 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setRebalances(rebalances);
   r.setLastRebalance(last_rebalance);
   r.setDataPlane(planned_once ? data_plane.kind : "");
+  r.setDtype(planned_once ? plan_dtype : "");
   r.setDataPlaneReason(planned_once ? data_plane.reason : "");
   r.setLastDetectMs(last_detect_ms);
   r.setLastRecoverMs(last_recover_ms);
@@ -1310,6 +1380,8 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
     x.setHost(w.host);
     x.setPid(w.pid);
     x.setDevice(w.device);
+    x.setDtype(w.dtype);
+    x.setKernels(w.kernels);
     x.setState(WorkerStateName(w.state));
     x.setStageIndex(w.stage);
     x.setPlannedBytes(w.planned);
@@ -1387,8 +1459,10 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       w->second.state = WorkerState::kReady;
       w->second.resident = r.getResidentBytes();
       w->second.weights_kept = r.getWeightsKept();
-      spdlog::info("stage {} ready in {} ms ({} MiB weights, {})", r.getStageIndex(), r.getLoadMs(),
-                   st.weight_bytes >> 20, r.getWeightsKept() ? "kept" : "loaded");
+      w->second.dtype = r.getDtype().cStr();
+      spdlog::info("stage {} ready in {} ms ({} MiB weights, {}, {} on {})", r.getStageIndex(), r.getLoadMs(),
+                   st.weight_bytes >> 20, r.getWeightsKept() ? "kept" : "loaded", r.getDtype().cStr(),
+                   r.getDevice().cStr());
       if (std::all_of(stages.begin(), stages.end(), [](const StageInfo& s) { return s.ready; })) {
         state = ClusterState::kServing;
         planned_once_served = true;

@@ -40,11 +40,14 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-wildcard-bind", allow_wildcard_bind,
                "permit --listen on every interface (tcp://*:PORT, tcp://0.0.0.0:PORT)");
   app.add_option("--expect-workers", expect_workers, "workers to wait for before planning")->capture_default_str();
-  std::string tokenizer, dtype = "f32", spec_overrides;
+  std::string tokenizer, dtype = "auto", spec_overrides;
   int worker_wait_s = 300;
   app.add_option("--tokenizer", tokenizer, "tokenizer.model (default: found next to the model)");
-  app.add_option("--dtype", dtype, "compute dtype on workers: f32 or bf16")->capture_default_str()
-      ->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--dtype", dtype,
+                 "compute dtype on workers: auto (f32 unless every worker is a CUDA device, then the checkpoint's "
+                 "16-bit dtype), f32, bf16 or f16 (CUDA workers only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}));
   app.add_option("--spec-overrides", spec_overrides, "JSON of model facts a checkpoint cannot state");
   app.add_option("--worker-wait-s", worker_wait_s, "give up when the expected workers have not registered by then")
       ->capture_default_str();

@@ -1,5 +1,7 @@
 #include "xcpipe/coordinator/local_cluster.h"
 
+#include "xcpipe/base/exit_codes.h"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -60,6 +62,30 @@ StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions 
   if (!bound.ok()) return bound.status();
   c->address_ = *bound;
 
+  // A device other than the CPU is checked once before any worker starts, so a build or host
+  // that cannot use it is refused with the worker's own words (and exit code), not a timeout.
+  if (options.device != "cpu") {
+    const auto binary = options.worker_binary.empty() ? ExecutableDir() / "xcpipe-worker" : options.worker_binary;
+    auto probe = Subprocess::Start({binary.string(), "--probe", "--device", options.device},
+                                   {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
+    if (!probe.ok()) return probe.status().WithContext("probing --device " + options.device);
+    std::string said;
+    while (true) {
+      auto line = (*probe)->ReadLine(std::chrono::seconds(60));
+      if (!line.ok() || !line->has_value()) break;
+      said += **line;
+    }
+    auto code = (*probe)->Wait(std::chrono::seconds(10));
+    if (code.ok() && *code != kExitOk) {
+      std::string why = said;
+      try {
+        why = nlohmann::json::parse(said).value("error", said);
+      } catch (const std::exception&) {
+      }
+      const Status st(*code == kExitNotImplemented ? StatusCode::kUnimplemented : StatusCode::kUnavailable, why);
+      return st;
+    }
+  }
   c->options_ = options;
   c->threads_ = options.threads_per_worker;
   if (c->threads_ <= 0) c->threads_ = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / options.workers);
@@ -77,8 +103,27 @@ StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions 
     std::lock_guard<std::mutex> lock(*ready_mutex);
     ready_cv->notify_all();
   });
+  // A worker that exits before the cluster serves fails the start at once, with its exit code:
+  // a worker refusing its device (exit 7: a CUDA device in a build without CUDA) is not a
+  // start that merely needs longer.
   std::unique_lock<std::mutex> lock(*ready_mutex);
-  ready_cv->wait_for(lock, options.start_timeout, [&] { return *ready || exited->load(); });
+  const auto give_up = std::chrono::steady_clock::now() + options.start_timeout;
+  while (!*ready && !exited->load() && std::chrono::steady_clock::now() < give_up) {
+    ready_cv->wait_for(lock, std::chrono::milliseconds(200), [&] { return *ready || exited->load(); });
+    if (*ready || exited->load()) break;
+    for (size_t i = 0; i < c->workers_.size(); ++i) {
+      auto code = c->workers_[i]->Wait(std::chrono::milliseconds(0));
+      if (!code.ok()) continue;  // still running
+      lock.unlock();
+      c->Stop();
+      const std::string what = "worker " + std::to_string(i) + " exited with code " + std::to_string(*code) +
+                               " before the cluster served (its log above says why)";
+      if (*code == kExitNotImplemented) return UnimplementedError(what);
+      if (*code == kExitInvalidInput) return InvalidArgumentError(what);
+      if (*code == kExitUsage) return InvalidArgumentError(what);
+      return UnavailableError(what);
+    }
+  }
   if (!*ready) {
     lock.unlock();
     c->Stop();
@@ -93,10 +138,13 @@ Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
   const size_t i = workers_.size();
   std::vector<std::string> argv = {binary.string(), "--coordinator", address_, "--worker-id",
                                    "local-" + std::to_string(i)};
-  // Workers compute on the CPU unless their extra args name a device (GPU tests): the worker's
-  // parser refuses an option given twice.
+  // Workers compute on options.device unless their extra args name one (GPU tests): the
+  // worker's parser refuses an option given twice.
   if (std::find(extra_args.begin(), extra_args.end(), "--device") == extra_args.end()) {
-    argv.insert(argv.end(), {"--device", "cpu"});
+    argv.insert(argv.end(), {"--device", options_.device});
+  }
+  if (options_.generic && std::find(extra_args.begin(), extra_args.end(), "--generic") == extra_args.end()) {
+    argv.push_back("--generic");
   }
   // A worker's own --threads in its extra args (unequal hosts simulated on one machine) replaces
   // the shared setting: the worker's parser refuses an option given twice.

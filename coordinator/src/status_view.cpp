@@ -84,15 +84,17 @@ std::string FormatStatusTable(const json& s) {
                   "and waits %.2f ms (median round trip %.2f ms)\n",
                   static_cast<unsigned long long>(steps), trip, compute, trip - compute, D(s, "step_round_trip_p50_ms"));
   }
+  if (!S(s, "dtype").empty()) out += "dtype: " + S(s, "dtype") + " (every stage of the plan)\n";
   if (!S(s, "data_plane").empty())
     out += "data plane: " + S(s, "data_plane") + " (" + S(s, "data_plane_reason") + ")\n";
   if (!S(s, "metrics_address").empty()) out += "metrics: http://" + S(s, "metrics_address") + "/metrics\n";
   const json workers = s.contains("workers") && s["workers"].is_array() ? s["workers"] : json::array();
-  out += Format("%-12s %-14s %-8s %-7s %-9s %-6s %-8s %-9s %s\n", "worker", "host", "pid", "device", "state", "stage",
-                "blocks", "steps", "heartbeat");
+  out += Format("%-12s %-14s %-8s %-7s %-5s %-8s %-9s %-6s %-8s %-9s %s\n", "worker", "host", "pid", "device", "dtype",
+                "kernels", "state", "stage", "blocks", "steps", "heartbeat");
   for (const auto& w : workers) {
-    out += Format("%-12s %-14s %-8llu %-7s %-9s %-6lld %-8s %-9llu %llu ms ago\n", S(w, "id").c_str(),
+    out += Format("%-12s %-14s %-8llu %-7s %-5s %-8s %-9s %-6lld %-8s %-9llu %llu ms ago\n", S(w, "id").c_str(),
                   S(w, "host").c_str(), static_cast<unsigned long long>(U(w, "pid")), S(w, "device").c_str(),
+                  S(w, "dtype").empty() ? "-" : S(w, "dtype").c_str(), S(w, "kernels").empty() ? "-" : S(w, "kernels").c_str(),
                   S(w, "state").c_str(), static_cast<long long>(I(w, "stage")), S(w, "blocks").c_str(),
                   static_cast<unsigned long long>(U(w, "steps")),
                   static_cast<unsigned long long>(U(w, "last_heartbeat_ms_ago")));

@@ -1,5 +1,7 @@
 #include "xcpipe/worker/device_probe.h"
 
+#include "xcpipe/model/compute.h"
+
 #include <unistd.h>
 
 #include <charconv>
@@ -34,10 +36,11 @@ bool BuiltWithCuda() {
 #endif
 }
 
-StatusOr<DeviceChoice> ChooseDevice(const std::string& requested, bool require_gpu) {
+StatusOr<DeviceChoice> ChooseDevice(const std::string& requested, bool require_gpu, int torch_cuda_devices) {
   if (requested == "cpu") return Cpu("CPU requested");
   int index = 0;
-  if (requested != "auto") {
+  const bool automatic = requested == "auto";
+  if (!automatic) {
     constexpr std::string_view kPrefix = "cuda:";
     if (requested.rfind(kPrefix, 0) != 0) {
       return InvalidArgumentError("device '" + requested + "' not understood; expected auto, cpu or cuda:N");
@@ -49,23 +52,36 @@ StatusOr<DeviceChoice> ChooseDevice(const std::string& requested, bool require_g
       return InvalidArgumentError("device '" + requested + "' not understood; expected auto, cpu or cuda:N");
     }
   }
-#ifdef XCPIPE_HAVE_CUDA
-  auto devices = cuda::ProbeCudaDevices();
-  if (devices.ok()) {
-    if (index >= static_cast<int>(devices->size())) {
-      return InvalidArgumentError("device cuda:" + std::to_string(index) + " requested but only " +
-                                  std::to_string(devices->size()) + " CUDA device(s) are visible");
+  // Without a CUDA libtorch nothing can compute on a GPU, whatever the host has.
+  if (torch_cuda_devices < 0) {
+    const std::string why = "libtorch built without CUDA (CPU only, as Debian ships it)";
+    if (!automatic) {
+      return UnimplementedError(model::NoCudaLibtorchMessage(requested));
     }
-    const auto& d = (*devices)[index];
-    DeviceChoice c{"cuda:" + std::to_string(index), d.name, d.total_bytes, d.free_bytes,
-                   "CUDA device found"};
+    if (require_gpu) return UnavailableError(why + "; a GPU was required");
+    return Cpu(why + ": computing on the CPU");
+  }
+  std::string why;
+#ifdef XCPIPE_HAVE_CUDA
+  auto d = cuda::ProbeCudaDevice(index);
+  if (d.ok()) {
+    DeviceChoice c{"cuda:" + std::to_string(index), d->name, d->total_bytes, d->free_bytes, "CUDA device found"};
+    auto bandwidth = cuda::MeasureCopyBandwidth(index);
+    if (bandwidth.ok()) c.memory_bandwidth_bytes_per_s = *bandwidth;
     return c;
   }
-  std::string why = "no CUDA device (" + devices.status().message() + ")";
+  why = "no CUDA device " + std::to_string(index) + " (" + d.status().message() + ")";
 #else
-  std::string why = "built without CUDA (XCPIPE_WITH_CUDA=OFF or no toolkit at build time)";
+  // A CUDA libtorch without the toolkit at build time: libtorch counts the devices; names and
+  // memory are unknown here (the planner then needs them from the cluster file).
+  if (index < torch_cuda_devices) {
+    return DeviceChoice{"cuda:" + std::to_string(index), "CUDA device", 0, 0,
+                        "CUDA device found by libtorch (built without the CUDA toolkit: no memory figures)"};
+  }
+  why = "cuda:" + std::to_string(index) + " is not among the " + std::to_string(torch_cuda_devices) +
+        " CUDA device(s) libtorch sees";
 #endif
-  if (require_gpu) return UnavailableError(why + "; a GPU was required");
+  if (!automatic || require_gpu) return UnavailableError(why + (automatic ? "; a GPU was required" : ""));
   return Cpu(why + "; using the CPU path");
 }
 

@@ -24,6 +24,7 @@
 #include "xcpipe/transport/tcp_data_plane.h"
 #include "xcpipe/transport/tcp_link.h"
 #ifdef XCPIPE_HAVE_CUDA
+#include "xcpipe/cuda/device.h"
 #include "xcpipe/transport/nccl_data_plane.h"
 #endif
 #include "xcpipe/worker/compute_watchdog.h"
@@ -112,6 +113,16 @@ at::ScalarType ToTorch(transport::DType d) {
     case transport::DType::kBool: return at::kBool;
   }
   return at::kFloat;
+}
+
+// The dtype of the checkpoint's floating tensors (the first one found).
+checkpoint::DType FirstFloatingDType(const std::vector<checkpoint::TensorInfo>& tensors) {
+  for (const auto& t : tensors) {
+    if (t.dtype == checkpoint::DType::kF32 || t.dtype == checkpoint::DType::kBF16 || t.dtype == checkpoint::DType::kF16) {
+      return t.dtype;
+    }
+  }
+  return checkpoint::DType::kF32;
 }
 
 std::span<const std::byte> BytesOf(const at::Tensor& t) {
@@ -282,6 +293,14 @@ void WorkerActor::Impl::SendHello() {
   caps.setDataAddress(opt.data_advertise.empty() ? receiver->local_endpoint().ToString() : opt.data_advertise);
   caps.setThreads(static_cast<uint32_t>(opt.threads));
   caps.setBuildVersion("0.1.0");
+  const bool on_cuda = CudaOrdinal(opt.device.device).has_value();
+  auto dtypes = caps.initComputeDtypes(on_cuda ? 3 : 2);
+  dtypes.set(0, "f32");
+  dtypes.set(1, "bf16");
+  if (on_cuda) dtypes.set(2, "f16");
+  caps.setKernels(on_cuda || opt.kernels == model::KernelPath::kGeneric ? "generic" : "cpu-fast");
+  caps.setMemoryBandwidthBytesPerS(opt.device.memory_bandwidth_bytes_per_s);
+  caps.setMatmulTflops(opt.device.matmul_tflops);
   SendEnvelope(m);
   last_hello = Clock::now();
 }
@@ -301,7 +320,13 @@ void WorkerActor::Impl::SendHeartbeat() {
 }
 
 void WorkerActor::Impl::FillResources(proto::ResourceSample::Builder r) {
-  const MemoryReading memory = ReadMemory(opt.device.device);
+  MemoryReading memory = ReadMemory(opt.device.device);
+  if (const auto allocator = model::ReadCudaAllocator(opt.device.device)) {
+    // This process's tensors as libtorch's caching allocator counts them, not total minus free
+    // (which would count every other process on the GPU).
+    memory.used_bytes = allocator->allocated_bytes;
+    memory.allocator_bytes = allocator->reserved_bytes;
+  }
   uint64_t capacity = opt.memory_limit_bytes ? opt.memory_limit_bytes : opt.device.total_bytes;
   if (memory.device_total_bytes > 0 && !opt.memory_limit_bytes) capacity = memory.device_total_bytes;
   r.setCapacityBytes(capacity);
@@ -393,7 +418,25 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
       }
     }
     model::StageOptions so;
-    so.dtype = dtype == "bf16" ? model::ComputeDType::kBF16 : model::ComputeDType::kF32;
+    so.device = opt.device.device;
+    so.kernels = opt.kernels;
+    if (dtype.empty() || dtype == "auto") {
+      // An older coordinator, or one that left the choice to the worker: its device's default.
+      const checkpoint::DType stored =
+          FirstFloatingDType(described->tensors.tensors);
+      so.dtype = model::DefaultComputeDType(so.device, stored);
+    } else {
+      auto parsed = model::ParseComputeDType(dtype);
+      if (!parsed.ok()) {
+        state = State::kIdle;
+        return SendError(parsed.status().WithContext("stage " + std::to_string(stage_index)), 0);
+      }
+      so.dtype = *parsed;
+    }
+    if (Status st = model::CheckComputeDevice(so.device, so.dtype); !st.ok()) {
+      state = State::kIdle;
+      return SendError(st.WithContext("stage " + std::to_string(stage_index)), 0);
+    }
     so.kv_budget_bytes = a.getKvBudgetBytes();
     so.decoder_layer_timed = [this](int64_t micros) {
       micros = std::max<int64_t>(0, micros);
@@ -461,12 +504,15 @@ void WorkerActor::Impl::SendStageReady() {
   r.setKvBytesPerToken(model->kv_bytes_per_token());
   r.setResidentBytes(ResidentBytes());
   r.setWeightsKept(weights_kept);
+  r.setDtype(model::ComputeDTypeName(model->dtype()));
+  r.setDevice(model->device());
   r.setLoadMs(static_cast<uint32_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - assign_started).count()));
   SendEnvelope(m);
-  spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}, {} data plane", stage_index, stage_count,
-               range.begin, range.end, model->weight_bytes() >> 20,
-               weights_kept ? "kept from the previous epoch" : "loaded", data_plane);
+  spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}, on {} in {} ({} kernels), {} data plane",
+               stage_index, stage_count, range.begin, range.end, model->weight_bytes() >> 20,
+               weights_kept ? "kept from the previous epoch" : "loaded", model->device(),
+               model::ComputeDTypeName(model->dtype()), model->cpu_fast_paths() ? "CPU fast" : "generic", data_plane);
 }
 
 Status WorkerActor::Impl::StartDataPlane(proto::AssignStage::Reader a) {
@@ -817,8 +863,11 @@ void WorkerActor::Impl::OnData(transport::StageMessage message) {
   if (hidden == nullptr || mask == nullptr || hidden->shape().size() != 2) {
     return SendError(InvalidArgumentError("activation message lacks hidden [N, H] or im_mask [N]"), step.micro_batch);
   }
-  step.input.hidden = at::from_blob(const_cast<std::byte*>(hidden->bytes().data()), hidden->shape(),
-                                    ToTorch(hidden->dtype()));
+  // Over NCCL to a stage on the device the hidden states arrive in device memory (a pooled
+  // buffer `keep_alive` holds): computed on in place.
+  auto where = at::TensorOptions().dtype(ToTorch(hidden->dtype()));
+  if (hidden->location() == transport::MemoryLocation::kCudaDevice) where = where.device(at::kCUDA, hidden->device());
+  step.input.hidden = at::from_blob(const_cast<std::byte*>(hidden->bytes().data()), hidden->shape(), where);
   step.input.im_mask = at::from_blob(const_cast<std::byte*>(mask->bytes().data()), mask->shape(), at::kByte)
                            .to(at::kBool);
   if (const auto* micros = message.Find("stage_micros")) {
@@ -875,6 +924,9 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
   step.stage_micros.push_back(std::chrono::duration_cast<std::chrono::microseconds>(finished - started).count());
   ++steps_completed;
   if (is_last()) {
+    // Sampling runs on the host: the logits rows are the one tensor that leaves the device here
+    // (the copy waits for the step's kernels, so the step's inputs are no longer read after it).
+    const at::Tensor logits = out->logits.to(at::kCPU);
     capnp::MallocMessageBuilder m;
     auto r = m.initRoot<proto::Envelope>().initStepResult();
     r.setEpoch(step.epoch);
@@ -890,12 +942,12 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
         tokens.set(i, -1);
         continue;
       }
-      const int64_t token = it->second.sampler.Next(out->logits[static_cast<int64_t>(i)], it->second.context);
+      const int64_t token = it->second.sampler.Next(logits[static_cast<int64_t>(i)], it->second.context);
       it->second.context.push_back(token);
       tokens.set(i, token);
     }
     if (step.want_logits) {
-      at::Tensor l = out->logits.contiguous();
+      at::Tensor l = logits.contiguous();
       r.setLogits(kj::arrayPtr(static_cast<const kj::byte*>(l.data_ptr()), static_cast<size_t>(l.numel()) * 4));
     }
     auto micros = r.initStageMicros(step.stage_micros.size());
@@ -903,8 +955,12 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
     SendEnvelope(m);
     return;
   }
-  at::Tensor hidden = out->hidden.contiguous();
-  at::Tensor mask = step.input.im_mask.to(at::kByte).contiguous();
+  // The hidden states go device to device over NCCL; TCP frames are host bytes, so a stage on a
+  // CUDA device copies them to the host here, at the send, and the next stage moves them back
+  // to its device when its step starts. The small side tensors travel as host data.
+  const bool device_send = !out->hidden.is_cpu() && data_plane == "nccl";
+  at::Tensor hidden = device_send ? out->hidden.contiguous() : out->hidden.to(at::kCPU).contiguous();
+  at::Tensor mask = step.input.im_mask.to(at::kCPU).to(at::kByte).contiguous();
   at::Tensor micros = at::tensor(step.stage_micros, at::kLong);
   uint8_t flag = step.want_logits ? 1 : 0;
   transport::StageMessage msg;
@@ -912,8 +968,14 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
   msg.micro_batch_id = step.micro_batch;
   msg.step = step.step;
   for (const auto& s : step.segments) msg.segments.push_back({s.sequence_id, s.rows, s.start_pos});
-  const auto hidden_dtype = hidden.scalar_type() == at::kBFloat16 ? transport::DType::kBF16 : transport::DType::kF32;
-  auto f1 = transport::TensorFrame::Borrow("hidden", hidden_dtype, hidden.sizes().vec(), BytesOf(hidden));
+  const auto hidden_dtype = hidden.scalar_type() == at::kBFloat16 ? transport::DType::kBF16
+                            : hidden.scalar_type() == at::kHalf   ? transport::DType::kF16
+                                                                  : transport::DType::kF32;
+  auto f1 = device_send ? transport::TensorFrame::Share("hidden", hidden_dtype, hidden.sizes().vec(), BytesOf(hidden),
+                                                         std::make_shared<at::Tensor>(hidden),
+                                                         transport::MemoryLocation::kCudaDevice,
+                                                         static_cast<int>(hidden.device().index()))
+                        : transport::TensorFrame::Borrow("hidden", hidden_dtype, hidden.sizes().vec(), BytesOf(hidden));
   auto f2 = transport::TensorFrame::Borrow("im_mask", transport::DType::kU8, mask.sizes().vec(), BytesOf(mask));
   auto f3 = transport::TensorFrame::Borrow("stage_micros", transport::DType::kI64, micros.sizes().vec(), BytesOf(micros));
   auto f4 = transport::TensorFrame::Borrow("flags", transport::DType::kU8, {1},
@@ -927,9 +989,17 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
                                              std::to_string(stage_index + 1) + " yet"),
                      step.micro_batch);
   }
-  // TCP writes the frame; NCCL sends the header over TCP and the tensors with ncclSend. The
-  // tensors are host memory here (a CPU libtorch), which NCCL stages to the device first; with
-  // a CUDA libtorch they would already be on the device and go in place.
+  // TCP writes the frame; NCCL sends the header over TCP and the tensors with ncclSend: the
+  // hidden states in place on the device, after the step's kernels (the event below), the host
+  // side tensors through a staging copy. Send returns once the device has sent them, so the
+  // step's inputs and outputs are no longer read when this step ends.
+#ifdef XCPIPE_HAVE_CUDA
+  if (device_send) {
+    auto event = cuda::RecordComputeDone(static_cast<int>(hidden.device().index()));
+    if (!event.ok()) return SendError(AbortedError(event.status().message()), step.micro_batch);
+    msg.ready_event = std::move(event).value();
+  }
+#endif
   if (Status st = plane->Send(msg, transport::DeadlineAfter(kSendDeadline)); !st.ok()) {
     SendError(AbortedError(st.message()).WithContext("hand-off to stage " + std::to_string(stage_index + 1)),
               step.micro_batch);
@@ -1027,11 +1097,11 @@ void WorkerActor::Impl::ReceiverLoop() {
       continue;
     }
 #ifdef XCPIPE_HAVE_CUDA
-    // NCCL delivers the tensors into device memory. This worker's libtorch computes on the
-    // host (a CPU build), so the hidden states are copied to host memory before the actor
-    // computes on them. A worker built against a CUDA libtorch could wrap the device pointers
-    // instead (at::from_blob with a CUDA device) and skip this copy.
-    if (Status st = transport::CopyTensorsToHost(*message); !st.ok()) {
+    // NCCL delivers the tensors into device memory. A stage computing on that device keeps the
+    // hidden states there; the side tensors (mask, timings, flags) are read on the host. A
+    // stage computing on the host needs everything copied.
+    const bool hidden_stays = CudaOrdinal(opt.device.device).has_value();
+    if (Status st = transport::CopyTensorsToHost(*message, hidden_stays ? "hidden" : ""); !st.ok()) {
       spdlog::warn("data plane: {}", st.ToString());
       continue;
     }

@@ -13,6 +13,7 @@
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/service_notify.h"
+#include "xcpipe/model/device_check.h"
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/worker/device_probe.h"
 #include "xcpipe/worker/worker_actor.h"
@@ -45,7 +46,14 @@ int main(int argc, char** argv) {
                  "CURVE: this worker's secret key file (xcpipe keys generate); its public key must be on the "
                  "coordinator's allow-list; needs --server-key");
   app.add_option("--server-key", server_key, "CURVE: the coordinator's public key file (coordinator.pub)");
-  app.add_option("--device", device, "auto, cpu or cuda:N (auto: cuda:0 when present, else CPU)")->capture_default_str();
+  app.add_option("--device", device,
+                 "auto, cpu or cuda:N (auto: cuda:0 when present and this build's libtorch has CUDA, else CPU; "
+                 "an explicit cuda:N never falls back: exit 7 when libtorch has no CUDA, 5 when the host lacks it)")
+      ->capture_default_str();
+  bool generic = false;
+  app.add_flag("--generic", generic,
+               "compute with the generic op sequence a CUDA device runs, without the CPU-only fast paths "
+               "(GEMV and AVX-512 decode kernels, huge-page weights, thread policy): the CPU checks what a GPU runs");
   app.add_option("--worker-id", worker_id, "stable name of this worker, e.g. node-a/0 (default: host/device)");
   app.add_flag("--require-gpu", require_gpu, "fail instead of falling back to the CPU when no GPU is usable");
   app.add_flag("--probe", probe, "print the chosen device as JSON and exit");
@@ -83,14 +91,71 @@ int main(int argc, char** argv) {
   check->add_option("dir", fixtures_dir, "fixtures folder (../shared/fixtures format)")->required();
   check->add_option("--folder", only_folder, "only this model folder, e.g. ixc2_vl");
   check->add_flag("--no-bf16", no_bf16, "skip the bf16 top-k agreement checks");
+  std::string check_device = "cpu";
+  check->add_option("--device", check_device, "compute device: cpu or cuda:K")->capture_default_str();
+  // compare-devices / bench-decode: the device checks bench/gpu_check.sh runs on a GPU host.
+  CLI::App* compare = app.add_subcommand(
+      "compare-devices", "run a model on the CPU (float32) and on a device; print how they agree as JSON");
+  CLI::App* bench = app.add_subcommand("bench-decode", "greedy decode speed of a model on one device, as JSON");
+  std::string check_model, check_dtype = "f32";
+  int64_t bench_tokens = 64;
+  int bench_runs = 3;
+  for (CLI::App* sub : {compare, bench}) {
+    sub->add_option("--model", check_model, "checkpoint folder (e.g. made by xcpipe mkmodel)")->required();
+    sub->add_option("--device", check_device, "device under test: cpu or cuda:K")->capture_default_str();
+    sub->add_option("--dtype", check_dtype, "f32, bf16 or f16")->capture_default_str();
+  }
+  compare->footer("Exit 0 when they agree (f32: identical greedy tokens, logits within 1e-3; 16-bit: the device's\n"
+                  "argmax within the CPU's top 5 at every prompt position), 6 when they do not.");
+  bench->add_option("--new-tokens", bench_tokens, "tokens decoded per run")->capture_default_str();
+  bench->add_option("--runs", bench_runs, "timed runs (the median is reported)")->capture_default_str();
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
   at::set_num_threads(threads);
 
+  if (compare->parsed() || bench->parsed()) {
+    if (auto st = InitLogging({"worker", log_level}); !st.ok()) return kExitUsage;
+    auto dtype = model::ParseComputeDType(check_dtype);
+    if (!dtype.ok()) {
+      std::fprintf(stderr, "xcpipe-worker: --dtype: %s\n", dtype.status().message().c_str());
+      return kExitUsage;
+    }
+    if (Status st = model::CheckComputeDevice(check_device, *dtype); !st.ok()) {
+      std::fprintf(stderr, "xcpipe-worker: %s\n", st.message().c_str());
+      return ExitCodeFor(st);
+    }
+    StatusOr<nlohmann::json> report = InternalError("no check ran");
+    if (compare->parsed()) {
+      model::DeviceComparisonOptions o;
+      o.device = check_device;
+      o.dtype = *dtype;
+      report = model::CompareWithCpu(check_model, o);
+    } else {
+      model::DecodeBenchOptions o;
+      o.device = check_device;
+      o.dtype = *dtype;
+      o.new_tokens = bench_tokens;
+      o.runs = bench_runs;
+      o.kernels = generic || check_device != "cpu" ? model::KernelPath::kGeneric : model::KernelPath::kCpuFast;
+      report = model::BenchDecode(check_model, o);
+    }
+    if (!report.ok()) {
+      std::fprintf(stderr, "xcpipe-worker: %s\n", report.status().ToString().c_str());
+      return ExitCodeFor(report.status());
+    }
+    std::cout << report->dump() << std::endl;
+    return report->value("passed", true) ? kExitOk : kExitCheckFailed;
+  }
   if (check->parsed()) {
     if (auto st = InitLogging({"worker", log_level}); !st.ok()) return kExitUsage;
     model::FixtureCheckOptions options;
     options.check_bf16 = !no_bf16;
     options.only_folder = only_folder;
+    options.device = check_device;
+    options.kernels = generic ? model::KernelPath::kGeneric : model::KernelPath::kCpuFast;
+    if (Status st = model::CheckComputeDevice(check_device, model::ComputeDType::kF32); !st.ok()) {
+      std::fprintf(stderr, "xcpipe-worker check-fixtures: %s\n", st.message().c_str());
+      return ExitCodeFor(st);
+    }
     options.on_result = [](const model::FixtureCheckResult& r) {
       std::cout << nlohmann::json{{"case", r.name}, {"passed", r.passed}, {"message", r.message}}.dump() << std::endl;
     };
@@ -104,16 +169,35 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xcpipe-worker: %s\n", st.ToString().c_str());
     return kExitUsage;
   }
-  auto choice = worker::ChooseDevice(device, require_gpu);
+  auto choice = worker::ChooseDevice(device, require_gpu,
+                                     model::LibtorchHasCuda() ? model::LibtorchCudaDevices() : -1);
   if (!choice.ok()) {
     spdlog::error("{}", choice.status().ToString());
+    // --probe answers on stdout either way: launchers read why a device cannot be used.
+    if (probe) std::cout << nlohmann::json{{"error", choice.status().message()}, {"device", device}}.dump() << "\n";
     return ExitCodeFor(choice.status());
   }
-  spdlog::info("device {} ({}): {}", choice->device, choice->device_name, choice->reason);
+  if (choice->device != "cpu") {
+    // The planner's speed for this worker: measured, not assumed (the copy rate came with the
+    // device probe).
+    auto tflops = model::MeasureMatmulTflops(choice->device);
+    if (tflops.ok()) choice->matmul_tflops = *tflops;
+    else spdlog::warn("{}", tflops.status().ToString());
+  }
+  spdlog::info("device {} ({}): {}{}", choice->device, choice->device_name, choice->reason,
+               choice->device == "cpu" ? ""
+                                       : fmt::format("; measured {:.0f} GB/s device copy, {:.0f} TFLOP/s bf16 matmul",
+                                                     static_cast<double>(choice->memory_bandwidth_bytes_per_s) / 1e9,
+                                                     choice->matmul_tflops));
   if (probe) {
     nlohmann::json out = {{"device", choice->device},           {"device_name", choice->device_name},
                           {"total_bytes", choice->total_bytes}, {"free_bytes", choice->free_bytes},
-                          {"built_with_cuda", worker::BuiltWithCuda()}, {"reason", choice->reason}};
+                          {"built_with_cuda", worker::BuiltWithCuda()},
+                          {"libtorch_cuda", model::LibtorchHasCuda()},
+                          {"libtorch_cuda_devices", model::LibtorchCudaDevices()},
+                          {"memory_bandwidth_bytes_per_s", choice->memory_bandwidth_bytes_per_s},
+                          {"matmul_tflops", choice->matmul_tflops},
+                          {"reason", choice->reason}};
     std::cout << out.dump() << "\n";
     return kExitOk;
   }
@@ -131,6 +215,7 @@ int main(int argc, char** argv) {
   options.curve = std::move(curve).value();
   options.device = *choice;
   options.threads = threads;
+  options.kernels = generic ? model::KernelPath::kGeneric : model::KernelPath::kCpuFast;
   options.data_host = data_host;
   options.data_port = data_port;
   options.data_advertise = data_advertise;

@@ -96,6 +96,13 @@ Dims PresetDims(ModelArch arch, Preset preset) {
   // small: one LLM size for every version (the 7B's proportions: head_dim 128, GQA 2:1 for 2.x).
   d.hidden = 1024, d.layers = 8, d.heads = 8, d.intermediate = 2816;
   d.kv_heads = arch == ModelArch::kIxc1 ? 8 : 4;  // 1.0 has no GQA
+  if (preset == Preset::kLarge) {
+    // The released 7B's decoder layer (2.x: 32 heads over 8 KV heads, FFN 14336; 1.0: InternLM-7B's
+    // 32 heads, FFN 11008), 8 of them; the towers stay small.
+    d.hidden = 4096, d.layers = 8, d.heads = 32;
+    d.kv_heads = arch == ModelArch::kIxc1 ? 32 : 8;
+    d.intermediate = arch == ModelArch::kIxc1 ? 11008 : 14336;
+  }
   d.clip_width = 256, d.clip_layers = 4, d.clip_heads = 4, d.clip_mlp = 1024;
   switch (arch) {
     case ModelArch::kIxc2Vl:
@@ -556,15 +563,18 @@ Status CheckAgainstSpec(const checkpoint::ModelSpec& spec, const checkpoint::Ten
 
 }  // namespace
 
-std::string_view PresetName(Preset preset) { return preset == Preset::kSmall ? "small" : "tiny"; }
+std::string_view PresetName(Preset preset) {
+  return preset == Preset::kLarge ? "large" : preset == Preset::kSmall ? "small" : "tiny";
+}
 
 std::optional<Preset> ParsePreset(std::string_view name) {
   if (name == "tiny") return Preset::kTiny;
   if (name == "small") return Preset::kSmall;
+  if (name == "large") return Preset::kLarge;
   return std::nullopt;
 }
 
-int PresetVocabSize(Preset preset) { return preset == Preset::kSmall ? kSmallVocab : kTinyVocab; }
+int PresetVocabSize(Preset preset) { return preset == Preset::kTiny ? kTinyVocab : kSmallVocab; }
 
 int64_t PlannedTensor::numel() const {
   int64_t n = 1;
@@ -619,7 +629,7 @@ StatusOr<ModelPlan> PlanModel(const GeneratorOptions& options) {
     plan.clip_config = ClipConfig(d, options.dtype);
     plan.tensors = Ixc2Tensors(options.arch, d, plan.vocab_size, options.dtype);
   }
-  plan.shard_cap_bytes = options.preset == Preset::kSmall ? kSmallShardCapBytes : kTinyShardCapBytes;
+  plan.shard_cap_bytes = options.preset == Preset::kTiny ? kTinyShardCapBytes : kSmallShardCapBytes;
   plan.num_shards = AssignShards(&plan.tensors, plan.shard_cap_bytes);
 
   // The runtime must read the plan back as the requested model: check now, before any write.

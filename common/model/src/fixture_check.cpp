@@ -5,13 +5,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
 #include <sstream>
 
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/npy.h"
 #include "xcpipe/image/decode.h"
 #include "xcpipe/image/preprocess.h"
+#include "xcpipe/model/beam_search.h"
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
 
@@ -73,7 +78,7 @@ struct CaseContext {
       return;
     }
     Tolerance t = Tol(file);
-    at::Tensor a = ours.to(at::kDouble).reshape(expected.sizes());
+    at::Tensor a = ours.to(at::kCPU).to(at::kDouble).reshape(expected.sizes());
     at::Tensor b = expected.to(at::kDouble);
     at::Tensor diff = (a - b).abs();
     at::Tensor excess = diff - (t.atol + t.rtol * b.abs());
@@ -155,6 +160,121 @@ StatusOr<std::vector<std::vector<int64_t>>> Generate(StageModel& model, const st
   }
   for (size_t r = 0; r < rows.size(); ++r) model.ReleaseSequence(r);
   return generated;
+}
+
+// The official default generation of XComposer 1.0's chat(): beam search, cut at a few tokens.
+constexpr char kBeamFixture[] = "generated_ids_official_beam5_rep1.5.npy";
+
+// The generate() arguments a beam fixture was made with, as its manifest's description of the
+// file lists them: "(num_beams=5, do_sample=False, min_length=1, repetition_penalty=1.5,
+// length_penalty=1.0) with max_new_tokens=NT", where NT stands for the file's own token count.
+// Arguments it does not name keep HF's defaults; num_beams and repetition_penalty must be named.
+// How the official code ends a beam comes from the model version (SetOfficialBeamEnds).
+StatusOr<BeamSearchParams> BeamSettings(const nlohmann::json& manifest, const std::string& file,
+                                        const checkpoint::ModelSpec& spec, int64_t tokens_in_file) {
+  const auto& files = manifest.value("files", nlohmann::json::object());
+  if (!files.contains(file) || !files[file].contains("description") || !files[file]["description"].is_string()) {
+    return InvalidArgumentError("the manifest does not describe " + file);
+  }
+  const std::string text = files[file]["description"].get<std::string>();
+  static const std::regex kArgument(R"(([a-z_]+)=([A-Za-z0-9_.\-]+))");
+  std::map<std::string, std::string> args;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), kArgument); it != std::sregex_iterator(); ++it) {
+    std::string value = (*it)[2].str();
+    while (!value.empty() && value.back() == '.') value.pop_back();  // the sentence's full stop
+    args[(*it)[1].str()] = value;
+  }
+  auto number = [&](const std::string& key, std::optional<double> fallback) -> StatusOr<double> {
+    auto it = args.find(key);
+    if (it == args.end()) {
+      if (fallback) return *fallback;
+      return InvalidArgumentError("the description of " + file + " does not state " + key);
+    }
+    char* end = nullptr;
+    const double v = std::strtod(it->second.c_str(), &end);
+    if (end == it->second.c_str() || *end != '\0') {
+      return InvalidArgumentError(key + "=" + it->second + " in the description of " + file + " is not a number");
+    }
+    return v;
+  };
+  if (args.count("do_sample") && args["do_sample"] != "False") {
+    return InvalidArgumentError(file + " was sampled (do_sample=" + args["do_sample"] + "): not reproducible");
+  }
+  BeamSearchParams p;
+  XCPIPE_ASSIGN_OR_RETURN(const double beams, number("num_beams", std::nullopt));
+  XCPIPE_ASSIGN_OR_RETURN(p.repetition_penalty, number("repetition_penalty", std::nullopt));
+  XCPIPE_ASSIGN_OR_RETURN(const double min_length, number("min_length", 0.0));
+  XCPIPE_ASSIGN_OR_RETURN(const double min_new, number("min_new_tokens", 0.0));
+  XCPIPE_ASSIGN_OR_RETURN(p.length_penalty, number("length_penalty", 1.0));
+  p.num_beams = static_cast<int64_t>(beams);
+  p.min_length = static_cast<int64_t>(min_length);
+  p.min_new_tokens = static_cast<int64_t>(min_new);
+  p.max_new_tokens = tokens_in_file;
+  if (auto it = args.find("max_new_tokens"); it != args.end() && it->second != "NT") {
+    XCPIPE_ASSIGN_OR_RETURN(const double max_new, number("max_new_tokens", std::nullopt));
+    p.max_new_tokens = static_cast<int64_t>(max_new);
+  }
+  if (auto it = args.find("early_stopping"); it != args.end()) {
+    if (it->second == "True") p.early_stopping = EarlyStopping::kTrue;
+    else if (it->second == "never") p.early_stopping = EarlyStopping::kNever;
+    else if (it->second != "False") return InvalidArgumentError("early_stopping=" + it->second + " is not True, False or never");
+  }
+  SetOfficialBeamEnds(spec, p);
+  return p;
+}
+
+// Beam search in process against the official tokens, one row at a time.
+void CheckBeamFixture(const CaseContext& c, StageModel& model, const std::vector<Row>& rows,
+                      const std::vector<std::vector<at::Tensor>>& row_images, bool use_embeds, bool has_images) {
+  const std::string check = std::string(kBeamFixture).substr(0, std::string(kBeamFixture).size() - 4);
+  auto want = c.Load(kBeamFixture);
+  if (!want.ok()) return c.Report(check, false, want.status().ToString());
+  const auto& spec = model.spec();
+  auto settings = BeamSettings(c.manifest, kBeamFixture, spec, want->size(1));
+  if (!settings.ok()) return c.Report(check, false, settings.status().ToString());
+  std::ostringstream m;
+  bool same = true;
+  for (size_t b = 0; b < rows.size() && same; ++b) {
+    BeamSearchParams p = *settings;
+    BeamPrompt prompt;
+    if (use_embeds) {
+      prompt.embeds = rows[b].embeds;
+    } else {
+      prompt.token_ids = rows[b].ids;
+      prompt.image_embeds = row_images[b];
+    }
+    prompt.im_mask = rows[b].im_mask;
+    std::vector<int64_t> prompt_ids;
+    if (rows[b].ids.defined()) {
+      at::Tensor ids = rows[b].ids.contiguous();
+      prompt_ids.assign(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel());
+    }
+    p.initial_ids = OfficialInitialIds(spec, prompt_ids, has_images);
+    auto best = GenerateBeams(model, prompt, p);
+    if (!best.ok()) return c.Report(check, false, best.status().ToString());
+    const auto& ours = best->tokens;
+    for (int64_t t = 0; t < want->size(1); ++t) {
+      const int64_t expected = (*want)[static_cast<int64_t>(b)][t].item<int64_t>();
+      if (t >= static_cast<int64_t>(ours.size())) {
+        const bool ended = !ours.empty() && std::find(spec.llm.stop_ids.begin(), spec.llm.stop_ids.end(),
+                                                      ours.back()) != spec.llm.stop_ids.end();
+        if (ended) break;  // finished early: the official output pads
+        same = false;
+        m << "row " << b << ": ours ends after " << ours.size() << " tokens, expected " << want->size(1);
+        break;
+      }
+      if (ours[static_cast<size_t>(t)] != expected) {
+        same = false;
+        m << "row " << b << " token " << t << ": ours " << ours[static_cast<size_t>(t)] << ", expected " << expected;
+        break;
+      }
+    }
+    if (same && b == 0) m << "identical; best score " << best->score;
+  }
+  m << " (" << settings->num_beams << " beams, repetition penalty " << settings->repetition_penalty << ", min_length "
+    << settings->min_length << ", length penalty " << settings->length_penalty << ", " << settings->max_new_tokens
+    << " new tokens)";
+  c.Report(check, same, m.str());
 }
 
 void CheckCase(const fs::path& case_dir, const std::string& prefix, StageModel& model, StageModel* bf16_model,
@@ -317,7 +437,7 @@ void CheckCase(const fs::path& case_dir, const std::string& prefix, StageModel& 
       }
     }
   }
-  at::Tensor logits = out->logits;  // [N, V]
+  at::Tensor logits = out->logits.to(at::kCPU);  // [N, V]
   std::vector<int64_t> last2;
   {
     int64_t offset = 0;
@@ -372,6 +492,7 @@ void CheckCase(const fs::path& case_dir, const std::string& prefix, StageModel& 
     }
     c.Report(file.substr(0, file.size() - 4), same, same ? "identical" : m.str());
   }
+  if (c.Has(kBeamFixture)) CheckBeamFixture(c, model, rows, row_images, use_embeds, has_images);
 
   // ---- bf16: argmax within the official top-k ----
   if (bf16_model != nullptr && c.Has("top10_ids.npy")) {
@@ -389,7 +510,7 @@ void CheckCase(const fs::path& case_dir, const std::string& prefix, StageModel& 
     for (int64_t b = 0; b < B; ++b) bf16_model->ReleaseSequence(b);
     if (!o2.ok()) return c.Report("bf16", false, o2.status().ToString());
     at::Tensor want_i = pack(*c.Load("top10_ids.npy"));
-    at::Tensor arg = o2->logits.argmax(-1);
+    at::Tensor arg = o2->logits.to(at::kCPU).argmax(-1);
     const int64_t k = 5;
     at::Tensor in_topk = (want_i.narrow(1, 0, k) == arg.unsqueeze(1)).any(1);
     at::Tensor top1 = want_i.select(1, 0) == arg;
@@ -443,11 +564,14 @@ std::vector<FixtureCheckResult> RunModelFixtureChecks(const fs::path& root, cons
     if (!described.ok()) { fail("checkpoint", described.status()); continue; }
     checkpoint::ModelSpec spec = described->spec;
     ApplyModelInfo(folder, spec);
-    auto fp32 = StageModel::Load(folder / "checkpoint", spec, WholeModel(spec), {});
+    StageOptions f32_options;
+    f32_options.device = options.device;
+    f32_options.kernels = options.kernels;
+    auto fp32 = StageModel::Load(folder / "checkpoint", spec, WholeModel(spec), f32_options);
     if (!fp32.ok()) { fail("load", fp32.status()); continue; }
     std::unique_ptr<StageModel> bf16;
     if (options.check_bf16) {
-      StageOptions o;
+      StageOptions o = f32_options;
       o.dtype = ComputeDType::kBF16;
       auto loaded = StageModel::Load(folder / "checkpoint", spec, WholeModel(spec), o);
       if (!loaded.ok()) { fail("load_bf16", loaded.status()); continue; }

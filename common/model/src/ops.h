@@ -118,8 +118,10 @@ constexpr int64_t kSmallRows = 16;
 // as fast as at::linear under OpenBLAS); 2..kSmallRows rows through an AVX-512 kernel that
 // reads each row of W once for all of them. bf16 stays on at::linear (its oneDNN GEMM beats the
 // bf16 GEMV), as do more rows (prefill: a real GEMM).
-inline at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
-  if (x.dim() == 2 && x.size(0) <= kSmallRows && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+// `cpu_fast` false (a CUDA device, or the generic mode on the CPU) keeps every call on
+// at::linear, the op a GPU runs.
+inline at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool cpu_fast) {
+  if (cpu_fast && x.dim() == 2 && x.size(0) <= kSmallRows && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
       w.dim() == 2 && w.is_contiguous() && x.size(1) == w.size(1)) {
     if (x.size(0) == 1) {
       at::Tensor row = x.select(0, 0);
@@ -163,8 +165,9 @@ inline at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;
   const int64_t tq = q.size(-2), tk = k.size(-2);
   if (causal_offset >= 0 && tq > 1) {
-    at::Tensor rows = at::arange(tq, at::kLong).unsqueeze(1) + causal_offset;
-    at::Tensor cols = at::arange(tk, at::kLong).unsqueeze(0);
+    const auto on = at::TensorOptions().dtype(at::kLong).device(q.device());
+    at::Tensor rows = at::arange(tq, on).unsqueeze(1) + causal_offset;
+    at::Tensor cols = at::arange(tk, on).unsqueeze(0);
     scores = scores.masked_fill(cols > rows, -std::numeric_limits<float>::infinity());
   }
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());

@@ -25,7 +25,9 @@ Status ValidateSamplingParams(const SamplingParams& p) {
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
 int64_t Sampler::Next(const at::Tensor& logits_in, const std::vector<int64_t>& penalty_context) {
-  at::Tensor logits = logits_in.to(at::kFloat).contiguous().clone();
+  // Sampling runs on the host: a stage on a CUDA device hands over its logits row here (the
+  // only tensor that must leave the device on the last stage).
+  at::Tensor logits = logits_in.to(at::kCPU).to(at::kFloat).contiguous().clone();
   const int64_t V = logits.numel();
   float* data = logits.data_ptr<float>();
   if (params_.repetition_penalty != 1.0) {

@@ -1,17 +1,20 @@
 #include "xcpipe/model/stage_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -140,6 +143,13 @@ struct StageModel::Impl {
   BlockRange range;
   StageOptions options;
   at::ScalarType dtype = at::kFloat;
+  at::Device device{at::kCPU};
+  bool cpu_fast = true;  // a CPU device with KernelPath::kCpuFast: the CPU-only fast paths apply
+  // Device (and dtype) options for tensors the stage creates.
+  at::TensorOptions On(at::ScalarType t) const { return at::TensorOptions().dtype(t).device(device); }
+  at::Tensor Lin(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) const {
+    return ops::Linear(x, w, b, cpu_fast);
+  }
   std::unique_ptr<checkpoint::MappedCheckpoint> mapped;
   // See StageOptions::huge_pages: copies every weight into one THP-backed arena (owned by the
   // tensors), dropping the mapped pages of each tensor once copied; reports load progress.
@@ -231,10 +241,10 @@ Projection StageModel::Impl::GetProjection(const std::string& prefix, const std:
 
 at::Tensor StageModel::Impl::ApplyProjection(const Projection& p, const at::Tensor& x,
                                              const at::Tensor& image_rows) const {
-  at::Tensor y = ops::Linear(x, p.w, p.b);
+  at::Tensor y = Lin(x, p.w, p.b);
   if (p.lora_a.defined() && image_rows.defined() && image_rows.numel() > 0) {
     at::Tensor xi = x.index_select(0, image_rows);
-    at::Tensor delta = ops::Linear(ops::Linear(xi, p.lora_a), p.lora_b);
+    at::Tensor delta = Lin(Lin(xi, p.lora_a), p.lora_b);
     if (p.lora_scale != 1.0) delta = delta * p.lora_scale;
     y.index_add_(0, image_rows, delta);
   }
@@ -291,8 +301,8 @@ Status StageModel::Impl::Load(const std::filesystem::path& dir) {
   if (!opened.ok()) return opened.status().WithContext("loading blocks [" + std::to_string(range.begin) + ", " +
                                                        std::to_string(range.end) + ")");
   mapped = std::move(opened).value();
-  const bool copy_to_huge_pages = options.huge_pages && HugePagesAvailable();
-  if (options.prefault && !copy_to_huge_pages) {
+  const bool copy_to_huge_pages = cpu_fast && options.huge_pages && HugePagesAvailable();
+  if (device.is_cpu() && options.prefault && !copy_to_huge_pages) {
     // Read one byte per page: the kernel maps the weights in now, with progress reported.
     const uint64_t total = mapped->tensor_bytes();
     uint64_t done = 0, reported = 0;
@@ -312,13 +322,32 @@ Status StageModel::Impl::Load(const std::filesystem::path& dir) {
     }
     if (options.on_progress && reported != total) options.on_progress(total, total);
   }
+  const long page = ::sysconf(_SC_PAGESIZE);
+  const uint64_t total_bytes = mapped->tensor_bytes();
+  uint64_t copied = 0, reported = 0;
   for (const std::string& name : mapped->Names()) {
     auto view = mapped->Get(name);
     if (!view.ok()) return view.status();
     const auto& info = *view->info;
     at::Tensor t = at::from_blob(const_cast<void*>(view->data), info.shape,
                                  at::TensorOptions().dtype(ToTorch(info.dtype)));
-    if (IsFloating(t.scalar_type()) && t.scalar_type() != dtype) t = t.to(dtype);
+    if (!device.is_cpu()) {
+      // The checkpoint's bytes as they are to the device, then the cast there: the host never
+      // holds a converted copy. The mapped pages go once copied (whole pages only: a
+      // neighbour's page may still be read); the mapping itself closes after the load.
+      t = t.to(device);
+      if (IsFloating(t.scalar_type()) && t.scalar_type() != dtype) t = t.to(dtype);
+      const auto begin = reinterpret_cast<uintptr_t>(view->data);
+      const uintptr_t first = (begin + page - 1) / page * page, last = (begin + info.bytes()) / page * page;
+      if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+      copied += info.bytes();
+      if (options.on_progress && (copied - reported >= (uint64_t{256} << 20) || copied == total_bytes)) {
+        options.on_progress(copied, total_bytes);
+        reported = copied;
+      }
+    } else if (IsFloating(t.scalar_type()) && t.scalar_type() != dtype) {
+      t = t.to(dtype);
+    }
     weight_bytes += static_cast<uint64_t>(t.numel()) * t.element_size();
     weights.emplace(name, std::move(t));
   }
@@ -437,7 +466,9 @@ Status StageModel::Impl::Load(const std::filesystem::path& dir) {
   }
   // inv_freq[i] = theta^(-2i/d), in fp32 as the official code computes it.
   const int64_t d = spec.llm.head_dim;
-  inv_freq = 1.0 / at::pow(spec.llm.rope_theta, at::arange(0, d, 2, at::kFloat) / static_cast<double>(d));
+  inv_freq = 1.0 / at::pow(spec.llm.rope_theta, at::arange(0, d, 2, On(at::kFloat)) / static_cast<double>(d));
+  // On a CUDA device every weight is a device copy now: nothing reads the mapping any more.
+  if (!device.is_cpu()) mapped.reset();
   return OkStatus();
 }
 
@@ -453,7 +484,7 @@ at::Tensor StageModel::Impl::RopeCosSin(const at::Tensor& positions, int64_t tot
                         std::pow(llm.rope_scaling_factor * total_len / llm.max_position_embeddings -
                                      (llm.rope_scaling_factor - 1.0),
                                  d / (d - 2.0));
-    freq = 1.0 / at::pow(base, at::arange(0, llm.head_dim, 2, at::kFloat) / d);
+    freq = 1.0 / at::pow(base, at::arange(0, llm.head_dim, 2, On(at::kFloat)) / d);
   } else if (llm.rope_scaling == checkpoint::RopeScaling::kLinear) {
     scale_positions = 1.0 / llm.rope_scaling_factor;
   }
@@ -544,14 +575,14 @@ at::Tensor StageModel::Impl::ClipTower(const at::Tensor& pixels) {
   for (const auto& L : clip_layers) {
     at::Tensor r = x;
     at::Tensor y = ops::LayerNorm(x, L.ln1_w, L.ln1_b, spec.vision.eps);
-    at::Tensor q = ops::Linear(y, L.q_w, L.q_b).view({B, T, heads, hd}).transpose(1, 2);
-    at::Tensor k = ops::Linear(y, L.k_w, L.k_b).view({B, T, heads, hd}).transpose(1, 2);
-    at::Tensor v = ops::Linear(y, L.v_w, L.v_b).view({B, T, heads, hd}).transpose(1, 2);
+    at::Tensor q = Lin(y, L.q_w, L.q_b).view({B, T, heads, hd}).transpose(1, 2);
+    at::Tensor k = Lin(y, L.k_w, L.k_b).view({B, T, heads, hd}).transpose(1, 2);
+    at::Tensor v = Lin(y, L.v_w, L.v_b).view({B, T, heads, hd}).transpose(1, 2);
     at::Tensor o = ops::Attention(q, k, v, scale, -1).transpose(1, 2).reshape({B, T, C});
-    x = r + ops::Linear(o, L.o_w, L.o_b);
+    x = r + Lin(o, L.o_w, L.o_b);
     r = x;
     y = ops::LayerNorm(x, L.ln2_w, L.ln2_b, spec.vision.eps);
-    x = r + ops::Linear(ops::QuickGelu(ops::Linear(y, L.fc1_w, L.fc1_b)), L.fc2_w, L.fc2_b);
+    x = r + Lin(ops::QuickGelu(Lin(y, L.fc1_w, L.fc1_b)), L.fc2_w, L.fc2_b);
     if (trace_vision) trace.tower_hidden.push_back(x);
     if (options.between_layers) options.between_layers();
   }
@@ -569,10 +600,10 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeClip(const ImageInput& image) {
       return InvalidArgumentError("image pixels are " + std::to_string(px.size(1)) + "x" + std::to_string(px.size(2)) +
                                   ", expected " + std::to_string(S) + "x" + std::to_string(S));
     }
-    at::Tensor feats = ClipTower(px.unsqueeze(0).to(dtype));
+    at::Tensor feats = ClipTower(px.to(device).unsqueeze(0).to(dtype));
     at::Tensor f = feats.select(0, 0).narrow(0, 1, feats.size(1) - 1);  // drop CLS
     if (trace_vision) trace.features = f;
-    return ops::Linear(ops::GeluErf(ops::Linear(f, proj0_w, proj0_b)), proj2_w, proj2_b);
+    return Lin(ops::GeluErf(Lin(f, proj0_w, proj0_b)), proj2_w, proj2_b);
   }
   const int64_t gh = image.grid_h, gw = image.grid_w;
   if (gh < 1 || gw < 1 || px.size(1) != gh * S || px.size(2) != gw * S) {
@@ -581,7 +612,7 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeClip(const ImageInput& image) {
                                 std::to_string(S) + " px tiles");
   }
   // Global view: bicubic (A = -0.75, align_corners=False, no antialias) in fp32, as the official code.
-  at::Tensor pf = px.to(at::kFloat).unsqueeze(0);
+  at::Tensor pf = px.to(device).to(at::kFloat).unsqueeze(0);
   at::Tensor global = at::upsample_bicubic2d(pf, {S, S}, /*align_corners=*/false);
   at::Tensor tiles = pf.view({3, gh, S, gw, S}).permute({1, 3, 0, 2, 4}).reshape({gh * gw, 3, S, S});
   at::Tensor inputs = at::cat({global, tiles}, 0).to(dtype);
@@ -596,17 +627,17 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeClip(const ImageInput& image) {
   at::Tensor sub_rows = at::cat({grid, sub.expand({gh * m, 1, 4 * C})}, 1).reshape({-1, 4 * C});
   at::Tensor tokens = at::cat({glb_rows, glb_gn.view({1, 4 * C}), sub_rows}, 0);
   if (trace_vision) trace.features = tokens;
-  return ops::Linear(ops::GeluErf(ops::Linear(tokens, proj0_w, proj0_b)), proj2_w, proj2_b);
+  return Lin(ops::GeluErf(Lin(tokens, proj0_w, proj0_b)), proj2_w, proj2_b);
 }
 
 at::Tensor StageModel::Impl::BertAttend(const BertAttention& a, const at::Tensor& h, const at::Tensor& context,
                                         int64_t heads) const {
   const int64_t T = h.size(0), Tk = context.size(0), W = h.size(1), hd = W / heads;
-  at::Tensor q = ops::Linear(h, a.q_w, a.q_b).view({T, heads, hd}).transpose(0, 1);
-  at::Tensor k = ops::Linear(context, a.k_w, a.k_b).view({Tk, heads, hd}).transpose(0, 1);
-  at::Tensor v = ops::Linear(context, a.v_w, a.v_b).view({Tk, heads, hd}).transpose(0, 1);
+  at::Tensor q = Lin(h, a.q_w, a.q_b).view({T, heads, hd}).transpose(0, 1);
+  at::Tensor k = Lin(context, a.k_w, a.k_b).view({Tk, heads, hd}).transpose(0, 1);
+  at::Tensor v = Lin(context, a.v_w, a.v_b).view({Tk, heads, hd}).transpose(0, 1);
   at::Tensor o = ops::Attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(hd)), -1).transpose(0, 1).reshape({T, W});
-  return ops::LayerNorm(ops::Linear(o, a.dense_w, a.dense_b) + h, a.ln_w, a.ln_b, 1e-12);
+  return ops::LayerNorm(Lin(o, a.dense_w, a.dense_b) + h, a.ln_w, a.ln_b, 1e-12);
 }
 
 StatusOr<at::Tensor> StageModel::Impl::EncodeEva(const ImageInput& image) {
@@ -616,7 +647,7 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeEva(const ImageInput& image) {
     return InvalidArgumentError("image pixels must be [3, " + std::to_string(S) + ", " + std::to_string(S) + "]");
   }
   const int64_t D = spec.vision.width, heads = spec.vision.heads, hd = D / heads;
-  at::Tensor x = at::conv2d(px.unsqueeze(0).to(dtype), eva_patch_w, eva_patch_b, spec.vision.patch);
+  at::Tensor x = at::conv2d(px.to(device).unsqueeze(0).to(dtype), eva_patch_w, eva_patch_b, spec.vision.patch);
   x = x.flatten(2).transpose(1, 2);
   x = at::cat({eva_cls.view({1, 1, D}), x}, 1) + eva_pos.view({1, -1, D}).narrow(1, 0, x.size(1) + 1);
   if (trace_vision) trace.tower_hidden.push_back(x);
@@ -624,11 +655,11 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeEva(const ImageInput& image) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   for (const auto& B : eva_blocks) {
     at::Tensor y = ops::LayerNorm(x, B.norm1_w, B.norm1_b, spec.vision.eps);
-    at::Tensor qkv = ops::Linear(y, B.qkv_w, B.qkv_b).view({1, T, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+    at::Tensor qkv = Lin(y, B.qkv_w, B.qkv_b).view({1, T, 3, heads, hd}).permute({2, 0, 3, 1, 4});
     at::Tensor o = ops::Attention(qkv[0], qkv[1], qkv[2], scale, -1).transpose(1, 2).reshape({1, T, D});
-    x = x + ops::Linear(o, B.proj_w, B.proj_b);
+    x = x + Lin(o, B.proj_w, B.proj_b);
     y = ops::LayerNorm(x, B.norm2_w, B.norm2_b, spec.vision.eps);
-    x = x + ops::Linear(ops::GeluErf(ops::Linear(y, B.fc1_w, B.fc1_b)), B.fc2_w, B.fc2_b);
+    x = x + Lin(ops::GeluErf(Lin(y, B.fc1_w, B.fc1_b)), B.fc2_w, B.fc2_b);
     if (trace_vision) trace.tower_hidden.push_back(x);
     if (options.between_layers) options.between_layers();
   }
@@ -640,12 +671,12 @@ StatusOr<at::Tensor> StageModel::Impl::EncodeEva(const ImageInput& image) {
   for (const auto& Q : qformer_layers) {
     h = BertAttend(Q.self_attn, h, h, qheads);
     if (Q.has_cross) h = BertAttend(Q.cross_attn, h, feats, qheads);
-    at::Tensor f = ops::Linear(ops::GeluErf(ops::Linear(h, Q.inter_w, Q.inter_b)), Q.out_w, Q.out_b);
+    at::Tensor f = Lin(ops::GeluErf(Lin(h, Q.inter_w, Q.inter_b)), Q.out_w, Q.out_b);
     h = ops::LayerNorm(f + h, Q.out_ln_w, Q.out_ln_b, 1e-12);
     if (trace_vision) trace.qformer_hidden.push_back(h);
   }
   if (trace_vision) trace.features = h;
-  at::Tensor proj = ops::Linear(h, llm_proj_w, llm_proj_b);
+  at::Tensor proj = Lin(h, llm_proj_w, llm_proj_b);
   const int64_t H = spec.llm.hidden;
   return at::cat({flag_start.view({1, H}), proj, flag_end.view({1, H})}, 0);
 }
@@ -664,8 +695,19 @@ StatusOr<std::unique_ptr<StageModel>> StageModel::Load(const std::filesystem::pa
   impl.spec = spec;
   impl.range = range;
   impl.options = options;
-  impl.dtype = options.dtype == ComputeDType::kBF16 ? at::kBFloat16 : at::kFloat;
+  impl.dtype = options.dtype == ComputeDType::kBF16  ? at::kBFloat16
+               : options.dtype == ComputeDType::kF16 ? at::kHalf
+                                                      : at::kFloat;
+  XCPIPE_RETURN_IF_ERROR(CheckComputeDevice(options.device, options.dtype));
   try {
+    impl.device = at::Device(options.device);
+    impl.cpu_fast = impl.device.is_cpu() && options.kernels == KernelPath::kCpuFast;
+    if (impl.device.is_cuda() && impl.dtype == at::kFloat) {
+      // float32 means float32: TF32 (on by default for cuDNN convolutions, the vision towers'
+      // patch embedding) would put ~1e-3 errors into what must match the official outputs.
+      at::globalContext().setAllowTF32CuDNN(false);
+      at::globalContext().setAllowTF32CuBLAS(false);
+    }
     XCPIPE_RETURN_IF_ERROR(impl.Load(dir));
   } catch (const c10::Error& e) {
     return InvalidArgumentError(std::string("loading stage weights: ") + e.what_without_backtrace());
@@ -680,6 +722,9 @@ bool StageModel::holds_embed() const { return impl_->has_embed; }
 bool StageModel::holds_head() const { return impl_->has_head; }
 uint64_t StageModel::weight_bytes() const { return impl_->weight_bytes; }
 uint64_t StageModel::mapped_bytes() const { return impl_->mapped ? impl_->mapped->mapped_bytes() : 0; }
+const std::string& StageModel::device() const { return impl_->options.device; }
+ComputeDType StageModel::dtype() const { return impl_->options.dtype; }
+bool StageModel::cpu_fast_paths() const { return impl_->cpu_fast; }
 void StageModel::set_trace_vision(bool on) { impl_->trace_vision = on; }
 const StageModel::VisionTrace& StageModel::vision_trace() const { return impl_->trace; }
 
@@ -695,7 +740,7 @@ StatusOr<at::Tensor> StageModel::EncodeImage(const ImageInput& image) {
 
 uint64_t StageModel::kv_bytes_per_token() const {
   const auto& llm = impl_->spec.llm;
-  return 2ull * impl_->layers.size() * llm.kv_heads * llm.head_dim * (impl_->dtype == at::kFloat ? 4 : 2);
+  return 2ull * impl_->layers.size() * llm.kv_heads * llm.head_dim * at::elementSize(impl_->dtype);
 }
 uint64_t StageModel::kv_bytes_reserved() const { return impl_->kv_reserved; }
 uint64_t StageModel::kv_bytes_used() const {
@@ -721,8 +766,8 @@ Status StageModel::ReserveSequence(uint64_t sequence_id, int64_t max_tokens) {
   if (!impl.layers.empty()) {
     const auto& llm = impl.spec.llm;
     auto shape = std::vector<int64_t>{static_cast<int64_t>(impl.layers.size()), llm.kv_heads, max_tokens, llm.head_dim};
-    c.k = at::empty(shape, at::TensorOptions().dtype(impl.dtype));
-    c.v = at::empty(shape, at::TensorOptions().dtype(impl.dtype));
+    c.k = at::empty(shape, impl.On(impl.dtype));
+    c.v = at::empty(shape, impl.On(impl.dtype));
   }
   impl.kv_reserved += bytes;
   impl.caches.emplace(sequence_id, std::move(c));
@@ -789,14 +834,15 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
     N += s.rows;
   }
   try {
-    StepThreads step_threads;
+    std::optional<StepThreads> step_threads;
+    if (impl.cpu_fast) step_threads.emplace();
     StepOutput out;
     at::Tensor h;
     if (impl.has_embed && !in.hidden.defined()) {
       if (!in.token_ids.defined() || in.token_ids.numel() != N) {
         return InvalidArgumentError("embed stage needs token_ids with one entry per row (" + std::to_string(N) + ")");
       }
-      at::Tensor ids = in.token_ids.to(at::kLong);
+      at::Tensor ids = in.token_ids.to(impl.device).to(at::kLong);
       at::Tensor slots = (ids < 0).nonzero().view({-1});
       h = at::embedding(impl.embed, ids.clamp_min(0));
       int64_t image_rows = 0;
@@ -807,7 +853,7 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
       }
       if (image_rows > 0) {
         std::vector<at::Tensor> parts;
-        for (const auto& e : in.image_embeds) parts.push_back(e.to(impl.dtype));
+        for (const auto& e : in.image_embeds) parts.push_back(e.to(impl.device).to(impl.dtype));
         h.index_copy_(0, slots, at::cat(parts, 0));
       }
       out.embeds = h;
@@ -816,10 +862,12 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
         return InvalidArgumentError("hidden states must be [" + std::to_string(N) + ", " + std::to_string(llm.hidden) +
                                     "]");
       }
-      h = in.hidden.to(impl.dtype);
+      h = in.hidden.to(impl.device).to(impl.dtype);
     }
     at::Tensor image_rows;
-    if (in.im_mask.defined() && in.im_mask.numel() == N) image_rows = in.im_mask.to(at::kBool).nonzero().view({-1});
+    if (in.im_mask.defined() && in.im_mask.numel() == N) {
+      image_rows = in.im_mask.to(impl.device).to(at::kBool).nonzero().view({-1});
+    }
     std::vector<int64_t> pos;
     pos.reserve(N);
     for (const auto& s : in.segments)
@@ -827,7 +875,7 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
     // Rotary cos/sin of every row's position: the same for every layer, so computed once.
     at::Tensor cos, sin;
     if (!impl.layers.empty()) {
-      at::Tensor positions = at::tensor(pos, at::kLong);
+      at::Tensor positions = at::tensor(pos, at::kLong).to(impl.device);
       int64_t max_len = 0;
       for (const auto& s : in.segments) max_len = std::max(max_len, s.start_pos + s.rows);
       cos = impl.RopeCosSin(positions, max_len, false);
@@ -856,9 +904,9 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
           offset += s.rows;
           last.push_back(offset - 1);
         }
-        rows = normed.index_select(0, at::tensor(last, at::kLong));
+        rows = normed.index_select(0, at::tensor(last, at::kLong).to(impl.device));
       }
-      out.logits = ops::Linear(rows, impl.lm_head).to(at::kFloat);
+      out.logits = impl.Lin(rows, impl.lm_head).to(at::kFloat);
     }
     return out;
   } catch (const c10::Error& e) {
@@ -867,5 +915,191 @@ StatusOr<StepOutput> StageModel::Forward(const StepInput& in) {
 }
 
 BlockRange WholeModel(const ModelSpec& spec) { return {0, spec.blocks.size()}; }
+
+void StageModel::ForEachHeldTensor(const std::function<void(const std::string&, const at::Tensor&)>& fn) const {
+  const Impl& m = *impl_;
+  auto visit = [&](const std::string& name, const at::Tensor& t) {
+    if (t.defined()) fn(name, t);
+  };
+  for (const auto& [name, t] : m.weights) visit(name, t);
+  auto projection = [&](const std::string& name, const Projection& p) {
+    visit(name + ".w", p.w);
+    visit(name + ".b", p.b);
+    visit(name + ".lora_a", p.lora_a);
+    visit(name + ".lora_b", p.lora_b);
+  };
+  for (const auto& L : m.layers) {
+    const std::string p = "built/layer" + std::to_string(L.index) + "/";
+    visit(p + "attn_norm", L.attn_norm);
+    visit(p + "ffn_norm", L.ffn_norm);
+    for (const auto& [name, proj] : {std::pair<const char*, const Projection*>{"wqkv", &L.wqkv}, {"q", &L.q}, {"k", &L.k},
+                                     {"v", &L.v}, {"wo", &L.wo}, {"w1", &L.w1}, {"w2", &L.w2}, {"w3", &L.w3}}) {
+      projection(p + name, *proj);
+    }
+  }
+  for (size_t i = 0; i < m.eva_blocks.size(); ++i) visit("built/eva" + std::to_string(i) + "/qkv_b", m.eva_blocks[i].qkv_b);
+  visit("built/glb_gn", m.glb_gn);
+  visit("built/sub_gn", m.sub_gn);
+  visit("built/embed", m.embed);
+  visit("built/lm_head", m.lm_head);
+  for (const auto& [id, c] : m.caches) {
+    visit("kv/" + std::to_string(id) + "/k", c.k);
+    visit("kv/" + std::to_string(id) + "/v", c.v);
+  }
+  visit("rope/inv_freq", m.inv_freq);
+}
+
+StatusOr<ComputeDType> ParseComputeDType(const std::string& name) {
+  if (name == "f32") return ComputeDType::kF32;
+  if (name == "bf16") return ComputeDType::kBF16;
+  if (name == "f16") return ComputeDType::kF16;
+  return InvalidArgumentError("compute dtype '" + name + "' is unknown; expected f32, bf16 or f16");
+}
+
+const char* ComputeDTypeName(ComputeDType dtype) {
+  switch (dtype) {
+    case ComputeDType::kF32: return "f32";
+    case ComputeDType::kBF16: return "bf16";
+    case ComputeDType::kF16: return "f16";
+  }
+  return "f32";
+}
+
+bool LibtorchHasCuda() { return at::hasCUDA(); }
+
+int LibtorchCudaDevices() { return LibtorchHasCuda() ? static_cast<int>(at::getNumGPUs()) : 0; }
+
+Status CheckComputeDevice(const std::string& device, ComputeDType dtype) {
+  std::optional<at::Device> parsed;
+  try {
+    parsed = at::Device(device);
+  } catch (const c10::Error&) {
+  }
+  if (!parsed || !(parsed->is_cpu() || parsed->is_cuda()) || (parsed->is_cuda() && !parsed->has_index())) {
+    return InvalidArgumentError("device '" + device + "' is not understood; expected cpu or cuda:K");
+  }
+  if (parsed->is_cpu()) {
+    if (dtype == ComputeDType::kF16) {
+      return InvalidArgumentError(
+          "f16 on the CPU: this libtorch has no CPU kernel for half-precision matrix products, so the first step "
+          "would fail; use bf16 (fast on CPUs with AVX512-BF16) or f32");
+    }
+    return OkStatus();
+  }
+  if (!LibtorchHasCuda()) {
+    return UnimplementedError(NoCudaLibtorchMessage(device));
+  }
+  const int count = LibtorchCudaDevices();
+  if (parsed->index() >= count) {
+    return UnavailableError("device " + device + " asked for, but libtorch sees " + std::to_string(count) +
+                            " CUDA device(s) on this host");
+  }
+  return OkStatus();
+}
+
+StatusOr<double> MeasureMatmulTflops(const std::string& device) {
+  try {
+    constexpr int64_t n = 4096;
+    constexpr int kRuns = 10;
+    const auto on = at::TensorOptions().dtype(at::kBFloat16).device(at::Device(device));
+    at::Tensor a = at::randn({n, n}, on), b = at::randn({n, n}, on);
+    at::Tensor c = at::matmul(a, b);
+    (void)c.sum().item<float>();  // warm-up done (the copy to the host waits for the device)
+    const auto started = std::chrono::steady_clock::now();
+    for (int i = 0; i < kRuns; ++i) c = at::matmul(a, c.narrow(0, 0, n));
+    (void)c.sum().item<float>();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    if (s <= 0) return InternalError("a matrix product timed at 0 s");
+    return 2.0 * n * n * n * kRuns / s / 1e12;
+  } catch (const c10::Error& e) {
+    return InternalError(std::string("measuring matrix products on ") + device + ": " + e.what_without_backtrace());
+  }
+}
+
+std::string NoCudaLibtorchMessage(const std::string& device) {
+  return "device " + device +
+         " asked for, but this binary's libtorch built without CUDA (CPU only, as Debian ships it) cannot "
+         "compute on a GPU. Build xcpipe against a CUDA libtorch: cmake -S . -B build -G Ninja "
+         "-DCMAKE_PREFIX_PATH=\"$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')\" "
+         "(README: GPU hosts)";
+}
+
+ComputeDType DefaultComputeDType(const std::string& device, checkpoint::DType checkpoint_dtype) {
+  if (device.rfind("cuda", 0) != 0) return ComputeDType::kF32;
+  return checkpoint_dtype == checkpoint::DType::kF16 ? ComputeDType::kF16 : ComputeDType::kBF16;
+}
+
+
+Status StageModel::ReorderSequences(const std::vector<uint64_t>& ids, const std::vector<int64_t>& parent_of_each) {
+  auto& impl = *impl_;
+  const size_t n = ids.size();
+  if (parent_of_each.size() != n) {
+    return InvalidArgumentError("reorder of " + std::to_string(n) + " sequences given " +
+                                std::to_string(parent_of_each.size()) + " parents");
+  }
+  std::vector<SequenceCache*> held(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto it = impl.caches.find(ids[i]);
+    if (it == impl.caches.end()) {
+      return FailedPreconditionError("reorder: sequence " + std::to_string(ids[i]) + " holds no KV room on this stage");
+    }
+    held[i] = &it->second;
+    for (size_t j = 0; j < i; ++j) {
+      if (ids[j] == ids[i]) return InvalidArgumentError("reorder: sequence " + std::to_string(ids[i]) + " given twice");
+    }
+    if (parent_of_each[i] < 0 || parent_of_each[i] >= static_cast<int64_t>(n)) {
+      return InvalidArgumentError("reorder: parent " + std::to_string(parent_of_each[i]) + " of sequence " +
+                                  std::to_string(ids[i]) + " is not an index into the " + std::to_string(n) + " given");
+    }
+    if (held[i]->capacity != held[0]->capacity) {
+      return FailedPreconditionError("reorder: sequences " + std::to_string(ids[0]) + " and " + std::to_string(ids[i]) +
+                                     " have room for different lengths");
+    }
+  }
+  // Which old room each sequence ends up with: its own when it continues itself, else its
+  // parent's room when no one took it yet, else a room nobody continues (filled by a copy).
+  std::vector<int64_t> room(n, -1);
+  std::vector<bool> taken(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    if (parent_of_each[i] == static_cast<int64_t>(i)) {
+      room[i] = static_cast<int64_t>(i);
+      taken[i] = true;
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const auto p = static_cast<size_t>(parent_of_each[i]);
+    if (room[i] < 0 && !taken[p]) {
+      room[i] = static_cast<int64_t>(p);
+      taken[p] = true;
+    }
+  }
+  std::vector<int64_t> filled(n);
+  for (size_t i = 0; i < n; ++i) filled[i] = held[static_cast<size_t>(parent_of_each[i])]->filled;
+  size_t spare = 0;
+  try {
+    for (size_t i = 0; i < n; ++i) {
+      if (room[i] >= 0) continue;
+      while (taken[spare]) ++spare;  // as many spare rooms as sequences sharing a parent
+      room[i] = static_cast<int64_t>(spare);
+      taken[spare] = true;
+      const SequenceCache& from = *held[static_cast<size_t>(parent_of_each[i])];
+      SequenceCache& to = *held[spare];
+      if (!impl.layers.empty() && filled[i] > 0) {
+        // [layers, kv_heads, capacity, head_dim]: positions are dimension 2.
+        to.k.narrow(2, 0, filled[i]).copy_(from.k.narrow(2, 0, filled[i]));
+        to.v.narrow(2, 0, filled[i]).copy_(from.v.narrow(2, 0, filled[i]));
+      }
+    }
+  } catch (const c10::Error& e) {
+    return InternalError(std::string("reorder: copying KV rows: ") + e.what_without_backtrace());
+  }
+  std::vector<SequenceCache> old(n);
+  for (size_t i = 0; i < n; ++i) old[i] = std::move(*held[i]);
+  for (size_t i = 0; i < n; ++i) {
+    *held[i] = std::move(old[static_cast<size_t>(room[i])]);
+    held[i]->filled = filled[i];
+  }
+  return OkStatus();
+}
 
 }  // namespace xcpipe::model

@@ -527,6 +527,13 @@ Status NcclDataPlane::Send(const StageMessage& message, Deadline deadline) {
         sends.push_back({t.bytes().data(), t.byte_length()});
       }
     }
+    // Device tensors are read only after the compute that wrote them (its event), on this
+    // link's stream: ordered by the event, with no device-wide synchronisation.
+    if (message.ready_event) {
+      cudaSetDevice(options_.device);
+      cudaError_t err = cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(message.ready_event.get()), 0);
+      if (err != cudaSuccess) return UnavailableError("waiting for the stage's compute: " + CudaText(err));
+    }
     // The header first, so the receiver knows what to post; then the bytes.
     XCPIPE_RETURN_IF_ERROR(header_out_->Send(message, deadline, PayloadMode::kOutOfBand));
     XCPIPE_RETURN_IF_ERROR(next_->Exchange(/*peer=*/1, sends, {}, deadline).WithContext("sending to the next stage"));
@@ -616,9 +623,9 @@ DataPlaneStats NcclDataPlane::stats() const {
   return s;
 }
 
-Status CopyTensorsToHost(StageMessage& message) {
+Status CopyTensorsToHost(StageMessage& message, std::string_view keep_on_device) {
   for (auto& t : message.tensors) {
-    if (t.location() != MemoryLocation::kCudaDevice) continue;
+    if (t.location() != MemoryLocation::kCudaDevice || (!keep_on_device.empty() && t.name() == keep_on_device)) continue;
     std::vector<std::byte> host(t.byte_length());
     if (!host.empty()) {
       cudaError_t err = cudaSetDevice(t.device());

@@ -55,7 +55,9 @@ struct CoordinatorOptions {
   // address is not loopback).
   control::CurveConfig curve;
   int expect_workers = 1;
-  std::string dtype = "f32";            // compute dtype on workers: f32 or bf16
+  // Compute dtype on workers: f32, bf16, f16, or auto (f32 unless every worker is a CUDA
+  // device, then the checkpoint's 16-bit dtype). One dtype per plan.
+  std::string dtype = "auto";
   std::string spec_overrides;           // JSON handed to workers (tiny towers' head counts)
   uint64_t kv_budget_bytes = 0;         // per stage; 0 = from the plan
   int64_t max_sequences = 64;           // sequences in the pipeline at once (and the plan's KV room)

@@ -25,7 +25,11 @@ struct LocalClusterOptions {
   std::filesystem::path tokenizer;   // empty: found next to the model
   int workers = 2;
   std::string listen = "tcp://127.0.0.1:*";
-  std::string dtype = "f32";
+  std::string dtype = "auto";        // auto, f32, bf16, f16 (see CoordinatorOptions::dtype)
+  // Every worker's --device (a worker's own --device in worker_extra_args wins) and whether
+  // workers compute with the generic op sequence (--generic).
+  std::string device = "cpu";
+  bool generic = false;
   int threads_per_worker = 0;        // 0: the machine's cores split between the workers
   std::filesystem::path worker_binary;  // empty: xcpipe-worker next to this executable
   // Per worker (fault injection; "--device cuda:N" replaces the default "--device cpu").

@@ -47,6 +47,7 @@
 #include <string_view>
 
 #include "xcpipe/control/curve.h"
+#include "xcpipe/model/compute.h"
 #include "xcpipe/worker/device_probe.h"
 
 namespace xcpipe::worker {
@@ -61,6 +62,8 @@ struct WorkerOptions {
   // the bound address.
   std::string data_advertise;
   DeviceChoice device;
+  // CPU fast paths or the generic op sequence (--generic); a CUDA device always runs generic.
+  model::KernelPath kernels = model::KernelPath::kCpuFast;
   int threads = 1;
   uint64_t memory_limit_bytes = 0;  // 0 = the device's total
   // Called on the actor thread with the new state's name ("idle", "loading", "ready", "serving",

@@ -65,8 +65,10 @@ namespace xcpipe::mkmodel {
 //          heads), FFN 2816, 8192 pieces; CLIP width 256, 4 layers, 4 heads at the version's real
 //          tile size (490 VL, 336 4KHD, 560 2.5); 1.0: EVA width 256, 4 blocks, 4 heads at 224 px,
 //          Q-Former width 256, 4 layers, 4 heads, 32 query tokens.
-enum class Preset : uint8_t { kTiny, kSmall };
-std::string_view PresetName(Preset preset);  // "tiny", "small"
+// kLarge: the 7B's layer size (hidden 4096, FFN 14336 for 2.x) with 8 layers, ~4 GB in bf16: a
+// decode that is memory-bound on a data-centre GPU (bench/gpu_check.sh).
+enum class Preset : uint8_t { kTiny, kSmall, kLarge };
+std::string_view PresetName(Preset preset);  // "tiny", "small", "large"
 std::optional<Preset> ParsePreset(std::string_view name);
 
 // The tokenizer size a preset trains (TrainTokenizer gives exactly this many pieces).

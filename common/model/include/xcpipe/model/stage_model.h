@@ -1,7 +1,22 @@
 // StageModel: the XComposer forward pass for one contiguous range of blocks (a pipeline
-// stage), in libtorch. Holds only the weights of its blocks (memory-mapped from the
-// safetensors checkpoint; cast to the compute dtype when it differs) and the KV cache of the
-// decoder layers it owns.
+// stage), in libtorch. Holds only the weights of its blocks and the KV cache of the decoder
+// layers it owns, on one compute device (StageOptions::device).
+//
+// Where tensors live:
+//   CPU:  weights are the checkpoint's memory mapping (zero copy) unless cast to the compute
+//         dtype, or copied into one huge-page arena (StageOptions::huge_pages).
+//   CUDA: each weight is copied from the mapping to the device in the checkpoint's dtype and
+//         cast there (no float32 detour on the host); its mapped pages are dropped as it goes
+//         and the mapping is closed after the load, so no host copy is kept.
+//   KV cache, RoPE tables and every activation of a step live on the device. Inputs given on
+//   the host (token ids, pixels, hidden states received over TCP) are moved to the device at
+//   the start of a step; outputs (hidden, logits, embeds) stay on the device: the caller
+//   copies what must leave (logits for sampling, hidden states for a TCP hand-off).
+//
+// Kernels: one "generic" op sequence (device-agnostic libtorch calls) is what a CUDA device
+// runs. A CPU stage adds its own fast paths (KernelPath::kCpuFast: a GEMV and an AVX-512
+// kernel for decode rows, the huge-page arena, the BLAS/OpenMP thread policy);
+// KernelPath::kGeneric turns them off, so the CPU can check exactly what a GPU will run.
 //
 // Stage contract (what travels between stages, see DESIGN.md):
 //   hidden [N, H]   packed rows of every sequence in the micro-batch, no padding
@@ -26,10 +41,12 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "xcpipe/base/status.h"
 #include "xcpipe/checkpoint/model_spec.h"
+#include "xcpipe/model/compute.h"
 
 namespace xcpipe::model {
 
@@ -41,15 +58,17 @@ struct BlockRange {
   bool empty() const { return end <= begin; }
 };
 
-enum class ComputeDType : uint8_t { kF32, kBF16 };
-
 struct StageOptions {
+  // "cpu" or "cuda:K": every tensor of the stage lives there (see above).
+  std::string device = "cpu";
   ComputeDType dtype = ComputeDType::kF32;
+  // CPU fast paths or the generic op sequence; a CUDA device always runs kGeneric.
+  KernelPath kernels = KernelPath::kCpuFast;
   // KV cache budget for this stage in bytes; sequences are refused beyond it (no OOM later).
   uint64_t kv_budget_bytes = uint64_t{1} << 30;
   // Touch every page of the mapped weights while loading, so "ready" means resident and the
   // first request does not pay for page faults. Reports (bytes done, bytes total) as it goes.
-  bool prefault = true;
+  bool prefault = true;  // CPU devices only (a CUDA load reads every page as it copies)
   // Copy the weights out of the file mapping (4 KiB pages) into one anonymous arena backed by
   // transparent huge pages (2 MiB), releasing each mapped tensor once copied (the peak stays at
   // one copy plus one tensor). A decode step streams every weight; on 4 KiB pages each one costs
@@ -57,7 +76,7 @@ struct StageOptions {
   // the caches: measured on the small preset, decode 7% faster and a 4-stage pipeline's
   // per-token overhead halved (README, Pipeline speed). Skipped, weights used in place, where
   // the kernel has transparent huge pages off.
-  bool huge_pages = true;
+  bool huge_pages = true;  // CPU devices with KernelPath::kCpuFast only
   std::function<void(uint64_t, uint64_t)> on_progress;
   // Called between layers (decoder and vision) during long steps, on the calling thread: the
   // worker sends its heartbeats from here, so a long prefill is never mistaken for a hang.
@@ -116,7 +135,18 @@ class StageModel {
   bool holds_embed() const;
   bool holds_head() const;
   uint64_t weight_bytes() const;   // bytes of weights held (after any dtype cast)
-  uint64_t mapped_bytes() const;   // bytes of the checkpoint mapped by this stage
+  uint64_t mapped_bytes() const;   // bytes of the checkpoint mapped by this stage (0 once a
+                                   // CUDA load has closed the mapping)
+  const std::string& device() const;  // as given in StageOptions ("cpu", "cuda:K")
+  ComputeDType dtype() const;
+  // True when a step uses the CPU-only fast paths (a CPU device with KernelPath::kCpuFast).
+  bool cpu_fast_paths() const;
+
+  // Every tensor the stage holds between steps, named: weights as the checkpoint names them,
+  // the tensors built from them at load ("built/..."), the KV cache ("kv/<seq>/k|v") and the
+  // RoPE table ("rope/inv_freq", float32 by design, as the official code computes it). For
+  // checks that everything lives on the stage's device in its dtype.
+  void ForEachHeldTensor(const std::function<void(const std::string&, const at::Tensor&)>& fn) const;
 
   // Vision block: image embeddings [rows, H] for one image.
   StatusOr<at::Tensor> EncodeImage(const ImageInput& image);
@@ -150,6 +180,17 @@ class StageModel {
   uint64_t kv_bytes_used() const;
 
   StatusOr<StepOutput> Forward(const StepInput& input);
+
+  // Beam search: afterwards sequence ids[i] continues sequence ids[parent_of_each[i]] (an index
+  // into ids) as that one stood before the call: its cache holds the parent's cached positions.
+  // A permutation only swaps rooms (no copy). A parent continued by several sequences keeps its
+  // room for one of them; the others get the rooms of sequences nobody continues, and the parent's
+  // stepped positions are copied there before any room changes hands, so no source is overwritten
+  // before it is read. Every id must be held, all with the same capacity (rooms move between them,
+  // so each keeps its reserved size); InvalidArgument for sizes that differ, a repeated id or a
+  // parent out of range, FailedPrecondition for an id not held or unequal capacities: nothing
+  // changes then. Internal if a copy fails (the group's caches are then undefined).
+  Status ReorderSequences(const std::vector<uint64_t>& ids, const std::vector<int64_t>& parent_of_each);
 
  private:
   StageModel();

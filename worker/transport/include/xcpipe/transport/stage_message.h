@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,10 @@ struct StageMessage {
   uint64_t step = 0;
   std::vector<Segment> segments;
   std::vector<TensorFrame> tensors;
+  // Sender side, CUDA builds: an event (cudaEvent_t) recorded after the compute that wrote the
+  // device tensors; an NCCL send makes its stream wait on it before reading them. Null for host
+  // tensors. Never travels.
+  std::shared_ptr<void> ready_event;
 
   // Sum of the tensors' byte lengths.
   uint64_t payload_bytes() const;

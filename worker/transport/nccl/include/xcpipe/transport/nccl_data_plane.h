@@ -59,6 +59,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "xcpipe/cuda/nccl.h"
@@ -234,9 +235,11 @@ class NcclDataPlane final : public DataPlane {
   std::atomic<bool> closed_{false};
 };
 
-// Replaces every device tensor of `message` by a host copy (cudaMemcpy from its device), for a
-// stage that computes on the host: a CPU libtorch cannot read device memory. The device
-// buffers go back to their pool when the message's old frames are dropped here.
-Status CopyTensorsToHost(StageMessage& message);
+// Replaces every device tensor of `message` by a host copy (cudaMemcpy from its device), for
+// a stage that computes on the host, and for the small side tensors (mask, timings, flags) a
+// stage on the device reads on the host; the tensor named `keep_on_device` (a CUDA stage's
+// "hidden") stays where NCCL put it. The device buffers of copied tensors go back to their pool
+// when the message's old frames are dropped here.
+Status CopyTensorsToHost(StageMessage& message, std::string_view keep_on_device = {});
 
 }  // namespace xcpipe::transport

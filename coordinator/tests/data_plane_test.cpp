@@ -41,7 +41,7 @@ constexpr size_t kNcclIdBytes = 128;
 struct Assignment {
   uint64_t epoch = 0;
   uint32_t stage = 0, stage_count = 0;
-  std::string data_plane, previous_id, next_id;
+  std::string data_plane, previous_id, next_id, dtype;
 };
 
 struct WorkerScript {
@@ -111,6 +111,7 @@ class ScriptedWorker {
           got.stage = a.getStageIndex();
           got.stage_count = a.getStageCount();
           got.data_plane = a.getDataPlane().cStr();
+          got.dtype = a.getDtype().cStr();
           got.previous_id.assign(reinterpret_cast<const char*>(a.getPreviousNcclId().begin()),
                                  a.getPreviousNcclId().size());
           got.next_id.assign(reinterpret_cast<const char*>(a.getNextNcclId().begin()), a.getNextNcclId().size());
@@ -348,6 +349,23 @@ TEST_F(DataPlaneTest, DataPlaneTcpFlagMeansTcpEvenWhereNcclWouldDo) {
   const auto [plane, reason] = StatusDataPlane();
   EXPECT_EQ(plane, "tcp");
   EXPECT_EQ(reason, "--data-plane tcp");
+}
+
+// Two workers sharing one GPU of a host (cuda:0 on node-a) are planned as two stages, each
+// for its share of the device; NCCL cannot join two ranks on one GPU, so the plan hands off
+// over TCP and says why. Every worker being a CUDA device, the default dtype ("auto") is the
+// checkpoint's 16-bit one (bf16 for this float32 model), the same for every stage.
+TEST_F(DataPlaneTest, WorkersSharingOneGpuHandOffOverTcpInTheCheckpoints16BitDtype) {
+  Start({CudaWorker("w0", "cuda:0"), CudaWorker("w1", "cuda:0"), CudaWorker("w2", "cuda:1")}, "auto");
+  const auto stages = AssignmentsByStage();
+  ASSERT_EQ(stages.size(), 3u);
+  ExpectTcpWithoutIds(stages);
+  for (const auto& a : stages) EXPECT_EQ(a.dtype, "bf16") << "stage " << a.stage;
+  const auto [plane, reason] = StatusDataPlane();
+  EXPECT_EQ(plane, "tcp");
+#ifdef XCPIPE_HAVE_CUDA
+  EXPECT_NE(reason.find("share cuda:0 on node-a"), std::string::npos) << reason;
+#endif
 }
 
 // "--data-plane nccl" with a CPU worker: planning fails at once, naming the worker, and no

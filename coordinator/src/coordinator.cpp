@@ -363,6 +363,14 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
                                             std::to_string(proto::K_PROTOCOL_VERSION)), 0);
     return;
   }
+  // A restarted coordinator starts at epoch 1 while its workers remember the epoch they served
+  // under: before the first plan it adopts the highest one it hears, so its first assignment is
+  // newer than anything a worker has seen (a worker refuses an older one).
+  if (h.getRole() == proto::Role::WORKER && !planned_once && h.getEpoch() > epoch) {
+    spdlog::info("adopting epoch {} from worker {} (it served under it before this coordinator started)",
+                 h.getEpoch(), h.getWorkerId().cStr());
+    epoch = h.getEpoch();
+  }
   capnp::MallocMessageBuilder m;
   auto w = m.initRoot<proto::Envelope>().initWelcome();
   w.setProtocolVersion(proto::K_PROTOCOL_VERSION);

@@ -47,6 +47,7 @@ struct Assignment {
 struct WorkerScript {
   std::string id, host, device;
   std::vector<std::string> data_planes;
+  uint64_t epoch = 0;  // the epoch its hello says it last served under
 };
 
 WorkerScript CudaWorker(const std::string& id, const std::string& device) {
@@ -73,6 +74,7 @@ class ScriptedWorker {
     hello.setProtocolVersion(proto::K_PROTOCOL_VERSION);
     hello.setRole(proto::Role::WORKER);
     hello.setWorkerId(script_.id);
+    hello.setEpoch(script_.epoch);
     auto caps = hello.initCapabilities();
     caps.setHost(script_.host);
     caps.setPid(static_cast<uint32_t>(getpid()));
@@ -366,6 +368,19 @@ TEST_F(DataPlaneTest, WorkersSharingOneGpuHandOffOverTcpInTheCheckpoints16BitDty
 #ifdef XCPIPE_HAVE_CUDA
   EXPECT_NE(reason.find("share cuda:0 on node-a"), std::string::npos) << reason;
 #endif
+}
+
+// A coordinator restarted while its workers kept running: they remember epoch 16, and its first
+// plan must be newer (a worker refuses an assignment older than its epoch, which stopped the
+// whole cluster before the coordinator adopted the epoch it hears in the hellos).
+TEST_F(DataPlaneTest, ARestartedCoordinatorPlansNewerThanTheEpochItsWorkersRemember) {
+  WorkerScript a = CudaWorker("w0", "cuda:0"), b = CudaWorker("w1", "cuda:1");
+  a.epoch = 16;
+  b.epoch = 9;
+  Start({a, b}, "tcp");
+  const auto stages = AssignmentsByStage();
+  ASSERT_EQ(stages.size(), 2u);
+  EXPECT_GT(stages[0].epoch, 16u);
 }
 
 // "--data-plane nccl" with a CPU worker: planning fails at once, naming the worker, and no

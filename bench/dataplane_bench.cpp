@@ -16,7 +16,7 @@
 //
 //   build/bin/dataplane_bench [--runs 5] [--mib-per-run 512] [--rows 8,64,512,4096]
 //                             [--hidden 4096] [--pings 2000] [--out FILE]
-#include <utility>  // before Asio (PLATFORM.md item 7)
+#include <utility>  // before Asio: Boost 1.74's Asio needs it first under C++20
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>

@@ -13,7 +13,8 @@ find_package(cppzmq REQUIRED)
 # Messages: Cap'n Proto (runtime library + schema compiler).
 find_package(CapnProto REQUIRED)
 
-# Tokenizer. Never link into a target that also links libtorch (see PLATFORM.md: two protobufs).
+# Tokenizer. Never link into a target that also links libtorch: Debian's sentencepiece exports its
+# own protobuf-lite 3.14, libtorch needs protobuf 3.21, and a process with both dies before main.
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 
 # Boost.Asio (TCP data plane, timers, signals) and Boost.Beast (HTTP metrics): header-only.

@@ -1,7 +1,7 @@
 // xcpipe check-fixtures DIR: every check of a golden fixtures folder, with a line per check
 // and, last, exactly "N passed, M failed". Tokenizer and image checks run in this process;
 // the model checks run in an xcpipe-worker process (libtorch and the tokenizer's
-// sentencepiece cannot share a process, see PLATFORM.md) whose JSON lines are merged here.
+// sentencepiece cannot share a process: their two protobufs clash) whose JSON lines are merged here.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Boost 1.74's Asio needs <utility> before its headers under C++20 (PLATFORM.md trap 7).
+// Boost 1.74's Asio needs <utility> before its headers under C++20.
 #include <utility>
 
 #include "xcpipe/coordinator/metrics_http.h"

@@ -3,7 +3,7 @@
 // (0.0.4); the values must agree with what was done, and the status reply must carry the
 // same figures. Plus /healthz, /readyz (503 while not serving), 404, 405, and the pure parts
 // (histogram, rendering with awkward label values, memory warnings).
-#include <utility>  // before Asio under C++20 (PLATFORM.md trap 7)
+#include <utility>  // before Asio under C++20
 
 #include <gtest/gtest.h>
 

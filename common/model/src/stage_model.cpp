@@ -45,8 +45,8 @@ at::ScalarType ToTorch(checkpoint::DType d) {
   return at::kFloat;
 }
 
-// Thread policy of a Forward step (PLATFORM.md item 3). libtorch runs its own operators on an
-// OpenMP team sized by at::set_num_threads; OpenBLAS runs the projections on its own pthread
+// Thread policy of a Forward step (libtorch 1.13 starts with one intra-op thread here).
+// libtorch runs its own operators on an OpenMP team sized by at::set_num_threads; OpenBLAS runs the projections on its own pthread
 // pool, which defaults to every core and ignores at::set_num_threads. Measured with
 // bench/decode_bench on 2 cores: a worker started with --threads 1 still ran 2 BLAS threads (two
 // workers ran 4 on 2 cores), and at 2 threads a decode step took 3x and a 320-token prefill 1.5x

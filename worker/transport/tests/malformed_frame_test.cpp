@@ -1,7 +1,7 @@
 // A receiver faced with a peer that sends garbage, lies about lengths or vanishes mid-frame:
 // every case is refused with a Status that names the problem, the offending connection is
 // dropped, and the same listener then serves a well-behaved sender.
-#include <utility>  // before Asio (PLATFORM.md item 7)
+#include <utility>  // before Asio: Boost 1.74's Asio needs it first under C++20
 
 #include <gtest/gtest.h>
 #include <boost/asio/io_context.hpp>

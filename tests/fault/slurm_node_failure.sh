@@ -39,69 +39,18 @@ dump() {
 }
 # Processes of this test's model (the job's coordinator and workers, any run).
 ours() { ps -eo pid=,args= | awk -v m="$work/model" 'index($0, m) && /xcpipe-(worker|coordinator)/ && !/awk/ { print $1 }'; }
+# shellcheck source=../support/slurm_cluster.sh
+. "$(dirname "$0")/../support/slurm_cluster.sh"
 cleanup() {
   [ -n "$job" ] && scancel "$job" 2>/dev/null
   for _ in $(seq 40); do [ -z "$job" ] || ! squeue -h -j "$job" 2>/dev/null | grep -q . && break; sleep 0.25; done
-  for f in "$work"/slurmd-n1.pid "$work"/slurmd-n2.pid "$work"/slurmctld.pid; do
-    [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
-  done
-  for f in "$work"/slurmd-n1.pid "$work"/slurmd-n2.pid "$work"/slurmctld.pid; do
-    for _ in $(seq 40); do [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done
-    [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null
-  done
+  slurm_stop "$work"
   for p in $(ours); do kill -KILL "$p" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-read -r ctld_port n1_port n2_port < <(python3 -c '
-import socket
-s=[socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
-host=$(hostname)
-mkdir -p "$work/state" "$work/spool"
-cat > "$SLURM_CONF" <<CONF
-ClusterName=xcpipefail
-SlurmctldHost=$host(127.0.0.1)
-SlurmctldPort=$ctld_port
-SlurmdPort=$n1_port
-AuthType=auth/none
-CredType=cred/none
-SlurmUser=root
-SlurmdUser=root
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MpiDefault=none
-ReturnToService=2
-SlurmdParameters=config_overrides
-StateSaveLocation=$work/state
-SlurmdSpoolDir=$work/spool/%n
-SlurmctldPidFile=$work/slurmctld.pid
-SlurmdPidFile=$work/slurmd-%n.pid
-SlurmctldLogFile=$work/slurmctld.log
-SlurmdLogFile=$work/slurmd-%n.log
-JobRequeue=1
-KillWait=5
-InactiveLimit=0
-MinJobAge=30
-NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=$n1_port CPUs=2 State=UNKNOWN
-NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$n2_port CPUs=2 State=UNKNOWN
-PartitionName=test Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-CONF
-
-slurmctld -c -f "$SLURM_CONF" || fail "slurmctld did not start"
-slurmd -f "$SLURM_CONF" -N n1 || fail "slurmd n1 did not start"
-slurmd -f "$SLURM_CONF" -N n2 || fail "slurmd n2 did not start"
-idle=0
-for _ in $(seq 100); do
-  idle=$(sinfo -h -N -t idle -o '%N' 2>/dev/null | sort -u | wc -l)
-  [ "$idle" -eq 2 ] && break
-  sleep 0.2
-done
-[ "$idle" -eq 2 ] || { sinfo -N 2>&1; fail "the two nodes did not come up idle"; }
+slurm_start "$work" xcpipefail 5
 
 "$BIN/xcpipe" mkmodel --arch ixc2-vl --preset tiny --out "$work/model" >/dev/null || fail "mkmodel"
 chmod -R a+rX "$work/model"

@@ -32,6 +32,7 @@ enum ErrorCode {
   unimplemented @9;       # not supported by this build
   permissionDenied @10;   # authentication refused
   cancelled @11;          # the requester gave up
+  alreadyExists @12;      # a name that must be unique is held (a worker id another live process has)
 }
 
 # Who is speaking.

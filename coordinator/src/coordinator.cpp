@@ -316,6 +316,7 @@ struct Coordinator::Impl {
 
   void Dispatch(const std::string& peer, const proto::Envelope::Reader& env);
   void OnHello(const std::string& peer, proto::Hello::Reader h);
+  bool ClaimWorkerId(const std::string& peer, const std::string& id, const std::string& host, uint32_t pid);
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);
   StatusOr<std::vector<PreparedPrompt>> PreparePretokenized(proto::Submit::Reader s) const;
   void OnStepResult(proto::StepResult::Reader r);
@@ -387,6 +388,7 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
     return;
   }
   auto caps = h.getCapabilities();
+  if (!ClaimWorkerId(peer, h.getWorkerId().cStr(), caps.getHost().cStr(), caps.getPid())) return;
   auto it = workers.find(peer);
   const bool known = it != workers.end() && it->second.state != WorkerState::kLost;
   WorkerInfo& info = workers[peer];
@@ -413,6 +415,49 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
                  info.host, info.pid, info.data_address, ReadyWorkers(), opt.expect_workers);
   }
   Send(m, peer);
+}
+
+// One live registration per worker id; peers are per-process routing identities. Another live
+// registration of the same id is either this worker's previous process, killed and restarted
+// (its connection is gone: ROUTER_MANDATORY refuses a send to it), which is declared lost now
+// instead of after the heartbeat timeout; or a second process given a serving worker's id,
+// which is refused with AlreadyExists while the first keeps serving. A holder whose host
+// vanished keeps its half-open connection until the heartbeat timeout; the newcomer repeats
+// its hello and is taken once the holder is declared lost.
+bool Coordinator::Impl::ClaimWorkerId(const std::string& peer, const std::string& id, const std::string& host,
+                                      uint32_t pid) {
+  for (auto& [other_peer, other] : workers) {
+    if (other_peer == peer || other.id != id || other.state == WorkerState::kLost) continue;
+    capnp::MallocMessageBuilder probe;
+    probe.initRoot<proto::Envelope>().initHeartbeat().setEpoch(epoch);
+    const Status reach = socket->Send(probe, other_peer, 100ms);
+    if (reach.ok()) {
+      const auto heard = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - other.last_seen);
+      spdlog::warn("refused a second worker '{}' (pid {} on {}): pid {} on {} holds that id", id, pid, host, other.pid,
+                   other.host);
+      SendError(peer,
+                AlreadyExistsError("worker id '" + id + "' is held by a live worker: pid " +
+                                   std::to_string(other.pid) + " on host " + other.host + ", heard " +
+                                   std::to_string(heard.count()) + " ms ago. Give each worker its own --worker-id; "
+                                   "if that process has exited, this one is taken once it misses its heartbeats (" +
+                                   std::to_string(control::ControlTimings::kHeartbeatTimeout.count()) + " ms)"),
+                0);
+      return false;
+    }
+    spdlog::warn("worker {} restarted (pid {} on {} replaces pid {} on {}, whose connection is gone)", id, pid, host,
+                 other.pid, other.host);
+    other.state = WorkerState::kLost;
+    workers_changed = true;
+    if (other.stage >= 0) OnStageLost(other, "restarted as pid " + std::to_string(pid));
+  }
+  // Earlier processes of this id that no stage refers to any more: forgotten, so status and
+  // metrics list each worker id once.
+  for (auto it = workers.begin(); it != workers.end();) {
+    const bool stale = it->first != peer && it->second.id == id && it->second.state == WorkerState::kLost &&
+                       std::none_of(stages.begin(), stages.end(), [&](const auto& s) { return s.peer == it->first; });
+    it = stale ? workers.erase(it) : std::next(it);
+  }
+  return true;
 }
 
 void Coordinator::Impl::MaybePlan() {

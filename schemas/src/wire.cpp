@@ -86,7 +86,7 @@ proto::ErrorCode ToWire(StatusCode code) { return static_cast<proto::ErrorCode>(
 
 StatusCode FromWire(proto::ErrorCode code) {
   auto value = static_cast<uint16_t>(code);
-  if (value > static_cast<uint16_t>(StatusCode::kCancelled)) return StatusCode::kInternal;
+  if (value > static_cast<uint16_t>(StatusCode::kAlreadyExists)) return StatusCode::kInternal;
   return static_cast<StatusCode>(value);
 }
 

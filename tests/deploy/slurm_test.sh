@@ -102,10 +102,14 @@ assert last.get("finish_reason") in ("length", "stop") and last.get("token_ids")
 print(f"request completed after the kill: {len(last['token_ids'])} tokens, finish {last['finish_reason']}")
 PY
 grep -q "re-planning\|recovering" "$work"/job-*.out || fail "the coordinator log shows no re-plan"
-# The task loop restarted the killed worker; it registers again.
-# (Its startup line names it; the coordinator logs only a worker it had not seen alive.)
-restarted() { [ "$(grep -c 'worker n2/gpu1 on ' "$work"/job-*.out)" -ge 2 ] &&
-              grep -A3 'worker n2/gpu1 on ' "$work"/job-*.out | tail -3 | grep -q 'registered with the coordinator'; }
+# The task loop restarted the killed worker; it registers again. (Its startup line names it and
+# its pid, "[worker PID] worker n2/gpu1 on ..."; the registration is that pid's line.)
+restarted() {
+  [ "$(grep -c 'worker n2/gpu1 on ' "$work"/job-*.out)" -ge 2 ] || return 1
+  local pid
+  pid=$(grep 'worker n2/gpu1 on ' "$work"/job-*.out | tail -1 | grep -o '\[worker [0-9]*\]' | tr -dc 0-9)
+  [ -n "$pid" ] && grep -q "\[worker $pid\] registered with the coordinator" "$work"/job-*.out
+}
 for _ in $(seq 60); do restarted && break; sleep 0.25; done
 restarted || fail "the killed worker did not come back"
 echo "worker n2/gpu1 restarted by its task and registered again"

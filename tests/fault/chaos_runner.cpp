@@ -855,6 +855,8 @@ class Cluster {
     for (const auto& p : procs_) n += std::max(0, p.starts - 1);
     return n;
   }
+  // The name of worker `target` (a fault's target: 0 is the first worker).
+  std::string worker_name(int target) const { return procs_.at(static_cast<size_t>(target) + 1).name; }
   std::string duplicate_log() const { return Slurp(o_.out_dir / "logs" / "duplicate.log"); }
   bool duplicate_exited(int& code) {
     if (!duplicate_) return false;
@@ -1459,6 +1461,10 @@ int Run(Options o) {
       if (faults != 0)
         result.violations.push_back("the duplicate identity cost the serving worker its stage: " +
                                     std::to_string(faults) + " fault(s) declared");
+      // The second process must be told why it cannot serve, naming the id it claimed.
+      const std::string refusal = "AlreadyExists: worker id '" + cluster.worker_name(scenario->fault.target) + "'";
+      if (log.find(refusal) == std::string::npos)
+        result.violations.push_back("the duplicate worker was not refused with '" + refusal + " ...'");
     }
     // The row counts the requests made under the fault and after it, not the reference run's.
     std::vector<HistoryEvent> served;
@@ -1543,8 +1549,8 @@ int main(int argc, char** argv) {
   app.add_option("--exclude", exclude, "comma-separated fault kinds never drawn");
   app.add_option("--scenario", o.scenario, "one fault of this kind at a fixed moment; merges a fault-table row");
   app.add_option("--min-restart-ms", o.min_restart_ms,
-                 "killed workers and lost hosts come back no sooner than this (the CI run: past the heartbeat "
-                 "timeout, see the README's open bugs)");
+                 "killed workers and lost hosts come back no sooner than this (default: drawn from 1 s, as "
+                 "every fault's hold)");
   app.add_option("--sample-s", o.sample_s, "sample RSS, fds and threads of every process this often (soak)");
   app.add_option("--bin", bin_dir, "folder of xcpipe, xcpipe-coordinator, xcpipe-worker (default: this binary's)");
   app.add_option("--model", model_dir, "model folder (made with xcpipe mkmodel --preset tiny when missing)");

@@ -2,8 +2,10 @@
 # Fault row: a Slurm node failure with --requeue. A real single-host Slurm (slurmctld + two
 # slurmd "nodes" on 127.0.0.1, scratch config, auth/none; the set-up of tests/deploy/slurm_test.sh)
 # runs the shipped batch script deploy/slurm/xcpipe.sbatch (#SBATCH --requeue) with CPU workers,
-# 2 nodes x 2 tasks, submitted with --no-kill=off (Slurm's default: a node failure ends the job). While a 40-token request is decoding, the first node (the coordinator and two
-# workers) fails: its slurmd, its step daemons and every process of the job on it are frozen,
+# 2 nodes x 2 tasks, as shipped (#SBATCH --no-kill: a node failure leaves the job running on the
+# other nodes; the script's watcher on the second node requeues it when the failed node is the
+# first, checking every second here). While a 40-token request is decoding, the first node (the
+# coordinator and two workers) fails: its slurmd, its step daemons and every process of the job on it are frozen,
 # the node is marked DOWN, as slurmctld does once a node stops answering (SlurmdTimeout; marking
 # it here saves the wait), and they are killed (kill -9). Checks:
 #   1. Slurm requeues the job (node failure + --requeue) and no process of the first run survives
@@ -56,8 +58,8 @@ slurm_start "$work" xcpipefail 5
 chmod -R a+rX "$work/model"
 address_file=$work/coordinator.address
 job=$(XCPIPE_MODEL=$work/model XCPIPE_BIN=$BIN XCPIPE_DEVICE=cpu XCPIPE_ADDRESS_FILE=$address_file \
-      XCPIPE_WORKER_ARGS="--threads 1 --inject-step-delay-ms 40" XCPIPE_WORKER_WAIT_S=120 \
-      sbatch --parsable --nodes=2 --ntasks-per-node=2 --gres=none --no-kill=off --chdir="$work" \
+      XCPIPE_WORKER_ARGS="--threads 1 --inject-step-delay-ms 40" XCPIPE_WORKER_WAIT_S=120 XCPIPE_NODE_CHECK_S=1 \
+      sbatch --parsable --nodes=2 --ntasks-per-node=2 --gres=none --chdir="$work" \
       --output="$work/job-%j.out" --open-mode=append --export=ALL "$ROOT/deploy/slurm/xcpipe.sbatch") ||
   fail "sbatch refused the script"
 echo "job $job submitted (--requeue from the script)"
@@ -121,10 +123,10 @@ kill -KILL $victims 2>/dev/null
 rm -f "$address_file"
 echo "node n1 failed: killed $(echo "$victims" | wc -w) processes (slurmd, step daemons, batch script, coordinator, workers)"
 
-# 1. Slurm requeues the job. (Submitted with --no-kill=off: with the script's own --no-kill,
-# slurmctld only drops the failed node from the job and waits for the batch step that ran on
-# it; here, on Slurm 22.05, the job then stayed RUNNING, never requeued, even once the node was
-# back. The README's fault section says so.) Watch for 10 s, bring the node back, watch again.
+# 1. The job is requeued. With the script's --no-kill, slurmctld only drops the failed node from
+# the job (on Slurm 22.05 the job stays RUNNING on the surviving node, even once the failed node
+# is back); the script's watcher on n2 sees n1 DOWN and requeues it. Watch for 10 s, bring the
+# node back, watch again.
 requeued() {
   state=$(scontrol show job "$job" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
   restarts=$(scontrol show job "$job" 2>/dev/null | grep -o 'Restarts=[0-9]*' | cut -d= -f2)

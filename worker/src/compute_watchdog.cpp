@@ -17,11 +17,11 @@ int64_t NowMicros() {
 
 }  // namespace
 
-ComputeWatchdog::ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string worker_id,
+ComputeWatchdog::ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string routing_id,
                                  control::CurveConfig curve, const std::atomic<uint64_t>& epoch,
                                  const std::atomic<uint64_t>& steps_completed)
     : context_(context), epoch_(epoch), steps_completed_(steps_completed) {
-  thread_ = std::thread([this, c = std::move(coordinator), id = std::move(worker_id), k = std::move(curve)]() mutable {
+  thread_ = std::thread([this, c = std::move(coordinator), id = std::move(routing_id), k = std::move(curve)]() mutable {
     Loop(std::move(c), std::move(id), std::move(k));
   });
 }
@@ -61,9 +61,9 @@ std::chrono::microseconds ComputeWatchdog::CurrentWindow() const {
   return std::max<std::chrono::microseconds>(ComputeWatchdogTimings::kMinWindow, expected);
 }
 
-void ComputeWatchdog::Loop(std::string coordinator, std::string worker_id, control::CurveConfig curve) {
+void ComputeWatchdog::Loop(std::string coordinator, std::string routing_id, control::CurveConfig curve) {
   auto socket = control::ControlSocket::ConnectDealer(context_, coordinator,
-                                                      worker_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
+                                                      routing_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
   if (!socket.ok()) {
     spdlog::warn("compute watchdog: cannot connect to {}: {}", coordinator, socket.status().ToString());
     return;

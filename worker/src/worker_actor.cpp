@@ -176,6 +176,12 @@ struct WorkerActor::Impl {
   State state = State::kIdle;
   uint64_t epoch = 0;
   bool welcomed = false;
+  // This process's control-plane identity (ProcessRoutingId of the worker id).
+  std::string routing_id;
+  // Since when the coordinator has refused this worker's id as held by another live process:
+  // the holder may be this worker's previous process whose connection has not closed yet, so
+  // the hello is repeated until the holder would have missed its heartbeats, then given up.
+  std::optional<Clock::time_point> id_refused_since;
   Clock::time_point last_from_coordinator = Clock::now();
   Clock::time_point next_heartbeat = Clock::now();
   Clock::time_point last_hello = Clock::now() - std::chrono::hours(1);
@@ -1013,6 +1019,7 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
       auto w = env.getWelcome();
       if (!welcomed) spdlog::info("registered with the coordinator (epoch {})", w.getEpoch());
       welcomed = true;
+      id_refused_since.reset();
       epoch = std::max(epoch, w.getEpoch());
       return;
     }
@@ -1021,6 +1028,15 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
       auto e = env.getError();
       spdlog::error("coordinator: {}: {}", StatusCodeName(wire::FromWire(e.getCode())), e.getMessage().cStr());
       if (!welcomed && e.getCode() == proto::ErrorCode::FAILED_PRECONDITION) exit_code = 1;  // refused hello
+      if (!welcomed && e.getCode() == proto::ErrorCode::ALREADY_EXISTS) {
+        const auto now = Clock::now();
+        if (!id_refused_since) id_refused_since = now;
+        if (now - *id_refused_since > 2 * control::ControlTimings::kHeartbeatTimeout) {
+          spdlog::error("worker id '{}' is held by another live worker; giving up. Give each worker its own "
+                        "--worker-id", opt.worker_id);
+          exit_code = kExitInvalidInput;
+        }
+      }
       return;
     }
     case proto::Envelope::ASSIGN_STAGE: return OnAssign(env.getAssignStage());
@@ -1131,13 +1147,14 @@ int WorkerActor::Run() {
     return ExitCodeFor(listen.status());
   }
   s.receiver = std::move(listen).value();
-  auto socket = control::ControlSocket::ConnectDealer(s.context, s.opt.coordinator, s.opt.worker_id, s.opt.curve);
+  s.routing_id = control::ProcessRoutingId(s.opt.worker_id);
+  auto socket = control::ControlSocket::ConnectDealer(s.context, s.opt.coordinator, s.routing_id, s.opt.curve);
   if (!socket.ok()) {
     spdlog::error("control plane: {}", socket.status().ToString());
     return ExitCodeFor(socket.status());
   }
   s.control = std::move(socket).value();
-  s.watchdog = std::make_unique<ComputeWatchdog>(s.context, s.opt.coordinator, s.opt.worker_id, s.opt.curve,
+  s.watchdog = std::make_unique<ComputeWatchdog>(s.context, s.opt.coordinator, s.routing_id, s.opt.curve,
                                                  s.watchdog_epoch, s.watchdog_steps);
   const std::string wake_endpoint = "inproc://wake";
   s.wake_rx.bind(wake_endpoint);

@@ -7,9 +7,10 @@
 namespace xcpipe {
 namespace {
 
-constexpr std::array<std::string_view, 12> kCodeNames = {
+constexpr std::array<std::string_view, 13> kCodeNames = {
     "OK",      "InvalidArgument",    "NotFound", "ResourceExhausted", "Unavailable",      "DeadlineExceeded",
-    "Aborted", "FailedPrecondition", "Internal", "Unimplemented",     "PermissionDenied", "Cancelled"};
+    "Aborted", "FailedPrecondition", "Internal", "Unimplemented",     "PermissionDenied", "Cancelled",
+    "AlreadyExists"};
 
 }  // namespace
 
@@ -56,6 +57,7 @@ Status InternalError(std::string m) { return {StatusCode::kInternal, std::move(m
 Status UnimplementedError(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
 Status PermissionDeniedError(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
 Status CancelledError(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
+Status AlreadyExistsError(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
 
 void DieOnBadStatusAccess(const Status& status) {
   std::fprintf(stderr, "xcpipe: fatal: value() of a StatusOr holding an error: %s\n", status.ToString().c_str());
@@ -73,6 +75,7 @@ ExitCode ExitCodeFor(const Status& status) {
     case StatusCode::kOk: return kExitOk;
     case StatusCode::kInvalidArgument:
     case StatusCode::kNotFound:
+    case StatusCode::kAlreadyExists:  // a configuration error: two processes given one name
     case StatusCode::kPermissionDenied: return kExitInvalidInput;
     case StatusCode::kUnavailable:
     case StatusCode::kDeadlineExceeded: return kExitUnavailable;

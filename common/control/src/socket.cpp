@@ -1,5 +1,10 @@
 #include "xcpipe/control/socket.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <random>
+
 #include <capnp/schema.h>
 
 namespace xcpipe::control {
@@ -63,6 +68,13 @@ Status ApplyCurveClient(zmq::socket_t& s, const CurveConfig& curve) {
 
 }  // namespace
 
+std::string ProcessRoutingId(std::string_view name) {
+  std::random_device random;
+  char token[32];
+  std::snprintf(token, sizeof token, "@%d.%04x", static_cast<int>(getpid()), static_cast<unsigned>(random() & 0xffffu));
+  return std::string(name) + token;
+}
+
 bool IsWildcardEndpoint(const std::string& endpoint) {
   return endpoint.find("://*") != std::string::npos || endpoint.find("://0.0.0.0") != std::string::npos ||
          endpoint.find("://[::]") != std::string::npos;
@@ -90,7 +102,8 @@ StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::BindRouter(zmq::context_
     s->dropper_ = MessageDropper::FromEnvironment(true, "");
     SetCommonOptions(s->socket_);
     s->socket_.set(zmq::sockopt::router_mandatory, 1);
-    // A worker that restarts reuses its identity: the new connection takes over.
+    // Identities are per process (ProcessRoutingId): a peer that reconnects after a network
+    // fault, while its old connection is still half open here, takes its own route over.
     s->socket_.set(zmq::sockopt::router_handover, 1);
     if (curve.enabled()) {
       // The handler must answer before the first peer can connect: start it, then bind.

@@ -59,6 +59,7 @@ ApiError ErrorFromStatus(const Status& status) {
       e.code = "unsupported";
       break;
     case StatusCode::kCancelled:
+    case StatusCode::kAlreadyExists:  // between workers and the coordinator only
     case StatusCode::kInternal:
       e.status = 500;
       e.type = "server_error";

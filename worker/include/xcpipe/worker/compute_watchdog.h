@@ -4,8 +4,8 @@
 // The actor thread cannot answer the control plane while one layer's GEMM runs (a long
 // prefill on a CPU can take seconds per layer), and a wedged step looks exactly like that from
 // outside. So the actor marks layer boundaries here and a watchdog thread, with a control socket
-// of its own (identity "<worker id>" + ControlTimings::kWatchdogIdentitySuffix, which the
-// coordinator credits to the worker), decides:
+// of its own (identity: the worker's routing identity + ControlTimings::kWatchdogIdentitySuffix,
+// which the coordinator credits to the worker), decides:
 //
 //   actor idle ............................ nothing (the actor heartbeats itself)
 //   in a step, progress within the window . heartbeat on the worker's behalf, every interval
@@ -43,8 +43,9 @@ struct ComputeWatchdogTimings {
 
 class ComputeWatchdog {
  public:
-  // Connects its own DEALER to `coordinator` from its thread. `epoch` is read for the messages.
-  ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string worker_id, control::CurveConfig curve,
+  // Connects its own DEALER to `coordinator` from its thread, as `routing_id` (the worker's own
+  // control identity) + the suffix. `epoch` is read for the messages.
+  ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string routing_id, control::CurveConfig curve,
                   const std::atomic<uint64_t>& epoch, const std::atomic<uint64_t>& steps_completed);
   ~ComputeWatchdog();
   ComputeWatchdog(const ComputeWatchdog&) = delete;
@@ -59,7 +60,7 @@ class ComputeWatchdog {
   std::chrono::microseconds CurrentWindow() const;
 
  private:
-  void Loop(std::string coordinator, std::string worker_id, control::CurveConfig curve);
+  void Loop(std::string coordinator, std::string routing_id, control::CurveConfig curve);
 
   zmq::context_t& context_;
   const std::atomic<uint64_t>& epoch_;

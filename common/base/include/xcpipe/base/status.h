@@ -33,6 +33,7 @@ enum class StatusCode : uint8_t {
   kUnimplemented = 9,       // not available in this build or version
   kPermissionDenied = 10,   // authentication or authorisation refused
   kCancelled = 11,          // the caller gave up (client disconnect, shutdown)
+  kAlreadyExists = 12,      // a name that must be unique is held (a live worker's id)
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -75,6 +76,7 @@ Status InternalError(std::string message);
 Status UnimplementedError(std::string message);
 Status PermissionDeniedError(std::string message);
 Status CancelledError(std::string message);
+Status AlreadyExistsError(std::string message);
 
 // Either a T or a non-OK Status. Accessing value() of an error is a programming error and
 // aborts with the status printed (it never throws).

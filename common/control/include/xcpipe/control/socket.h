@@ -44,10 +44,17 @@ struct ControlTimings {
   static constexpr int kZmtpHeartbeatTimeoutMs = 5000;
   static constexpr std::chrono::milliseconds kHeartbeatInterval{250};
   static constexpr std::chrono::milliseconds kHeartbeatTimeout{2500};  // 10 missed heartbeats
-  // A worker's compute watchdog connects as "<worker id>" + this suffix (see
+  // A worker's compute watchdog connects as the worker's routing identity + this suffix (see
   // worker/compute_watchdog.h); the coordinator credits its heartbeats to the worker.
   static constexpr std::string_view kWatchdogIdentitySuffix = "/beacon";
 };
+
+// The routing identity of one process speaking as `name`: "<name>@<pid>.<random hex>". Every
+// process gets its own, so two processes given one name (a worker restarted before its old
+// connection closed, or a second process misconfigured with a serving worker's id) stay apart
+// on the coordinator's ROUTER instead of one taking over the other's route; the name itself
+// travels in the hello, and the coordinator decides which of them holds it.
+std::string ProcessRoutingId(std::string_view name);
 
 // A received message with its sender (ROUTER side: the peer identity; DEALER side: empty).
 struct Incoming {

@@ -202,6 +202,8 @@ struct SamplingParams {
   topP @3 :Float64 = 1.0;       # 1.0 = off
   repetitionPenalty @4 :Float64 = 1.0;
   seed @5 :UInt64;
+  minNewTokens @6 :UInt32;      # the stop ids cannot be sampled before this many new tokens
+  ignoreEos @7 :Bool;           # a stop id does not end the sequence: it runs to maxNewTokens
 }
 
 # A sequence enters the pipeline: every stage reserves KV room for maxTokens; the last stage
@@ -216,6 +218,14 @@ struct AdmitSequence {
   prefixRows @6 :UInt32;              # [0, prefixRows) from this sequence, which every stage holds
                                       # and has already stepped (the shared prompt head); the
                                       # sequence's first step then starts at prefixRows. 0: none
+  stopIds @7 :List(Int64);            # the ids the last stage masks while fewer than
+                                      # sampling.minNewTokens tokens have been generated
+  generatedTokens @8 :UInt32;         # new tokens generated before this admission (a replay
+                                      # prefills them with the prompt); they count toward
+                                      # minNewTokens
+  prefillRows @9 :UInt32;             # rows before the first sampled token (prompt plus
+                                      # generatedTokens): the last stage samples no token for
+                                      # a step that ends before them (a piece of a long prompt)
 }
 
 # Sequences leave: every stage frees their KV room (and the last stage their samplers).

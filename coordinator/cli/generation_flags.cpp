@@ -25,6 +25,13 @@ void AddGenerationFlags(CLI::App& sub, GenerationFlags& f) {
   for (auto* o : {t, p, k, s}) o->excludes(greedy);
   sub.add_option("--repetition-penalty", f.repetition_penalty, "Hugging Face repetition penalty (1 = off)")
       ->capture_default_str();
+  sub.add_option("--min-tokens", f.min_tokens,
+                 "generate at least this many tokens before an end-of-answer token may end the answer "
+                 "(the stop ids are masked until then; at most --max-new-tokens)")
+      ->capture_default_str();
+  sub.add_flag("--ignore-eos", f.ignore_eos,
+               "keep generating past an end-of-answer token, to exactly --max-new-tokens tokens (for benchmarks; "
+               "the text is still cut at the end of the turn)");
   sub.add_flag("--json", f.json, R"(print {"token_ids": [...], "text": ..., "ttft_ms": ..., "tokens_per_s": ...})");
 }
 
@@ -64,6 +71,12 @@ StatusOr<coordinator::GenerateRequest> BuildRequest(const GenerationFlags& f, co
   r.sampling.top_k = f.top_k;
   r.sampling.seed = f.seed;
   r.sampling.repetition_penalty = f.repetition_penalty;
+  if (f.min_tokens > f.max_new_tokens) {
+    return InvalidArgumentError("--min-tokens " + std::to_string(f.min_tokens) + " is more than --max-new-tokens " +
+                                std::to_string(f.max_new_tokens) + "; expected at most the maximum");
+  }
+  r.sampling.min_new_tokens = f.min_tokens;
+  r.sampling.ignore_eos = f.ignore_eos;
   return r;
 }
 

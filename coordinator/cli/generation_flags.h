@@ -24,6 +24,8 @@ struct GenerationFlags {
   uint32_t top_k = 0;
   uint64_t seed = 0;
   double repetition_penalty = 1.0;
+  uint32_t min_tokens = 0;
+  bool ignore_eos = false;
   bool json = false;
   bool sample_flags_given = false;
 };

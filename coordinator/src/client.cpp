@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <set>
 #include <thread>
 
@@ -82,6 +83,8 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   sp.setTopP(request.sampling.top_p);
   sp.setRepetitionPenalty(request.sampling.repetition_penalty);
   sp.setSeed(request.sampling.seed);
+  sp.setMinNewTokens(static_cast<uint32_t>(std::max<int64_t>(0, request.sampling.min_new_tokens)));
+  sp.setIgnoreEos(request.sampling.ignore_eos);
   if (!request.token_ids.empty()) {
     auto ids = s.initTokenIds(request.token_ids.size());
     for (size_t i = 0; i < request.token_ids.size(); ++i) ids.set(i, request.token_ids[i]);

@@ -794,6 +794,8 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   sampling.top_p = sp.getTopP();
   sampling.repetition_penalty = sp.getRepetitionPenalty();
   sampling.seed = sp.getSeed();
+  sampling.min_new_tokens = sp.getMinNewTokens();
+  sampling.ignore_eos = sp.getIgnoreEos();
   const int64_t max_new = s.getMaxNewTokens();
   if (Status st = edge->ValidateGeneration(max_new, sampling); !st.ok()) return refuse(st);
   std::vector<std::string> images;
@@ -945,6 +947,14 @@ void Coordinator::Impl::Admit() {
       sp.setTopP(seq.sampling.top_p);
       sp.setRepetitionPenalty(seq.sampling.repetition_penalty);
       sp.setSeed(seq.sampling.seed);
+      sp.setMinNewTokens(static_cast<uint32_t>(seq.sampling.min_new_tokens));
+      sp.setIgnoreEos(seq.sampling.ignore_eos);
+      if (seq.sampling.min_new_tokens > static_cast<int64_t>(seq.generated.size())) {
+        auto stops = a.initStopIds(static_cast<unsigned>(edge->stop_ids().size()));
+        for (size_t j = 0; j < edge->stop_ids().size(); ++j) stops.set(static_cast<unsigned>(j), edge->stop_ids()[j]);
+      }
+      a.setGeneratedTokens(static_cast<uint32_t>(seq.generated.size()));
+      a.setPrefillRows(static_cast<uint32_t>(seq.prompt.ids.size() + seq.generated.size()));
       auto ctx = a.initPenaltyContext(seq.prompt.penalty_context.size() + seq.generated.size());
       size_t k = 0;
       for (int64_t t : seq.prompt.penalty_context) ctx.set(k++, t);
@@ -1300,18 +1310,17 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
       continue;
     }
     seq.generated.push_back(token);
-    const bool stop_token = std::find(edge->stop_ids().begin(), edge->stop_ids().end(), token) != edge->stop_ids().end();
-    const bool length = static_cast<int64_t>(seq.generated.size()) >= seq.max_new;
-    const bool done = stop_token || length;
+    const std::string_view finish = FinishReasonAfter(seq.generated, seq.max_new, edge->stop_ids(), seq.sampling);
+    const bool done = !finish.empty();
     const uint64_t request = seq.request;
     kj::ArrayPtr<const kj::byte> row;
     const size_t vocab_bytes = static_cast<size_t>(edge->spec().llm.vocab) * sizeof(float);
     if (r.hasLogits() && r.getLogits().size() >= (i + 1) * vocab_bytes) {
       row = r.getLogits().slice(i * vocab_bytes, (i + 1) * vocab_bytes);
     }
-    StreamTokens(seq, {token}, done, stop_token ? "stop" : (length ? "length" : ""), row);
+    StreamTokens(seq, {token}, done, std::string(finish), row);
     if (!requests.count(request)) continue;  // the client went away
-    if (done) FinishSequence(seq, stop_token ? "stop" : "length");
+    if (done) FinishSequence(seq, std::string(finish));
     else seq.state = SeqState::kReady;
   }
 }

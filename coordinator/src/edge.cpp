@@ -1,5 +1,6 @@
 #include "xcpipe/coordinator/edge.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "xcpipe/image/decode.h"
@@ -85,7 +86,21 @@ Status RequestPreparer::ValidateGeneration(int64_t max_new_tokens, const Samplin
     return InvalidArgumentError("repetition_penalty " + std::to_string(s.repetition_penalty) +
                                 " is out of range; expected 0 < r <= 10 (1 = off)");
   }
+  if (s.min_new_tokens < 0 || s.min_new_tokens > max_new_tokens) {
+    return InvalidArgumentError("min_tokens " + std::to_string(s.min_new_tokens) + " is out of range; expected 0.." +
+                                std::to_string(max_new_tokens) + " (at most max_new_tokens)");
+  }
   return OkStatus();
+}
+
+std::string_view FinishReasonAfter(const std::vector<int64_t>& generated, int64_t max_new,
+                                   const std::vector<int64_t>& stop_ids, const Sampling& sampling) {
+  if (generated.empty()) return {};
+  const int64_t n = static_cast<int64_t>(generated.size());
+  const bool stop_id = std::find(stop_ids.begin(), stop_ids.end(), generated.back()) != stop_ids.end();
+  if (stop_id && !sampling.ignore_eos && n > sampling.min_new_tokens) return "stop";
+  if (n >= max_new) return "length";
+  return {};
 }
 
 StatusOr<std::vector<PreparedPrompt>> RequestPreparer::Prepare(const std::string& prompt_json,

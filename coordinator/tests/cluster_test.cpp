@@ -153,6 +153,11 @@ TEST(ClusterTest, PromptsInPiecesGiveTheTokensOfWholePrefills) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
   auto requests = MixedRequests();
   requests.resize(7);  // with and without images, penalties, lengths
+  // Seeded sampling and a strong penalty: a piece that sampled a token would move the draws
+  // and the penalty context, and change these tokens.
+  requests[2].sampling.greedy = false;
+  requests[2].sampling.seed = 11;
+  requests[3].sampling.repetition_penalty = 1.3;
   auto run = [&](bool prefix_cache, int64_t piece, uint64_t& steps) {
     auto cluster = StartCluster(2, prefix_cache, piece);
     if (cluster == nullptr) return std::vector<std::vector<int64_t>>{};
@@ -183,6 +188,40 @@ TEST(ClusterTest, PromptsInPiecesGiveTheTokensOfWholePrefills) {
   }
   std::cout << "requests: " << requests.size() << ", tokens identical when prefilled in pieces: " << identical << "/"
             << requests.size() << "\n";
+}
+
+// min_tokens and ignore_eos travel to the last stage and the stop rule: with both, every
+// request runs to its length, and where a free run ended on its length the tokens agree (the
+// masking itself is LastStageTest's, on a worker that is told which ids stop).
+TEST(ClusterTest, MinTokensAndIgnoreEosRunToTheLength) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto requests = MixedRequests();
+  requests.resize(6);
+  auto held = requests;
+  for (auto& r : held) {
+    r.sampling.min_new_tokens = r.max_new_tokens;
+    r.sampling.ignore_eos = true;
+  }
+  auto client = Client::Connect(cluster->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  int compared = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto free = (*client)->Generate(requests[i], 120s);
+    auto forced = (*client)->Generate(held[i], 120s);
+    ASSERT_TRUE(free.ok() && forced.ok());
+    ASSERT_TRUE(free->error.empty()) << free->error;
+    ASSERT_TRUE(forced->error.empty()) << forced->error;
+    EXPECT_EQ(forced->token_ids[0].size(), held[i].max_new_tokens) << "request " << i;
+    EXPECT_EQ(forced->finish_reasons[0], "length") << "request " << i;
+    if (free->finish_reasons[0] == "length") {
+      EXPECT_EQ(forced->token_ids[0], free->token_ids[0]) << "request " << i;
+      ++compared;
+    }
+  }
+  std::cout << "requests: " << requests.size() << ", all ran to their length; tokens compared with free runs: "
+            << compared << "\n";
 }
 
 // Limits enforced before scheduling: requests per client connection and request deadlines.
@@ -295,6 +334,14 @@ TEST(ClusterTest, BadInputIsRefusedAtTheEdgeAndServingGoesOn) {
   auto refused = (*client)->Generate(hot, 30s);
   ASSERT_TRUE(refused.ok());
   EXPECT_NE(refused->error.find("temperature"), std::string::npos) << refused->error;
+  GenerateRequest too_long = hot;
+  too_long.sampling = {};
+  too_long.max_new_tokens = 4;
+  too_long.sampling.min_new_tokens = 5;
+  auto refused_min = (*client)->Generate(too_long, 30s);
+  ASSERT_TRUE(refused_min.ok());
+  EXPECT_NE(refused_min->error.find("InvalidArgument: min_tokens 5 is out of range; expected 0..4"), std::string::npos)
+      << refused_min->error;
   // The cluster still serves a good request afterwards.
   GenerateRequest good;
   good.prompt_json = "\"<ImageHere>Please describe this image in detail.\"";

@@ -105,6 +105,23 @@ test('top_k and repetition_penalty are passed through', async () => {
   assert.equal(penalised.usage.completion_tokens, cli.token_ids.length);
 });
 
+test('min_tokens and ignore_eos (top-level extensions) match xcpipe submit and run to the length', async () => {
+  const prompt = 'Say one word.';
+  const ask = (extra) => openai.chat.completions.create({ model, max_tokens: 12, temperature: 0,
+                                                          messages: [{ role: 'user', content: prompt }], ...extra });
+  const held = await ask({ min_tokens: 12, ignore_eos: true });
+  assert.equal(held.usage.completion_tokens, 12, 'ignore_eos generates exactly max_tokens');
+  assert.equal(held.choices[0].finish_reason, 'length');
+  const cli = submit(prompt, ['--max-new-tokens', '12', '--greedy', '--min-tokens', '12', '--ignore-eos']);
+  assert.equal(cli.token_ids.length, 12);
+  assert.equal(held.choices[0].message.content, cli.text);
+  await assert.rejects(ask({ min_tokens: 13 }), (err) => {
+    assert.equal(err.status, 400);
+    assert.ok(err.message.includes('min_tokens (13) is more than max_tokens (12)'), err.message);
+    return true;
+  });
+});
+
 test('seed makes sampling reproducible', async () => {
   const ask = (seed) => openai.chat.completions.create({ model, max_tokens: 16, temperature: 1.0, top_p: 0.95, seed,
                                                          messages: [{ role: 'user', content: 'Say something random.' }] });

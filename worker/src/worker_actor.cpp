@@ -90,6 +90,7 @@ const char* StateName(State s) {
 struct SequenceState {
   model::Sampler sampler;
   std::vector<int64_t> context;  // penalty context: before generation + every sampled token
+  int64_t prefill_rows = 0;      // a step ending before this many rows samples nothing
 };
 
 // A step waiting to run: from the control plane (first stage) or the data plane.
@@ -736,11 +737,13 @@ void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
     p.top_p = s.getTopP();
     p.repetition_penalty = s.getRepetitionPenalty();
     p.seed = s.getSeed();
+    p.min_new_tokens = s.getMinNewTokens();
+    for (int64_t t : a.getStopIds()) p.stop_ids.push_back(t);
     if (Status st = model::ValidateSamplingParams(p); !st.ok()) {
       model->ReleaseSequence(id);
       return SendError(st, id);
     }
-    SequenceState state{model::Sampler(p), {}};
+    SequenceState state{model::Sampler(p, a.getGeneratedTokens()), {}, a.getPrefillRows()};
     for (int64_t t : a.getPenaltyContext()) state.context.push_back(t);
     sequences.insert_or_assign(id, std::move(state));
   }
@@ -944,8 +947,9 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
       const uint64_t id = step.segments[i].sequence_id;
       auto it = sequences.find(id);
       ids.set(i, id);
-      if (it == sequences.end()) {
-        tokens.set(i, -1);
+      const auto& seg = step.segments[i];
+      if (it == sequences.end() || seg.start_pos + seg.rows < it->second.prefill_rows) {
+        tokens.set(i, -1);  // gone, or a piece of a long prompt: no token, no draw, no penalty row
         continue;
       }
       const int64_t token = it->second.sampler.Next(logits[static_cast<int64_t>(i)], it->second.context);

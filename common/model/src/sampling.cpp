@@ -19,12 +19,22 @@ Status ValidateSamplingParams(const SamplingParams& p) {
     return InvalidArgumentError("repetition_penalty " + std::to_string(p.repetition_penalty) +
                                 " is out of range; expected 0 < r <= 10 (1 = off)");
   }
+  if (p.min_new_tokens < 0) {
+    return InvalidArgumentError("min_new_tokens " + std::to_string(p.min_new_tokens) + " is negative; expected 0 (off) or more");
+  }
   return OkStatus();
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+Sampler::Sampler(const SamplingParams& params, int64_t already_generated)
+    : params_(params), generated_(already_generated), rng_(params.seed) {}
 
 int64_t Sampler::Next(const at::Tensor& logits_in, const std::vector<int64_t>& penalty_context) {
+  const int64_t token = Select(logits_in, penalty_context);
+  ++generated_;
+  return token;
+}
+
+int64_t Sampler::Select(const at::Tensor& logits_in, const std::vector<int64_t>& penalty_context) {
   // Sampling runs on the host: a stage on a CUDA device hands over its logits row here (the
   // only tensor that must leave the device on the last stage).
   at::Tensor logits = logits_in.to(at::kCPU).to(at::kFloat).contiguous().clone();
@@ -37,6 +47,11 @@ int64_t Sampler::Next(const at::Tensor& logits_in, const std::vector<int64_t>& p
     for (int64_t t : seen) {
       if (t < 0 || t >= V) continue;
       data[t] = data[t] < 0 ? data[t] * r : data[t] / r;
+    }
+  }
+  if (generated_ < params_.min_new_tokens) {
+    for (int64_t t : params_.stop_ids) {
+      if (t >= 0 && t < V) data[t] = -std::numeric_limits<float>::infinity();
     }
   }
   if (params_.greedy) return logits.argmax().item<int64_t>();

@@ -78,7 +78,38 @@ TEST(SamplingTest, InvalidParametersAreRefusedWithTheirRange) {
   p = {};
   p.repetition_penalty = -2;
   EXPECT_NE(ValidateSamplingParams(p).message().find("repetition_penalty"), std::string::npos);
+  p = {};
+  p.min_new_tokens = -1;
+  EXPECT_NE(ValidateSamplingParams(p).message().find("min_new_tokens"), std::string::npos);
   EXPECT_TRUE(ValidateSamplingParams({}).ok());
+}
+
+TEST(SamplingTest, MinNewTokensMasksTheStopIdsUntilEnoughTokensExist) {
+  // Token 2 is a stop id and the argmax; with min_new_tokens = 3 the first three tokens are
+  // the best of the others (token 1), then the stop id comes back.
+  SamplingParams p;
+  p.min_new_tokens = 3;
+  p.stop_ids = {2, 3};
+  Sampler s(p);
+  const at::Tensor logits = at::tensor({0.1f, 1.0f, 5.0f, 4.0f});
+  EXPECT_EQ(s.Next(logits, {}), 1);
+  EXPECT_EQ(s.Next(logits, {}), 1);
+  EXPECT_EQ(s.Next(logits, {}), 1);
+  EXPECT_EQ(s.Next(logits, {}), 2);
+  EXPECT_EQ(s.generated(), 4);
+  // A replayed sequence that already has 2 tokens masks only one more.
+  Sampler replayed(p, /*already_generated=*/2);
+  EXPECT_EQ(replayed.Next(logits, {}), 1);
+  EXPECT_EQ(replayed.Next(logits, {}), 2);
+  // Sampling never draws a masked id either: all mass is on the stop ids but one token.
+  p.greedy = false;
+  p.seed = 7;
+  Sampler sampled(p);
+  const at::Tensor peaked = at::tensor({-30.0f, -30.0f, 20.0f, 20.0f});
+  for (int i = 0; i < 3; ++i) {
+    const int64_t t = sampled.Next(peaked, {});
+    EXPECT_TRUE(t == 0 || t == 1) << t;
+  }
 }
 
 }  // namespace

@@ -278,11 +278,14 @@ std::optional<ApiError> ParseFields(const json& body, const ChatLimits& limits, 
   if (auto err = ReadInteger(body, "n", 0, INT32_MAX, &n)) return err;
   if (n && *n != 1) return NotImplemented("n", "more than one choice per request (n = " + std::to_string(*n) + ")");
   if (auto err = ReadInteger(body, "min_tokens", 0, limits.max_tokens, &min_tokens)) return err;
-  if (min_tokens && *min_tokens != 0) return NotImplemented("min_tokens", "a minimum number of tokens");
+  out->min_tokens = min_tokens.value_or(0);
+  if (out->max_tokens && out->min_tokens > *out->max_tokens) {
+    return BadRequest("min_tokens (" + std::to_string(out->min_tokens) + ") is more than max_tokens (" +
+                          std::to_string(*out->max_tokens) + "); expected min_tokens <= max_tokens",
+                      "min_tokens");
+  }
+  if (auto err = ReadBool(body, "ignore_eos", &out->ignore_eos)) return err;
   bool flag = false;
-  if (auto err = ReadBool(body, "ignore_eos", &flag)) return err;
-  if (flag) return NotImplemented("ignore_eos", "generating past the end-of-answer token");
-  flag = false;
   if (auto err = ReadBool(body, "logprobs", &flag)) return err;
   if (flag) return NotImplemented("logprobs", "log probabilities");
   for (const char* penalty : {"frequency_penalty", "presence_penalty"}) {

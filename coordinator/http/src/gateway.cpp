@@ -567,6 +567,12 @@ struct Gateway::Impl {
                             " tokens; expected max_tokens <= " + std::to_string(context - prompt),
                         req.max_tokens ? "max_tokens" : "messages", "context_length_exceeded");
     }
+    if (req.min_tokens > max_new) {
+      return BadRequest("min_tokens (" + std::to_string(req.min_tokens) + ") is more than the " +
+                            std::to_string(max_new) + " tokens this request may generate; expected min_tokens <= " +
+                            std::to_string(max_new),
+                        "min_tokens");
+    }
     bool has_images = false;
     out.request.im_mask.resize(ids->size());
     for (size_t t = 0; t < ids->size(); ++t) {
@@ -585,6 +591,8 @@ struct Gateway::Impl {
     out.request.sampling.top_k = req.top_k;
     out.request.sampling.repetition_penalty = req.repetition_penalty;
     out.request.sampling.seed = req.seed ? *req.seed : std::random_device{}();
+    out.request.sampling.min_new_tokens = req.min_tokens;
+    out.request.sampling.ignore_eos = req.ignore_eos;
     out.prompt_tokens = prompt;
     return out;
   }

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "xcpipe/base/status.h"
@@ -38,7 +39,16 @@ struct Sampling {
   double top_p = 1.0;
   double repetition_penalty = 1.0;
   uint64_t seed = 0;
+  int64_t min_new_tokens = 0;  // the stop ids are masked on the last stage until this many
+  bool ignore_eos = false;     // a stop id does not end the sequence; it runs to the length
 };
+
+// The stop rule, applied by the coordinator after each generated token: "stop" when the last
+// token is a stop id (unless ignore_eos, or fewer than min_new_tokens tokens exist: the last
+// stage masks the stop ids until then, so such a token is not expected, but it never ends a
+// sequence early), "length" when max_new tokens exist, "" to go on.
+std::string_view FinishReasonAfter(const std::vector<int64_t>& generated, int64_t max_new,
+                                   const std::vector<int64_t>& stop_ids, const Sampling& sampling);
 
 struct PreparedImage {
   std::vector<float> pixels;  // CHW float32

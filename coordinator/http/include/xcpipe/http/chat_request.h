@@ -15,8 +15,12 @@
 //   stop                      string or list of at most kMaxStopSequences non-empty strings
 //   stream, stream_options    bool; {"include_usage": bool} (only with stream)
 //   top_k                     integer >= 0 (0 = off); repetition_penalty (0, 10]
-//   n = 1, logprobs = false, frequency_penalty = presence_penalty = 0, min_tokens = 0,
-//   ignore_eos = false        accepted at these values only: other values are refused (400
+//   min_tokens                integer >= 0, at most max_tokens: the end-of-answer ids are
+//                             masked until this many tokens exist (stop strings are not held off)
+//   ignore_eos                bool: generate to max_tokens past end-of-answer ids (the text is
+//                             still cut at the end of the turn; usage counts every token)
+//   n = 1, logprobs = false, frequency_penalty = presence_penalty = 0
+//                             accepted at these values only: other values are refused (400
 //                             naming the field) because xcpipe does not implement them
 //   user, metadata, store     accepted, not used
 // Refused with 400 naming the field: tools, tool_choice, functions, function_call,
@@ -69,6 +73,8 @@ struct ChatCompletionRequest {
   uint32_t top_k = 0;
   double repetition_penalty = 1.0;
   std::optional<uint64_t> seed;
+  int64_t min_tokens = 0;
+  bool ignore_eos = false;
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;

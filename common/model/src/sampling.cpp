@@ -26,7 +26,14 @@ Status ValidateSamplingParams(const SamplingParams& p) {
 }
 
 Sampler::Sampler(const SamplingParams& params, int64_t already_generated)
-    : params_(params), generated_(already_generated), rng_(params.seed) {}
+    : params_(params), generated_(already_generated), rng_(params.seed) {
+  // A replayed sequence continues the draws where the lost run left them: each earlier token
+  // took one uniform draw, so the tokens after the replay point are the fault-free run's.
+  if (!params_.greedy) {
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    for (int64_t i = 0; i < already_generated; ++i) (void)uniform(rng_);
+  }
+}
 
 int64_t Sampler::Next(const at::Tensor& logits_in, const std::vector<int64_t>& penalty_context) {
   const int64_t token = Select(logits_in, penalty_context);

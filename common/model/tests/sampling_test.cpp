@@ -84,6 +84,20 @@ TEST(SamplingTest, InvalidParametersAreRefusedWithTheirRange) {
   EXPECT_TRUE(ValidateSamplingParams({}).ok());
 }
 
+TEST(SamplingTest, AReplayedSamplerContinuesTheDrawsOfTheLostRun) {
+  SamplingParams p;
+  p.greedy = false;
+  p.seed = 99;
+  const at::Tensor logits = at::zeros({64});
+  Sampler whole(p);
+  std::vector<int64_t> tokens;
+  for (int i = 0; i < 12; ++i) tokens.push_back(whole.Next(logits, {}));
+  Sampler replayed(p, /*already_generated=*/5);
+  std::vector<int64_t> tail;
+  for (int i = 5; i < 12; ++i) tail.push_back(replayed.Next(logits, {}));
+  EXPECT_EQ(tail, std::vector<int64_t>(tokens.begin() + 5, tokens.end()));
+}
+
 TEST(SamplingTest, MinNewTokensMasksTheStopIdsUntilEnoughTokensExist) {
   // Token 2 is a stop id and the argmax; with min_new_tokens = 3 the first three tokens are
   // the best of the others (token 1), then the stop id comes back.

@@ -33,7 +33,8 @@ Status ValidateSamplingParams(const SamplingParams& params);
 class Sampler {
  public:
   // already_generated: new tokens the sequence produced before this sampler existed (a
-  // replayed sequence); they count toward min_new_tokens.
+  // replayed sequence); they count toward min_new_tokens, and the random draws they took are
+  // skipped, so a seeded sequence continues as it would have without the replay.
   explicit Sampler(const SamplingParams& params, int64_t already_generated = 0);
   // logits: [V] float32. penalty_context: tokens the repetition penalty applies to. Each call
   // is one new token.

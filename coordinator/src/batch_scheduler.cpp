@@ -1,0 +1,304 @@
+// Batch scheduler: KV admission, the shared prompt head, prefill pieces, micro-batches.
+// Members of Coordinator::Impl (coordinator_impl.h), run on the coordinator's thread.
+#include "coordinator_impl.h"
+
+namespace xcpipe::coordinator {
+
+std::vector<int64_t> detail::ImageFirstRows(const PreparedPrompt& p) {
+  std::vector<int64_t> first;
+  int64_t pos = 0;
+  for (const auto& image : p.images) {
+    while (pos < static_cast<int64_t>(p.ids.size()) && p.ids[pos] >= 0) ++pos;
+    first.push_back(pos);
+    pos += image.rows;
+  }
+  return first;
+}
+
+void Coordinator::Impl::Admit() {
+  if (state != ClusterState::kServing) return;
+  int64_t active = 0;
+  for (const auto& [id, s] : sequences) active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
+  while (!queue.empty() && active < opt.max_sequences) {
+    Sequence& seq = sequences.at(queue.front());
+    if (seq.use_prefix && !prefix.ready) {
+      // The shared head's KV is not on the stages yet: its holder goes first (once per plan),
+      // and sequences that copy from it wait for its prefill to complete.
+      if (prefix.holder != 0) break;
+      Sequence holder;
+      holder.id = next_sequence++;
+      holder.is_prefix = true;
+      holder.prompt.ids = prefix.head;
+      holder.prompt.im_mask.assign(prefix.head.size(), 0);
+      holder.prompt.penalty_context = {edge->spec().llm.bos_id};
+      holder.max_new = 1;
+      holder.max_tokens = prefix.head.size();
+      prefix.holder = holder.id;
+      queue.push_front(holder.id);
+      sequences.emplace(holder.id, std::move(holder));
+      continue;
+    }
+    bool room = true;
+    for (const auto& st : stages)
+      if (st.kv_per_token > 0 && st.kv_reserved + seq.max_tokens * st.kv_per_token > st.kv_budget) room = false;
+    if (!room) {
+      bool fits_ever = true;
+      for (const auto& st : stages)
+        if (st.kv_per_token > 0 && seq.max_tokens * st.kv_per_token > st.kv_budget) fits_ever = false;
+      if (!fits_ever && seq.is_prefix) {
+        DropSharedPrefix("its " + std::to_string(seq.max_tokens) + " tokens do not fit a stage's KV cache");
+        continue;
+      }
+      if (!fits_ever) {
+        queue.pop_front();
+        FailRequest(seq.request, ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
+                                                        " tokens) exceeds a stage's whole KV cache"));
+        continue;
+      }
+      break;  // wait for room
+    }
+    queue.pop_front();
+    for (auto& st : stages) st.kv_reserved += seq.max_tokens * st.kv_per_token;
+    for (const auto& st : stages) {
+      capnp::MallocMessageBuilder m;
+      auto a = m.initRoot<proto::Envelope>().initAdmitSequence();
+      a.setEpoch(epoch);
+      a.setSequenceId(seq.id);
+      a.setMaxTokens(static_cast<uint32_t>(seq.max_tokens));
+      auto sp = a.initSampling();
+      sp.setGreedy(seq.sampling.greedy);
+      sp.setTemperature(seq.sampling.temperature);
+      sp.setTopK(seq.sampling.top_k);
+      sp.setTopP(seq.sampling.top_p);
+      sp.setRepetitionPenalty(seq.sampling.repetition_penalty);
+      sp.setSeed(seq.sampling.seed);
+      sp.setMinNewTokens(static_cast<uint32_t>(seq.sampling.min_new_tokens));
+      sp.setIgnoreEos(seq.sampling.ignore_eos);
+      if (seq.sampling.min_new_tokens > static_cast<int64_t>(seq.generated.size())) {
+        auto stops = a.initStopIds(static_cast<unsigned>(edge->stop_ids().size()));
+        for (size_t j = 0; j < edge->stop_ids().size(); ++j) stops.set(static_cast<unsigned>(j), edge->stop_ids()[j]);
+      }
+      a.setGeneratedTokens(static_cast<uint32_t>(seq.generated.size()));
+      a.setPrefillRows(static_cast<uint32_t>(seq.prompt.ids.size() + seq.generated.size()));
+      auto ctx = a.initPenaltyContext(seq.prompt.penalty_context.size() + seq.generated.size());
+      size_t k = 0;
+      for (int64_t t : seq.prompt.penalty_context) ctx.set(k++, t);
+      for (int64_t t : seq.generated) ctx.set(k++, t);
+      if (seq.use_prefix) {
+        a.setPrefixSequenceId(prefix.holder);
+        a.setPrefixRows(static_cast<uint32_t>(prefix.head.size()));
+      }
+      Send(m, st.peer);
+    }
+    if (seq.use_prefix) {
+      seq.cached = static_cast<int64_t>(prefix.head.size());
+      ++prefix.hits;
+      prefix.rows_saved += prefix.head.size();
+    }
+    seq.state = SeqState::kReady;
+    seq.admitted_at = Clock::now();
+    ++active;
+  }
+}
+
+SeqState Coordinator::Impl::RemoveHolder(bool release_on_stages) {
+  SeqState was = SeqState::kDone;
+  if (prefix.holder == 0) return was;
+  queue.erase(std::remove(queue.begin(), queue.end(), prefix.holder), queue.end());
+  if (auto it = sequences.find(prefix.holder); it != sequences.end()) {
+    was = it->second.state;
+    if (release_on_stages && was != SeqState::kQueued) ReleaseOnStages(it->second);
+    sequences.erase(it);
+  }
+  prefix.holder = 0;
+  prefix.ready = false;
+  return was;
+}
+
+void Coordinator::Impl::DropSharedPrefix(const std::string& why) {
+  spdlog::error("shared prompt head turned off: {}", why);
+  RemoveHolder(/*release_on_stages=*/true);
+  prefix = SharedPrefix{};
+  for (auto& [id, seq] : sequences)
+    if (seq.state == SeqState::kQueued) seq.use_prefix = false;
+}
+
+void Coordinator::Impl::Schedule() {
+  if (state != ClusterState::kServing || stages.empty()) return;
+  std::vector<uint64_t> ready;
+  int64_t active = 0;
+  for (const auto& [id, s] : sequences) {
+    if (s.state == SeqState::kReady) ready.push_back(id);
+    active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
+  }
+  // Up to one micro-batch per stage in flight; each about active/stages sequences, so the
+  // groups rotate through the pipeline and every stage has work.
+  const size_t target = std::max<size_t>(1, (active + stages.size() - 1) / stages.size());
+  // A prompt with more than prefill_chunk_rows left to prefill goes in pieces, one such prompt
+  // at a time: the others wait until it is through (stage 0 keeps its image rows meanwhile).
+  const int64_t piece = opt.prefill_chunk_rows;
+  uint64_t in_pieces = 0;
+  for (const auto& [id, s] : sequences)
+    if (s.in_pieces) in_pieces = id;
+  size_t next = 0;
+  while (next < ready.size() && in_flight.size() < stages.size()) {
+    std::vector<uint64_t> members;
+    std::vector<std::pair<uint64_t, int64_t>> member_rows;
+    int64_t rows = 0;
+    while (next < ready.size() && members.size() < target) {
+      Sequence& s = sequences.at(ready[next]);
+      int64_t r = static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
+      if (piece > 0 && r > piece) {
+        if (in_pieces != 0 && in_pieces != s.id) {  // another long prompt goes first
+          ++next;
+          continue;
+        }
+        r = piece;
+        in_pieces = s.id;
+        s.in_pieces = true;
+      }
+      if (!members.empty() && rows + r > StepRowLimit(edge->spec())) break;
+      members.push_back(ready[next++]);
+      member_rows.emplace_back(s.id, r);
+      rows += r;
+    }
+    if (members.empty()) break;
+    capnp::MallocMessageBuilder m;
+    auto f = m.initRoot<proto::Envelope>().initForward();
+    const uint64_t mb = next_micro_batch++;
+    f.setEpoch(epoch);
+    f.setMicroBatchId(mb);
+    f.setStep(++step_counter);
+    auto segs = f.initSegments(members.size());
+    auto ids = f.initTokenIds(rows);
+    std::vector<uint8_t> mask(rows, 0);
+    std::vector<const PreparedImage*> images;
+    int64_t row = 0;
+    for (size_t i = 0; i < members.size(); ++i) {
+      Sequence& s = sequences.at(members[i]);
+      // Every position not in the stages' caches yet (or the next piece of them): a prompt
+      // (after the shared head when it was copied) and, for a replayed sequence, every token it
+      // already generated; in decode, the last token.
+      const auto prompt_len = static_cast<int64_t>(s.prompt.ids.size());
+      const int64_t r = member_rows[i].second;
+      segs[i].setSequenceId(s.id);
+      segs[i].setRows(static_cast<uint32_t>(r));
+      segs[i].setStartPos(static_cast<uint32_t>(s.cached));
+      for (int64_t p = s.cached; p < s.cached + r; ++p, ++row) {
+        if (p < prompt_len) {
+          ids.set(row, s.prompt.ids[p]);
+          mask[row] = s.prompt.im_mask[p];
+        } else {
+          ids.set(row, s.generated[p - prompt_len]);
+        }
+      }
+      // Each image goes with the step that holds its first row; stage 0 encodes it then and
+      // keeps its rows for the pieces that follow.
+      if (s.cached < prompt_len && !s.prompt.images.empty()) {
+        const std::vector<int64_t> first = ImageFirstRows(s.prompt);
+        for (size_t k = 0; k < first.size(); ++k)
+          if (first[k] >= s.cached && first[k] < s.cached + r) images.push_back(&s.prompt.images[k]);
+      }
+      s.state = SeqState::kInFlight;
+    }
+    f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
+    bool want_logits = false;
+    for (uint64_t id : members) want_logits |= sequences.at(id).want_logits;
+    f.setWantLogits(want_logits);
+    auto imgs = f.initImages(images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      imgs[i].setChannels(static_cast<uint32_t>(images[i]->channels));
+      imgs[i].setHeight(static_cast<uint32_t>(images[i]->height));
+      imgs[i].setWidth(static_cast<uint32_t>(images[i]->width));
+      imgs[i].setGridH(static_cast<uint32_t>(images[i]->grid_h));
+      imgs[i].setGridW(static_cast<uint32_t>(images[i]->grid_w));
+      imgs[i].setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(images[i]->pixels.data()),
+                                     images[i]->pixels.size() * sizeof(float)));
+    }
+    in_flight[mb] = member_rows;
+    const auto sent = Clock::now();
+    step_deadlines[mb] = {sent, sent + kStepDeadline};
+    Send(m, stages[0].peer);
+  }
+}
+
+void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
+  for (auto& st : stages) {
+    st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
+    capnp::MallocMessageBuilder m;
+    auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
+    r.setEpoch(epoch);
+    r.initSequenceIds(1).set(0, seq.id);
+    Send(m, st.peer);
+  }
+}
+
+void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
+  auto mb = in_flight.find(r.getMicroBatchId());
+  if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
+  std::map<uint64_t, int64_t> rows_of(mb->second.begin(), mb->second.end());
+  if (auto sent = step_deadlines.find(mb->first); sent != step_deadlines.end()) {
+    live.step_round_trip_seconds.Observe(std::chrono::duration<double>(Clock::now() - sent->second.sent).count());
+    uint64_t micros = 0;
+    for (uint32_t m : r.getStageMicros()) micros += m;
+    live.step_compute_seconds += static_cast<double>(micros) * 1e-6;
+  }
+  step_deadlines.erase(mb->first);
+  in_flight.erase(mb);
+  if (recovering) {
+    recovering = false;
+    last_recover_ms = std::chrono::duration<double, std::milli>(Clock::now() - fault_detected_at).count();
+    spdlog::info("recovered: first step of epoch {} completed {:.0f} ms after the fault was detected", epoch,
+                 last_recover_ms);
+  }
+  auto ids = r.getSequenceIds();
+  auto tokens = r.getTokens();
+  for (size_t i = 0; i < ids.size() && i < tokens.size(); ++i) {
+    auto it = sequences.find(ids[i]);
+    if (it == sequences.end()) continue;
+    Sequence& seq = it->second;
+    const int64_t token = tokens[i];
+    auto rows = rows_of.find(seq.id);
+    if (rows == rows_of.end()) continue;  // not in this micro-batch (stale)
+    seq.cached += rows->second;
+    if (seq.cached < static_cast<int64_t>(seq.prompt.ids.size() + seq.generated.size())) {
+      seq.state = SeqState::kReady;  // a piece of a long prompt: the next piece follows; no token yet
+      continue;
+    }
+    seq.in_pieces = false;
+    if (seq.is_prefix) {  // the shared head is on every stage now; its token is not wanted
+      seq.state = SeqState::kHeld;
+      prefix.ready = true;
+      spdlog::info("shared prompt head of {} tokens computed; prompts that start with it copy its KV", seq.cached);
+      continue;
+    }
+    seq.generated.push_back(token);
+    const std::string_view finish = FinishReasonAfter(seq.generated, seq.max_new, edge->stop_ids(), seq.sampling);
+    const bool done = !finish.empty();
+    const uint64_t request = seq.request;
+    kj::ArrayPtr<const kj::byte> row;
+    const size_t vocab_bytes = static_cast<size_t>(edge->spec().llm.vocab) * sizeof(float);
+    if (r.hasLogits() && r.getLogits().size() >= (i + 1) * vocab_bytes) {
+      row = r.getLogits().slice(i * vocab_bytes, (i + 1) * vocab_bytes);
+    }
+    StreamTokens(seq, {token}, done, std::string(finish), row);
+    if (!requests.count(request)) continue;  // the client went away
+    if (done) FinishSequence(seq, std::string(finish));
+    else seq.state = SeqState::kReady;
+  }
+}
+
+void Coordinator::Impl::CheckStepDeadlines() {
+  if (state != ClusterState::kServing || step_deadlines.empty()) return;
+  const auto now = Clock::now();
+  for (const auto& [mb, times] : step_deadlines) {
+    if (now < times.deadline) continue;
+    ++faults;
+    fault_detected_at = now;
+    last_detect_ms = std::chrono::duration<double, std::milli>(now - times.sent).count();
+    Recover("micro-batch " + std::to_string(mb) + " did not come back by its deadline (a message lost or a stage stuck)");
+    return;  // Recover cleared every deadline
+  }
+}
+
+}  // namespace xcpipe::coordinator

@@ -1,4 +1,5 @@
 # The xcpipe control-plane protocol.
+# Architecture: docs/architecture.md, "The wire protocol" (every message, sender and receiver).
 #
 # Every control message, in both directions, is one `Envelope` serialised as a single flat
 # Cap'n Proto message (capnp::messageToFlatArray) in one ZeroMQ frame. The coordinator binds a
@@ -276,7 +277,8 @@ struct StepResult {
   stageMicros @6 :List(UInt32);   # compute time of each stage for this step, in order
 }
 
-# Stop accepting new work, finish what is in flight, then report `drained`.
+# Stop accepting new work and finish what is in flight (the worker's state becomes draining;
+# `shutdown` follows).
 struct Drain {
   reason @0 :Text;
 }
@@ -341,7 +343,7 @@ struct WorkerStatus {
   host @1 :Text;
   pid @2 :UInt32;
   device @3 :Text;
-  state @4 :Text;                  # idle, loading, ready, serving, draining, lost
+  state @4 :Text;                  # idle, loading, ready, serving, lost
   stageIndex @5 :Int32;            # -1 when unassigned
   plannedBytes @6 :UInt64;
   usedBytes @7 :UInt64;
@@ -365,7 +367,7 @@ struct ReasonCount {
 
 struct StatusReply {
   epoch @0 :UInt64;
-  state @1 :Text;                  # waiting-for-workers, loading, serving, degraded
+  state @1 :Text;                  # waiting-for-workers, loading, serving
   workers @2 :List(WorkerStatus);
   queueDepth @3 :UInt32;           # requests waiting for admission
   inFlight @4 :UInt32;             # sequences in the pipeline

@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   app.add_flag("--generic", generic,
                "compute with the generic op sequence a CUDA device runs, without the CPU-only fast paths "
                "(GEMV and AVX-512 decode kernels, huge-page weights, thread policy): the CPU checks what a GPU runs");
-  app.add_option("--worker-id", worker_id, "stable name of this worker, e.g. node-a/0 (default: host/device)");
+  app.add_option("--worker-id", worker_id, "stable name of this worker, e.g. node-a/0 (default: <device>@<pid>)");
   app.add_flag("--require-gpu", require_gpu, "fail instead of falling back to the CPU when no GPU is usable");
   app.add_flag("--probe", probe, "print the chosen device as JSON and exit");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();

@@ -22,8 +22,9 @@ std::filesystem::path Fixture(const std::string& model) {
   return xcpipe::testing::FixturesDir() / model / "checkpoint";
 }
 
-// The block a tensor belongs to, written from DESIGN.md's table by name prefix alone: an
-// oracle independent of the spec builder.
+// The block a tensor belongs to, written by name prefix alone from the block table (model_spec.h;
+// docs/architecture.md, "The model as placeable blocks"): an oracle independent of the spec
+// builder.
 std::string OracleBlock(ModelArch arch, const std::string& name) {
   const std::string layers = arch == ModelArch::kIxc1 ? "internlm_model.model.layers." : "model.layers.";
   if (name.rfind(layers, 0) == 0) {

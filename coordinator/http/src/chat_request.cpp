@@ -264,7 +264,7 @@ std::optional<ApiError> ParseFields(const json& body, const ChatLimits& limits, 
   out->greedy = out->temperature == 0;
   if (auto err = ReadNumber(body, "top_p", 0, true, 1, &out->top_p)) return err;
   if (auto err = ReadNumber(body, "repetition_penalty", 0, true, 10, &out->repetition_penalty)) return err;
-  std::optional<int64_t> top_k, seed, n, min_tokens;
+  std::optional<int64_t> top_k, n, min_tokens;
   if (auto err = ReadInteger(body, "top_k", -1, 1 << 20, &top_k)) return err;
   out->top_k = top_k && *top_k > 0 ? static_cast<uint32_t>(*top_k) : 0;  // -1 and 0: off (vLLM uses -1)
   if (auto it = body.find("seed"); it != body.end() && it->is_number_integer() && !it->is_number_unsigned()) {

@@ -1,4 +1,4 @@
-// The planner on the real 7B layouts (../shared/fixtures/real_layouts) and the example
+// The planner on the real 7B layouts (the fixtures' real_layouts folder) and the example
 // clusters (configs/), through the library. plan_cli_test.cpp runs the same matrix through
 // the `xcpipe plan` binary.
 #include <gtest/gtest.h>

@@ -1,5 +1,6 @@
 // Coordinator: the control process of an xcpipe cluster. One actor on one thread owns the
 // ROUTER socket, the worker registry, the plan and every request.
+// Architecture: docs/architecture.md, "The cluster lifecycle" and "The request lifecycle".
 //
 // Cluster lifecycle:
 //
@@ -7,7 +8,8 @@
 //       ^                                                   |  a stage fails to load:       |
 //       |                                                   v  reported, cluster waits      |
 //       +--------------------- a worker is lost (heartbeat timeout) <------------------------+
-//                              (requests in flight fail with a stated reason; see faults)
+//                              (re-plan on the workers left; admitted sequences are replayed
+//                               from their prompt and the tokens already sent; see faults)
 //
 // Request lifecycle (one sequence per prompt of a request):
 //

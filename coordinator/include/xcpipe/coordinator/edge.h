@@ -3,6 +3,7 @@
 // preprocessed images, stop ids, the repetition-penalty context), exactly as the official
 // chat() builds them. Bad input is refused here, before it reaches any worker, with a message
 // naming what was wrong and what was expected.
+// Architecture: docs/architecture.md, "The request lifecycle" (edge checks, the stop rule).
 //
 // RequestPreparer is immutable after Create and safe to share between threads.
 #pragma once

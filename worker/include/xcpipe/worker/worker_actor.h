@@ -4,6 +4,7 @@
 // activations arriving from the previous stage, and sends messages. The only other thread is
 // the data-plane receiver, which hands complete, validated frames to the actor through a queue
 // and wakes it over an inproc ZeroMQ socket.
+// Architecture: docs/architecture.md, "The cluster lifecycle" (worker states) and "Planes".
 //
 // Lifecycle:
 //
@@ -27,8 +28,8 @@
 //     have joined, or an error naming the stage and the link when one has not joined within
 //     30 s of the assignment. A repeat of the same assignment keeps the links (ids are
 //     single-use); a new epoch tears them down (ncclCommAbort, off the actor thread) and
-//     starts over with the new ids. Received tensors are copied to host memory (this libtorch
-//     computes on the CPU) by the receiver thread.
+//     starts over with the new ids. The receiver thread moves received tensors to the worker's
+//     device (they stay in host memory on a CPU worker).
 //
 // Failure: every libtorch/zmq error is caught in the dispatch and answered with an `error`
 // message naming the step; the actor keeps serving other sequences. Messages of an older epoch

@@ -3,8 +3,8 @@
 // A Status is a canonical code plus a human message. Context is prepended at each hop with
 // WithContext(), so a failure deep in the checkpoint reader reaches the user as
 // "loading stage 1: shard model-00002-of-00004.safetensors: tensor 'x': offsets overlap".
-// The code decides policy (see RetryPolicyFor in the coordinator): Unavailable retries,
-// Aborted re-plans, InvalidArgument goes back to the user.
+// The code decides policy: Unavailable retries, Aborted re-plans, InvalidArgument goes back to
+// the user; ExitCodeFor maps codes to process exit codes.
 //
 // Value type; thread-compatible (not shared mutably across threads). Never throws.
 #pragma once

@@ -4,7 +4,8 @@
 // weights. Shared by the planner (what to place), the loader (what a stage maps) and the
 // forward pass (dimensions). Value type.
 //
-// Blocks, in pipeline order (DESIGN.md, "The model as placeable blocks"):
+// Blocks, in pipeline order (docs/architecture.md, "The model as placeable blocks"). A stage
+// runs a contiguous range of them; every tensor belongs to exactly one block (CheckCoverage):
 //   1.0          vision: visual_encoder.*, ln_vision.*, Qformer.*, query_tokens, internlm_proj.*,
 //                        flag_image_start, flag_image_end
 //                embed:  internlm_model.model.embed_tokens.weight
@@ -185,9 +186,10 @@ struct CheckpointDescription {
 };
 StatusOr<CheckpointDescription> DescribeCheckpoint(const std::filesystem::path& dir,
                                                    std::optional<ModelArch> arch_override = {});
-// The same for a real-size layout file (../shared/fixtures/real_layouts), using the config and
-// CLIP config stored in it. `tensors` is the layout's parameter table (without the 1.0 LoRA
-// pattern; append LayoutFile::lora_pattern to model a release that still carries LoRA).
+// The same for a real-size layout file (ReadLayoutFile in tensor_table.h: every tensor's name,
+// shape and dtype, no data), using the config and CLIP config stored in it. `tensors` is the
+// layout's parameter table (without the 1.0 LoRA pattern; append LayoutFile::lora_pattern to
+// model a release that still carries LoRA).
 StatusOr<CheckpointDescription> DescribeLayout(const std::filesystem::path& layout_file,
                                                std::optional<ModelArch> arch_override = {});
 

@@ -1,6 +1,6 @@
 // Names, shapes and dtypes of a checkpoint's tensors, without their data: what the planner,
 // the coverage proof and the loader agree on. Read from safetensors headers (no weight bytes
-// are read) or from a layout file (../shared/fixtures/real_layouts format). Value types.
+// are read) or from a layout file (ReadLayoutFile below). Value types.
 #pragma once
 
 #include <cstdint>

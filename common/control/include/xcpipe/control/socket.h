@@ -1,6 +1,7 @@
 // The control plane's ZeroMQ sockets. The coordinator binds one ROUTER; every worker and
 // client connects one DEALER. Each message is one Envelope (schemas/xcpipe.capnp) in one
 // frame (after the routing identity on the ROUTER side).
+// Architecture: docs/architecture.md, "Planes" (control plane: identities, heartbeats, CURVE).
 //
 // Socket options that bound memory and time are always set: maximum message size, linger 0
 // (close never blocks), send/receive high-water marks, ZMTP heartbeats (dead TCP peers are

@@ -18,7 +18,7 @@
 // kernel for decode rows, the huge-page arena, the BLAS/OpenMP thread policy);
 // KernelPath::kGeneric turns them off, so the CPU can check exactly what a GPU will run.
 //
-// Stage contract (what travels between stages, see DESIGN.md):
+// Stage contract (what travels between stages; docs/architecture.md, "Planes", data plane):
 //   hidden [N, H]   packed rows of every sequence in the micro-batch, no padding
 //   im_mask [N]     1 at image-embedding rows (XComposer2 Partial-LoRA applies there only)
 //   segments        per sequence: id, rows in this step, first position (= tokens already cached)

@@ -1,8 +1,8 @@
 // What the planner places: a model's spec (ordered blocks), its tensor table, and the coverage
 // proof that assigns every tensor to exactly one block. Built from a checkpoint folder
 // (config.json + safetensors headers, no weights read) or from a layout file
-// (../shared/fixtures/real_layouts format: every tensor's name, shape and dtype plus the
-// config the model was built with).
+// (ReadLayoutFile in tensor_table.h: every tensor's name, shape and dtype plus the config the
+// model was built with).
 //
 // The proof runs before anything is planned: any unknown, duplicated, missing or wrongly
 // shaped tensor fails the load with InvalidArgument naming every offender, so no plan can

@@ -1,8 +1,53 @@
 // Batch scheduler: KV admission, the shared prompt head, prefill pieces, micro-batches.
 // Members of Coordinator::Impl (coordinator_impl.h), run on the coordinator's thread.
+#include "xcpipe/coordinator/batch_scheduler.h"
+
 #include "coordinator_impl.h"
 
 namespace xcpipe::coordinator {
+
+KvRoom CheckKvRoom(const std::vector<StageKv>& stages, uint64_t max_tokens) {
+  bool room = true, fits_ever = true;
+  for (const auto& st : stages) {
+    if (st.kv_per_token == 0) continue;
+    if (st.kv_reserved + max_tokens * st.kv_per_token > st.kv_budget) room = false;
+    if (max_tokens * st.kv_per_token > st.kv_budget) fits_ever = false;
+  }
+  if (room) return KvRoom::kFits;
+  return fits_ever ? KvRoom::kWait : KvRoom::kNever;
+}
+
+SchedulePlan PlanMicroBatches(const std::vector<ReadySequence>& ready, const ScheduleLimits& limits) {
+  SchedulePlan plan;
+  plan.in_pieces = limits.in_pieces;
+  const size_t stages = std::max<size_t>(1, limits.stage_count);
+  const size_t target = std::max<size_t>(1, (static_cast<size_t>(std::max<int64_t>(0, limits.active)) + stages - 1) / stages);
+  size_t in_flight = limits.in_flight;
+  size_t next = 0;
+  while (next < ready.size() && in_flight < stages) {
+    MicroBatchPlan mb;
+    while (next < ready.size() && mb.members.size() < target) {
+      const ReadySequence& s = ready[next];
+      int64_t r = s.pending_rows;
+      if (limits.piece_rows > 0 && r > limits.piece_rows) {
+        if (plan.in_pieces != 0 && plan.in_pieces != s.id) {  // another long prompt goes first
+          ++next;
+          continue;
+        }
+        r = limits.piece_rows;
+        plan.in_pieces = s.id;
+      }
+      if (!mb.members.empty() && mb.rows + r > limits.step_row_limit) break;
+      mb.members.emplace_back(s.id, r);
+      mb.rows += r;
+      ++next;
+    }
+    if (mb.members.empty()) break;
+    plan.micro_batches.push_back(std::move(mb));
+    ++in_flight;
+  }
+  return plan;
+}
 
 std::vector<int64_t> detail::ImageFirstRows(const PreparedPrompt& p) {
   std::vector<int64_t> first;
@@ -38,25 +83,20 @@ void Coordinator::Impl::Admit() {
       sequences.emplace(holder.id, std::move(holder));
       continue;
     }
-    bool room = true;
-    for (const auto& st : stages)
-      if (st.kv_per_token > 0 && st.kv_reserved + seq.max_tokens * st.kv_per_token > st.kv_budget) room = false;
-    if (!room) {
-      bool fits_ever = true;
-      for (const auto& st : stages)
-        if (st.kv_per_token > 0 && seq.max_tokens * st.kv_per_token > st.kv_budget) fits_ever = false;
-      if (!fits_ever && seq.is_prefix) {
-        DropSharedPrefix("its " + std::to_string(seq.max_tokens) + " tokens do not fit a stage's KV cache");
-        continue;
-      }
-      if (!fits_ever) {
-        queue.pop_front();
-        FailRequest(seq.request, ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
-                                                        " tokens) exceeds a stage's whole KV cache"));
-        continue;
-      }
-      break;  // wait for room
+    std::vector<StageKv> kv;
+    for (const auto& st : stages) kv.push_back({st.kv_per_token, st.kv_reserved, st.kv_budget});
+    const KvRoom room = CheckKvRoom(kv, seq.max_tokens);
+    if (room == KvRoom::kNever && seq.is_prefix) {
+      DropSharedPrefix("its " + std::to_string(seq.max_tokens) + " tokens do not fit a stage's KV cache");
+      continue;
     }
+    if (room == KvRoom::kNever) {
+      queue.pop_front();
+      FailRequest(seq.request, ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
+                                                      " tokens) exceeds a stage's whole KV cache"));
+      continue;
+    }
+    if (room == KvRoom::kWait) break;  // wait for room
     queue.pop_front();
     for (auto& st : stages) st.kv_reserved += seq.max_tokens * st.kv_per_token;
     for (const auto& st : stages) {
@@ -125,57 +165,37 @@ void Coordinator::Impl::DropSharedPrefix(const std::string& why) {
 
 void Coordinator::Impl::Schedule() {
   if (state != ClusterState::kServing || stages.empty()) return;
-  std::vector<uint64_t> ready;
-  int64_t active = 0;
+  std::vector<ReadySequence> ready;
+  ScheduleLimits limits;
   for (const auto& [id, s] : sequences) {
-    if (s.state == SeqState::kReady) ready.push_back(id);
-    active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
-  }
-  // Up to one micro-batch per stage in flight; each about active/stages sequences, so the
-  // groups rotate through the pipeline and every stage has work.
-  const size_t target = std::max<size_t>(1, (active + stages.size() - 1) / stages.size());
-  // A prompt with more than prefill_chunk_rows left to prefill goes in pieces, one such prompt
-  // at a time: the others wait until it is through (stage 0 keeps its image rows meanwhile).
-  const int64_t piece = opt.prefill_chunk_rows;
-  uint64_t in_pieces = 0;
-  for (const auto& [id, s] : sequences)
-    if (s.in_pieces) in_pieces = id;
-  size_t next = 0;
-  while (next < ready.size() && in_flight.size() < stages.size()) {
-    std::vector<uint64_t> members;
-    std::vector<std::pair<uint64_t, int64_t>> member_rows;
-    int64_t rows = 0;
-    while (next < ready.size() && members.size() < target) {
-      Sequence& s = sequences.at(ready[next]);
-      int64_t r = static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
-      if (piece > 0 && r > piece) {
-        if (in_pieces != 0 && in_pieces != s.id) {  // another long prompt goes first
-          ++next;
-          continue;
-        }
-        r = piece;
-        in_pieces = s.id;
-        s.in_pieces = true;
-      }
-      if (!members.empty() && rows + r > StepRowLimit(edge->spec())) break;
-      members.push_back(ready[next++]);
-      member_rows.emplace_back(s.id, r);
-      rows += r;
+    if (s.state == SeqState::kReady) {
+      ready.push_back({id, static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached});
     }
-    if (members.empty()) break;
+    limits.active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
+    if (s.in_pieces) limits.in_pieces = id;
+  }
+  limits.stage_count = stages.size();
+  limits.in_flight = in_flight.size();
+  limits.piece_rows = opt.prefill_chunk_rows;
+  limits.step_row_limit = StepRowLimit(edge->spec());
+  const SchedulePlan plan = PlanMicroBatches(ready, limits);
+  if (plan.in_pieces != 0) sequences.at(plan.in_pieces).in_pieces = true;
+  for (const MicroBatchPlan& planned : plan.micro_batches) {
+    const auto& member_rows = planned.members;
+    const int64_t rows = planned.rows;
     capnp::MallocMessageBuilder m;
     auto f = m.initRoot<proto::Envelope>().initForward();
     const uint64_t mb = next_micro_batch++;
     f.setEpoch(epoch);
     f.setMicroBatchId(mb);
     f.setStep(++step_counter);
-    auto segs = f.initSegments(members.size());
+    auto segs = f.initSegments(member_rows.size());
     auto ids = f.initTokenIds(rows);
     std::vector<uint8_t> mask(rows, 0);
     std::vector<const PreparedImage*> images;
     int64_t row = 0;
-    for (size_t i = 0; i < members.size(); ++i) {
-      Sequence& s = sequences.at(members[i]);
+    for (size_t i = 0; i < member_rows.size(); ++i) {
+      Sequence& s = sequences.at(member_rows[i].first);
       // Every position not in the stages' caches yet (or the next piece of them): a prompt
       // (after the shared head when it was copied) and, for a replayed sequence, every token it
       // already generated; in decode, the last token.
@@ -203,7 +223,7 @@ void Coordinator::Impl::Schedule() {
     }
     f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
     bool want_logits = false;
-    for (uint64_t id : members) want_logits |= sequences.at(id).want_logits;
+    for (const auto& [id, r] : member_rows) want_logits |= sequences.at(id).want_logits;
     f.setWantLogits(want_logits);
     auto imgs = f.initImages(images.size());
     for (size_t i = 0; i < images.size(); ++i) {

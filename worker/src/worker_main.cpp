@@ -69,14 +69,16 @@ int main(int argc, char** argv) {
   app.add_option("--data-advertise", data_advertise,
                  "HOST:PORT the previous stage should connect to instead of the bound address (a proxy or NAT in "
                  "between; default: --data-host and the bound port)");
-  app.add_option("--inject-step-delay-ms", step_delay_ms, "fault injection: sleep before every step (tests only)");
   uint64_t hang_at_step = 0;
   double slowdown_factor = 1.0;
+#ifdef XCPIPE_FAULT_INJECTION  // test builds only (CMake option XCPIPE_FAULT_INJECTION)
+  app.add_option("--inject-step-delay-ms", step_delay_ms, "fault injection: sleep before every step (tests only)");
   app.add_option("--inject-slowdown", slowdown_factor,
                  "fault injection: make every decoder layer take this many times its compute, e.g. 3 (tests only)")
       ->check(CLI::Range(1.0, 100.0));
   app.add_option("--inject-hang-at-step", hang_at_step,
                  "fault injection: hang forever inside the Nth step's compute (tests only)");
+#endif
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "compute threads (split the cores between workers sharing a host)")
       ->capture_default_str();

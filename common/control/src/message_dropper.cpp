@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
+#include <mutex>
 
 namespace xcpipe::control {
 namespace {
@@ -24,7 +25,18 @@ std::vector<std::string_view> Split(std::string_view text, char sep) {
 std::unique_ptr<MessageDropper> MessageDropper::FromEnvironment(bool router, std::string_view identity) {
   const char* spec = std::getenv("XCPIPE_DROP_CONTROL");
   if (spec == nullptr || *spec == '\0') return nullptr;
+#ifdef XCPIPE_FAULT_INJECTION
   return Parse(spec, router, identity);
+#else
+  (void)router;
+  (void)identity;
+  static std::once_flag warned;
+  std::call_once(warned, [] {
+    spdlog::warn("XCPIPE_DROP_CONTROL is set but ignored: this build has no fault injection "
+                 "(configure with -DXCPIPE_FAULT_INJECTION=ON, as test builds are)");
+  });
+  return nullptr;
+#endif
 }
 
 std::unique_ptr<MessageDropper> MessageDropper::Parse(std::string_view spec, bool router, std::string_view identity) {

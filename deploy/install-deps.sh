@@ -124,6 +124,8 @@ PACKAGES=(
   # fuzzing and sanitizers: the fuzz tests build their targets with clang (the main build is g++);
   # libclang-rt-14-dev holds libFuzzer (libclang_rt.fuzzer) and the ASan/UBSan runtimes
   clang libclang-rt-14-dev
+  # style test: clang-format checks the C++ sources against .clang-format
+  clang-format
   # fault tests: network namespaces and tools used by the scripts; nftables for the chaos runs'
   # partitions and packet loss inside namespaces (tc, for bandwidth caps, comes with iproute2)
   iproute2 procps python3 python3-numpy nftables

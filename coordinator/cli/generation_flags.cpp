@@ -64,7 +64,8 @@ StatusOr<coordinator::GenerateRequest> BuildRequest(const GenerationFlags& f, co
     r.images.push_back(std::move(bytes).value());
   }
   r.max_new_tokens = f.max_new_tokens;
-  const bool sampling = sub.count("--temperature") + sub.count("--top-p") + sub.count("--top-k") + sub.count("--seed") > 0;
+  const bool sampling =
+      sub.count("--temperature") + sub.count("--top-p") + sub.count("--top-k") + sub.count("--seed") > 0;
   r.sampling.greedy = !sampling;
   r.sampling.temperature = f.temperature;
   r.sampling.top_p = f.top_p;
@@ -85,7 +86,8 @@ int PrintResult(const GenerationFlags& f, const coordinator::GenerateResult& res
     std::fprintf(stderr, "request failed: %s\n", result.error.c_str());
     if (f.json) std::cout << nlohmann::json{{"error", result.error}}.dump() << "\n";
     return result.error.rfind("InvalidArgument", 0) == 0 || result.error.rfind("ResourceExhausted", 0) == 0
-               ? kExitInvalidInput : kExitFailure;
+               ? kExitInvalidInput
+               : kExitFailure;
   }
   if (f.json) {
     nlohmann::json out;

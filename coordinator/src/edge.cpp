@@ -12,16 +12,21 @@ namespace fs = std::filesystem;
 
 tokenizer::ChatVersion ChatVersionFor(checkpoint::ModelArch arch) {
   switch (arch) {
-    case checkpoint::ModelArch::kIxc1: return tokenizer::ChatVersion::kIxc1;
-    case checkpoint::ModelArch::kIxc2Vl: return tokenizer::ChatVersion::kIxc2Vl;
-    case checkpoint::ModelArch::kIxc2_4khd: return tokenizer::ChatVersion::kIxc2_4khd;
-    case checkpoint::ModelArch::kIxc2_5: return tokenizer::ChatVersion::kIxc2_5;
+    case checkpoint::ModelArch::kIxc1:
+      return tokenizer::ChatVersion::kIxc1;
+    case checkpoint::ModelArch::kIxc2Vl:
+      return tokenizer::ChatVersion::kIxc2Vl;
+    case checkpoint::ModelArch::kIxc2_4khd:
+      return tokenizer::ChatVersion::kIxc2_4khd;
+    case checkpoint::ModelArch::kIxc2_5:
+      return tokenizer::ChatVersion::kIxc2_5;
   }
   return tokenizer::ChatVersion::kIxc2Vl;
 }
 
 StatusOr<fs::path> FindTokenizer(const fs::path& model_dir) {
-  const std::vector<fs::path> candidates = {model_dir / "tokenizer.model", model_dir / ".." / "tokenizer" / "tokenizer.model",
+  const std::vector<fs::path> candidates = {model_dir / "tokenizer.model",
+                                            model_dir / ".." / "tokenizer" / "tokenizer.model",
                                             model_dir / ".." / ".." / "tokenizer" / "tokenizer.model"};
   std::string tried;
   for (const auto& c : candidates) {
@@ -76,7 +81,8 @@ Status RequestPreparer::ValidateGeneration(int64_t max_new_tokens, const Samplin
   }
   if (!s.greedy) {
     if (!std::isfinite(s.temperature) || s.temperature <= 0 || s.temperature > 100) {
-      return InvalidArgumentError("temperature " + std::to_string(s.temperature) + " is out of range; expected 0 < t <= 100");
+      return InvalidArgumentError("temperature " + std::to_string(s.temperature) +
+                                  " is out of range; expected 0 < t <= 100");
     }
     if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1) {
       return InvalidArgumentError("top_p " + std::to_string(s.top_p) + " is out of range; expected 0 < p <= 1");
@@ -120,10 +126,12 @@ StatusOr<std::vector<PreparedPrompt>> RequestPreparer::Prepare(const std::string
     per_prompt[0] = static_cast<int>(encoded_images.size());
   } else {
     int total = 0;
-    for (size_t i = 0; i < prompts->size(); ++i) total += per_prompt[i] = tokenizer::CountImagePlaceholders((*prompts)[i]);
+    for (size_t i = 0; i < prompts->size(); ++i)
+      total += per_prompt[i] = tokenizer::CountImagePlaceholders((*prompts)[i]);
     if (total != static_cast<int>(encoded_images.size())) {
       return InvalidArgumentError("the prompts hold " + std::to_string(total) + " <ImageHere> placeholders but " +
-                                  std::to_string(encoded_images.size()) + " images were sent; expected one image per placeholder");
+                                  std::to_string(encoded_images.size()) +
+                                  " images were sent; expected one image per placeholder");
     }
   }
   if (Status st = tokenizer::ValidatePrompts(*prompts, per_prompt, version_, plimits); !st.ok()) return st;
@@ -164,8 +172,8 @@ StatusOr<std::vector<PreparedPrompt>> RequestPreparer::Prepare(const std::string
     if (!ids.ok()) return ids.status();
     if (static_cast<int64_t>(ids->size()) > limits_.max_prompt_tokens) {
       return InvalidArgumentError("prompt " + std::to_string(i + 1) + " is " + std::to_string(ids->size()) +
-                                  " tokens (image rows included); at most " + std::to_string(limits_.max_prompt_tokens) +
-                                  " are allowed");
+                                  " tokens (image rows included); at most " +
+                                  std::to_string(limits_.max_prompt_tokens) + " are allowed");
     }
     p.ids = std::move(*ids);
     p.im_mask.resize(p.ids.size());
@@ -174,8 +182,10 @@ StatusOr<std::vector<PreparedPrompt>> RequestPreparer::Prepare(const std::string
       p.im_mask[t] = p.ids[t] < 0 && spec_.arch != checkpoint::ModelArch::kIxc1 ? 1 : 0;
       has_images |= p.ids[t] < 0;
     }
-    if (checkpoint::PenaltyCoversPrompt(spec_.arch, has_images)) p.penalty_context = p.ids;
-    else p.penalty_context = {spec_.llm.bos_id};
+    if (checkpoint::PenaltyCoversPrompt(spec_.arch, has_images))
+      p.penalty_context = p.ids;
+    else
+      p.penalty_context = {spec_.llm.bos_id};
     out.push_back(std::move(p));
   }
   return out;

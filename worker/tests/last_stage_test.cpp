@@ -130,8 +130,8 @@ TEST_F(LastStageTest, MinNewTokensMasksTheStopIdsAndPiecesSampleNothing) {
   const auto second_piece = Step(4, 5, kPrompt.size());
   ASSERT_TRUE(second_piece.has_value());
   EXPECT_EQ(*second_piece, *free);
-  std::cout << "greedy " << *free << ", masked " << *masked << ", replayed " << *replayed << ", pieces "
-            << *first_piece << " then " << *second_piece << "\n";
+  std::cout << "greedy " << *free << ", masked " << *masked << ", replayed " << *replayed << ", pieces " << *first_piece
+            << " then " << *second_piece << "\n";
 }
 
 }  // namespace

@@ -28,10 +28,10 @@ class ScriptedCoordinator {
     EXPECT_TRUE(router.ok()) << router.status().ToString();
     if (!router.ok()) return;
     router_ = std::move(router).value();
-    auto worker = Subprocess::Start(
-        {(xcpipe::testing::BinDir() / "xcpipe-worker").string(), "--coordinator", router_->last_endpoint(),
-         "--worker-id", worker_id, "--device", "cpu", "--threads", "1"},
-        {.capture_stdout = false, .silence_stderr = true, .extra_env = {}});
+    auto worker =
+        Subprocess::Start({(xcpipe::testing::BinDir() / "xcpipe-worker").string(), "--coordinator",
+                           router_->last_endpoint(), "--worker-id", worker_id, "--device", "cpu", "--threads", "1"},
+                          {.capture_stdout = false, .silence_stderr = true, .extra_env = {}});
     EXPECT_TRUE(worker.ok()) << worker.status().ToString();
     if (!worker.ok()) return;
     worker_ = std::move(worker).value();

@@ -32,8 +32,9 @@ std::unique_ptr<MessageDropper> MessageDropper::FromEnvironment(bool router, std
   (void)identity;
   static std::once_flag warned;
   std::call_once(warned, [] {
-    spdlog::warn("XCPIPE_DROP_CONTROL is set but ignored: this build has no fault injection "
-                 "(configure with -DXCPIPE_FAULT_INJECTION=ON, as test builds are)");
+    spdlog::warn(
+        "XCPIPE_DROP_CONTROL is set but ignored: this build has no fault injection "
+        "(configure with -DXCPIPE_FAULT_INJECTION=ON, as test builds are)");
   });
   return nullptr;
 #endif

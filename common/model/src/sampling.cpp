@@ -9,9 +9,11 @@ namespace xcpipe::model {
 
 Status ValidateSamplingParams(const SamplingParams& p) {
   if (!std::isfinite(p.temperature) || p.temperature <= 0.0 || p.temperature > 100.0) {
-    return InvalidArgumentError("temperature " + std::to_string(p.temperature) + " is out of range; expected 0 < t <= 100");
+    return InvalidArgumentError("temperature " + std::to_string(p.temperature) +
+                                " is out of range; expected 0 < t <= 100");
   }
-  if (p.top_k < 0) return InvalidArgumentError("top_k " + std::to_string(p.top_k) + " is negative; expected 0 (off) or more");
+  if (p.top_k < 0)
+    return InvalidArgumentError("top_k " + std::to_string(p.top_k) + " is negative; expected 0 (off) or more");
   if (!std::isfinite(p.top_p) || p.top_p <= 0.0 || p.top_p > 1.0) {
     return InvalidArgumentError("top_p " + std::to_string(p.top_p) + " is out of range; expected 0 < p <= 1");
   }
@@ -20,7 +22,8 @@ Status ValidateSamplingParams(const SamplingParams& p) {
                                 " is out of range; expected 0 < r <= 10 (1 = off)");
   }
   if (p.min_new_tokens < 0) {
-    return InvalidArgumentError("min_new_tokens " + std::to_string(p.min_new_tokens) + " is negative; expected 0 (off) or more");
+    return InvalidArgumentError("min_new_tokens " + std::to_string(p.min_new_tokens) +
+                                " is negative; expected 0 (off) or more");
   }
   return OkStatus();
 }

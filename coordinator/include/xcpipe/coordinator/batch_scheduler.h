@@ -40,7 +40,7 @@ struct ReadySequence {
 
 struct MicroBatchPlan {
   std::vector<std::pair<uint64_t, int64_t>> members;  // (sequence id, rows this step), in order
-  int64_t rows = 0;                                    // their sum
+  int64_t rows = 0;                                   // their sum
 };
 
 struct SchedulePlan {

@@ -30,7 +30,7 @@ struct EdgeLimits {
   int64_t max_new_tokens = 4096;
   int max_images = 4;
   size_t max_image_bytes = 32 << 20;
-  int max_prompts = 16;              // entries of a list-of-strings prompt
+  int max_prompts = 16;  // entries of a list-of-strings prompt
 };
 
 struct Sampling {
@@ -55,13 +55,13 @@ struct PreparedImage {
   std::vector<float> pixels;  // CHW float32
   int64_t channels = 0, height = 0, width = 0;
   int64_t grid_h = 1, grid_w = 1;
-  int64_t rows = 0;           // LLM rows this image occupies
+  int64_t rows = 0;  // LLM rows this image occupies
 };
 
 // One sequence to generate.
 struct PreparedPrompt {
-  std::vector<int64_t> ids;       // -1 at image rows
-  std::vector<uint8_t> im_mask;   // 1 at image rows (Partial-LoRA positions)
+  std::vector<int64_t> ids;      // -1 at image rows
+  std::vector<uint8_t> im_mask;  // 1 at image rows (Partial-LoRA positions)
   std::vector<PreparedImage> images;
   std::vector<int64_t> penalty_context;
 };

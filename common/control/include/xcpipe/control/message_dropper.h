@@ -4,7 +4,8 @@
 //
 // Configured from the environment variable XCPIPE_DROP_CONTROL, read when a socket is made (so
 // worker processes inherit it from the test that starts them), in builds configured with
-// XCPIPE_FAULT_INJECTION (test builds); other builds ignore the variable with a warning. A comma-separated list of rules:
+// XCPIPE_FAULT_INJECTION (test builds); other builds ignore the variable with a warning. A comma-separated list of
+// rules:
 //
 //   <socket>:<direction>:<message>:<nth>
 //     socket     "router" (the coordinator) or "dealer:<identity prefix>" ("dealer:local-1",

@@ -2,8 +2,9 @@
 // penalty (divide positive / multiply negative logits of every token already in the penalty
 // context, once per distinct token), the minimum length (the stop ids get -inf while fewer than
 // min_new_tokens tokens have been generated, as MinNewTokensLengthLogitsProcessor does), then
-// temperature, top-k, top-p; greedy takes the argmax after the penalty and the mask. Sampling uses our own seeded generator so the same seed gives the same
-// tokens on any stage layout. Value types; Sampler is not thread-safe (one per sequence).
+// temperature, top-k, top-p; greedy takes the argmax after the penalty and the mask. Sampling uses our own seeded
+// generator so the same seed gives the same tokens on any stage layout. Value types; Sampler is not thread-safe (one
+// per sequence).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,12 +20,12 @@ namespace xcpipe::model {
 struct SamplingParams {
   bool greedy = true;
   double temperature = 1.0;
-  int64_t top_k = 0;      // 0 = off
-  double top_p = 1.0;     // 1.0 = off
+  int64_t top_k = 0;   // 0 = off
+  double top_p = 1.0;  // 1.0 = off
   double repetition_penalty = 1.0;
   uint64_t seed = 0;
-  int64_t min_new_tokens = 0;         // 0 = off
-  std::vector<int64_t> stop_ids;      // masked while fewer than min_new_tokens are generated
+  int64_t min_new_tokens = 0;     // 0 = off
+  std::vector<int64_t> stop_ids;  // masked while fewer than min_new_tokens are generated
 };
 
 // Refuses out-of-range parameters with a message naming the parameter and its range.

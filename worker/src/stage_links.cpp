@@ -15,7 +15,6 @@ namespace xcpipe::worker {
 namespace {
 
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
 
 // How long a hand-off to the next stage may take before the step is reported as failed. The
 // receiver drains its socket on its own thread, so a live neighbour takes a hand-off at once;
@@ -54,7 +53,7 @@ std::optional<int> CudaOrdinal(const std::string& device) {
   return ordinal;
 }
 
-StageLinks::StageLinks(std::string device) : device_(std::move(device)) {}
+StageLinks::StageLinks(std::string device, Clock& clock) : device_(std::move(device)), clock_(clock) {}
 
 StageLinks::~StageLinks() { Stop(); }
 
@@ -132,7 +131,7 @@ Status StageLinks::Start(const LinkAssignment& a) {
   auto started = transport::NcclDataPlane::Start(o);
   if (!started.ok()) return started.status().WithContext("starting the NCCL data plane on " + device_);
   joining_ = std::move(started).value();
-  join_deadline_ = Clock::now() + kNcclJoinTimeout;
+  join_deadline_ = clock_.now() + kNcclJoinTimeout;
   return OkStatus();
 #endif
 }
@@ -141,7 +140,7 @@ Status StageLinks::Finish() {
   if (data_plane_ == "nccl") {
 #ifdef XCPIPE_HAVE_CUDA
     links_pending_ = joining_ != nullptr;
-    next_join_progress_ = Clock::now();
+    next_join_progress_ = clock_.now();
 #endif
     return OkStatus();
   }
@@ -185,7 +184,7 @@ JoinPoll StageLinks::PollJoin() {
     result.kind = JoinPoll::Kind::kJoined;
     return result;
   }
-  const auto now = Clock::now();
+  const auto now = clock_.now();
   if (!joined.ok()) {
     result.failure = joined.status();
   } else if (now >= join_deadline_) {

@@ -11,6 +11,9 @@
 //     `on_received`; and the reaper, which aborts and releases a retired plane off the caller's
 //     thread (ncclCommAbort may take longer than a heartbeat interval).
 //
+// Time: join deadlines and progress are read from the Clock given; socket waits (connect, send,
+// receive deadlines) run in real time.
+//
 // Threads and locks: every method is called from the worker actor's thread. plane_mutex_ guards
 // the published plane and which plane the receiver is in (the actor writes `plane_` only under
 // it and reads it without); queue_mutex_ guards the received messages.
@@ -35,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/base/status.h"
 #include "xcpipe/transport/data_plane.h"
 #include "xcpipe/transport/stage_message.h"
@@ -84,8 +88,8 @@ struct JoinPoll {
 class StageLinks {
  public:
   // `device`: where the stage computes ("cpu", "cuda:N"): NCCL-delivered hidden states stay on
-  // a CUDA device, everything else is copied to the host.
-  explicit StageLinks(std::string device);
+  // a CUDA device, everything else is copied to the host. `clock` outlives the links.
+  StageLinks(std::string device, Clock& clock);
   ~StageLinks();  // Stop()
   StageLinks(const StageLinks&) = delete;
   StageLinks& operator=(const StageLinks&) = delete;
@@ -131,6 +135,7 @@ class StageLinks {
   void ReceiverLoop();
 
   const std::string device_;
+  Clock& clock_;
   std::unique_ptr<transport::TcpReceiverLink> receiver_;
   // The data plane of the current assignment once usable (TCP: connected; NCCL: joined); null
   // before that, between assignments and for a single-stage pipeline. The actor sends through
@@ -145,7 +150,7 @@ class StageLinks {
 #ifdef XCPIPE_HAVE_CUDA
   // NCCL links of the current assignment while they join (polled by the actor's loop).
   std::shared_ptr<transport::NcclDataPlane> joining_;
-  std::chrono::steady_clock::time_point join_deadline_, next_join_progress_;
+  Clock::time_point join_deadline_, next_join_progress_;
 #endif
   bool links_pending_ = false;
   std::thread receiver_thread_;

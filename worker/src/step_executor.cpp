@@ -8,8 +8,6 @@
 namespace xcpipe::worker {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 at::ScalarType ToTorch(transport::DType d) {
   switch (d) {
     case transport::DType::kF32: return at::kFloat;
@@ -23,6 +21,8 @@ at::ScalarType ToTorch(transport::DType d) {
 }
 
 }  // namespace
+
+StepExecutor::StepExecutor(StepExecutorOptions options) : clock_(*options.clock) {}
 
 void StepExecutor::Assign(uint32_t stage_index, uint32_t stage_count) {
   stage_index_ = stage_index;
@@ -106,8 +106,9 @@ StatusOr<std::vector<at::Tensor>> StepExecutor::TakeImageRows(const std::vector<
   return out;
 }
 
-StatusOr<PendingStep> StepExecutor::FromActivations(transport::StageMessage message) {
+StatusOr<PendingStep> StepExecutor::FromActivations(transport::StageMessage message) const {
   PendingStep step;
+  step.arrived = clock_.now();
   step.epoch = message.epoch;
   step.micro_batch = message.micro_batch_id;
   step.step = message.step;
@@ -135,11 +136,11 @@ StatusOr<PendingStep> StepExecutor::FromActivations(transport::StageMessage mess
 }
 
 StatusOr<StepOutcome> StepExecutor::Run(PendingStep& step) {
-  const auto started = Clock::now();
+  const auto started = clock_.now();
   step.input.all_logits = false;
   auto out = model_->Forward(step.input);
   if (!out.ok()) return out.status().WithContext("stage " + std::to_string(stage_index_));
-  const auto finished = Clock::now();
+  const auto finished = clock_.now();
   step_times_.Record(started, finished);
   step.stage_micros.push_back(std::chrono::duration_cast<std::chrono::microseconds>(finished - started).count());
   ++steps_completed_;

@@ -3,6 +3,9 @@
 // last stage's samplers, the first stage's image rows), and runs one step at a time: the forward
 // pass on the stage model, its timing, and on the last stage the token selection from the logits.
 //
+// Time: the step timings (stage_micros, step_times()) and the arrival of activations are read
+// from the Clock in the options, never from steady_clock directly.
+//
 // Contract:
 //   * Values in, values out. Admissions, steps and releases come in as plain values; a step
 //     returns its outcome (the tokens chosen, the logits asked for, or the hidden states for the
@@ -22,6 +25,7 @@
 #include <memory>
 #include <vector>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/base/status.h"
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
@@ -29,8 +33,6 @@
 #include "xcpipe/worker/resource_sampler.h"
 
 namespace xcpipe::worker {
-
-using SteadyTime = std::chrono::steady_clock::time_point;
 
 // A step waiting to run: from the control plane (first stage) or the data plane.
 struct PendingStep {
@@ -40,7 +42,7 @@ struct PendingStep {
   std::vector<int64_t> stage_micros;
   bool want_logits = false;
   transport::StageMessage keep_alive;  // owns the received bytes `input` points into
-  SteadyTime arrived = std::chrono::steady_clock::now();
+  Clock::time_point arrived{};  // when the step reached the actor (deferred steps age by it)
 };
 
 // An admission as the coordinator sends it (AdmitSequence), as values.
@@ -65,9 +67,13 @@ struct StepOutcome {
   std::vector<int64_t> stage_micros;  // the step's stage_micros with this stage's time appended
 };
 
+struct StepExecutorOptions {
+  Clock* clock = &SteadyClock::Instance();  // never null; outlives the executor
+};
+
 class StepExecutor {
  public:
-  StepExecutor() = default;
+  explicit StepExecutor(StepExecutorOptions options = {});
   StepExecutor(const StepExecutor&) = delete;
   StepExecutor& operator=(const StepExecutor&) = delete;
 
@@ -96,12 +102,13 @@ class StepExecutor {
   // left over stay for the sequence's next step.
   StatusOr<std::vector<at::Tensor>> TakeImageRows(const std::vector<model::Segment>& segments,
                                                   const std::vector<int64_t>& slots, std::vector<at::Tensor> images);
-  // An activation message from the previous stage as a step (its tensors are used in place; the
-  // step keeps the message alive).
-  static StatusOr<PendingStep> FromActivations(transport::StageMessage message);
+  // An activation message from the previous stage as a step arriving now (its tensors are used
+  // in place; the step keeps the message alive).
+  StatusOr<PendingStep> FromActivations(transport::StageMessage message) const;
 
   // Runs the step on the model (the model must be set and the step admitted). Records the
-  // compute time in step_times() and appends it to the step's stage_micros.
+  // compute time, as the clock measures it, in step_times() and appends it to the step's
+  // stage_micros.
   StatusOr<StepOutcome> Run(PendingStep& step);
 
   uint64_t steps_completed() const { return steps_completed_; }
@@ -122,6 +129,7 @@ class StepExecutor {
     int64_t used = 0;                 // rows of pending.front() already placed
   };
 
+  Clock& clock_;
   uint32_t stage_index_ = 0, stage_count_ = 0;
   std::unique_ptr<model::StageModel> model_;
   std::map<uint64_t, SequenceState> sequences_;

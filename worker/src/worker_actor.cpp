@@ -26,7 +26,6 @@ namespace xcpipe::worker {
 namespace {
 
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
 
 std::atomic<bool> g_stop_requested{false};
 void OnTerminate(int) { g_stop_requested.store(true); }
@@ -71,7 +70,14 @@ checkpoint::DType FirstFloatingDType(const std::vector<checkpoint::TensorInfo>& 
 }  // namespace
 
 struct WorkerActor::Impl {
+  explicit Impl(WorkerOptions options)
+      : opt(std::move(options)),
+        clock(*opt.clock),
+        links(std::make_unique<StageLinks>(opt.device.device, clock)),
+        executor(StepExecutorOptions{&clock}) {}
+
   WorkerOptions opt;
+  Clock& clock;  // every time this actor reads or waits for (not its socket polls)
   zmq::context_t context;
   std::unique_ptr<control::ControlSocket> control;
   zmq::socket_t wake_rx{context, zmq::socket_type::pair};
@@ -91,9 +97,9 @@ struct WorkerActor::Impl {
   // the holder may be this worker's previous process whose connection has not closed yet, so
   // the hello is repeated until the holder would have missed its heartbeats, then given up.
   std::optional<Clock::time_point> id_refused_since;
-  Clock::time_point last_from_coordinator = Clock::now();
-  Clock::time_point next_heartbeat = Clock::now();
-  Clock::time_point last_hello = Clock::now() - std::chrono::hours(1);
+  Clock::time_point last_from_coordinator = clock.now();
+  Clock::time_point next_heartbeat = clock.now();
+  Clock::time_point last_hello = clock.now() - std::chrono::hours(1);
   uint64_t heartbeat_seq = 0;
   // Monitoring (sent in heartbeats): the KV budget of the assignment.
   uint64_t kv_budget = 0;
@@ -187,7 +193,7 @@ void WorkerActor::Impl::SendHello() {
   caps.setMemoryBandwidthBytesPerS(opt.device.memory_bandwidth_bytes_per_s);
   caps.setMatmulTflops(opt.device.matmul_tflops);
   SendEnvelope(m);
-  last_hello = Clock::now();
+  last_hello = clock.now();
 }
 
 void WorkerActor::Impl::SendHeartbeat() {
@@ -229,7 +235,7 @@ void WorkerActor::Impl::FillResources(proto::ResourceSample::Builder r) {
   r.setKvBudgetBytes(kv_budget);
   r.setKvReservedBytes(kv);
   r.setKvUsedBytes(model ? model->kv_bytes_used() : 0);
-  const StepTimeSummary steps = executor.step_times().Summarize(Clock::now());
+  const StepTimeSummary steps = executor.step_times().Summarize(clock.now());
   r.setStepP50Micros(steps.p50_micros);
   r.setStepP99Micros(steps.p99_micros);
   r.setStepsInWindow(steps.steps);
@@ -267,7 +273,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   deferred.clear();
   state = State::kLoading;
   if (opt.on_state_change) opt.on_state_change(StateName(state));  // the loop sees only the end state
-  const auto started = Clock::now();
+  const auto started = clock.now();
   assign_started = started;
   assigned_epoch = epoch;
   // The previous plan's links go first: NCCL links of this one start now, before the load.
@@ -332,7 +338,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
         // Fault injection: a device this much slower, in proportion to the work of each layer
         // (so moving layers away from it helps, as with a real slower GPU).
         const auto extra = static_cast<int64_t>(static_cast<double>(micros) * (opt.slowdown_factor - 1.0));
-        std::this_thread::sleep_for(std::chrono::microseconds(extra));
+        clock.SleepFor(std::chrono::microseconds(extra));
         micros += extra;
       }
       decoder_layer_micros += static_cast<uint64_t>(micros);
@@ -340,9 +346,9 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     };
     so.between_layers = [this] {
       if (watchdog) watchdog->Progress();
-      if (welcomed && Clock::now() >= next_heartbeat) {
+      if (welcomed && clock.now() >= next_heartbeat) {
         SendHeartbeat();
-        next_heartbeat = Clock::now() + control::ControlTimings::kHeartbeatInterval;
+        next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
       }
     };
     so.on_progress = [this](uint64_t done, uint64_t total) {
@@ -363,7 +369,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   }
   stage_model()->ReleaseAllSequences();
   kv_budget = a.getKvBudgetBytes();
-  executor.step_times().Reset(Clock::now());
+  executor.step_times().Reset(clock.now());
   weights_kept = same_blocks;
   if (Status st = links->Finish(); !st.ok()) {
     state = State::kIdle;
@@ -388,7 +394,7 @@ void WorkerActor::Impl::SendStageReady() {
   r.setDtype(model::ComputeDTypeName(model->dtype()));
   r.setDevice(model->device());
   r.setLoadMs(static_cast<uint32_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - assign_started).count()));
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - assign_started).count()));
   SendEnvelope(m);
   spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}, on {} in {} ({} kernels), {} data plane",
                stage_index, stage_count, range.begin, range.end, model->weight_bytes() >> 20,
@@ -420,7 +426,7 @@ void WorkerActor::Impl::PollLinks() {
     }
     case JoinPoll::Kind::kJoined:
       spdlog::info("stage {}: NCCL links joined in {} ms", stage_index,
-                   std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - assign_started).count());
+                   std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - assign_started).count());
       state = State::kReady;
       return SendStageReady();
     case JoinPoll::Kind::kFailed:
@@ -458,6 +464,7 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
     return SendError(FailedPreconditionError("forward sent to a worker that is not the first stage"), f.getMicroBatchId());
   }
   PendingStep step;
+  step.arrived = clock.now();
   step.epoch = f.getEpoch();
   step.micro_batch = f.getMicroBatchId();
   step.step = f.getStep();
@@ -522,7 +529,7 @@ void WorkerActor::Impl::OnData(transport::StageMessage message) {
     return;
   }
   const uint64_t micro_batch = message.micro_batch_id;
-  auto step = StepExecutor::FromActivations(std::move(message));
+  auto step = executor.FromActivations(std::move(message));
   if (!step.ok()) return SendError(step.status(), micro_batch);
   if (!executor.Admitted(step->segments)) {
     deferred.push_back(std::move(step).value());
@@ -537,7 +544,7 @@ void WorkerActor::Impl::RetryDeferred() {
     deferred.pop_front();
     if (executor.Admitted(step.segments)) {
       RunStep(step);
-    } else if (Clock::now() - step.arrived > kDeferLimit) {
+    } else if (clock.now() - step.arrived > kDeferLimit) {
       // An admission that never arrived (lost on the way): the pipeline's state is out of step,
       // which the coordinator repairs by re-planning and replaying (Aborted), not by failing users.
       SendError(AbortedError("step of micro-batch " + std::to_string(step.micro_batch) +
@@ -550,7 +557,7 @@ void WorkerActor::Impl::RetryDeferred() {
 
 void WorkerActor::Impl::RunStep(PendingStep& step) {
   if (state == State::kReady) state = State::kServing;
-  if (opt.step_delay.count() > 0) std::this_thread::sleep_for(opt.step_delay);
+  if (opt.step_delay.count() > 0) clock.SleepFor(opt.step_delay);
   int64_t rows = 0;
   for (const auto& seg : step.segments) rows += seg.rows;
   watchdog_epoch.store(epoch);
@@ -598,7 +605,7 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
 }
 
 void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
-  last_from_coordinator = Clock::now();
+  last_from_coordinator = clock.now();
   switch (env.which()) {
     case proto::Envelope::WELCOME: {
       auto w = env.getWelcome();
@@ -614,7 +621,7 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
       spdlog::error("coordinator: {}: {}", StatusCodeName(wire::FromWire(e.getCode())), e.getMessage().cStr());
       if (!welcomed && e.getCode() == proto::ErrorCode::FAILED_PRECONDITION) exit_code = 1;  // refused hello
       if (!welcomed && e.getCode() == proto::ErrorCode::ALREADY_EXISTS) {
-        const auto now = Clock::now();
+        const auto now = clock.now();
         if (!id_refused_since) id_refused_since = now;
         if (now - *id_refused_since > 2 * control::ControlTimings::kHeartbeatTimeout) {
           spdlog::error("worker id '{}' is held by another live worker; giving up. Give each worker its own "
@@ -661,10 +668,7 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
   SendError(InvalidArgumentError("unknown message type"), 0);
 }
 
-WorkerActor::WorkerActor(WorkerOptions options) : impl_(std::make_unique<Impl>()) {
-  impl_->opt = std::move(options);
-  impl_->links = std::make_unique<StageLinks>(impl_->opt.device.device);
-}
+WorkerActor::WorkerActor(WorkerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 
 WorkerActor::~WorkerActor() { impl_->links->Stop(); }
 
@@ -684,7 +688,7 @@ int WorkerActor::Run() {
   }
   s.control = std::move(socket).value();
   s.watchdog = std::make_unique<ComputeWatchdog>(s.context, s.opt.coordinator, s.routing_id, s.opt.curve,
-                                                 s.watchdog_epoch, s.watchdog_steps);
+                                                 s.watchdog_epoch, s.watchdog_steps, s.clock);
   const std::string wake_endpoint = "inproc://wake";
   s.wake_rx.bind(wake_endpoint);
   s.wake_tx.connect(wake_endpoint);
@@ -699,7 +703,7 @@ int WorkerActor::Run() {
 
   std::optional<State> reported;  // last state handed to on_state_change
   while (s.exit_code < 0) {
-    const auto now = Clock::now();
+    const auto now = s.clock.now();
     if (g_stop_requested.load() && s.state != State::kDraining) {
       spdlog::info("signal received: draining");
       s.state = State::kDraining;

@@ -46,6 +46,7 @@
 #include <string>
 #include <string_view>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/control/curve.h"
 #include "xcpipe/model/compute.h"
 #include "xcpipe/worker/device_probe.h"
@@ -72,8 +73,12 @@ struct WorkerOptions {
   // Called on the actor thread at least every 100 ms while it runs, and between tensors while a
   // stage loads (service watchdog). Must be cheap.
   std::function<void()> on_tick;
+  // Where the actor, its step execution, its links and its compute watchdog read the time and
+  // wait (heartbeats, deadlines, step timings, the test hooks' sleeps); never null, outlives the
+  // actor. Socket waits run in real time whatever the clock.
+  Clock* clock = &SteadyClock::Instance();
   // Test hooks (fault injection), off by default.
-  std::chrono::milliseconds step_delay{0};  // sleep before each forward step
+  std::chrono::milliseconds step_delay{0};  // sleep (on `clock`) before each forward step
   uint64_t hang_at_step = 0;  // 1-based: hang forever inside that step's compute (0: never)
   double slowdown_factor = 1.0;  // > 1: every decoder layer takes this many times its compute (a slower device)
 };

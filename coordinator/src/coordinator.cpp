@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <csignal>
 #include <deque>
 #include <map>
 #include <numeric>
@@ -50,9 +49,6 @@ constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
 // A stage that neither reports load progress nor says ready this long after its assignment is
 // sent the assignment again (workers report progress at least every few hundred ms).
 constexpr std::chrono::milliseconds kAssignmentResend{3000};
-
-std::atomic<bool> g_signal_stop{false};
-void OnSignal(int) { g_signal_stop.store(true); }
 
 enum class WorkerState { kIdle, kLoading, kReady, kServing, kLost };
 const char* WorkerStateName(WorkerState s) {
@@ -206,6 +202,7 @@ const char* ClusterStateName(ClusterState s) {
 struct Coordinator::Impl {
   CoordinatorOptions opt;
   std::atomic<bool> stop{false};
+  std::atomic<bool> drain_requested{false};  // RequestDrain()
   zmq::context_t context;
   std::unique_ptr<control::ControlSocket> socket;
   std::unique_ptr<RequestPreparer> edge;
@@ -301,7 +298,8 @@ struct Coordinator::Impl {
   void PublishMetrics();
   MetricsSnapshot Snapshot() const;
   int exit_code = kExitOk;
-  // Graceful stop (a signal): refuse new requests, let admitted ones finish until the deadline.
+  // Graceful stop (RequestDrain; SIGTERM/SIGINT in the binaries): refuse new requests, let
+  // admitted ones finish until the deadline.
   bool draining = false;
   Clock::time_point drain_deadline;
 
@@ -1771,6 +1769,8 @@ Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Im
 Coordinator::~Coordinator() = default;
 void Coordinator::RequestStop() { impl_->stop.store(true); }
 
+void Coordinator::RequestDrain() { impl_->drain_requested.store(true); }
+
 std::string Coordinator::metrics_address() const {
   return impl_->metrics_http ? impl_->metrics_http->address() : std::string();
 }
@@ -1826,8 +1826,6 @@ StatusOr<std::string> Coordinator::Bind() {
 
 int Coordinator::Run() {
   Impl& s = *impl_;
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGINT, OnSignal);
   auto bound = Bind();
   if (!bound.ok()) {
     spdlog::error("{}", bound.status().ToString());
@@ -1837,10 +1835,10 @@ int Coordinator::Run() {
   spdlog::info("coordinator listening on {} for {} worker(s); model {} ({})", s.bound, s.opt.expect_workers,
                s.opt.model_dir.string(), checkpoint::ArchName(s.edge->spec().arch));
   while (!s.stop.load()) {
-    if (g_signal_stop.load() && !s.draining) {
+    if (s.drain_requested.load() && !s.draining) {
       s.draining = true;
       s.drain_deadline = Clock::now() + s.opt.drain_timeout;
-      spdlog::info("signal received: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
+      spdlog::info("drain requested: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
                    std::chrono::duration_cast<std::chrono::seconds>(s.opt.drain_timeout).count());
       if (s.opt.on_drain) s.opt.on_drain();
     }

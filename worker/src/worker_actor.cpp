@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <csignal>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -26,9 +25,6 @@ namespace xcpipe::worker {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::atomic<bool> g_stop_requested{false};
-void OnTerminate(int) { g_stop_requested.store(true); }
 
 uint64_t ResidentBytes() {
   std::ifstream statm("/proc/self/statm");
@@ -113,6 +109,7 @@ struct WorkerActor::Impl {
   std::string model_path, dtype, overrides;
   std::deque<PendingStep> deferred;
   int exit_code = -1;
+  std::atomic<bool> stop_requested{false};  // RequestStop(): drain
   // The compute watchdog (its own thread and socket) and what it reads of this actor.
   std::atomic<uint64_t> watchdog_epoch{0}, watchdog_steps{0};
   uint64_t computing_micro_batch = 0;  // named in heartbeats while a step runs
@@ -672,10 +669,10 @@ WorkerActor::WorkerActor(WorkerOptions options) : impl_(std::make_unique<Impl>(s
 
 WorkerActor::~WorkerActor() { impl_->links->Stop(); }
 
+void WorkerActor::RequestStop() { impl_->stop_requested.store(true); }
+
 int WorkerActor::Run() {
   Impl& s = *impl_;
-  std::signal(SIGTERM, OnTerminate);
-  std::signal(SIGINT, OnTerminate);
   if (Status st = s.links->Listen({s.opt.data_host, s.opt.data_port}); !st.ok()) {
     spdlog::error("data plane: {}", st.ToString());
     return ExitCodeFor(st);
@@ -704,8 +701,8 @@ int WorkerActor::Run() {
   std::optional<State> reported;  // last state handed to on_state_change
   while (s.exit_code < 0) {
     const auto now = s.clock.now();
-    if (g_stop_requested.load() && s.state != State::kDraining) {
-      spdlog::info("signal received: draining");
+    if (s.stop_requested.load() && s.state != State::kDraining) {
+      spdlog::info("stop requested: draining");
       s.state = State::kDraining;
     }
     if (s.opt.on_state_change && reported != s.state) {

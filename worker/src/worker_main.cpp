@@ -13,6 +13,7 @@
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/service_notify.h"
+#include "xcpipe/base/stop_signals.h"
 #include "xcpipe/model/device_check.h"
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/worker/device_probe.h"
@@ -233,5 +234,10 @@ int main(int argc, char** argv) {
     if (state == "draining") service::NotifyStopping();
   };
   worker::WorkerActor actor(std::move(options));
+  // SIGTERM/SIGINT drain: the stage finishes what it holds and the process exits 0.
+  StopSignals signals([&actor](int signal) {
+    spdlog::info("{} received", StopSignalName(signal));
+    actor.RequestStop();
+  });
   return actor.Run();
 }

@@ -36,6 +36,10 @@
 // goes silent past the heartbeat timeout the worker keeps its weights and says hello again
 // until it is welcomed back.
 //
+// Stopping: RequestStop() (from any thread, or a signal handler) drains as the `drain` message
+// does: the actor finishes what it holds and Run() returns 0. This class installs no signal
+// handlers; xcpipe-worker's main() turns SIGTERM/SIGINT into RequestStop().
+//
 // Not copyable or movable. Run() returns the process exit code.
 #pragma once
 
@@ -92,6 +96,9 @@ class WorkerActor {
 
   // Runs until shutdown, drain completion or a fatal error; returns the exit code.
   int Run();
+  // Asks Run() to drain and return 0 (it notices within one poll interval, at most 100 ms).
+  // Thread-safe and async-signal-safe (one lock-free atomic store); may come before Run().
+  void RequestStop();
 
  private:
   struct Impl;

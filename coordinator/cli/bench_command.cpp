@@ -28,11 +28,11 @@
 #include "signalled_cluster.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
-#include "xcpipe/image/synthetic.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/image/synthetic.h"
 
 namespace xcpipe::cli {
 namespace {

@@ -23,8 +23,8 @@
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/image/decode.h"
-#include "xcpipe/image/preprocess.h"
 #include "xcpipe/image/fixture_checks.h"
+#include "xcpipe/image/preprocess.h"
 #include "xcpipe/tokenizer/fixture_checks.h"
 
 namespace xcpipe::cli {

@@ -14,9 +14,9 @@ namespace {
 
 struct Registry {
   std::mutex mutex;
-  int starting = 0;                                  // StartLocalCluster calls under way
+  int starting = 0;                                 // StartLocalCluster calls under way
   std::vector<coordinator::LocalCluster*> running;  // clusters a signal drains
-  bool signalled = false;                            // a signal came while one was starting or running
+  bool signalled = false;                           // a signal came while one was starting or running
 };
 
 Registry& registry() {

@@ -58,8 +58,8 @@ std::chrono::microseconds ComputeWatchdog::CurrentWindow() const {
 }
 
 void ComputeWatchdog::Loop(std::string coordinator, std::string routing_id, control::CurveConfig curve) {
-  auto socket = control::ControlSocket::ConnectDealer(context_, coordinator,
-                                                      routing_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
+  auto socket = control::ControlSocket::ConnectDealer(
+      context_, coordinator, routing_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
   if (!socket.ok()) {
     spdlog::warn("compute watchdog: cannot connect to {}: {}", coordinator, socket.status().ToString());
     return;

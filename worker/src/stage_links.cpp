@@ -293,12 +293,13 @@ Status StageLinks::SendActivations(const Activations& a) {
                             : hidden.scalar_type() == at::kHalf   ? transport::DType::kF16
                                                                   : transport::DType::kF32;
   auto f1 = device_send ? transport::TensorFrame::Share("hidden", hidden_dtype, hidden.sizes().vec(), BytesOf(hidden),
-                                                         std::make_shared<at::Tensor>(hidden),
-                                                         transport::MemoryLocation::kCudaDevice,
-                                                         static_cast<int>(hidden.device().index()))
+                                                        std::make_shared<at::Tensor>(hidden),
+                                                        transport::MemoryLocation::kCudaDevice,
+                                                        static_cast<int>(hidden.device().index()))
                         : transport::TensorFrame::Borrow("hidden", hidden_dtype, hidden.sizes().vec(), BytesOf(hidden));
   auto f2 = transport::TensorFrame::Borrow("im_mask", transport::DType::kU8, mask.sizes().vec(), BytesOf(mask));
-  auto f3 = transport::TensorFrame::Borrow("stage_micros", transport::DType::kI64, micros.sizes().vec(), BytesOf(micros));
+  auto f3 =
+      transport::TensorFrame::Borrow("stage_micros", transport::DType::kI64, micros.sizes().vec(), BytesOf(micros));
   auto f4 = transport::TensorFrame::Borrow("flags", transport::DType::kU8, {1},
                                            {reinterpret_cast<const std::byte*>(&flag), 1});
   if (!f1.ok() || !f2.ok() || !f3.ok() || !f4.ok()) return InternalError("cannot frame activations");

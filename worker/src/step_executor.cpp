@@ -10,12 +10,18 @@ namespace {
 
 at::ScalarType ToTorch(transport::DType d) {
   switch (d) {
-    case transport::DType::kF32: return at::kFloat;
-    case transport::DType::kBF16: return at::kBFloat16;
-    case transport::DType::kF16: return at::kHalf;
-    case transport::DType::kI64: return at::kLong;
-    case transport::DType::kU8: return at::kByte;
-    case transport::DType::kBool: return at::kBool;
+    case transport::DType::kF32:
+      return at::kFloat;
+    case transport::DType::kBF16:
+      return at::kBFloat16;
+    case transport::DType::kF16:
+      return at::kHalf;
+    case transport::DType::kI64:
+      return at::kLong;
+    case transport::DType::kU8:
+      return at::kByte;
+    case transport::DType::kBool:
+      return at::kBool;
   }
   return at::kFloat;
 }
@@ -123,13 +129,14 @@ StatusOr<PendingStep> StepExecutor::FromActivations(transport::StageMessage mess
   auto where = at::TensorOptions().dtype(ToTorch(hidden->dtype()));
   if (hidden->location() == transport::MemoryLocation::kCudaDevice) where = where.device(at::kCUDA, hidden->device());
   step.input.hidden = at::from_blob(const_cast<std::byte*>(hidden->bytes().data()), hidden->shape(), where);
-  step.input.im_mask = at::from_blob(const_cast<std::byte*>(mask->bytes().data()), mask->shape(), at::kByte)
-                           .to(at::kBool);
+  step.input.im_mask =
+      at::from_blob(const_cast<std::byte*>(mask->bytes().data()), mask->shape(), at::kByte).to(at::kBool);
   if (const auto* micros = message.Find("stage_micros")) {
     auto v = micros->as<int64_t>();
     step.stage_micros.assign(v.begin(), v.end());
   }
-  if (const auto* flags = message.Find("flags")) step.want_logits = !flags->bytes().empty() && flags->bytes()[0] != std::byte{0};
+  if (const auto* flags = message.Find("flags"))
+    step.want_logits = !flags->bytes().empty() && flags->bytes()[0] != std::byte{0};
   step.input.segments = step.segments;
   step.keep_alive = std::move(message);
   return step;

@@ -42,7 +42,7 @@ struct PendingStep {
   std::vector<int64_t> stage_micros;
   bool want_logits = false;
   transport::StageMessage keep_alive;  // owns the received bytes `input` points into
-  Clock::time_point arrived{};  // when the step reached the actor (deferred steps age by it)
+  Clock::time_point arrived{};         // when the step reached the actor (deferred steps age by it)
 };
 
 // An admission as the coordinator sends it (AdmitSequence), as values.
@@ -50,10 +50,10 @@ struct Admission {
   uint64_t sequence_id = 0;
   int64_t max_tokens = 0;
   uint64_t prefix_sequence_id = 0;
-  int64_t prefix_rows = 0;       // 0: no shared prefix to copy
+  int64_t prefix_rows = 0;         // 0: no shared prefix to copy
   model::SamplingParams sampling;  // stop_ids and min_new_tokens included
-  int64_t generated_tokens = 0;  // new tokens generated before this admission (a replay)
-  int64_t prefill_rows = 0;      // a step ending before this many rows samples nothing
+  int64_t generated_tokens = 0;    // new tokens generated before this admission (a replay)
+  int64_t prefill_rows = 0;        // a step ending before this many rows samples nothing
   std::vector<int64_t> penalty_context;
 };
 
@@ -62,8 +62,8 @@ struct StepOutcome {
   // Last stage: one token per segment, in segment order; -1 where no token is due (a sequence
   // gone, or a step ending inside the prompt).
   std::vector<int64_t> tokens;
-  at::Tensor logits;  // last stage with want_logits: [segments, V] float32 on the host, contiguous
-  at::Tensor hidden;  // other stages: the output hidden states [N, H], where the model left them
+  at::Tensor logits;                  // last stage with want_logits: [segments, V] float32 on the host, contiguous
+  at::Tensor hidden;                  // other stages: the output hidden states [N, H], where the model left them
   std::vector<int64_t> stage_micros;  // the step's stage_micros with this stage's time appended
 };
 

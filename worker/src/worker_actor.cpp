@@ -44,11 +44,16 @@ constexpr auto kDeferLimit = 10s;
 enum class State { kIdle, kLoading, kReady, kServing, kDraining };
 const char* StateName(State s) {
   switch (s) {
-    case State::kIdle: return "idle";
-    case State::kLoading: return "loading";
-    case State::kReady: return "ready";
-    case State::kServing: return "serving";
-    case State::kDraining: return "draining";
+    case State::kIdle:
+      return "idle";
+    case State::kLoading:
+      return "loading";
+    case State::kReady:
+      return "ready";
+    case State::kServing:
+      return "serving";
+    case State::kDraining:
+      return "draining";
   }
   return "?";
 }
@@ -56,7 +61,8 @@ const char* StateName(State s) {
 // The dtype of the checkpoint's floating tensors (the first one found).
 checkpoint::DType FirstFloatingDType(const std::vector<checkpoint::TensorInfo>& tensors) {
   for (const auto& t : tensors) {
-    if (t.dtype == checkpoint::DType::kF32 || t.dtype == checkpoint::DType::kBF16 || t.dtype == checkpoint::DType::kF16) {
+    if (t.dtype == checkpoint::DType::kF32 || t.dtype == checkpoint::DType::kBF16 ||
+        t.dtype == checkpoint::DType::kF16) {
       return t.dtype;
     }
   }
@@ -101,8 +107,8 @@ struct WorkerActor::Impl {
   uint64_t kv_budget = 0;
 
   // Assignment.
-  uint64_t assigned_epoch = 0;     // epoch of the last assignment taken (a repeat is recognised)
-  bool weights_kept = false;       // its blocks were already loaded
+  uint64_t assigned_epoch = 0;  // epoch of the last assignment taken (a repeat is recognised)
+  bool weights_kept = false;    // its blocks were already loaded
   Clock::time_point assign_started;
   uint32_t stage_index = 0, stage_count = 0;
   model::BlockRange range;
@@ -112,7 +118,7 @@ struct WorkerActor::Impl {
   std::atomic<bool> stop_requested{false};  // RequestStop(): drain
   // The compute watchdog (its own thread and socket) and what it reads of this actor.
   std::atomic<uint64_t> watchdog_epoch{0}, watchdog_steps{0};
-  uint64_t computing_micro_batch = 0;  // named in heartbeats while a step runs
+  uint64_t computing_micro_batch = 0;                           // named in heartbeats while a step runs
   uint64_t decoder_layer_micros = 0, decoder_layers_timed = 0;  // speed figure for rebalancing
   // While alive, the actor is computing `micro_batch`: heartbeats name it and the compute
   // watchdog watches it for progress.
@@ -198,7 +204,8 @@ void WorkerActor::Impl::SendHeartbeat() {
   auto hb = m.initRoot<proto::Envelope>().initHeartbeat();
   hb.setSequence(++heartbeat_seq);
   hb.setSentAtUnixMs(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count()));
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count()));
   hb.setEpoch(epoch);
   hb.setStepsCompleted(executor.steps_completed());
   hb.setMicroBatch(computing_micro_batch);
@@ -248,7 +255,8 @@ void WorkerActor::Impl::FillResources(proto::ResourceSample::Builder r) {
 void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   if (a.getEpoch() < epoch) {
     SendError(FailedPreconditionError("assignment of epoch " + std::to_string(a.getEpoch()) +
-                                      " is older than this worker's epoch " + std::to_string(epoch)), 0);
+                                      " is older than this worker's epoch " + std::to_string(epoch)),
+              0);
     return;
   }
   // A repeat of the assignment in hand (the coordinator re-sends one it heard nothing about).
@@ -313,8 +321,7 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     so.kernels = opt.kernels;
     if (dtype.empty() || dtype == "auto") {
       // An older coordinator, or one that left the choice to the worker: its device's default.
-      const checkpoint::DType stored =
-          FirstFloatingDType(described->tensors.tensors);
+      const checkpoint::DType stored = FirstFloatingDType(described->tensors.tensors);
       so.dtype = model::DefaultComputeDType(so.device, stored);
     } else {
       auto parsed = model::ParseComputeDType(dtype);
@@ -458,7 +465,8 @@ void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
 
 void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   if (!stage_model() || stage_index != 0) {
-    return SendError(FailedPreconditionError("forward sent to a worker that is not the first stage"), f.getMicroBatchId());
+    return SendError(FailedPreconditionError("forward sent to a worker that is not the first stage"),
+                     f.getMicroBatchId());
   }
   PendingStep step;
   step.arrived = clock.now();
@@ -474,9 +482,10 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   auto ids = f.getTokenIds();
   auto mask = f.getImMask();
   if (static_cast<int64_t>(ids.size()) != rows || static_cast<int64_t>(mask.size()) != rows) {
-    return SendError(InvalidArgumentError("forward carries " + std::to_string(ids.size()) + " token ids and " +
-                                          std::to_string(mask.size()) + " mask bytes for " + std::to_string(rows) +
-                                          " rows"), step.micro_batch);
+    return SendError(
+        InvalidArgumentError("forward carries " + std::to_string(ids.size()) + " token ids and " +
+                             std::to_string(mask.size()) + " mask bytes for " + std::to_string(rows) + " rows"),
+        step.micro_batch);
   }
   std::vector<int64_t> id_values;
   id_values.reserve(ids.size());
@@ -492,7 +501,8 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
     if (px.size() != n * sizeof(float) || n == 0) {
       return SendError(InvalidArgumentError("image of " + std::to_string(px.size()) + " bytes does not match its " +
                                             std::to_string(img.getChannels()) + "x" + std::to_string(img.getHeight()) +
-                                            "x" + std::to_string(img.getWidth()) + " float32 shape"), step.micro_batch);
+                                            "x" + std::to_string(img.getWidth()) + " float32 shape"),
+                       step.micro_batch);
     }
     at::Tensor pixels = at::empty({img.getChannels(), img.getHeight(), img.getWidth()}, at::kFloat);
     std::memcpy(pixels.data_ptr(), px.begin(), px.size());
@@ -545,7 +555,8 @@ void WorkerActor::Impl::RetryDeferred() {
       // An admission that never arrived (lost on the way): the pipeline's state is out of step,
       // which the coordinator repairs by re-planning and replaying (Aborted), not by failing users.
       SendError(AbortedError("step of micro-batch " + std::to_string(step.micro_batch) +
-                             " names sequences this stage never admitted"), step.micro_batch);
+                             " names sequences this stage never admitted"),
+                step.micro_batch);
     } else {
       deferred.push_back(std::move(step));
     }
@@ -612,7 +623,8 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
       epoch = std::max(epoch, w.getEpoch());
       return;
     }
-    case proto::Envelope::HEARTBEAT: return;
+    case proto::Envelope::HEARTBEAT:
+      return;
     case proto::Envelope::ERROR: {
       auto e = env.getError();
       spdlog::error("coordinator: {}: {}", StatusCodeName(wire::FromWire(e.getCode())), e.getMessage().cStr());
@@ -621,15 +633,19 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
         const auto now = clock.now();
         if (!id_refused_since) id_refused_since = now;
         if (now - *id_refused_since > 2 * control::ControlTimings::kHeartbeatTimeout) {
-          spdlog::error("worker id '{}' is held by another live worker; giving up. Give each worker its own "
-                        "--worker-id", opt.worker_id);
+          spdlog::error(
+              "worker id '{}' is held by another live worker; giving up. Give each worker its own "
+              "--worker-id",
+              opt.worker_id);
           exit_code = kExitInvalidInput;
         }
       }
       return;
     }
-    case proto::Envelope::ASSIGN_STAGE: return OnAssign(env.getAssignStage());
-    case proto::Envelope::ADMIT_SEQUENCE: return OnAdmit(env.getAdmitSequence());
+    case proto::Envelope::ASSIGN_STAGE:
+      return OnAssign(env.getAssignStage());
+    case proto::Envelope::ADMIT_SEQUENCE:
+      return OnAdmit(env.getAdmitSequence());
     case proto::Envelope::RELEASE_SEQUENCES: {
       for (uint64_t id : env.getReleaseSequences().getSequenceIds()) executor.Release(id);
       return;
@@ -726,7 +742,8 @@ int WorkerActor::Run() {
       s.SendHeartbeat();
       s.next_heartbeat = now + control::ControlTimings::kHeartbeatInterval;
     }
-    zmq::pollitem_t items[] = {{s.control->socket().handle(), 0, ZMQ_POLLIN, 0}, {s.wake_rx.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::pollitem_t items[] = {{s.control->socket().handle(), 0, ZMQ_POLLIN, 0},
+                               {s.wake_rx.handle(), 0, ZMQ_POLLIN, 0}};
     try {
       // Short waits while steps are deferred or links join (both are polled, not signalled).
       zmq::poll(items, 2, std::chrono::milliseconds(s.deferred.empty() && !s.links->links_pending() ? 100 : 10));

@@ -84,8 +84,8 @@ int main(int argc, char** argv) {
 
   // check-fixtures: the model half of `xcpipe check-fixtures` (the CLI runs the tokenizer and
   // image checks itself: the tokenizer cannot share a process with libtorch).
-  CLI::App* check = app.add_subcommand(
-      "check-fixtures", "run the model checks of a fixtures folder; one JSON object per line on stdout");
+  CLI::App* check = app.add_subcommand("check-fixtures",
+                                       "run the model checks of a fixtures folder; one JSON object per line on stdout");
   std::string fixtures_dir;
   std::string only_folder;
   bool no_bf16 = false;
@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
     sub->add_option("--device", check_device, "device under test: cpu or cuda:K")->capture_default_str();
     sub->add_option("--dtype", check_dtype, "f32, bf16 or f16")->capture_default_str();
   }
-  compare->footer("Exit 0 when they agree (f32: identical greedy tokens, logits within 1e-3; 16-bit: the device's\n"
-                  "argmax within the CPU's top 5 at every prompt position), 6 when they do not.");
+  compare->footer(
+      "Exit 0 when they agree (f32: identical greedy tokens, logits within 1e-3; 16-bit: the device's\n"
+      "argmax within the CPU's top 5 at every prompt position), 6 when they do not.");
   bench->add_option("--new-tokens", bench_tokens, "tokens decoded per run")->capture_default_str();
   bench->add_option("--runs", bench_runs, "timed runs (the median is reported)")->capture_default_str();
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
@@ -170,8 +171,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xcpipe-worker: %s\n", st.ToString().c_str());
     return kExitUsage;
   }
-  auto choice = worker::ChooseDevice(device, require_gpu,
-                                     model::LibtorchHasCuda() ? model::LibtorchCudaDevices() : -1);
+  auto choice = worker::ChooseDevice(device, require_gpu, model::LibtorchHasCuda() ? model::LibtorchCudaDevices() : -1);
   if (!choice.ok()) {
     spdlog::error("{}", choice.status().ToString());
     // --probe answers on stdout either way: launchers read why a device cannot be used.
@@ -182,8 +182,10 @@ int main(int argc, char** argv) {
     // The planner's speed for this worker: measured, not assumed (the copy rate came with the
     // device probe).
     auto tflops = model::MeasureMatmulTflops(choice->device);
-    if (tflops.ok()) choice->matmul_tflops = *tflops;
-    else spdlog::warn("{}", tflops.status().ToString());
+    if (tflops.ok())
+      choice->matmul_tflops = *tflops;
+    else
+      spdlog::warn("{}", tflops.status().ToString());
   }
   spdlog::info("device {} ({}): {}{}", choice->device, choice->device_name, choice->reason,
                choice->device == "cpu" ? ""
@@ -191,8 +193,10 @@ int main(int argc, char** argv) {
                                                      static_cast<double>(choice->memory_bandwidth_bytes_per_s) / 1e9,
                                                      choice->matmul_tflops));
   if (probe) {
-    nlohmann::json out = {{"device", choice->device},           {"device_name", choice->device_name},
-                          {"total_bytes", choice->total_bytes}, {"free_bytes", choice->free_bytes},
+    nlohmann::json out = {{"device", choice->device},
+                          {"device_name", choice->device_name},
+                          {"total_bytes", choice->total_bytes},
+                          {"free_bytes", choice->free_bytes},
                           {"built_with_cuda", worker::BuiltWithCuda()},
                           {"libtorch_cuda", model::LibtorchHasCuda()},
                           {"libtorch_cuda_devices", model::LibtorchCudaDevices()},

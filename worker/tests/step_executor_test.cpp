@@ -42,8 +42,7 @@ class StepExecutorTest : public ::testing::Test {
       clock_.Advance(1ms);
       ++layers_run_;
     };
-    auto loaded = model::StageModel::Load(ModelDir(), described->spec,
-                                          model::BlockRange{begin, blocks.size()}, so);
+    auto loaded = model::StageModel::Load(ModelDir(), described->spec, model::BlockRange{begin, blocks.size()}, so);
     ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
     executor_.Assign(0, 1);  // the only stage: first and last
     executor_.SetModel(std::move(loaded).value());

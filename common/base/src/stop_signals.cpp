@@ -35,8 +35,10 @@ bool MakePipe() {
 
 const char* StopSignalName(int signal) {
   switch (signal) {
-    case SIGTERM: return "SIGTERM";
-    case SIGINT: return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
   }
   return "a signal";
 }

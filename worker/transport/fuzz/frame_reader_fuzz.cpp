@@ -83,9 +83,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static HostBufferPool pool(size_t{8} << 20);
   std::span<const std::byte> stream(reinterpret_cast<const std::byte*>(data), size);
 
-  const std::string whole = Run(stream, pool, [](TcpFrameReader& r, std::span<const std::byte> rest) {
-    return r.Feed(rest);
-  });
+  const std::string whole =
+      Run(stream, pool, [](TcpFrameReader& r, std::span<const std::byte> rest) { return r.Feed(rest); });
 
   // Pieces of 1 to 32 bytes, the size picked by the byte where the piece starts.
   const std::string pieces = Run(stream, pool, [](TcpFrameReader& r, std::span<const std::byte> rest) {
@@ -95,16 +94,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (pieces != whole) std::abort();
 
   // In place: at most 7 bytes over at most 2 spans per read, as a scatter read would.
-  const std::string in_place = Run(stream, pool, [](TcpFrameReader& r, std::span<const std::byte> rest) -> StatusOr<size_t> {
-    size_t n = 0;
-    for (std::span<std::byte> target : r.Targets(std::min<size_t>(7, rest.size()), 2)) {
-      std::memcpy(target.data(), rest.data() + n, target.size());
-      n += target.size();
-    }
-    if (n == 0) std::abort();  // no frame is complete, the reader has not failed: it wants bytes
-    XCPIPE_RETURN_IF_ERROR(r.Commit(n));
-    return n;
-  });
+  const std::string in_place =
+      Run(stream, pool, [](TcpFrameReader& r, std::span<const std::byte> rest) -> StatusOr<size_t> {
+        size_t n = 0;
+        for (std::span<std::byte> target : r.Targets(std::min<size_t>(7, rest.size()), 2)) {
+          std::memcpy(target.data(), rest.data() + n, target.size());
+          n += target.size();
+        }
+        if (n == 0) std::abort();  // no frame is complete, the reader has not failed: it wants bytes
+        XCPIPE_RETURN_IF_ERROR(r.Commit(n));
+        return n;
+      });
   if (in_place != whole) std::abort();
   return 0;
 }

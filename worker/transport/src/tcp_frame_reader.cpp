@@ -72,7 +72,8 @@ std::span<const std::span<std::byte>> TcpFrameReader::Targets(size_t max_bytes, 
   if (max_bytes == 0 || max_spans == 0) return targets_;
   switch (phase_) {
     case Phase::kPreamble:
-      targets_.emplace_back(preamble_bytes_.data() + preamble_got_, std::min(kPreambleBytes - preamble_got_, max_bytes));
+      targets_.emplace_back(preamble_bytes_.data() + preamble_got_,
+                            std::min(kPreambleBytes - preamble_got_, max_bytes));
       break;
     case Phase::kHeader:
       targets_.emplace_back(reinterpret_cast<std::byte*>(header_words_.data()) + header_got_,
@@ -174,14 +175,14 @@ Status TcpFrameReader::PreambleDone() {
   preamble_ = *preamble;
   const bool out_of_band = preamble_.payload_out_of_band();
   if (out_of_band && expect_ == PayloadMode::kInBand) {
-    return Fail(InvalidArgumentError(
-        "the frame's tensor bytes travel out of band (NCCL); this link expects "
-        "them in band after the header (TCP data plane)"));
+    return Fail(
+        InvalidArgumentError("the frame's tensor bytes travel out of band (NCCL); this link expects "
+                             "them in band after the header (TCP data plane)"));
   }
   if (!out_of_band && expect_ == PayloadMode::kOutOfBand) {
-    return Fail(InvalidArgumentError(
-        "the frame carries its tensor bytes in band; this link expects them out "
-        "of band (NCCL data plane)"));
+    return Fail(
+        InvalidArgumentError("the frame carries its tensor bytes in band; this link expects them out "
+                             "of band (NCCL data plane)"));
   }
   header_words_.resize(preamble_.header_bytes / 8);
   header_got_ = 0;
@@ -207,9 +208,9 @@ Status TcpFrameReader::HeaderDone() {
                                        std::to_string(header_.payload_bytes)));
     }
     if (header_.checksum_kind == ChecksumKind::kNone && options_.require_checksum && !header_.tensors.empty()) {
-      return Fail(InvalidArgumentError(
-          "the frame carries no checksum; this link requires CRC-32C on every "
-          "tensor (enable checksums on the sending side)"));
+      return Fail(
+          InvalidArgumentError("the frame carries no checksum; this link requires CRC-32C on every "
+                               "tensor (enable checksums on the sending side)"));
     }
   }
   if (preamble_.payload_out_of_band() || header_.tensors.empty()) {
@@ -287,11 +288,10 @@ Status TcpFrameReader::EndOfStream() const {
                                   " of the " + std::to_string(preamble_.header_bytes) + " header bytes");
     case Phase::kPayload: {
       const auto& d = header_.tensors[tensor_];
-      return InvalidArgumentError("truncated frame: the stream ended after " +
-                                  std::to_string(preamble_.payload_bytes - payload_remaining()) + " of the " +
-                                  std::to_string(preamble_.payload_bytes) + " payload bytes, " +
-                                  std::to_string(tensor_got_) + " of the " + std::to_string(d.byte_length) +
-                                  " bytes of tensor '" + d.name + "'");
+      return InvalidArgumentError(
+          "truncated frame: the stream ended after " + std::to_string(preamble_.payload_bytes - payload_remaining()) +
+          " of the " + std::to_string(preamble_.payload_bytes) + " payload bytes, " + std::to_string(tensor_got_) +
+          " of the " + std::to_string(d.byte_length) + " bytes of tensor '" + d.name + "'");
     }
     case Phase::kComplete:
       return OkStatus();  // a whole frame, not yet taken

@@ -73,7 +73,7 @@ class ComputeWatchdog {
   const std::atomic<uint64_t>& epoch_;
   const std::atomic<uint64_t>& steps_completed_;
   std::atomic<bool> stop_{false};
-  std::atomic<int64_t> step_started_us_{0};   // 0: not in a step
+  std::atomic<int64_t> step_started_us_{0};  // 0: not in a step
   std::atomic<int64_t> last_progress_us_{0};
   std::atomic<int64_t> step_rows_{1};
   std::atomic<uint64_t> micro_batch_{0};

@@ -58,11 +58,11 @@
 namespace xcpipe::worker {
 
 struct WorkerOptions {
-  std::string coordinator;        // "tcp://host:port"
-  control::CurveConfig curve;     // CURVE client keys + the coordinator's public key; empty: plain TCP
-  std::string worker_id;          // stable name; also the control socket identity
+  std::string coordinator;              // "tcp://host:port"
+  control::CurveConfig curve;           // CURVE client keys + the coordinator's public key; empty: plain TCP
+  std::string worker_id;                // stable name; also the control socket identity
   std::string data_host = "127.0.0.1";  // where the previous stage reaches this worker's data plane
-  uint16_t data_port = 0;         // 0 = any free port (announced in hello)
+  uint16_t data_port = 0;               // 0 = any free port (announced in hello)
   // "host:port" announced in hello instead of the bound address (a proxy or NAT in between); empty:
   // the bound address.
   std::string data_advertise;
@@ -83,7 +83,7 @@ struct WorkerOptions {
   Clock* clock = &SteadyClock::Instance();
   // Test hooks (fault injection), off by default.
   std::chrono::milliseconds step_delay{0};  // sleep (on `clock`) before each forward step
-  uint64_t hang_at_step = 0;  // 1-based: hang forever inside that step's compute (0: never)
+  uint64_t hang_at_step = 0;                // 1-based: hang forever inside that step's compute (0: never)
   double slowdown_factor = 1.0;  // > 1: every decoder layer takes this many times its compute (a slower device)
 };
 

@@ -134,7 +134,7 @@ class TcpFrameReader {
   StageHeader header_;
   std::shared_ptr<HostBuffer> block_;
   std::vector<size_t> offsets_;
-  size_t tensor_ = 0;       // the tensor whose bytes come next
+  size_t tensor_ = 0;        // the tensor whose bytes come next
   uint64_t tensor_got_ = 0;  // of its bytes, received
   uint32_t crc_ = 0;         // of those bytes
   uint64_t frame_got_ = 0;

@@ -18,6 +18,7 @@ include_guard(GLOBAL)
 set(XCPIPE_FUZZ_TARGETS
   "xcpipe_envelope_fuzz|schemas/fuzz/corpus|"
   "xcpipe_transport_frame_fuzz|worker/transport/fuzz/corpus|"
+  "xcpipe_transport_frame_reader_fuzz|worker/transport/fuzz/reader_corpus|"
   "xcpipe_cluster_toml_fuzz|coordinator/planner/fuzz/corpus|"
   "xcpipe_image_decode_fuzz|common/image/fuzz/corpus|"
   "xcpipe_tokenizer_prompt_fuzz|common/tokenizer/fuzz/corpus|"

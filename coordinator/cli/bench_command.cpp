@@ -25,13 +25,14 @@
 #include <vector>
 
 #include "commands.h"
+#include "signalled_cluster.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
-#include "xcpipe/image/synthetic.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/image/synthetic.h"
 
 namespace xcpipe::cli {
 namespace {
@@ -163,7 +164,7 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
   lo.coordinator.rebalance = o.rebalance;
   const auto timeout = std::chrono::seconds(o.timeout_s);
 
-  auto started = coordinator::LocalCluster::Start(lo);
+  auto started = StartLocalCluster(lo);
   if (!started.ok()) return started.status().WithContext("strategy " + strategy + ": starting the cluster");
   auto cluster = std::move(started).value();
   const std::string address = cluster->address();

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "commands.h"
+#include "signalled_cluster.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/npy.h"
@@ -22,8 +23,8 @@
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/image/decode.h"
-#include "xcpipe/image/preprocess.h"
 #include "xcpipe/image/fixture_checks.h"
+#include "xcpipe/image/preprocess.h"
 #include "xcpipe/tokenizer/fixture_checks.h"
 
 namespace xcpipe::cli {
@@ -92,7 +93,7 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
     o.dtype = settings.dtype;
     o.generic = settings.generic;
     o.coordinator.edge.max_prompt_tokens = 1 << 16;
-    auto cluster = coordinator::LocalCluster::Start(o);
+    auto cluster = StartLocalCluster(o);
     if (!cluster.ok()) {
       tally.Print(false, prefix, cluster.status().ToString());
       continue;

@@ -4,8 +4,10 @@
 #include <string>
 
 #include "commands.h"
+#include "signalled_cluster.h"
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
+#include "xcpipe/base/stop_signals.h"
 
 int main(int argc, char** argv) {
   using namespace xcpipe;
@@ -37,5 +39,8 @@ int main(int argc, char** argv) {
   // Logs go to stderr; stdout carries results ("ready <address>", JSON, tables).
   (void)InitLogging({"xcpipe", "info"});
   if (!action) return kExitUsage;
+  // SIGINT/SIGTERM drain the local cluster a command runs (serve-local, run, check-fixtures
+  // --workers, bench); other commands end on them as by default (signalled_cluster.h).
+  StopSignals signals(cli::OnStopSignal);
   return action();
 }

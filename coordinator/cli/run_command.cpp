@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "compute_flags.h"
 #include "generation_flags.h"
+#include "signalled_cluster.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/local_cluster.h"
 
@@ -35,7 +36,7 @@ void AddRunCommand(CLI::App& app, Action& action) {
         std::fprintf(stderr, "xcpipe run: %s\n", request.status().message().c_str());
         return kExitInvalidInput;
       }
-      auto cluster = coordinator::LocalCluster::Start(*o);
+      auto cluster = StartLocalCluster(*o);
       if (!cluster.ok()) {
         std::fprintf(stderr, "xcpipe run: %s\n", cluster.status().ToString().c_str());
         return ExitCodeFor(cluster.status());

@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "compute_flags.h"
+#include "signalled_cluster.h"
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/coordinator/serving_flags.h"
@@ -84,7 +85,7 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
                      "--server-key %s/coordinator.pub\n",
                      o->keys_dir.c_str(), o->keys_dir.c_str(), o->keys_dir.c_str());
       }
-      auto cluster = coordinator::LocalCluster::Start(*o);
+      auto cluster = StartLocalCluster(*o);
       if (!cluster.ok()) {
         std::fprintf(stderr, "xcpipe serve-local: %s\n", cluster.status().ToString().c_str());
         return ExitCodeFor(cluster.status());
@@ -116,7 +117,8 @@ void AddServeLocalCommand(CLI::App& app, Action& action) {
         std::printf("http http://%s/v1\n", gateway->address().c_str());
       }
       std::fflush(stdout);
-      // The coordinator thread stops on SIGINT/SIGTERM (its handler) or on a fatal error.
+      // The coordinator thread stops when SIGINT/SIGTERM drain it (main's handlers) or on a fatal
+      // error.
       while (!(*cluster)->coordinator_exited()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       gateway.reset();  // before the coordinator it is a client of
       return (*cluster)->Stop();

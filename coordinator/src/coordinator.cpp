@@ -1,12 +1,6 @@
 #include "coordinator_impl.h"
 
 namespace xcpipe::coordinator {
-namespace {
-
-std::atomic<bool> g_signal_stop{false};
-void OnSignal(int) { g_signal_stop.store(true); }
-
-}  // namespace
 
 void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope::Reader& env) {
   auto w = workers.find(peer);
@@ -133,6 +127,8 @@ Coordinator::~Coordinator() = default;
 
 void Coordinator::RequestStop() { impl_->stop.store(true); }
 
+void Coordinator::RequestDrain() { impl_->drain_requested.store(true); }
+
 std::string Coordinator::metrics_address() const {
   return impl_->metrics_http ? impl_->metrics_http->address() : std::string();
 }
@@ -188,8 +184,6 @@ StatusOr<std::string> Coordinator::Bind() {
 
 int Coordinator::Run() {
   Impl& s = *impl_;
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGINT, OnSignal);
   auto bound = Bind();
   if (!bound.ok()) {
     spdlog::error("{}", bound.status().ToString());
@@ -199,10 +193,10 @@ int Coordinator::Run() {
   spdlog::info("coordinator listening on {} for {} worker(s); model {} ({})", s.bound, s.opt.expect_workers,
                s.opt.model_dir.string(), checkpoint::ArchName(s.edge->spec().arch));
   while (!s.stop.load()) {
-    if (g_signal_stop.load() && !s.draining) {
+    if (s.drain_requested.load() && !s.draining) {
       s.draining = true;
       s.drain_deadline = Clock::now() + s.opt.drain_timeout;
-      spdlog::info("signal received: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
+      spdlog::info("drain requested: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
                    std::chrono::duration_cast<std::chrono::seconds>(s.opt.drain_timeout).count());
       if (s.opt.on_drain) s.opt.on_drain();
     }

@@ -22,7 +22,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <csignal>
 #include <deque>
 #include <map>
 #include <numeric>
@@ -202,6 +201,7 @@ using namespace detail;  // the parts' files are all inside this namespace
 struct Coordinator::Impl {
   CoordinatorOptions opt;
   std::atomic<bool> stop{false};
+  std::atomic<bool> drain_requested{false};  // RequestDrain()
   zmq::context_t context;
   std::unique_ptr<control::ControlSocket> socket;
   std::unique_ptr<RequestPreparer> edge;
@@ -297,7 +297,8 @@ struct Coordinator::Impl {
   void PublishMetrics();
   MetricsSnapshot Snapshot() const;
   int exit_code = kExitOk;
-  // Graceful stop (a signal): refuse new requests, let admitted ones finish until the deadline.
+  // Graceful stop (RequestDrain; SIGTERM/SIGINT in the binaries): refuse new requests, let
+  // admitted ones finish until the deadline.
   bool draining = false;
   Clock::time_point drain_deadline;
 

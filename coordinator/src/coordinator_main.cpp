@@ -10,6 +10,7 @@
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/service_notify.h"
+#include "xcpipe/base/stop_signals.h"
 #include "xcpipe/control/socket.h"
 #include "xcpipe/coordinator/coordinator.h"
 #include "xcpipe/coordinator/serving_flags.h"
@@ -150,5 +151,10 @@ int main(int argc, char** argv) {
     service::NotifyStatus("draining: finishing admitted requests");
   };
   coordinator::Coordinator c(std::move(options));
+  // SIGTERM/SIGINT: the graceful drain (--drain-timeout), then exit 0.
+  StopSignals signals([&c](int signal) {
+    spdlog::info("{} received", StopSignalName(signal));
+    c.RequestDrain();
+  });
   return c.Run();
 }

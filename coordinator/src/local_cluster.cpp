@@ -162,6 +162,10 @@ Status LocalCluster::AddWorker(const std::vector<std::string>& extra_args) {
   return OkStatus();
 }
 
+void LocalCluster::RequestDrain() {
+  if (coordinator_) coordinator_->RequestDrain();
+}
+
 int LocalCluster::Stop() {
   if (stopped_) return exit_code_->load();
   stopped_ = true;

@@ -8,19 +8,15 @@
 #include "xcpipe/schemas/wire.h"
 
 namespace xcpipe::worker {
-namespace {
 
-int64_t NowMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+int64_t ComputeWatchdog::NowMicros() const {
+  return std::chrono::duration_cast<std::chrono::microseconds>(clock_.now().time_since_epoch()).count();
 }
-
-}  // namespace
 
 ComputeWatchdog::ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string routing_id,
                                  control::CurveConfig curve, const std::atomic<uint64_t>& epoch,
-                                 const std::atomic<uint64_t>& steps_completed)
-    : context_(context), epoch_(epoch), steps_completed_(steps_completed) {
+                                 const std::atomic<uint64_t>& steps_completed, Clock& clock)
+    : context_(context), clock_(clock), epoch_(epoch), steps_completed_(steps_completed) {
   thread_ = std::thread([this, c = std::move(coordinator), id = std::move(routing_id), k = std::move(curve)]() mutable {
     Loop(std::move(c), std::move(id), std::move(k));
   });
@@ -62,8 +58,8 @@ std::chrono::microseconds ComputeWatchdog::CurrentWindow() const {
 }
 
 void ComputeWatchdog::Loop(std::string coordinator, std::string routing_id, control::CurveConfig curve) {
-  auto socket = control::ControlSocket::ConnectDealer(context_, coordinator,
-                                                      routing_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
+  auto socket = control::ControlSocket::ConnectDealer(
+      context_, coordinator, routing_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
   if (!socket.ok()) {
     spdlog::warn("compute watchdog: cannot connect to {}: {}", coordinator, socket.status().ToString());
     return;

@@ -13,6 +13,7 @@
 #include "xcpipe/base/cli.h"
 #include "xcpipe/base/log.h"
 #include "xcpipe/base/service_notify.h"
+#include "xcpipe/base/stop_signals.h"
 #include "xcpipe/model/device_check.h"
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/worker/device_probe.h"
@@ -85,8 +86,8 @@ int main(int argc, char** argv) {
 
   // check-fixtures: the model half of `xcpipe check-fixtures` (the CLI runs the tokenizer and
   // image checks itself: the tokenizer cannot share a process with libtorch).
-  CLI::App* check = app.add_subcommand(
-      "check-fixtures", "run the model checks of a fixtures folder; one JSON object per line on stdout");
+  CLI::App* check = app.add_subcommand("check-fixtures",
+                                       "run the model checks of a fixtures folder; one JSON object per line on stdout");
   std::string fixtures_dir;
   std::string only_folder;
   bool no_bf16 = false;
@@ -107,8 +108,9 @@ int main(int argc, char** argv) {
     sub->add_option("--device", check_device, "device under test: cpu or cuda:K")->capture_default_str();
     sub->add_option("--dtype", check_dtype, "f32, bf16 or f16")->capture_default_str();
   }
-  compare->footer("Exit 0 when they agree (f32: identical greedy tokens, logits within 1e-3; 16-bit: the device's\n"
-                  "argmax within the CPU's top 5 at every prompt position), 6 when they do not.");
+  compare->footer(
+      "Exit 0 when they agree (f32: identical greedy tokens, logits within 1e-3; 16-bit: the device's\n"
+      "argmax within the CPU's top 5 at every prompt position), 6 when they do not.");
   bench->add_option("--new-tokens", bench_tokens, "tokens decoded per run")->capture_default_str();
   bench->add_option("--runs", bench_runs, "timed runs (the median is reported)")->capture_default_str();
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
@@ -171,8 +173,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xcpipe-worker: %s\n", st.ToString().c_str());
     return kExitUsage;
   }
-  auto choice = worker::ChooseDevice(device, require_gpu,
-                                     model::LibtorchHasCuda() ? model::LibtorchCudaDevices() : -1);
+  auto choice = worker::ChooseDevice(device, require_gpu, model::LibtorchHasCuda() ? model::LibtorchCudaDevices() : -1);
   if (!choice.ok()) {
     spdlog::error("{}", choice.status().ToString());
     // --probe answers on stdout either way: launchers read why a device cannot be used.
@@ -183,8 +184,10 @@ int main(int argc, char** argv) {
     // The planner's speed for this worker: measured, not assumed (the copy rate came with the
     // device probe).
     auto tflops = model::MeasureMatmulTflops(choice->device);
-    if (tflops.ok()) choice->matmul_tflops = *tflops;
-    else spdlog::warn("{}", tflops.status().ToString());
+    if (tflops.ok())
+      choice->matmul_tflops = *tflops;
+    else
+      spdlog::warn("{}", tflops.status().ToString());
   }
   spdlog::info("device {} ({}): {}{}", choice->device, choice->device_name, choice->reason,
                choice->device == "cpu" ? ""
@@ -192,8 +195,10 @@ int main(int argc, char** argv) {
                                                      static_cast<double>(choice->memory_bandwidth_bytes_per_s) / 1e9,
                                                      choice->matmul_tflops));
   if (probe) {
-    nlohmann::json out = {{"device", choice->device},           {"device_name", choice->device_name},
-                          {"total_bytes", choice->total_bytes}, {"free_bytes", choice->free_bytes},
+    nlohmann::json out = {{"device", choice->device},
+                          {"device_name", choice->device_name},
+                          {"total_bytes", choice->total_bytes},
+                          {"free_bytes", choice->free_bytes},
                           {"built_with_cuda", worker::BuiltWithCuda()},
                           {"libtorch_cuda", model::LibtorchHasCuda()},
                           {"libtorch_cuda_devices", model::LibtorchCudaDevices()},
@@ -235,5 +240,10 @@ int main(int argc, char** argv) {
     if (state == "draining") service::NotifyStopping();
   };
   worker::WorkerActor actor(std::move(options));
+  // SIGTERM/SIGINT drain: the stage finishes what it holds and the process exits 0.
+  StopSignals signals([&actor](int signal) {
+    spdlog::info("{} received", StopSignalName(signal));
+    actor.RequestStop();
+  });
   return actor.Run();
 }

@@ -62,7 +62,6 @@ constexpr size_t kDirectReadThreshold = kReadAheadBytes;  // larger header remai
 constexpr size_t kDirectReadChunk = size_t{512} << 10;    // checksummed while still in L2
 constexpr size_t kMaxGatherBuffers = 64;                  // Asio's per-call buffer limit on Linux
 constexpr int kListenBacklog = 16;
-constexpr size_t kPayloadAlignment = 64;
 
 enum class WaitResult { kReady, kTimeout, kWoken, kError };
 
@@ -91,14 +90,6 @@ std::string Millis(Clock::duration d) {
 }
 
 bool WouldBlock(const error_code& ec) { return ec == asio::error::would_block || ec == asio::error::try_again; }
-
-std::string Hex32(uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof(buf), "0x%08x", v);
-  return buf;
-}
-
-size_t AlignUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 // Best effort: a socket without these options still works, only slower.
 void TuneSocket(tcp::socket& socket, int buffer_bytes) {
@@ -445,11 +436,14 @@ Status TcpSenderLink::SendLocked(const StageMessage& message, Deadline deadline,
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-enum class Phase : uint8_t { kPreamble, kHeader, kPayload, kComplete };
 enum class Progress : uint8_t { kWouldBlock, kComplete, kPeerClosedBetweenFrames };
+using Phase = TcpFrameReader::Phase;
 }  // namespace
 
 struct TcpReceiverLink::Impl {
+  Impl(const TcpLinkOptions& options, HostBufferPool& pool)
+      : reader(FrameReaderOptions{options.limits, PayloadMode::kInBand, options.require_checksum}, pool) {}
+
   asio::io_context io;
   tcp::acceptor acceptor{io};
   std::optional<tcp::socket> conn;
@@ -461,61 +455,25 @@ struct TcpReceiverLink::Impl {
   std::vector<std::byte> stage = std::vector<std::byte>(kReadAheadBytes);
   size_t stage_begin = 0, stage_end = 0;
 
-  // Progress of the frame being read.
-  Phase phase = Phase::kPreamble;
-  std::array<std::byte, kPreambleBytes> preamble_bytes{};
-  size_t preamble_got = 0;
-  FramePreamble preamble;
-  std::vector<uint64_t> header_words;  // word-aligned for Cap'n Proto
-  size_t header_got = 0;
-  StageHeader header;
-  std::shared_ptr<HostBuffer> block;
-  std::vector<size_t> offsets;
+  // The frame being read: its parser, and the scatter list of a read straight into place.
+  TcpFrameReader reader;
   std::vector<asio::mutable_buffer> scatter;
-  size_t tensor = 0;
-  uint64_t tensor_got = 0;
-  uint32_t crc = 0;
-  uint64_t frame_got = 0;
 
-  uint64_t frame_total() const { return kPreambleBytes + preamble.header_bytes + preamble.payload_bytes; }
-  bool mid_frame() const { return frame_got > 0 || stage_end > stage_begin; }
-
-  void ResetFrame() {
-    phase = Phase::kPreamble;
-    preamble_got = 0;
-    header_got = 0;
-    header = StageHeader{};
-    block.reset();
-    offsets.clear();
-    tensor = 0;
-    tensor_got = 0;
-    crc = 0;
-    frame_got = 0;
-  }
+  bool mid_frame() const { return reader.frame_got() > 0 || stage_end > stage_begin; }
 
   void DropConnection() {
     error_code ignored;
     if (conn) conn->close(ignored);
     conn.reset();
     stage_begin = stage_end = 0;
-    ResetFrame();
-  }
-
-  size_t TakeFromStage(std::byte* dest, size_t want) {
-    size_t n = std::min(want, stage_end - stage_begin);
-    if (n > 0) {
-      std::memcpy(dest, stage.data() + stage_begin, n);
-      stage_begin += n;
-      if (stage_begin == stage_end) stage_begin = stage_end = 0;
-    }
-    return n;
+    reader.Reset();
   }
 };
 
 TcpReceiverLink::TcpReceiverLink(TcpLinkOptions options)
     : options_(std::move(options)),
       pool_(std::make_unique<HostBufferPool>(options_.receive_pool_max_cached_bytes)),
-      impl_(std::make_unique<Impl>()),
+      impl_(std::make_unique<Impl>(options_, *pool_)),
       wake_(std::make_unique<WakeSignal>()) {}
 
 TcpReceiverLink::~TcpReceiverLink() { Close(); }
@@ -570,7 +528,7 @@ void TcpReceiverLink::Close() {
 
 Status TcpReceiverLink::ReserveReceiveBuffers(size_t bytes, size_t count) {
   // Each tensor is placed at a 64-byte boundary: leave room for a few of them.
-  return pool_->Reserve(bytes + 16 * kPayloadAlignment, count);
+  return pool_->Reserve(bytes + 16 * TcpFrameReader::kPayloadAlignment, count);
 }
 
 StatusOr<ReceivedFrame> TcpReceiverLink::Receive(Deadline deadline, PayloadMode expect) {
@@ -591,6 +549,7 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
   const std::string where = "data-plane listener " + local_.ToString();
   auto cancelled = [&] { return CancelledError(where + " is closed"); };
   if (closed_) return cancelled();
+  impl.reader.set_expect(expect);
 
   auto accept = [&](std::optional<tcp::socket>& into) -> Status {
     tcp::socket socket(impl.io);
@@ -624,10 +583,11 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
     if (WouldBlock(ec)) return false;
     if (ec == asio::error::eof) {
       if (!impl.mid_frame()) return UnavailableError("");  // clean close between frames
-      return UnavailableError("the previous stage " + impl.peer + " closed the connection mid-frame after " +
-                              std::to_string(impl.frame_got) + " of " +
-                              (impl.phase == Phase::kPreamble ? std::string("?") : std::to_string(impl.frame_total())) +
-                              " bytes; partial frame dropped");
+      return UnavailableError(
+          "the previous stage " + impl.peer + " closed the connection mid-frame after " +
+          std::to_string(impl.reader.frame_got()) + " of " +
+          (impl.reader.phase() == Phase::kPreamble ? std::string("?") : std::to_string(impl.reader.frame_total())) +
+          " bytes; partial frame dropped");
     }
     return UnavailableError("reading from the previous stage " + impl.peer + ": " + ec.message());
   };
@@ -639,9 +599,18 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
     return status.WithContext("refused a frame from the previous stage " + impl.peer + " (connection dropped)");
   };
 
+  // A Status from the frame reader: a check the bytes failed is a refusal; anything else (no
+  // memory for the payload) is reported as it is.
+  auto reader_error = [&](const Status& status) {
+    if (status.code() == StatusCode::kInvalidArgument) return refuse(status);
+    return status.WithContext("receiving from the previous stage " + impl.peer);
+  };
+
   // Reads what is available and advances the frame; returns progress or a Status to report.
   auto advance = [&]() -> StatusOr<Progress> {
+    TcpFrameReader& reader = impl.reader;
     for (;;) {
+      if (reader.frame_ready()) return Progress::kComplete;
       // Refill the staging buffer when it is empty and the next piece is small.
       auto fill = [&]() -> StatusOr<bool> {
         size_t got = 0;
@@ -649,152 +618,51 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
         if (any) impl.stage_end = got;
         return any;
       };
-      switch (impl.phase) {
+      // Bytes the read-ahead already holds go first (at most one staging buffer's worth).
+      if (impl.stage_end > impl.stage_begin) {
+        auto used = reader.Feed({impl.stage.data() + impl.stage_begin, impl.stage_end - impl.stage_begin});
+        if (reader.phase() != Phase::kPreamble) state_ = State::kMidFrame;
+        if (!used.ok()) return reader_error(used.status());
+        impl.stage_begin += *used;
+        if (impl.stage_begin == impl.stage_end) impl.stage_begin = impl.stage_end = 0;
+        continue;
+      }
+      switch (reader.phase()) {
         case Phase::kPreamble: {
-          size_t n =
-              impl.TakeFromStage(impl.preamble_bytes.data() + impl.preamble_got, kPreambleBytes - impl.preamble_got);
-          impl.preamble_got += n;
-          impl.frame_got += n;
-          if (impl.preamble_got < kPreambleBytes) {
-            auto any = fill();
-            if (!any.ok()) {
-              if (any.status().message().empty()) return Progress::kPeerClosedBetweenFrames;
-              return any.status();
-            }
-            if (!*any) return Progress::kWouldBlock;
-            continue;
+          auto any = fill();
+          if (!any.ok()) {
+            if (any.status().message().empty()) return Progress::kPeerClosedBetweenFrames;
+            return any.status();
           }
-          state_ = State::kMidFrame;
-          auto preamble =
-              DecodePreamble(std::span<const std::byte, kPreambleBytes>(impl.preamble_bytes), options_.limits);
-          if (!preamble.ok()) return refuse(preamble.status());
-          impl.preamble = *preamble;
-          const bool out_of_band = impl.preamble.payload_out_of_band();
-          if (out_of_band && expect == PayloadMode::kInBand) {
-            return refuse(
-                InvalidArgumentError("the frame's tensor bytes travel out of band (NCCL); this link expects "
-                                     "them in band after the header (TCP data plane)"));
-          }
-          if (!out_of_band && expect == PayloadMode::kOutOfBand) {
-            return refuse(
-                InvalidArgumentError("the frame carries its tensor bytes in band; this link expects them out "
-                                     "of band (NCCL data plane)"));
-          }
-          impl.header_words.resize(impl.preamble.header_bytes / 8);
-          impl.header_got = 0;
-          impl.phase = Phase::kHeader;
-          break;
+          if (!*any) return Progress::kWouldBlock;
+          continue;
         }
         case Phase::kHeader: {
-          auto* dest = reinterpret_cast<std::byte*>(impl.header_words.data());
-          const size_t header_bytes = impl.preamble.header_bytes;
-          size_t n = impl.TakeFromStage(dest + impl.header_got, header_bytes - impl.header_got);
-          if (n == 0 && impl.header_got < header_bytes) {
-            size_t need = header_bytes - impl.header_got;
-            if (need >= kDirectReadThreshold) {
-              XCPIPE_ASSIGN_OR_RETURN(bool any, read_some(dest + impl.header_got, need, n));
-              if (!any) return Progress::kWouldBlock;
-            } else {
-              XCPIPE_ASSIGN_OR_RETURN(bool any, fill());
-              if (!any) return Progress::kWouldBlock;
-              continue;
-            }
+          if (reader.header_remaining() < kDirectReadThreshold) {
+            XCPIPE_ASSIGN_OR_RETURN(bool any, fill());
+            if (!any) return Progress::kWouldBlock;
+            continue;
           }
-          impl.header_got += n;
-          impl.frame_got += n;
-          if (impl.header_got < header_bytes) continue;
-          std::span<const std::byte> header_span(dest, header_bytes);
-          uint32_t crc = Crc32c(header_span);
-          if (crc != impl.preamble.header_crc32c) {
-            return refuse(InvalidArgumentError("header checksum " + Hex32(crc) + " does not match the preamble's " +
-                                               Hex32(impl.preamble.header_crc32c)));
-          }
-          auto header = DecodeStageHeader(header_span, options_.limits);
-          if (!header.ok()) return refuse(header.status());
-          impl.header = std::move(*header);
-          if (!impl.preamble.payload_out_of_band()) {
-            if (impl.header.payload_bytes != impl.preamble.payload_bytes) {
-              return refuse(InvalidArgumentError(
-                  "the preamble announces " + std::to_string(impl.preamble.payload_bytes) +
-                  " payload bytes but the tensor descriptors add up to " + std::to_string(impl.header.payload_bytes)));
-            }
-            if (impl.header.checksum_kind == ChecksumKind::kNone && options_.require_checksum &&
-                !impl.header.tensors.empty()) {
-              return refuse(
-                  InvalidArgumentError("the frame carries no checksum; this link requires CRC-32C on every "
-                                       "tensor (enable checksums on the sending side)"));
-            }
-          }
-          if (impl.preamble.payload_out_of_band() || impl.header.tensors.empty()) {
-            impl.phase = Phase::kComplete;
-            return Progress::kComplete;
-          }
-          // Lay the tensors out at 64-byte boundaries in one pooled block.
-          size_t capacity = 0;
-          impl.offsets.clear();
-          for (const auto& d : impl.header.tensors) {
-            impl.offsets.push_back(capacity);
-            capacity = AlignUp(capacity + d.byte_length, kPayloadAlignment);
-          }
-          if (impl.header.payload_bytes > 0) {
-            auto block = pool_->Acquire(capacity);
-            if (!block.ok()) return block.status().WithContext("receiving from the previous stage " + impl.peer);
-            impl.block = std::move(*block);
-          }
-          impl.tensor = 0;
-          impl.tensor_got = 0;
-          impl.crc = 0;
-          impl.phase = Phase::kPayload;
-          break;
+          // A large header: read in place.
+          const std::span<std::byte> dest = reader.Targets().front();
+          size_t n = 0;
+          XCPIPE_ASSIGN_OR_RETURN(bool any, read_some(dest.data(), dest.size(), n));
+          if (!any) return Progress::kWouldBlock;
+          if (Status st = reader.Commit(n); !st.ok()) return reader_error(st);
+          continue;
         }
         case Phase::kPayload: {
-          const auto& tensors = impl.header.tensors;
-          const bool crc = impl.header.checksum_kind == ChecksumKind::kCrc32c;
-          // Finish every tensor whose bytes are all here (zero-length ones at once).
-          while (impl.tensor < tensors.size() && impl.tensor_got == tensors[impl.tensor].byte_length) {
-            const auto& d = tensors[impl.tensor];
-            if (crc && impl.crc != d.checksum) {
-              return refuse(InvalidArgumentError(
-                  "checksum mismatch on tensor '" + d.name + "' (" + std::to_string(d.byte_length) +
-                  " bytes): the header says " + Hex32(d.checksum) + ", the bytes received hash to " + Hex32(impl.crc)));
-            }
-            ++impl.tensor;
-            impl.tensor_got = 0;
-            impl.crc = 0;
-          }
-          if (impl.tensor == tensors.size()) {
-            impl.phase = Phase::kComplete;
-            return Progress::kComplete;
-          }
-          auto dest_of = [&](size_t t, uint64_t at) { return impl.block->data() + impl.offsets[t] + at; };
-          // Bytes the read-ahead already holds go first (at most one staging buffer's worth).
-          if (impl.stage_end > impl.stage_begin) {
-            const uint64_t need = tensors[impl.tensor].byte_length - impl.tensor_got;
-            std::byte* dest = dest_of(impl.tensor, impl.tensor_got);
-            size_t n = impl.TakeFromStage(dest, static_cast<size_t>(std::min<uint64_t>(need, kReadAheadBytes)));
-            if (crc) impl.crc = Crc32cExtend(impl.crc, {dest, n});
-            impl.tensor_got += n;
-            impl.frame_got += n;
-            break;
-          }
-          // Then one scatter read straight into place: the rest of this tensor and the next ones,
-          // at most kDirectReadChunk bytes so they are checksummed while still in cache.
+          // One scatter read straight into place: the rest of this tensor and the next ones, at
+          // most kDirectReadChunk bytes so they are checksummed while still in cache.
           impl.scatter.clear();
           size_t planned = 0;
-          for (size_t t = impl.tensor;
-               t < tensors.size() && impl.scatter.size() < kMaxGatherBuffers && planned < kDirectReadChunk; ++t) {
-            const uint64_t from = t == impl.tensor ? impl.tensor_got : 0;
-            const uint64_t left = tensors[t].byte_length - from;
-            if (left == 0) continue;
-            const size_t take = static_cast<size_t>(std::min<uint64_t>(left, kDirectReadChunk - planned));
-            impl.scatter.emplace_back(dest_of(t, from), take);
-            planned += take;
+          for (std::span<std::byte> target : reader.Targets(kDirectReadChunk, kMaxGatherBuffers)) {
+            impl.scatter.emplace_back(target.data(), target.size());
+            planned += target.size();
           }
           // When this read can finish the frame, let it also bring the start of the next one
           // (preamble and header) into the empty read-ahead buffer: one read per hand-off.
-          uint64_t remaining = tensors[impl.tensor].byte_length - impl.tensor_got;
-          for (size_t t = impl.tensor + 1; t < tensors.size(); ++t) remaining += tensors[t].byte_length;
-          const bool read_ahead = planned == remaining;
+          const bool read_ahead = planned == reader.payload_remaining();
           if (read_ahead) impl.scatter.emplace_back(impl.stage.data(), impl.stage.size());
           size_t n = 0;
           XCPIPE_ASSIGN_OR_RETURN(bool any, read_into(impl.scatter, n));
@@ -804,32 +672,13 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
             impl.stage_end = n - planned;
             n = planned;
           }
-          impl.frame_got += n;
-          // Hand the bytes to the tensors they landed in, checksumming each piece.
-          for (size_t t = impl.tensor; n > 0; ++t) {
-            const uint64_t from = t == impl.tensor ? impl.tensor_got : 0;
-            const size_t k = static_cast<size_t>(std::min<uint64_t>(tensors[t].byte_length - from, n));
-            if (t != impl.tensor) {
-              // The previous tensor is complete: verify it before moving on.
-              const auto& done = tensors[impl.tensor];
-              if (crc && impl.crc != done.checksum) {
-                return refuse(InvalidArgumentError("checksum mismatch on tensor '" + done.name + "' (" +
-                                                   std::to_string(done.byte_length) + " bytes): the header says " +
-                                                   Hex32(done.checksum) + ", the bytes received hash to " +
-                                                   Hex32(impl.crc)));
-              }
-              impl.tensor = t;
-              impl.tensor_got = 0;
-              impl.crc = 0;
-            }
-            if (crc && k > 0) impl.crc = Crc32cExtend(impl.crc, {dest_of(t, from), k});
-            impl.tensor_got += k;
-            n -= k;
-          }
-          break;
+          if (Status st = reader.Commit(n); !st.ok()) return reader_error(st);
+          continue;
         }
         case Phase::kComplete:
           return Progress::kComplete;
+        case Phase::kFailed:  // not reached: a failure drops the connection, which resets the reader
+          return InternalError(where + ": the frame reader failed earlier");
       }
     }
   };
@@ -871,32 +720,11 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
       continue;
     }
     if (*progress == Progress::kComplete) {
-      ReceivedFrame out;
-      out.payload_out_of_band = impl.preamble.payload_out_of_band();
-      StageMessage& m = out.message;
-      m.epoch = impl.header.epoch;
-      m.micro_batch_id = impl.header.micro_batch_id;
-      m.step = impl.header.step;
-      m.segments = impl.header.segments;
-      if (!out.payload_out_of_band) {
-        m.tensors.reserve(impl.header.tensors.size());
-        std::shared_ptr<const void> owner = impl.block;
-        for (size_t i = 0; i < impl.header.tensors.size(); ++i) {
-          const auto& d = impl.header.tensors[i];
-          StatusOr<TensorFrame> frame =
-              owner ? TensorFrame::Share(d.name, d.dtype, d.shape,
-                                         {impl.block->data() + impl.offsets[i], static_cast<size_t>(d.byte_length)},
-                                         owner)
-                    : TensorFrame::Own(d.name, d.dtype, d.shape, {});
-          if (!frame.ok()) {  // cannot happen: the header was validated
-            drop();
-            return InternalError(where + ": " + frame.status().message());
-          }
-          m.tensors.push_back(std::move(*frame));
-        }
+      auto out = impl.reader.TakeFrame();
+      if (!out.ok()) {  // cannot happen: the header was validated
+        drop();
+        return InternalError(where + ": " + out.status().message());
       }
-      out.header = std::move(impl.header);
-      impl.ResetFrame();
       state_ = State::kConnected;
       counters_.messages.fetch_add(1, std::memory_order_relaxed);
       return out;
@@ -915,7 +743,7 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
     if (w == WaitResult::kError) return InternalError(where + ": ppoll: " + std::strerror(errno));
     if (w == WaitResult::kTimeout) {
       if (impl.mid_frame()) {
-        return DeadlineExceededError(where + ": deadline passed " + std::to_string(impl.frame_got) +
+        return DeadlineExceededError(where + ": deadline passed " + std::to_string(impl.reader.frame_got()) +
                                      " bytes into a frame from " + impl.peer + "; the next Receive resumes it");
       }
       return DeadlineExceededError(where + ": no message from the previous stage " + impl.peer +
@@ -933,7 +761,7 @@ StatusOr<ReceivedFrame> TcpReceiverLink::ReceiveLocked(Deadline deadline, Payloa
         impl.candidate.reset();
       } else if (n > 0) {
         const bool was_mid_frame = impl.mid_frame();
-        const uint64_t got = impl.frame_got;
+        const uint64_t got = impl.reader.frame_got();
         const std::string old_peer = impl.peer;
         drop();
         impl.conn = std::move(impl.candidate);

@@ -25,8 +25,10 @@
 // expected workers did not register in time (the log names who is missing), 3 when no plan
 // fits them (or --data-plane nccl cannot be used on them, the log says why), the load error's
 // code (4 for a bad checkpoint) when the first load fails.
-// RequestStop() (any thread) stops at once; SIGTERM/SIGINT drain first: new requests are
-// refused as unavailable, admitted ones finish (bounded by drain_timeout), then it stops.
+// RequestStop() (any thread) stops at once; RequestDrain() drains first: new requests are
+// refused as unavailable, admitted ones finish (bounded by drain_timeout), then it stops. This
+// class installs no signal handlers: the binaries' main() (xcpipe-coordinator, the xcpipe CLI's
+// local clusters) turn SIGTERM/SIGINT into RequestDrain().
 #pragma once
 
 #include <atomic>
@@ -101,8 +103,9 @@ struct CoordinatorOptions {
   // Worker ids expected to register (optional): the count to wait for is the larger of this
   // list's size and expect_workers; on a wait timeout the message names who is missing.
   std::vector<std::string> expect_worker_ids;
-  // SIGTERM/SIGINT: stop admitting, let admitted requests finish for at most this long, then
-  // tell the workers to shut down and return 0 (RequestStop() stops at once).
+  // RequestDrain() (SIGTERM/SIGINT in the binaries): stop admitting, let admitted requests finish
+  // for at most this long, then tell the workers to shut down and return 0 (RequestStop() stops
+  // at once).
   std::chrono::milliseconds drain_timeout{kDefaultDrainTimeout};
   EdgeLimits edge;
   // "HOST:PORT" of the HTTP monitoring endpoint (/metrics, /healthz, /readyz; see
@@ -112,7 +115,7 @@ struct CoordinatorOptions {
   std::function<void(const std::string&)> on_ready;
   // Called from the actor's loop at least every 50 ms while it runs (service watchdog).
   std::function<void()> on_tick;
-  // Called once when a signal starts the graceful drain.
+  // Called once when RequestDrain() starts the graceful drain.
   std::function<void()> on_drain;
 };
 
@@ -131,6 +134,9 @@ class Coordinator {
   int Run();
   // Thread-safe: makes Run() tell the workers to shut down and return.
   void RequestStop();
+  // Thread-safe and async-signal-safe (one lock-free atomic store): makes Run() drain (see
+  // CoordinatorOptions::drain_timeout), then tell the workers to shut down and return 0.
+  void RequestDrain();
 
  private:
   struct Impl;

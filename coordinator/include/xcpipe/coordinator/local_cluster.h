@@ -62,6 +62,9 @@ class LocalCluster {
   Status AddWorker(const std::vector<std::string>& extra_args = {});
   // Stops everything now; returns the coordinator's exit code.
   int Stop();
+  // Asks the coordinator to drain (Coordinator::RequestDrain): it finishes admitted requests,
+  // tells the workers to shut down and exits 0 (coordinator_exited() turns true). Thread-safe.
+  void RequestDrain();
   // True once the coordinator thread has returned (it stops on its own after a fatal error).
   bool coordinator_exited() const { return exited_->load(); }
 

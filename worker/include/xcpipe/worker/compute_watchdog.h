@@ -31,6 +31,7 @@
 
 #include <zmq.hpp>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/control/curve.h"
 
 namespace xcpipe::worker {
@@ -44,9 +45,12 @@ struct ComputeWatchdogTimings {
 class ComputeWatchdog {
  public:
   // Connects its own DEALER to `coordinator` from its thread, as `routing_id` (the worker's own
-  // control identity) + the suffix. `epoch` is read for the messages.
+  // control identity) + the suffix. `epoch` is read for the messages. Progress and stalls are
+  // timed on `clock` (which outlives the watchdog); the thread wakes every heartbeat interval
+  // of real time to look.
   ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string routing_id, control::CurveConfig curve,
-                  const std::atomic<uint64_t>& epoch, const std::atomic<uint64_t>& steps_completed);
+                  const std::atomic<uint64_t>& epoch, const std::atomic<uint64_t>& steps_completed,
+                  Clock& clock = SteadyClock::Instance());
   ~ComputeWatchdog();
   ComputeWatchdog(const ComputeWatchdog&) = delete;
   ComputeWatchdog& operator=(const ComputeWatchdog&) = delete;
@@ -62,11 +66,14 @@ class ComputeWatchdog {
  private:
   void Loop(std::string coordinator, std::string routing_id, control::CurveConfig curve);
 
+  int64_t NowMicros() const;
+
   zmq::context_t& context_;
+  Clock& clock_;
   const std::atomic<uint64_t>& epoch_;
   const std::atomic<uint64_t>& steps_completed_;
   std::atomic<bool> stop_{false};
-  std::atomic<int64_t> step_started_us_{0};   // 0: not in a step
+  std::atomic<int64_t> step_started_us_{0};  // 0: not in a step
   std::atomic<int64_t> last_progress_us_{0};
   std::atomic<int64_t> step_rows_{1};
   std::atomic<uint64_t> micro_batch_{0};

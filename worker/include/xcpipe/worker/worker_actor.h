@@ -37,6 +37,10 @@
 // goes silent past the heartbeat timeout the worker keeps its weights and says hello again
 // until it is welcomed back.
 //
+// Stopping: RequestStop() (from any thread, or a signal handler) drains as the `drain` message
+// does: the actor finishes what it holds and Run() returns 0. This class installs no signal
+// handlers; xcpipe-worker's main() turns SIGTERM/SIGINT into RequestStop().
+//
 // Not copyable or movable. Run() returns the process exit code.
 #pragma once
 
@@ -47,6 +51,7 @@
 #include <string>
 #include <string_view>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/control/curve.h"
 #include "xcpipe/model/compute.h"
 #include "xcpipe/worker/device_probe.h"
@@ -54,11 +59,11 @@
 namespace xcpipe::worker {
 
 struct WorkerOptions {
-  std::string coordinator;        // "tcp://host:port"
-  control::CurveConfig curve;     // CURVE client keys + the coordinator's public key; empty: plain TCP
-  std::string worker_id;          // stable name; also the control socket identity
+  std::string coordinator;              // "tcp://host:port"
+  control::CurveConfig curve;           // CURVE client keys + the coordinator's public key; empty: plain TCP
+  std::string worker_id;                // stable name; also the control socket identity
   std::string data_host = "127.0.0.1";  // where the previous stage reaches this worker's data plane
-  uint16_t data_port = 0;         // 0 = any free port (announced in hello)
+  uint16_t data_port = 0;               // 0 = any free port (announced in hello)
   // "host:port" announced in hello instead of the bound address (a proxy or NAT in between); empty:
   // the bound address.
   std::string data_advertise;
@@ -73,9 +78,13 @@ struct WorkerOptions {
   // Called on the actor thread at least every 100 ms while it runs, and between tensors while a
   // stage loads (service watchdog). Must be cheap.
   std::function<void()> on_tick;
+  // Where the actor, its step execution, its links and its compute watchdog read the time and
+  // wait (heartbeats, deadlines, step timings, the test hooks' sleeps); never null, outlives the
+  // actor. Socket waits run in real time whatever the clock.
+  Clock* clock = &SteadyClock::Instance();
   // Test hooks (fault injection), off by default.
-  std::chrono::milliseconds step_delay{0};  // sleep before each forward step
-  uint64_t hang_at_step = 0;  // 1-based: hang forever inside that step's compute (0: never)
+  std::chrono::milliseconds step_delay{0};  // sleep (on `clock`) before each forward step
+  uint64_t hang_at_step = 0;                // 1-based: hang forever inside that step's compute (0: never)
   double slowdown_factor = 1.0;  // > 1: every decoder layer takes this many times its compute (a slower device)
 };
 
@@ -88,6 +97,9 @@ class WorkerActor {
 
   // Runs until shutdown, drain completion or a fatal error; returns the exit code.
   int Run();
+  // Asks Run() to drain and return 0 (it notices within one poll interval, at most 100 ms).
+  // Thread-safe and async-signal-safe (one lock-free atomic store); may come before Run().
+  void RequestStop();
 
  private:
   struct Impl;

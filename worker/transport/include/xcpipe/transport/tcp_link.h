@@ -1,6 +1,7 @@
 // The two ends of one TCP data-plane link (Boost.Asio sockets): TcpSenderLink connects to the
 // next stage and writes frames; TcpReceiverLink listens for the previous stage and reads them.
-// TcpDataPlane pairs them; NcclDataPlane uses them for its headers. Frame layout: frame.h.
+// TcpDataPlane pairs them; NcclDataPlane uses them for its headers. Frame layout: frame.h; the
+// receiver parses what it reads with a TcpFrameReader (tcp_frame_reader.h).
 //
 // I/O model: synchronous, non-blocking sockets with deadlines, on the caller's thread; no I/O
 // thread. Each call does non-blocking reads/writes and waits in ppoll() for readiness, the
@@ -62,6 +63,7 @@
 #include "xcpipe/transport/data_plane.h"
 #include "xcpipe/transport/frame.h"
 #include "xcpipe/transport/stage_message.h"
+#include "xcpipe/transport/tcp_frame_reader.h"
 
 namespace xcpipe::transport {
 
@@ -90,12 +92,6 @@ struct TcpLinkOptions {
   size_t receive_pool_max_cached_bytes = size_t{1} << 30;
   // A listener refuses 0.0.0.0 / :: unless this is set: bind where the plan says.
   bool allow_wildcard_listen = false;
-};
-
-// How a frame's tensor bytes travel.
-enum class PayloadMode : uint8_t {
-  kInBand = 0,     // after the header on this connection (TCP data plane)
-  kOutOfBand = 1,  // elsewhere (NCCL); the frame carries the header only
 };
 
 // Counters of one link; updated with relaxed atomics, read any time.
@@ -147,15 +143,6 @@ class TcpSenderLink {
   LinkCounters counters_;
 };
 
-// What a receiver hands back: the validated header, and for in-band frames the message with
-// its tensors in pooled host memory. Out-of-band frames leave message.tensors empty: the
-// caller fetches the bytes the descriptors describe (NCCL).
-struct ReceivedFrame {
-  StageHeader header;
-  bool payload_out_of_band = false;
-  StageMessage message;
-};
-
 class TcpReceiverLink {
  public:
   enum class State : uint8_t { kListening, kConnected, kMidFrame, kClosed };
@@ -170,8 +157,8 @@ class TcpReceiverLink {
   // Where the listener is bound (the actual port when 0 was asked for).
   const TcpEndpoint& local_endpoint() const { return local_; }
 
-  // Reads the next frame. `expect` is the payload mode this link serves; a frame of the
-  // other mode is refused.
+  // Reads the next frame (ReceivedFrame: tcp_frame_reader.h). `expect` is the payload mode this
+  // link serves; a frame of the other mode is refused.
   StatusOr<ReceivedFrame> Receive(Deadline deadline, PayloadMode expect = PayloadMode::kInBand);
 
   // Pre-faults `count` receive buffers of `bytes` (the largest message the plan allows), so

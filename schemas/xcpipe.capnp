@@ -17,7 +17,9 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("xcpipe::proto");
 
-const kProtocolVersion :UInt32 = 1;
+# 2: Error names what it concerns in fields of their own (requestId for a client's request,
+#    sequenceId, microBatchId); version 1 carried all three in requestId.
+const kProtocolVersion :UInt32 = 2;
 
 # Canonical error codes; the numbers equal xcpipe::StatusCode (common/base/status.h).
 enum ErrorCode {
@@ -134,8 +136,10 @@ struct ResourceSample {
 struct Error {
   code @0 :ErrorCode;
   message @1 :Text;       # human text naming what was wrong and what was expected
-  requestId @2 :UInt64;   # the request it concerns, 0 when none
+  requestId @2 :UInt64;   # coordinator -> client: the client's request id it concerns, 0 when none
   stalledMs @3 :UInt32;   # a worker's compute watchdog: how long its step made no progress
+  sequenceId @4 :UInt64;  # worker -> coordinator: the sequence it concerns (its admission), 0 when none
+  microBatchId @5 :UInt64;  # worker -> coordinator: the micro-batch whose step failed, 0 when none
 }
 
 # ---------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ struct Coordinator::Impl {
   }
   void SendError(const std::string& peer, const Status& st, uint64_t request_id) {
     capnp::MallocMessageBuilder m;
-    wire::SetError(m.initRoot<proto::Envelope>(), st, request_id);
+    wire::SetError(m.initRoot<proto::Envelope>(), st).setRequestId(request_id);
     Send(m, peer);
   }
 

@@ -124,10 +124,29 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
     Recover("stage " + std::to_string(w->second.stage) + " could not start: " + st.message());
     return;
   }
+  // A sequence a stage could not admit: a stage that is not in the state the plan says
+  // (aborted, unavailable, not assigned) is a fault, re-planned and replayed; a refusal of the
+  // sequence itself (its KV room, its sampling settings) fails its request with the reason.
+  if (const uint64_t sequence_id = e.getSequenceId(); sequence_id != 0) {
+    auto sit = sequences.find(sequence_id);
+    if (sit == sequences.end() || state != ClusterState::kServing) return;  // finished, or re-planning already
+    if (st.code() == StatusCode::kAborted || st.code() == StatusCode::kUnavailable ||
+        st.code() == StatusCode::kDeadlineExceeded || st.code() == StatusCode::kFailedPrecondition) {
+      Recover("a stage could not admit sequence " + std::to_string(sequence_id) + " on worker " + who + ": " +
+              st.message());
+      return;
+    }
+    if (sit->second.is_prefix) {
+      DropSharedPrefix("its admission failed on worker " + who + ": " + st.message());
+      return;
+    }
+    FailRequest(sit->second.request, st.WithContext("worker " + who));
+    return;
+  }
   // A step that broke in the pipeline (a neighbour unreachable, a hand-off cut short) is a
   // fault, not the requests' fault: re-plan and replay them. Other errors fail the requests of
   // the micro-batch with the stated reason.
-  auto mb = in_flight.find(e.getRequestId());
+  auto mb = in_flight.find(e.getMicroBatchId());
   if (mb != in_flight.end() && state == ClusterState::kServing &&
       (st.code() == StatusCode::kAborted || st.code() == StatusCode::kUnavailable ||
        st.code() == StatusCode::kDeadlineExceeded)) {

@@ -90,11 +90,11 @@ StatusCode FromWire(proto::ErrorCode code) {
   return static_cast<StatusCode>(value);
 }
 
-void SetError(proto::Envelope::Builder envelope, const Status& status, uint64_t request_id) {
+proto::Error::Builder SetError(proto::Envelope::Builder envelope, const Status& status) {
   auto error = envelope.initError();
   error.setCode(ToWire(status.code()));
   error.setMessage(status.message());
-  error.setRequestId(request_id);
+  return error;
 }
 
 }  // namespace xcpipe::wire

@@ -125,7 +125,7 @@ std::vector<Seed> ValidSeeds() {
   }
   {
     capnp::MallocMessageBuilder b;
-    SetError(b.initRoot<proto::Envelope>(), ResourceExhaustedError("no KV room on stage 2"), 99);
+    SetError(b.initRoot<proto::Envelope>(), ResourceExhaustedError("no KV room on stage 2")).setSequenceId(99);
     seeds.emplace_back("valid_error", EncodeBuilder(b));
   }
   {

@@ -102,21 +102,24 @@ TEST(WireRoundTrip, Heartbeat) {
 
 TEST(WireRoundTrip, ErrorFromStatus) {
   capnp::MallocMessageBuilder builder;
-  SetError(builder.initRoot<proto::Envelope>(), ResourceExhaustedError("no KV room on stage 2"), 99);
+  SetError(builder.initRoot<proto::Envelope>(), ResourceExhaustedError("no KV room on stage 2")).setSequenceId(99);
   auto decoded = RoundTrip(builder);
   ASSERT_NE(decoded, nullptr);
   ASSERT_EQ(decoded->envelope().which(), proto::Envelope::ERROR);
   auto e = decoded->envelope().getError();
   EXPECT_EQ(FromWire(e.getCode()), StatusCode::kResourceExhausted);
   EXPECT_EQ(std::string(e.getMessage().cStr()), "no KV room on stage 2");
-  EXPECT_EQ(e.getRequestId(), 99u);
+  // Each kind of id has its own field: a sequence's error is about no micro-batch or request.
+  EXPECT_EQ(e.getSequenceId(), 99u);
+  EXPECT_EQ(e.getMicroBatchId(), 0u);
+  EXPECT_EQ(e.getRequestId(), 0u);
   EXPECT_EQ(e.getStalledMs(), 0u);
 }
 
 TEST(WireRoundTrip, WatchdogErrorCarriesTheStall) {
   capnp::MallocMessageBuilder builder;
   auto env = builder.initRoot<proto::Envelope>();
-  SetError(env, DeadlineExceededError("compute stuck"), 30);
+  SetError(env, DeadlineExceededError("compute stuck")).setMicroBatchId(30);
   env.getError().setStalledMs(1048);
   auto decoded = RoundTrip(builder);
   ASSERT_NE(decoded, nullptr);

@@ -86,7 +86,7 @@ void ComputeWatchdog::Loop(std::string coordinator, std::string routing_id, cont
                               " ms in micro-batch " + std::to_string(micro_batch_.load()) + " (window " +
                               std::to_string(CurrentWindow().count() / 1000) + " ms)";
       spdlog::error("{}", why);
-      wire::SetError(env, DeadlineExceededError(why), micro_batch_.load());
+      wire::SetError(env, DeadlineExceededError(why)).setMicroBatchId(micro_batch_.load());
       env.getError().setStalledMs(static_cast<uint32_t>(stalled_us / 1000));
     }
     if (Status st = (*socket)->Send(m, {}, std::chrono::milliseconds(0)); !st.ok()) {

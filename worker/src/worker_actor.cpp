@@ -143,9 +143,16 @@ struct WorkerActor::Impl {
   void SendEnvelope(capnp::MallocMessageBuilder& m) {
     if (auto st = control->Send(m); !st.ok()) spdlog::warn("control send failed: {}", st.ToString());
   }
-  void SendError(const Status& status, uint64_t request_id) {
+  // An error about a step (micro_batch), or about nothing in particular (0).
+  void SendError(const Status& status, uint64_t micro_batch) {
     capnp::MallocMessageBuilder m;
-    wire::SetError(m.initRoot<proto::Envelope>(), status, request_id);
+    wire::SetError(m.initRoot<proto::Envelope>(), status).setMicroBatchId(micro_batch);
+    SendEnvelope(m);
+  }
+  // An error about one sequence's admission.
+  void SendSequenceError(const Status& status, uint64_t sequence) {
+    capnp::MallocMessageBuilder m;
+    wire::SetError(m.initRoot<proto::Envelope>(), status).setSequenceId(sequence);
     SendEnvelope(m);
   }
   void SendHello();
@@ -459,7 +466,7 @@ void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
   admission.generated_tokens = a.getGeneratedTokens();
   admission.prefill_rows = a.getPrefillRows();
   for (int64_t t : a.getPenaltyContext()) admission.penalty_context.push_back(t);
-  if (Status st = executor.Admit(admission); !st.ok()) return SendError(st, admission.sequence_id);
+  if (Status st = executor.Admit(admission); !st.ok()) return SendSequenceError(st, admission.sequence_id);
   RetryDeferred();
 }
 

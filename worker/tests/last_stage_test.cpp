@@ -134,5 +134,29 @@ TEST_F(LastStageTest, MinNewTokensMasksTheStopIdsAndPiecesSampleNothing) {
             << " then " << *second_piece << "\n";
 }
 
+TEST_F(LastStageTest, ARefusedAdmissionNamesItsSequenceAndNoMicroBatch) {
+  // More tokens than the stage's whole KV budget: refused, and the error says which sequence
+  // (not in the field of a micro-batch, which the coordinator would fail instead).
+  capnp::MallocMessageBuilder m;
+  auto a = m.initRoot<proto::Envelope>().initAdmitSequence();
+  a.setEpoch(1);
+  a.setSequenceId(77);
+  a.setMaxTokens(1u << 30);
+  a.initSampling();
+  ASSERT_TRUE(coordinator_.Send(m));
+  auto in = coordinator_.Await(proto::Envelope::ERROR, 20s);
+  ASSERT_TRUE(in.has_value()) << "no error for an admission larger than the KV budget";
+  auto e = in->message->envelope().getError();
+  EXPECT_EQ(e.getCode(), proto::ErrorCode::RESOURCE_EXHAUSTED) << e.getMessage().cStr();
+  EXPECT_EQ(e.getSequenceId(), 77u);
+  EXPECT_EQ(e.getMicroBatchId(), 0u);
+  EXPECT_EQ(e.getRequestId(), 0u);
+  // The stage still serves: a sequence that fits steps as before.
+  Admit(78, {});
+  const auto token = Step(78, 0, kPrompt.size());
+  ASSERT_TRUE(token.has_value());
+  EXPECT_GE(*token, 0);
+}
+
 }  // namespace
 }  // namespace xcpipe::worker

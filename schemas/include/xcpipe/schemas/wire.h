@@ -63,7 +63,8 @@ StatusOr<std::unique_ptr<DecodedEnvelope>> Decode(std::span<const std::byte> byt
 proto::ErrorCode ToWire(StatusCode code);
 StatusCode FromWire(proto::ErrorCode code);
 
-// Fills an error envelope from a Status.
-void SetError(proto::Envelope::Builder envelope, const Status& status, uint64_t request_id = 0);
+// Fills an error envelope from a Status; the caller sets the id field of what it concerns
+// (requestId, sequenceId or microBatchId) on the returned builder.
+proto::Error::Builder SetError(proto::Envelope::Builder envelope, const Status& status);
 
 }  // namespace xcpipe::wire

@@ -136,7 +136,7 @@ void Coordinator::Impl::Admit() {
       prefix.rows_saved += prefix.head.size();
     }
     seq.state = SeqState::kReady;
-    seq.admitted_at = Clock::now();
+    seq.admitted_at = Now();
     ++active;
   }
 }
@@ -236,7 +236,7 @@ void Coordinator::Impl::Schedule() {
                                      images[i]->pixels.size() * sizeof(float)));
     }
     in_flight[mb] = member_rows;
-    const auto sent = Clock::now();
+    const auto sent = Now();
     step_deadlines[mb] = {sent, sent + kStepDeadline};
     Send(m, stages[0].peer);
   }
@@ -258,7 +258,7 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
   std::map<uint64_t, int64_t> rows_of(mb->second.begin(), mb->second.end());
   if (auto sent = step_deadlines.find(mb->first); sent != step_deadlines.end()) {
-    live.step_round_trip_seconds.Observe(std::chrono::duration<double>(Clock::now() - sent->second.sent).count());
+    live.step_round_trip_seconds.Observe(std::chrono::duration<double>(Now() - sent->second.sent).count());
     uint64_t micros = 0;
     for (uint32_t m : r.getStageMicros()) micros += m;
     live.step_compute_seconds += static_cast<double>(micros) * 1e-6;
@@ -267,7 +267,7 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   in_flight.erase(mb);
   if (recovering) {
     recovering = false;
-    last_recover_ms = std::chrono::duration<double, std::milli>(Clock::now() - fault_detected_at).count();
+    last_recover_ms = std::chrono::duration<double, std::milli>(Now() - fault_detected_at).count();
     spdlog::info("recovered: first step of epoch {} completed {:.0f} ms after the fault was detected", epoch,
                  last_recover_ms);
   }
@@ -310,7 +310,7 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
 
 void Coordinator::Impl::CheckStepDeadlines() {
   if (state != ClusterState::kServing || step_deadlines.empty()) return;
-  const auto now = Clock::now();
+  const auto now = Now();
   for (const auto& [mb, times] : step_deadlines) {
     if (now < times.deadline) continue;
     ++faults;

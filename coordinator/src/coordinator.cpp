@@ -10,7 +10,7 @@ void OnSignal(int) { g_signal_stop.store(true); }
 
 void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope::Reader& env) {
   auto w = workers.find(peer);
-  if (w != workers.end()) w->second.last_seen = Clock::now();
+  if (w != workers.end()) w->second.last_seen = Now();
   if (w == workers.end()) {
     // A worker's compute watchdog: its heartbeats keep the worker alive through a long step,
     // its error says the step is stuck (the worker cannot say so itself).
@@ -19,7 +19,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       auto owner = workers.find(peer.substr(0, peer.size() - suffix.size()));
       if (owner == workers.end() || owner->second.state == WorkerState::kLost) return;
       if (env.which() == proto::Envelope::HEARTBEAT) {
-        owner->second.last_seen = Clock::now();
+        owner->second.last_seen = Now();
         ExtendStepDeadline(env.getHeartbeat().getMicroBatch());
       } else if (env.which() == proto::Envelope::ERROR) {
         WorkerInfo& stuck = owner->second;
@@ -27,7 +27,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         stuck.state = WorkerState::kLost;
         workers_changed = true;
         // detect_ms: from the step's last progress to this report.
-        stuck.last_seen = Clock::now() - std::chrono::milliseconds(env.getError().getStalledMs());
+        stuck.last_seen = Now() - std::chrono::milliseconds(env.getError().getStalledMs());
         if (stuck.stage >= 0) OnStageLost(stuck, env.getError().getMessage().cStr());
       }
       return;
@@ -50,7 +50,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         w->second.load_done = env.getLoadProgress().getBytesDone();
         w->second.load_total = env.getLoadProgress().getBytesTotal();
         if (w->second.stage >= 0 && static_cast<size_t>(w->second.stage) < stages.size()) {
-          stages[w->second.stage].last_load_news = Clock::now();
+          stages[w->second.stage].last_load_news = Now();
         }
         spdlog::info("stage {} loading: {} / {} MiB", w->second.stage, w->second.load_done >> 20,
                      w->second.load_total >> 20);
@@ -127,7 +127,42 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
   SendError(peer, InvalidArgumentError("unknown message type"), 0);
 }
 
-Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }
+void Coordinator::Impl::Poll(std::chrono::milliseconds wait) {
+  auto in = transport->Receive(wait);
+  while (true) {
+    if (!in.ok()) {
+      spdlog::warn("{}", in.status().ToString());
+    } else if (in->has_value()) {
+      try {
+        Dispatch((*in)->peer, (*in)->message->envelope());
+      } catch (const std::exception& e) {
+        SendError((*in)->peer, InternalError(std::string("coordinator: ") + e.what()), 0);
+      }
+    } else {
+      break;
+    }
+    in = transport->Receive(0ms);
+  }
+  MaybePlan();
+  Admit();
+  Schedule();
+  Heartbeats();
+  CheckStepDeadlines();
+  CheckRequestDeadlines();
+  CheckRebalance();
+  ResendLostAssignments();
+  PublishMetrics();
+}
+
+void Coordinator::Poll(std::chrono::milliseconds wait) { impl_->Poll(wait); }
+
+Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->opt = std::move(options);
+  const auto now = impl_->Now();
+  impl_->started = now;
+  impl_->next_heartbeat = now;
+  impl_->next_request_deadline_check = now;
+}
 
 Coordinator::~Coordinator() = default;
 
@@ -139,7 +174,7 @@ std::string Coordinator::metrics_address() const {
 
 StatusOr<std::string> Coordinator::Bind() {
   Impl& s = *impl_;
-  if (s.socket) return s.bound;
+  if (s.transport) return s.bound;
   std::filesystem::path tok = s.opt.tokenizer;
   if (tok.empty()) {
     auto found = FindTokenizer(s.opt.model_dir);
@@ -171,10 +206,15 @@ StatusOr<std::string> Coordinator::Bind() {
     if (!http.ok()) return http.status().WithContext("--metrics-listen");
     s.metrics_http = std::move(http).value();
   }
-  auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen, s.opt.allow_wildcard_bind, s.opt.curve);
-  if (!socket.ok()) return socket.status();
-  s.socket = std::move(socket).value();
-  s.bound = s.socket->last_endpoint();
+  if (s.opt.transport) {
+    s.transport = s.opt.transport;
+  } else {
+    auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen, s.opt.allow_wildcard_bind, s.opt.curve);
+    if (!socket.ok()) return socket.status();
+    s.own_transport = std::make_unique<control::ZmqRouterTransport>(std::move(socket).value());
+    s.transport = s.own_transport.get();
+  }
+  s.bound = s.transport->address();
   if (s.opt.curve.enabled()) {
     spdlog::info("control: CURVE on {}: coordinator key {}..., {} allowed public key(s)", s.bound,
                  control::KeyFingerprint(s.opt.curve.public_key), s.opt.curve.allowed_keys.size());
@@ -195,53 +235,30 @@ int Coordinator::Run() {
     spdlog::error("{}", bound.status().ToString());
     return ExitCodeFor(bound.status());
   }
-  s.started = Clock::now();
+  s.started = s.Now();
   spdlog::info("coordinator listening on {} for {} worker(s); model {} ({})", s.bound, s.opt.expect_workers,
                s.opt.model_dir.string(), checkpoint::ArchName(s.edge->spec().arch));
   while (!s.stop.load()) {
     if (g_signal_stop.load() && !s.draining) {
       s.draining = true;
-      s.drain_deadline = Clock::now() + s.opt.drain_timeout;
+      s.drain_deadline = s.Now() + s.opt.drain_timeout;
       spdlog::info("signal received: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
                    std::chrono::duration_cast<std::chrono::seconds>(s.opt.drain_timeout).count());
       if (s.opt.on_drain) s.opt.on_drain();
     }
-    if (s.draining && (s.requests.empty() || Clock::now() > s.drain_deadline)) {
+    if (s.draining && (s.requests.empty() || s.Now() > s.drain_deadline)) {
       if (!s.requests.empty()) spdlog::warn("drain: stopping with {} request(s) unfinished", s.requests.size());
       break;
     }
     if (s.opt.on_tick) s.opt.on_tick();
-    auto in = s.socket->Receive(s.in_flight.empty() ? 50ms : 5ms);
-    while (true) {
-      if (!in.ok()) {
-        spdlog::warn("{}", in.status().ToString());
-      } else if (in->has_value()) {
-        try {
-          s.Dispatch((*in)->peer, (*in)->message->envelope());
-        } catch (const std::exception& e) {
-          s.SendError((*in)->peer, InternalError(std::string("coordinator: ") + e.what()), 0);
-        }
-      } else {
-        break;
-      }
-      in = s.socket->Receive(0ms);
-    }
-    s.MaybePlan();
-    s.Admit();
-    s.Schedule();
-    s.Heartbeats();
-    s.CheckStepDeadlines();
-    s.CheckRequestDeadlines();
-    s.CheckRebalance();
-    s.ResendLostAssignments();
-    s.PublishMetrics();
+    s.Poll(s.in_flight.empty() ? 50ms : 5ms);
   }
   spdlog::info("coordinator stopping: telling {} worker(s) to shut down", s.workers.size());
   for (auto& [peer, w] : s.workers) {
     if (w.state == WorkerState::kLost) continue;
     capnp::MallocMessageBuilder m;
     m.initRoot<proto::Envelope>().initShutdown().setReason("coordinator stopping");
-    (void)s.socket->Send(m, peer, 200ms);
+    (void)s.transport->Send(m, peer, 200ms);
   }
   return s.exit_code;
 }

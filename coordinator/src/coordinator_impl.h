@@ -31,6 +31,7 @@
 
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/control/socket.h"
+#include "xcpipe/control/transport.h"
 #ifdef XCPIPE_HAVE_CUDA
 #include "xcpipe/cuda/nccl.h"
 #endif
@@ -92,7 +93,7 @@ struct WorkerInfo {
   WorkerState state = WorkerState::kIdle;
   int stage = -1;
   bool weights_kept = false;  // its last stageReady reused loaded weights
-  Clock::time_point last_seen = Clock::now();
+  Clock::time_point last_seen{};  // set on hello (Impl::OnHello)
   uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;
   WorkerFigures figures;  // the latest heartbeat's resource sample (monitoring)
 };
@@ -161,7 +162,7 @@ struct Request {
   uint64_t client_id = 0;
   std::vector<uint64_t> sequences;
   size_t done = 0;
-  Clock::time_point received = Clock::now();
+  Clock::time_point received{};  // set on submit (Impl::OnSubmit)
   Clock::time_point deadline = Clock::time_point::max();
   std::vector<FinalEvent> finals;  // prompts finished so far
 };
@@ -203,7 +204,11 @@ struct Coordinator::Impl {
   CoordinatorOptions opt;
   std::atomic<bool> stop{false};
   zmq::context_t context;
-  std::unique_ptr<control::ControlSocket> socket;
+  // The control plane: opt.transport when given, else the ZeroMQ ROUTER made in Bind (owned here).
+  std::unique_ptr<control::ControlTransport> own_transport;
+  control::ControlTransport* transport = nullptr;
+  // Every time the coordinator reads is opt.clock's (a SimulatedClock in the simulator).
+  Clock::time_point Now() const { return opt.clock->now(); }
   std::unique_ptr<RequestPreparer> edge;
   std::string bound;
 
@@ -216,8 +221,8 @@ struct Coordinator::Impl {
   // Which data plane a plan on these stage workers (in stage order) uses, with fresh NCCL ids;
   // FailedPrecondition, naming the worker or the reason, when "nccl" was asked for and cannot be had.
   StatusOr<DataPlaneChoice> ChooseDataPlane(const std::vector<const WorkerInfo*>& stage_workers) const;
-  Clock::time_point started = Clock::now();
-  Clock::time_point next_heartbeat = Clock::now();
+  Clock::time_point started{};         // set when the options are (Coordinator's constructor)
+  Clock::time_point next_heartbeat{};
 
   uint64_t next_request = 1, next_sequence = 1, next_micro_batch = 1, step_counter = 0;
   std::map<uint64_t, Request> requests;
@@ -232,7 +237,7 @@ struct Coordinator::Impl {
   std::map<uint64_t, StepTimes> step_deadlines;  // by micro-batch
   void CheckStepDeadlines();
   void CheckRequestDeadlines();
-  Clock::time_point next_request_deadline_check = Clock::now();
+  Clock::time_point next_request_deadline_check{};
   // Dynamic load balancing (see CoordinatorOptions::rebalance).
   std::map<std::string, double> slowdown;  // worker peer -> its speed relative to the prediction (1 = as predicted)
   std::map<std::string, WorkerFigures> window_base;  // peer -> its figures when the window started
@@ -268,7 +273,7 @@ struct Coordinator::Impl {
   void ExtendStepDeadline(uint64_t micro_batch) {
     if (!step_deadlines.count(micro_batch)) return;  // idle (0), finished or of an older epoch
     for (auto it = step_deadlines.find(micro_batch); it != step_deadlines.end(); ++it) {
-      it->second.deadline = std::max(it->second.deadline, Clock::now() + kStepDeadline);
+      it->second.deadline = std::max(it->second.deadline, Now() + kStepDeadline);
     }
   }
   // Fault handling: a stage was lost; re-plan on the workers that are left (or that come back)
@@ -302,7 +307,7 @@ struct Coordinator::Impl {
   Clock::time_point drain_deadline;
 
   void Send(capnp::MallocMessageBuilder& m, const std::string& peer) {
-    if (Status st = socket->Send(m, peer); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
+    if (Status st = transport->Send(m, peer, 1000ms); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
   }
   void SendError(const std::string& peer, const Status& st, uint64_t request_id) {
     capnp::MallocMessageBuilder m;
@@ -311,6 +316,9 @@ struct Coordinator::Impl {
   }
 
   void Dispatch(const std::string& peer, const proto::Envelope::Reader& env);
+  // One turn of the loop: every message that has arrived (waiting up to `wait` for the first),
+  // then the periodic work once.
+  void Poll(std::chrono::milliseconds wait);
   void OnHello(const std::string& peer, proto::Hello::Reader h);
   bool ClaimWorkerId(const std::string& peer, const std::string& id, const std::string& host, uint32_t pid);
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);

@@ -53,7 +53,7 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
   info.data_address = caps.getDataAddress().cStr();
   info.data_planes.clear();
   for (auto plane : caps.getDataPlanes()) info.data_planes.emplace_back(plane.cStr());
-  info.last_seen = Clock::now();
+  info.last_seen = Now();
   if (!known) {
     info.state = WorkerState::kIdle;
     info.stage = -1;
@@ -77,9 +77,9 @@ bool Coordinator::Impl::ClaimWorkerId(const std::string& peer, const std::string
     if (other_peer == peer || other.id != id || other.state == WorkerState::kLost) continue;
     capnp::MallocMessageBuilder probe;
     probe.initRoot<proto::Envelope>().initHeartbeat().setEpoch(epoch);
-    const Status reach = socket->Send(probe, other_peer, 100ms);
+    const Status reach = transport->Send(probe, other_peer, 100ms);
     if (reach.ok()) {
-      const auto heard = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - other.last_seen);
+      const auto heard = std::chrono::duration_cast<std::chrono::milliseconds>(Now() - other.last_seen);
       spdlog::warn("refused a second worker '{}' (pid {} on {}): pid {} on {} holds that id", id, pid, host, other.pid,
                    other.host);
       SendError(peer,
@@ -147,7 +147,7 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
 }
 
 void Coordinator::Impl::Heartbeats() {
-  const auto now = Clock::now();
+  const auto now = Now();
   if (now < next_heartbeat) return;
   next_heartbeat = now + control::ControlTimings::kHeartbeatInterval;
   for (auto& [peer, w] : workers) {
@@ -170,7 +170,7 @@ void Coordinator::Impl::Heartbeats() {
 
 void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
   ++faults;
-  fault_detected_at = Clock::now();
+  fault_detected_at = Now();
   last_detect_ms = std::chrono::duration<double, std::milli>(fault_detected_at - lost.last_seen).count();
   spdlog::error("stage {} (worker {}) lost ({}): re-planning on the remaining workers and replaying", lost.stage,
                 lost.id, why);

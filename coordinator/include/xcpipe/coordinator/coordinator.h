@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/control/curve.h"
 #include "xcpipe/coordinator/edge.h"
 
@@ -46,6 +47,12 @@ namespace xcpipe::coordinator {
 // How long a signalled coordinator lets admitted requests finish before it stops anyway. The
 // systemd unit's TimeoutStopSec must be longer.
 inline constexpr std::chrono::seconds kDefaultDrainTimeout{30};
+
+}  // namespace xcpipe::coordinator
+namespace xcpipe::control {
+class ControlTransport;
+}  // namespace xcpipe::control
+namespace xcpipe::coordinator {
 
 struct CoordinatorOptions {
   std::filesystem::path model_dir;
@@ -114,6 +121,11 @@ struct CoordinatorOptions {
   std::function<void()> on_tick;
   // Called once when a signal starts the graceful drain.
   std::function<void()> on_drain;
+  // Where every time the coordinator reads comes from (tests: a SimulatedClock). Not owned.
+  xcpipe::Clock* clock = &SteadyClock::Instance();
+  // The control plane (tests: a simulated network; control/transport.h). Not owned; null: Bind
+  // binds a ZeroMQ ROUTER on `listen`.
+  control::ControlTransport* transport = nullptr;
 };
 
 class Coordinator {
@@ -129,6 +141,11 @@ class Coordinator {
   // "host:port" the metrics endpoint is bound to after Bind(); empty when none was asked for.
   std::string metrics_address() const;
   int Run();
+  // One turn of Run's loop without the signal handling and the drain (a test drives the
+  // coordinator this way on its own thread and clock): handles every message that has arrived,
+  // waiting up to `wait` for the first, then runs the periodic work once (planning, admission,
+  // scheduling, heartbeats, deadlines, rebalancing, assignment resends, metrics). Bind first.
+  void Poll(std::chrono::milliseconds wait);
   // Thread-safe: makes Run() tell the workers to shut down and return.
   void RequestStop();
 

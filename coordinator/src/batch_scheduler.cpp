@@ -243,6 +243,7 @@ void Coordinator::Impl::Schedule() {
 }
 
 void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
+  releases_to_repeat[seq.id] = kReleaseRepeats;
   for (auto& st : stages) {
     st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
     capnp::MallocMessageBuilder m;
@@ -250,6 +251,24 @@ void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
     r.setEpoch(epoch);
     r.initSequenceIds(1).set(0, seq.id);
     Send(m, st.peer);
+  }
+}
+
+void Coordinator::Impl::RepeatReleases() {
+  if (releases_to_repeat.empty()) return;
+  for (const auto& st : stages) {
+    auto w = workers.find(st.peer);
+    if (w == workers.end() || w->second.state == WorkerState::kLost) continue;
+    capnp::MallocMessageBuilder m;
+    auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
+    r.setEpoch(epoch);
+    auto ids = r.initSequenceIds(static_cast<unsigned>(releases_to_repeat.size()));
+    unsigned i = 0;
+    for (const auto& [id, left] : releases_to_repeat) ids.set(i++, id);
+    Send(m, st.peer);
+  }
+  for (auto it = releases_to_repeat.begin(); it != releases_to_repeat.end();) {
+    it = --it->second <= 0 ? releases_to_repeat.erase(it) : std::next(it);
   }
 }
 

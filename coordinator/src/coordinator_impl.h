@@ -167,6 +167,11 @@ struct Request {
   std::vector<FinalEvent> finals;  // prompts finished so far
 };
 
+// A releaseSequences is sent again with this many following heartbeats: one that is lost would
+// keep the sequence's KV room reserved on that stage until the next plan (a worker ignores ids
+// it does not hold, so a repeat is harmless).
+constexpr int kReleaseRepeats = 4;
+
 // Finished requests remembered per client for repeated submits (oldest forgotten first).
 constexpr size_t kFinishedRemembered = 4096;
 
@@ -339,6 +344,10 @@ struct Coordinator::Impl {
   void FinishSequence(Sequence& seq, const std::string& reason);
   // Frees the sequence's KV room in the accounting and on every stage.
   void ReleaseOnStages(const Sequence& seq);
+  // Sequences released under the current plan -> heartbeats left that repeat the release
+  // (kReleaseRepeats); a new plan clears it (its assignments free every stage's KV).
+  std::map<uint64_t, int> releases_to_repeat;
+  void RepeatReleases();
   void FailRequest(uint64_t request_id, const Status& reason);
   void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish,
                     kj::ArrayPtr<const kj::byte> logits = {});

@@ -351,6 +351,7 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   for (auto it = replay.rbegin(); it != replay.rend(); ++it) queue.push_front(*it);
   in_flight.clear();
   step_deadlines.clear();
+  releases_to_repeat.clear();
   stages.clear();
   for (auto& [peer, w] : workers) {
     if (w.state != WorkerState::kLost) {

@@ -166,6 +166,7 @@ void Coordinator::Impl::Heartbeats() {
     hb.setEpoch(epoch);
     Send(m, peer);
   }
+  RepeatReleases();
 }
 
 void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {

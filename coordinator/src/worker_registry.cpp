@@ -112,7 +112,12 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   auto w = workers.find(peer);
   const std::string who = w != workers.end() ? w->second.id : peer;
   spdlog::error("worker {}: {}", who, st.ToString());
-  if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading) {
+  // A load failure names no request (id 0). An error naming a micro-batch or a sequence while
+  // loading is about the previous plan's work (a forward of the old epoch refused, a step cut
+  // short by the new assignment): not a reason to re-plan again, which would only repeat while
+  // such stragglers arrive, each time counting a fault and a replay against every sequence.
+  if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading &&
+      e.getRequestId() == 0) {
     if (!planned_once_served) {
       spdlog::error("stage {} could not load; stopping", w->second.stage);
       exit_code = ExitCodeFor(st);  // a corrupt checkpoint exits 4: no restart loop under systemd

@@ -71,7 +71,7 @@ void Coordinator::Impl::Admit() {
       // and sequences that copy from it wait for its prefill to complete.
       if (prefix.holder != 0) break;
       Sequence holder;
-      holder.id = next_sequence++;
+      holder.id = next_id++;
       holder.is_prefix = true;
       holder.prompt.ids = prefix.head;
       holder.prompt.im_mask.assign(prefix.head.size(), 0);
@@ -185,7 +185,7 @@ void Coordinator::Impl::Schedule() {
     const int64_t rows = planned.rows;
     capnp::MallocMessageBuilder m;
     auto f = m.initRoot<proto::Envelope>().initForward();
-    const uint64_t mb = next_micro_batch++;
+    const uint64_t mb = next_id++;
     f.setEpoch(epoch);
     f.setMicroBatchId(mb);
     f.setStep(++step_counter);

@@ -229,7 +229,10 @@ struct Coordinator::Impl {
   Clock::time_point started{};         // set when the options are (Coordinator's constructor)
   Clock::time_point next_heartbeat{};
 
-  uint64_t next_request = 1, next_sequence = 1, next_micro_batch = 1, step_counter = 0;
+  // Sequence and micro-batch ids come from one counter (next_id): a worker's Error.requestId
+  // names a micro-batch (a step that failed) or a sequence (an admission it refused), and
+  // OnWorkerError must not take one for the other (failing the requests of an unrelated step).
+  uint64_t next_request = 1, next_id = 1, step_counter = 0;
   std::map<uint64_t, Request> requests;
   std::map<uint64_t, Sequence> sequences;
   SharedPrefix prefix;

@@ -66,7 +66,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   req.deadline = req.received + (asked.count() > 0 ? std::min(asked, opt.max_deadline) : opt.default_deadline);
   for (size_t i = 0; i < prepared->size(); ++i) {
     Sequence seq;
-    seq.id = next_sequence++;
+    seq.id = next_id++;
     seq.request = rid;
     seq.prompt_index = static_cast<uint32_t>(i);
     seq.prompt = std::move((*prepared)[i]);

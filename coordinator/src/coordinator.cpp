@@ -166,6 +166,11 @@ Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Im
 
 Coordinator::~Coordinator() = default;
 
+std::string Coordinator::worker_state(const std::string& peer) const {
+  auto it = impl_->workers.find(peer);
+  return it == impl_->workers.end() ? std::string() : WorkerStateName(it->second.state);
+}
+
 void Coordinator::RequestStop() { impl_->stop.store(true); }
 
 std::string Coordinator::metrics_address() const {

@@ -42,17 +42,15 @@
 #include "xcpipe/control/curve.h"
 #include "xcpipe/coordinator/edge.h"
 
+namespace xcpipe::control {
+class ControlTransport;  // control/transport.h
+}  // namespace xcpipe::control
+
 namespace xcpipe::coordinator {
 
 // How long a signalled coordinator lets admitted requests finish before it stops anyway. The
 // systemd unit's TimeoutStopSec must be longer.
 inline constexpr std::chrono::seconds kDefaultDrainTimeout{30};
-
-}  // namespace xcpipe::coordinator
-namespace xcpipe::control {
-class ControlTransport;
-}  // namespace xcpipe::control
-namespace xcpipe::coordinator {
 
 struct CoordinatorOptions {
   std::filesystem::path model_dir;
@@ -146,6 +144,10 @@ class Coordinator {
   // waiting up to `wait` for the first, then runs the periodic work once (planning, admission,
   // scheduling, heartbeats, deadlines, rebalancing, assignment resends, metrics). Bind first.
   void Poll(std::chrono::milliseconds wait);
+  // The coordinator's view of the worker process whose routing id is `peer`: "idle", "loading",
+  // "ready", "serving" or "lost"; empty when unknown. Tests (the simulator checks that nothing
+  // is sent to a worker declared lost); call it from the thread that runs Poll.
+  std::string worker_state(const std::string& peer) const;
   // Thread-safe: makes Run() tell the workers to shut down and return.
   void RequestStop();
 

@@ -21,6 +21,7 @@
 //               (completed, or failed with a stated reason), unless the client disconnected,
 //               and a failure's reason is one a fault explains (Unavailable, Aborted,
 //               DeadlineExceeded, ResourceExhausted, Cancelled);
+//   once        one coordinator runs a request as one sequence, however often it is submitted;
 //   tokens      tokens a client received never change (two events disagreeing about a
 //               position) and a done event's allTokens extends what was streamed;
 //   greedy      a completed request has the tokens of the fault-free run;
@@ -399,6 +400,7 @@ class Simulation {
     o.clock = &clock_;
     o.transport = transport_.get();
     coordinator_ = std::make_unique<coordinator::Coordinator>(o);
+    ++coordinator_incarnation_;
     auto bound = coordinator_->Bind();
     if (!bound.ok()) Violation("coordinator bind: " + bound.status().ToString());
     next_poll_ = Now();
@@ -634,6 +636,7 @@ class Simulation {
         Violation("kv: sequence " + std::to_string(seg.sequence) + " on " + w.id + " holds " +
                   std::to_string(cached.size()) + " tokens, more than its admitted room");
       }
+      if (w.stage == 0 && seg.start == 0) CheckRunsOnce(seg.sequence, cached);
       ids.push_back(seg.sequence);
       tokens.push_back(NextToken(cached, facts_));
     }
@@ -660,6 +663,25 @@ class Simulation {
       });
     }
     TryCompute(w);
+  }
+
+  // Exactly once: one coordinator runs one request (client, request id) as one sequence, however
+  // often its client repeats the submit (a replay keeps the sequence id).
+  void CheckRunsOnce(uint64_t sequence, const std::vector<int64_t>& prefill) {
+    for (const auto& c : clients_) {
+      for (const auto& r : c.requests) {
+        if (prefill.size() < r.prompt.size() || !std::equal(r.prompt.begin(), r.prompt.end(), prefill.begin()))
+          continue;
+        auto& seen = runs_[{coordinator_incarnation_, c.peer + "#" + std::to_string(r.id)}];
+        seen.insert(sequence);
+        if (seen.size() == 2) {
+          Violation("outcome: client " + c.peer + " request " + std::to_string(r.id) +
+                    " runs twice in one coordinator (sequences " + std::to_string(*seen.begin()) + " and " +
+                    std::to_string(*seen.rbegin()) + ")");
+        }
+        return;
+      }
+    }
   }
 
   void TickWorker(Worker& w) {
@@ -1004,6 +1026,8 @@ class Simulation {
   std::unique_ptr<SimTransport> transport_;
   std::unique_ptr<coordinator::Coordinator> coordinator_;
   TimePoint next_poll_, last_activity_;
+  int coordinator_incarnation_ = 0;
+  std::map<std::pair<int, std::string>, std::set<uint64_t>> runs_;  // (coordinator, request) -> sequences
   std::vector<Worker> workers_;
   std::vector<Client> clients_;
   std::vector<Message> net_;

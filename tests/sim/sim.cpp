@@ -30,6 +30,8 @@
 //   dead        no forward or admitSequence is sent to a worker the coordinator declared lost;
 //   kv          KV reservations on every worker holding a stage of the current plan are back
 //               to zero once the cluster is idle;
+//   progress    in a run that loses nothing and kills, pauses or restarts nothing (reordering,
+//               duplicates, delays and slow stages only), every request completes;
 //   quiesce     every run is idle before its simulated deadline.
 #include "sim.h"
 
@@ -997,6 +999,12 @@ class Simulation {
       workers_[victim].slow = 10 + Uniform() * 200;
       s << "; w" << victim << " slow x" << static_cast<int>(workers_[victim].slow);
     }
+    // Without lost messages, dead, paused or restarted processes and disconnects (reordering,
+    // duplicates, delays and slow stages remain), every request must complete.
+    benign_ = !faults_ ||
+              (loss_ == 0 && planned.empty() && std::none_of(clients_.begin(), clients_.end(), [](const Client& c) {
+                 return c.disconnect_at.has_value();
+               }));
     std::sort(planned.begin(), planned.end(), [](const auto& a, const auto& b) { return a.at < b.at; });
     for (auto& p : planned) {
       s << "; " << p.what << " at " << p.at.count() << " ms";
@@ -1021,6 +1029,7 @@ class Simulation {
   SimulatedClock clock_;
   TimePoint start_ = clock_.now();
   bool faults_ = true;
+  bool benign_ = false;  // no fault of this run explains a failed request
   double loss_ = 0, duplicate_ = 0, delay_ = 0;
   int64_t max_delay_ms_ = 0;
   std::unique_ptr<SimTransport> transport_;
@@ -1131,6 +1140,10 @@ SimResult Simulation::Run() {
         ++result_.completed;
       else if (r.done)
         ++result_.failed;
+      if (benign_ && !(r.done && r.error.empty())) {
+        Violation("progress: client " + c.peer + " request " + std::to_string(r.id) + " did not complete in a run " +
+                  "without faults that explain it: " + (r.done ? r.finish + ": " + r.error : "no outcome"));
+      }
     }
   }
   result_.simulated_s = SimSeconds();

@@ -60,6 +60,9 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       auto r = env.getStageReady();
       if (w == workers.end() || r.getEpoch() != epoch || r.getStageIndex() >= stages.size()) return;
       auto& st = stages[r.getStageIndex()];
+      // Only from the worker this plan gave the stage: a worker still loading an older
+      // assignment whose epoch a welcome raised names the current epoch and its old stage.
+      if (st.peer != peer) return;
       st.ready = true;
       st.kv_per_token = r.getKvBytesPerToken();
       st.weight_bytes = r.getWeightBytes();

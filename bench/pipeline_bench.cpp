@@ -71,7 +71,7 @@
 
 using namespace xcpipe;
 using namespace xcpipe::coordinator;
-using Clock = std::chrono::steady_clock;
+using SteadyTime = std::chrono::steady_clock;  // not xcpipe::Clock (base/clock.h)
 using namespace std::chrono_literals;
 
 namespace {
@@ -189,7 +189,7 @@ struct Stall {
 Stall RunStall(Cluster& c, const std::string& png, int tokens, int salt) {
   auto other = Client::Connect(c.cluster->address(), 30s);
   if (!other.ok()) Die("connecting: " + other.status().ToString());
-  std::vector<Clock::time_point> times;
+  std::vector<SteadyTime::time_point> times;
   std::mutex mu;
   std::condition_variable cv;
   bool arrived = false;
@@ -200,7 +200,7 @@ Stall RunStall(Cluster& c, const std::string& png, int tokens, int salt) {
   };
   std::thread decoding([&] {
     Generate(*c.client, MakeRequest(salt, tokens), [&](uint32_t, const std::string&) {
-      times.push_back(Clock::now());
+      times.push_back(SteadyTime::now());
       if (times.size() == 8) signal();
     });
     signal();  // a request that stopped early
@@ -255,7 +255,7 @@ Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
       results[i] = Generate(*clients[i], req);
     });
   }
-  auto start = Clock::now();
+  auto start = SteadyTime::now();
   {
     std::lock_guard lock(mu);
     go = true;
@@ -263,7 +263,7 @@ Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
   cv.notify_all();
   for (auto& t : threads) t.join();
   Burst b;
-  b.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  b.seconds = std::chrono::duration<double>(SteadyTime::now() - start).count();
   for (const auto& r : results) {
     b.tokens += r.token_ids[0].size();
     b.decode_rate_sum += r.tokens_per_s;

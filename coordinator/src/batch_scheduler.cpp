@@ -71,7 +71,7 @@ void Coordinator::Impl::Admit() {
       // and sequences that copy from it wait for its prefill to complete.
       if (prefix.holder != 0) break;
       Sequence holder;
-      holder.id = next_sequence++;
+      holder.id = next_id++;
       holder.is_prefix = true;
       holder.prompt.ids = prefix.head;
       holder.prompt.im_mask.assign(prefix.head.size(), 0);
@@ -136,7 +136,7 @@ void Coordinator::Impl::Admit() {
       prefix.rows_saved += prefix.head.size();
     }
     seq.state = SeqState::kReady;
-    seq.admitted_at = Clock::now();
+    seq.admitted_at = Now();
     ++active;
   }
 }
@@ -185,7 +185,7 @@ void Coordinator::Impl::Schedule() {
     const int64_t rows = planned.rows;
     capnp::MallocMessageBuilder m;
     auto f = m.initRoot<proto::Envelope>().initForward();
-    const uint64_t mb = next_micro_batch++;
+    const uint64_t mb = next_id++;
     f.setEpoch(epoch);
     f.setMicroBatchId(mb);
     f.setStep(++step_counter);
@@ -236,13 +236,14 @@ void Coordinator::Impl::Schedule() {
                                      images[i]->pixels.size() * sizeof(float)));
     }
     in_flight[mb] = member_rows;
-    const auto sent = Clock::now();
+    const auto sent = Now();
     step_deadlines[mb] = {sent, sent + kStepDeadline};
     Send(m, stages[0].peer);
   }
 }
 
 void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
+  releases_to_repeat[seq.id] = kReleaseRepeats;
   for (auto& st : stages) {
     st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
     capnp::MallocMessageBuilder m;
@@ -253,12 +254,30 @@ void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
   }
 }
 
+void Coordinator::Impl::RepeatReleases() {
+  if (releases_to_repeat.empty()) return;
+  for (const auto& st : stages) {
+    auto w = workers.find(st.peer);
+    if (w == workers.end() || w->second.state == WorkerState::kLost) continue;
+    capnp::MallocMessageBuilder m;
+    auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
+    r.setEpoch(epoch);
+    auto ids = r.initSequenceIds(static_cast<unsigned>(releases_to_repeat.size()));
+    unsigned i = 0;
+    for (const auto& [id, left] : releases_to_repeat) ids.set(i++, id);
+    Send(m, st.peer);
+  }
+  for (auto it = releases_to_repeat.begin(); it != releases_to_repeat.end();) {
+    it = --it->second <= 0 ? releases_to_repeat.erase(it) : std::next(it);
+  }
+}
+
 void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   auto mb = in_flight.find(r.getMicroBatchId());
   if (r.getEpoch() != epoch || mb == in_flight.end()) return;  // stale or cancelled
   std::map<uint64_t, int64_t> rows_of(mb->second.begin(), mb->second.end());
   if (auto sent = step_deadlines.find(mb->first); sent != step_deadlines.end()) {
-    live.step_round_trip_seconds.Observe(std::chrono::duration<double>(Clock::now() - sent->second.sent).count());
+    live.step_round_trip_seconds.Observe(std::chrono::duration<double>(Now() - sent->second.sent).count());
     uint64_t micros = 0;
     for (uint32_t m : r.getStageMicros()) micros += m;
     live.step_compute_seconds += static_cast<double>(micros) * 1e-6;
@@ -267,7 +286,7 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   in_flight.erase(mb);
   if (recovering) {
     recovering = false;
-    last_recover_ms = std::chrono::duration<double, std::milli>(Clock::now() - fault_detected_at).count();
+    last_recover_ms = std::chrono::duration<double, std::milli>(Now() - fault_detected_at).count();
     spdlog::info("recovered: first step of epoch {} completed {:.0f} ms after the fault was detected", epoch,
                  last_recover_ms);
   }
@@ -310,7 +329,7 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
 
 void Coordinator::Impl::CheckStepDeadlines() {
   if (state != ClusterState::kServing || step_deadlines.empty()) return;
-  const auto now = Clock::now();
+  const auto now = Now();
   for (const auto& [mb, times] : step_deadlines) {
     if (now < times.deadline) continue;
     ++faults;

@@ -17,7 +17,7 @@ MetricsSnapshot Coordinator::Impl::Snapshot() const {
   snap.prefix_rows_saved = prefix.rows_saved;
   snap.prefix_head_tokens = prefix.ready ? static_cast<uint32_t>(prefix.head.size()) : 0;
   snap.completed = completed;
-  const auto now = Clock::now();
+  const auto now = Now();
   for (const auto& [peer_id, w] : workers) {  // in the order OnStatus lists them
     WorkerFigures f = w.figures;
     f.id = w.id;
@@ -39,7 +39,7 @@ MetricsSnapshot Coordinator::Impl::Snapshot() const {
 }
 
 void Coordinator::Impl::PublishMetrics() {
-  const auto now = Clock::now();
+  const auto now = Now();
   const bool serving = state == ClusterState::kServing && !draining;
   // Often enough for a scrape to see fresh figures; at once when readiness changes.
   if (now < next_publish && serving == published_serving) return;
@@ -75,7 +75,7 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setLastRecoverMs(last_recover_ms);
   auto list = r.initWorkers(workers.size());
   size_t i = 0;
-  const auto now = Clock::now();
+  const auto now = Now();
   for (const auto& [peer_id, w] : workers) {
     auto x = list[i++];
     x.setWorkerId(w.id);

@@ -4,7 +4,7 @@ namespace xcpipe::coordinator {
 
 void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope::Reader& env) {
   auto w = workers.find(peer);
-  if (w != workers.end()) w->second.last_seen = Clock::now();
+  if (w != workers.end()) w->second.last_seen = Now();
   if (w == workers.end()) {
     // A worker's compute watchdog: its heartbeats keep the worker alive through a long step,
     // its error says the step is stuck (the worker cannot say so itself).
@@ -13,7 +13,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       auto owner = workers.find(peer.substr(0, peer.size() - suffix.size()));
       if (owner == workers.end() || owner->second.state == WorkerState::kLost) return;
       if (env.which() == proto::Envelope::HEARTBEAT) {
-        owner->second.last_seen = Clock::now();
+        owner->second.last_seen = Now();
         ExtendStepDeadline(env.getHeartbeat().getMicroBatch());
       } else if (env.which() == proto::Envelope::ERROR) {
         WorkerInfo& stuck = owner->second;
@@ -21,7 +21,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         stuck.state = WorkerState::kLost;
         workers_changed = true;
         // detect_ms: from the step's last progress to this report.
-        stuck.last_seen = Clock::now() - std::chrono::milliseconds(env.getError().getStalledMs());
+        stuck.last_seen = Now() - std::chrono::milliseconds(env.getError().getStalledMs());
         if (stuck.stage >= 0) OnStageLost(stuck, env.getError().getMessage().cStr());
       }
       return;
@@ -44,7 +44,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         w->second.load_done = env.getLoadProgress().getBytesDone();
         w->second.load_total = env.getLoadProgress().getBytesTotal();
         if (w->second.stage >= 0 && static_cast<size_t>(w->second.stage) < stages.size()) {
-          stages[w->second.stage].last_load_news = Clock::now();
+          stages[w->second.stage].last_load_news = Now();
         }
         spdlog::info("stage {} loading: {} / {} MiB", w->second.stage, w->second.load_done >> 20,
                      w->second.load_total >> 20);
@@ -54,6 +54,9 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
       auto r = env.getStageReady();
       if (w == workers.end() || r.getEpoch() != epoch || r.getStageIndex() >= stages.size()) return;
       auto& st = stages[r.getStageIndex()];
+      // Only from the worker this plan gave the stage: a worker still loading an older
+      // assignment whose epoch a welcome raised names the current epoch and its old stage.
+      if (st.peer != peer) return;
       st.ready = true;
       st.kv_per_token = r.getKvBytesPerToken();
       st.weight_bytes = r.getWeightBytes();
@@ -121,9 +124,49 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
   SendError(peer, InvalidArgumentError("unknown message type"), 0);
 }
 
-Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) { impl_->opt = std::move(options); }
+void Coordinator::Impl::Poll(std::chrono::milliseconds wait) {
+  auto in = transport->Receive(wait);
+  while (true) {
+    if (!in.ok()) {
+      spdlog::warn("{}", in.status().ToString());
+    } else if (in->has_value()) {
+      try {
+        Dispatch((*in)->peer, (*in)->message->envelope());
+      } catch (const std::exception& e) {
+        SendError((*in)->peer, InternalError(std::string("coordinator: ") + e.what()), 0);
+      }
+    } else {
+      break;
+    }
+    in = transport->Receive(0ms);
+  }
+  MaybePlan();
+  Admit();
+  Schedule();
+  Heartbeats();
+  CheckStepDeadlines();
+  CheckRequestDeadlines();
+  CheckRebalance();
+  ResendLostAssignments();
+  PublishMetrics();
+}
+
+void Coordinator::Poll(std::chrono::milliseconds wait) { impl_->Poll(wait); }
+
+Coordinator::Coordinator(CoordinatorOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->opt = std::move(options);
+  const auto now = impl_->Now();
+  impl_->started = now;
+  impl_->next_heartbeat = now;
+  impl_->next_request_deadline_check = now;
+}
 
 Coordinator::~Coordinator() = default;
+
+std::string Coordinator::worker_state(const std::string& peer) const {
+  auto it = impl_->workers.find(peer);
+  return it == impl_->workers.end() ? std::string() : WorkerStateName(it->second.state);
+}
 
 void Coordinator::RequestStop() { impl_->stop.store(true); }
 
@@ -135,7 +178,7 @@ std::string Coordinator::metrics_address() const {
 
 StatusOr<std::string> Coordinator::Bind() {
   Impl& s = *impl_;
-  if (s.socket) return s.bound;
+  if (s.transport) return s.bound;
   std::filesystem::path tok = s.opt.tokenizer;
   if (tok.empty()) {
     auto found = FindTokenizer(s.opt.model_dir);
@@ -167,10 +210,15 @@ StatusOr<std::string> Coordinator::Bind() {
     if (!http.ok()) return http.status().WithContext("--metrics-listen");
     s.metrics_http = std::move(http).value();
   }
-  auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen, s.opt.allow_wildcard_bind, s.opt.curve);
-  if (!socket.ok()) return socket.status();
-  s.socket = std::move(socket).value();
-  s.bound = s.socket->last_endpoint();
+  if (s.opt.transport) {
+    s.transport = s.opt.transport;
+  } else {
+    auto socket = control::ControlSocket::BindRouter(s.context, s.opt.listen, s.opt.allow_wildcard_bind, s.opt.curve);
+    if (!socket.ok()) return socket.status();
+    s.own_transport = std::make_unique<control::ZmqRouterTransport>(std::move(socket).value());
+    s.transport = s.own_transport.get();
+  }
+  s.bound = s.transport->address();
   if (s.opt.curve.enabled()) {
     spdlog::info("control: CURVE on {}: coordinator key {}..., {} allowed public key(s)", s.bound,
                  control::KeyFingerprint(s.opt.curve.public_key), s.opt.curve.allowed_keys.size());
@@ -189,53 +237,30 @@ int Coordinator::Run() {
     spdlog::error("{}", bound.status().ToString());
     return ExitCodeFor(bound.status());
   }
-  s.started = Clock::now();
+  s.started = s.Now();
   spdlog::info("coordinator listening on {} for {} worker(s); model {} ({})", s.bound, s.opt.expect_workers,
                s.opt.model_dir.string(), checkpoint::ArchName(s.edge->spec().arch));
   while (!s.stop.load()) {
     if (s.drain_requested.load() && !s.draining) {
       s.draining = true;
-      s.drain_deadline = Clock::now() + s.opt.drain_timeout;
+      s.drain_deadline = s.Now() + s.opt.drain_timeout;
       spdlog::info("drain requested: draining ({} request(s) in progress, at most {} s)", s.requests.size(),
                    std::chrono::duration_cast<std::chrono::seconds>(s.opt.drain_timeout).count());
       if (s.opt.on_drain) s.opt.on_drain();
     }
-    if (s.draining && (s.requests.empty() || Clock::now() > s.drain_deadline)) {
+    if (s.draining && (s.requests.empty() || s.Now() > s.drain_deadline)) {
       if (!s.requests.empty()) spdlog::warn("drain: stopping with {} request(s) unfinished", s.requests.size());
       break;
     }
     if (s.opt.on_tick) s.opt.on_tick();
-    auto in = s.socket->Receive(s.in_flight.empty() ? 50ms : 5ms);
-    while (true) {
-      if (!in.ok()) {
-        spdlog::warn("{}", in.status().ToString());
-      } else if (in->has_value()) {
-        try {
-          s.Dispatch((*in)->peer, (*in)->message->envelope());
-        } catch (const std::exception& e) {
-          s.SendError((*in)->peer, InternalError(std::string("coordinator: ") + e.what()), 0);
-        }
-      } else {
-        break;
-      }
-      in = s.socket->Receive(0ms);
-    }
-    s.MaybePlan();
-    s.Admit();
-    s.Schedule();
-    s.Heartbeats();
-    s.CheckStepDeadlines();
-    s.CheckRequestDeadlines();
-    s.CheckRebalance();
-    s.ResendLostAssignments();
-    s.PublishMetrics();
+    s.Poll(s.in_flight.empty() ? 50ms : 5ms);
   }
   spdlog::info("coordinator stopping: telling {} worker(s) to shut down", s.workers.size());
   for (auto& [peer, w] : s.workers) {
     if (w.state == WorkerState::kLost) continue;
     capnp::MallocMessageBuilder m;
     m.initRoot<proto::Envelope>().initShutdown().setReason("coordinator stopping");
-    (void)s.socket->Send(m, peer, 200ms);
+    (void)s.transport->Send(m, peer, 200ms);
   }
   return s.exit_code;
 }

@@ -30,6 +30,7 @@
 
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/control/socket.h"
+#include "xcpipe/control/transport.h"
 #ifdef XCPIPE_HAVE_CUDA
 #include "xcpipe/cuda/nccl.h"
 #endif
@@ -91,7 +92,7 @@ struct WorkerInfo {
   WorkerState state = WorkerState::kIdle;
   int stage = -1;
   bool weights_kept = false;  // its last stageReady reused loaded weights
-  Clock::time_point last_seen = Clock::now();
+  Clock::time_point last_seen{};  // set on hello (Impl::OnHello)
   uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;
   WorkerFigures figures;  // the latest heartbeat's resource sample (monitoring)
 };
@@ -160,10 +161,15 @@ struct Request {
   uint64_t client_id = 0;
   std::vector<uint64_t> sequences;
   size_t done = 0;
-  Clock::time_point received = Clock::now();
+  Clock::time_point received{};  // set on submit (Impl::OnSubmit)
   Clock::time_point deadline = Clock::time_point::max();
   std::vector<FinalEvent> finals;  // prompts finished so far
 };
+
+// A releaseSequences is sent again with this many following heartbeats: one that is lost would
+// keep the sequence's KV room reserved on that stage until the next plan (a worker ignores ids
+// it does not hold, so a repeat is harmless).
+constexpr int kReleaseRepeats = 4;
 
 // Finished requests remembered per client for repeated submits (oldest forgotten first).
 constexpr size_t kFinishedRemembered = 4096;
@@ -203,7 +209,11 @@ struct Coordinator::Impl {
   std::atomic<bool> stop{false};
   std::atomic<bool> drain_requested{false};  // RequestDrain()
   zmq::context_t context;
-  std::unique_ptr<control::ControlSocket> socket;
+  // The control plane: opt.transport when given, else the ZeroMQ ROUTER made in Bind (owned here).
+  std::unique_ptr<control::ControlTransport> own_transport;
+  control::ControlTransport* transport = nullptr;
+  // Every time the coordinator reads is opt.clock's (a SimulatedClock in the simulator).
+  Clock::time_point Now() const { return opt.clock->now(); }
   std::unique_ptr<RequestPreparer> edge;
   std::string bound;
 
@@ -216,10 +226,13 @@ struct Coordinator::Impl {
   // Which data plane a plan on these stage workers (in stage order) uses, with fresh NCCL ids;
   // FailedPrecondition, naming the worker or the reason, when "nccl" was asked for and cannot be had.
   StatusOr<DataPlaneChoice> ChooseDataPlane(const std::vector<const WorkerInfo*>& stage_workers) const;
-  Clock::time_point started = Clock::now();
-  Clock::time_point next_heartbeat = Clock::now();
+  Clock::time_point started{};         // set when the options are (Coordinator's constructor)
+  Clock::time_point next_heartbeat{};
 
-  uint64_t next_request = 1, next_sequence = 1, next_micro_batch = 1, step_counter = 0;
+  // Sequence and micro-batch ids come from one counter (next_id), so no id names both in a log
+  // line; a worker's error carries them in fields of their own (Error.sequenceId for an
+  // admission it refused, Error.microBatchId for a step that failed).
+  uint64_t next_request = 1, next_id = 1, step_counter = 0;
   std::map<uint64_t, Request> requests;
   std::map<uint64_t, Sequence> sequences;
   SharedPrefix prefix;
@@ -232,7 +245,7 @@ struct Coordinator::Impl {
   std::map<uint64_t, StepTimes> step_deadlines;  // by micro-batch
   void CheckStepDeadlines();
   void CheckRequestDeadlines();
-  Clock::time_point next_request_deadline_check = Clock::now();
+  Clock::time_point next_request_deadline_check{};
   // Dynamic load balancing (see CoordinatorOptions::rebalance).
   std::map<std::string, double> slowdown;  // worker peer -> its speed relative to the prediction (1 = as predicted)
   std::map<std::string, WorkerFigures> window_base;  // peer -> its figures when the window started
@@ -268,7 +281,7 @@ struct Coordinator::Impl {
   void ExtendStepDeadline(uint64_t micro_batch) {
     if (!step_deadlines.count(micro_batch)) return;  // idle (0), finished or of an older epoch
     for (auto it = step_deadlines.find(micro_batch); it != step_deadlines.end(); ++it) {
-      it->second.deadline = std::max(it->second.deadline, Clock::now() + kStepDeadline);
+      it->second.deadline = std::max(it->second.deadline, Now() + kStepDeadline);
     }
   }
   // Fault handling: a stage was lost; re-plan on the workers that are left (or that come back)
@@ -303,7 +316,7 @@ struct Coordinator::Impl {
   Clock::time_point drain_deadline;
 
   void Send(capnp::MallocMessageBuilder& m, const std::string& peer) {
-    if (Status st = socket->Send(m, peer); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
+    if (Status st = transport->Send(m, peer, 1000ms); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
   }
   void SendError(const std::string& peer, const Status& st, uint64_t request_id) {
     capnp::MallocMessageBuilder m;
@@ -312,6 +325,9 @@ struct Coordinator::Impl {
   }
 
   void Dispatch(const std::string& peer, const proto::Envelope::Reader& env);
+  // One turn of the loop: every message that has arrived (waiting up to `wait` for the first),
+  // then the periodic work once.
+  void Poll(std::chrono::milliseconds wait);
   void OnHello(const std::string& peer, proto::Hello::Reader h);
   bool ClaimWorkerId(const std::string& peer, const std::string& id, const std::string& host, uint32_t pid);
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);
@@ -332,6 +348,10 @@ struct Coordinator::Impl {
   void FinishSequence(Sequence& seq, const std::string& reason);
   // Frees the sequence's KV room in the accounting and on every stage.
   void ReleaseOnStages(const Sequence& seq);
+  // Sequences released under the current plan -> heartbeats left that repeat the release
+  // (kReleaseRepeats); a new plan clears it (its assignments free every stage's KV).
+  std::map<uint64_t, int> releases_to_repeat;
+  void RepeatReleases();
   void FailRequest(uint64_t request_id, const Status& reason);
   void StreamTokens(Sequence& seq, const std::vector<int64_t>& tokens, bool done, const std::string& finish,
                     kj::ArrayPtr<const kj::byte> logits = {});

@@ -27,7 +27,7 @@ void Coordinator::Impl::MaybePlan() {
   // After a fault: whatever is alive.
   const int needed = planned_once ? 1 : std::max(opt.expect_workers, static_cast<int>(opt.expect_worker_ids.size()));
   if (static_cast<int>(pool.size()) < needed) {
-    if (!planned_once && Clock::now() - started > opt.worker_wait) {
+    if (!planned_once && Now() - started > opt.worker_wait) {
       // Name who came and who did not, so an operator knows which host or GPU to look at.
       std::string registered, missing;
       for (const auto* w : pool) registered += (registered.empty() ? "" : ", ") + w->id + " (" + w->host + ")";
@@ -300,13 +300,13 @@ void Coordinator::Impl::SendAssignment(size_t i) {
     if (i > 0 && i - 1 < data_plane.nccl_ids.size()) a.setPreviousNcclId(bytes(data_plane.nccl_ids[i - 1]));
     if (i < data_plane.nccl_ids.size()) a.setNextNcclId(bytes(data_plane.nccl_ids[i]));
   }
-  stages[i].last_load_news = Clock::now();
+  stages[i].last_load_news = Now();
   Send(m, stages[i].peer);
 }
 
 void Coordinator::Impl::ResendLostAssignments() {
   if (state != ClusterState::kLoading) return;
-  const auto now = Clock::now();
+  const auto now = Now();
   for (size_t i = 0; i < stages.size(); ++i) {
     // No progress report and no ready for a while: the assignment or the answer was lost. The
     // worker treats a repeat of the same epoch as the same assignment (the model is kept).
@@ -320,7 +320,7 @@ void Coordinator::Impl::ResendLostAssignments() {
 void Coordinator::Impl::Recover(const std::string& why) { Replan(why, /*fault=*/true); }
 
 void Coordinator::Impl::Replan(const std::string& why, bool fault) {
-  if (fault && !recovering) fault_detected_at = Clock::now();
+  if (fault && !recovering) fault_detected_at = Now();
   if (fault) spdlog::warn("recovering: {}", why);
   window_base.clear();
   ++epoch;  // anything still in flight under the old epoch is ignored from now on
@@ -351,6 +351,7 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   for (auto it = replay.rbegin(); it != replay.rend(); ++it) queue.push_front(*it);
   in_flight.clear();
   step_deadlines.clear();
+  releases_to_repeat.clear();
   stages.clear();
   for (auto& [peer, w] : workers) {
     if (w.state != WorkerState::kLost) {

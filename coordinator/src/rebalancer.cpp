@@ -6,7 +6,7 @@ namespace xcpipe::coordinator {
 
 void Coordinator::Impl::CheckRebalance() {
   if (!opt.rebalance || state != ClusterState::kServing || stages.size() < 2) return;
-  const auto now = Clock::now();
+  const auto now = Now();
   auto restart_window = [&] {
     window_base.clear();
     for (const auto& st : stages) window_base[st.peer] = workers[st.peer].figures;

@@ -16,7 +16,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     e.setDone(true);
     e.setFinishReason(std::string(StatusCodeName(st.code())));
     e.setError(st.message());
-    (void)socket->Send(m, peer, 0ms);  // a client that does not read loses only its answer
+    (void)transport->Send(m, peer, 0ms);  // a client that does not read loses only its answer
     spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
   };
   if (AnswerRepeatedSubmit(peer, client_id)) return;
@@ -61,11 +61,12 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   Request& req = requests[rid];
   req.peer = peer;
   req.client_id = client_id;
+  req.received = Now();
   const auto asked = std::chrono::milliseconds(s.getDeadlineMs());
   req.deadline = req.received + (asked.count() > 0 ? std::min(asked, opt.max_deadline) : opt.default_deadline);
   for (size_t i = 0; i < prepared->size(); ++i) {
     Sequence seq;
-    seq.id = next_sequence++;
+    seq.id = next_id++;
     seq.request = rid;
     seq.prompt_index = static_cast<uint32_t>(i);
     seq.prompt = std::move((*prepared)[i]);
@@ -144,7 +145,7 @@ void Coordinator::Impl::SendAccepted(const std::string& peer, uint64_t client_id
   e.setOffset(offset);
   e.setPromptCount(static_cast<uint32_t>(prompt_count));
   e.setAccepted(true);
-  (void)socket->Send(m, peer, 0ms);
+  (void)transport->Send(m, peer, 0ms);
 }
 
 void Coordinator::Impl::SendFinal(const std::string& peer, uint64_t client_id, const FinalEvent& f,
@@ -162,7 +163,7 @@ void Coordinator::Impl::SendFinal(const std::string& peer, uint64_t client_id, c
   for (size_t i = 0; i < f.tokens.size(); ++i) all.set(i, f.tokens[i]);
   e.setAllText(f.text);
   e.setPromptTokens(f.prompt_tokens);
-  (void)socket->Send(m, peer, 0ms);
+  (void)transport->Send(m, peer, 0ms);
 }
 
 bool Coordinator::Impl::AnswerRepeatedSubmit(const std::string& peer, uint64_t client_id) {
@@ -228,14 +229,14 @@ void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& 
   e.setFinishReason(finish);
   e.setPromptTokens(static_cast<uint32_t>(seq.prompt.ids.size()));
   e.setTtftMicros(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - seq.admitted_at).count()));
+      std::chrono::duration_cast<std::chrono::microseconds>(Now() - seq.admitted_at).count()));
   if (!seq.first_token_at && !tokens.empty()) {
-    seq.first_token_at = Clock::now();
+    seq.first_token_at = Now();
     live.ttft_seconds.Observe(std::chrono::duration<double>(*seq.first_token_at - rit->second.received).count());
   }
   // Never block the actor on a client: one that is gone, or that stopped reading until its
   // queue reached the high-water mark, loses its own request and nobody else's time.
-  if (Status st = socket->Send(m, rit->second.peer, 0ms); !st.ok()) {
+  if (Status st = transport->Send(m, rit->second.peer, 0ms); !st.ok()) {
     spdlog::info("client {} unreachable ({}): cancelling request {}", rit->second.peer, st.message(), seq.request);
     FailRequest(seq.request, CancelledError("client disconnected or not reading"));
   }
@@ -244,7 +245,7 @@ void Coordinator::Impl::StreamTokens(Sequence& seq, const std::vector<int64_t>& 
 void Coordinator::Impl::FinishSequence(Sequence& seq, const std::string& reason) {
   seq.state = SeqState::kDone;
   if (seq.first_token_at && seq.generated.size() > 1) {
-    const double s = std::chrono::duration<double>(Clock::now() - *seq.first_token_at).count();
+    const double s = std::chrono::duration<double>(Now() - *seq.first_token_at).count();
     if (s > 0) live.tokens_per_second.Observe(static_cast<double>(seq.generated.size() - 1) / s);
   }
   ReleaseOnStages(seq);
@@ -283,7 +284,7 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
       e.setFinishReason(std::string(StatusCodeName(reason.code())));
       e.setError(reason.message());
       e.setPromptCount(static_cast<uint32_t>(rit->second.sequences.size()));
-      (void)socket->Send(m, rit->second.peer, 0ms);
+      (void)transport->Send(m, rit->second.peer, 0ms);
       FinalEvent f;
       f.prompt_index = seq.prompt_index;
       f.tokens = seq.generated;
@@ -298,7 +299,7 @@ void Coordinator::Impl::FailRequest(uint64_t request_id, const Status& reason) {
 }
 
 void Coordinator::Impl::CheckRequestDeadlines() {
-  const auto now = Clock::now();
+  const auto now = Now();
   if (now < next_request_deadline_check) return;
   next_request_deadline_check = now + 100ms;
   std::vector<uint64_t> late;

@@ -53,7 +53,7 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
   info.data_address = caps.getDataAddress().cStr();
   info.data_planes.clear();
   for (auto plane : caps.getDataPlanes()) info.data_planes.emplace_back(plane.cStr());
-  info.last_seen = Clock::now();
+  info.last_seen = Now();
   if (!known) {
     info.state = WorkerState::kIdle;
     info.stage = -1;
@@ -77,9 +77,9 @@ bool Coordinator::Impl::ClaimWorkerId(const std::string& peer, const std::string
     if (other_peer == peer || other.id != id || other.state == WorkerState::kLost) continue;
     capnp::MallocMessageBuilder probe;
     probe.initRoot<proto::Envelope>().initHeartbeat().setEpoch(epoch);
-    const Status reach = socket->Send(probe, other_peer, 100ms);
+    const Status reach = transport->Send(probe, other_peer, 100ms);
     if (reach.ok()) {
-      const auto heard = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - other.last_seen);
+      const auto heard = std::chrono::duration_cast<std::chrono::milliseconds>(Now() - other.last_seen);
       spdlog::warn("refused a second worker '{}' (pid {} on {}): pid {} on {} holds that id", id, pid, host, other.pid,
                    other.host);
       SendError(peer,
@@ -112,7 +112,12 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   auto w = workers.find(peer);
   const std::string who = w != workers.end() ? w->second.id : peer;
   spdlog::error("worker {}: {}", who, st.ToString());
-  if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading) {
+  // A load failure names no request (id 0). An error naming a micro-batch or a sequence while
+  // loading is about the previous plan's work (a forward of the old epoch refused, a step cut
+  // short by the new assignment): not a reason to re-plan again, which would only repeat while
+  // such stragglers arrive, each time counting a fault and a replay against every sequence.
+  if (state == ClusterState::kLoading && w != workers.end() && w->second.state == WorkerState::kLoading &&
+      e.getSequenceId() == 0 && e.getMicroBatchId() == 0) {
     if (!planned_once_served) {
       spdlog::error("stage {} could not load; stopping", w->second.stage);
       exit_code = ExitCodeFor(st);  // a corrupt checkpoint exits 4: no restart loop under systemd
@@ -124,12 +129,14 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
     Recover("stage " + std::to_string(w->second.stage) + " could not start: " + st.message());
     return;
   }
-  // A sequence a stage could not admit: a stage that is not in the state the plan says
-  // (aborted, unavailable, not assigned) is a fault, re-planned and replayed; a refusal of the
-  // sequence itself (its KV room, its sampling settings) fails its request with the reason.
+  // A sequence a stage could not admit: one it holds already (a repeated admission) is no
+  // news; a stage that is not in the state the plan says (aborted, unavailable, not assigned)
+  // is a fault, re-planned and replayed; a refusal of the sequence itself (its KV room, its
+  // sampling settings) fails its request with the reason.
   if (const uint64_t sequence_id = e.getSequenceId(); sequence_id != 0) {
     auto sit = sequences.find(sequence_id);
     if (sit == sequences.end() || state != ClusterState::kServing) return;  // finished, or re-planning already
+    if (st.code() == StatusCode::kAlreadyExists) return;
     if (st.code() == StatusCode::kAborted || st.code() == StatusCode::kUnavailable ||
         st.code() == StatusCode::kDeadlineExceeded || st.code() == StatusCode::kFailedPrecondition) {
       Recover("a stage could not admit sequence " + std::to_string(sequence_id) + " on worker " + who + ": " +
@@ -166,7 +173,7 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
 }
 
 void Coordinator::Impl::Heartbeats() {
-  const auto now = Clock::now();
+  const auto now = Now();
   if (now < next_heartbeat) return;
   next_heartbeat = now + control::ControlTimings::kHeartbeatInterval;
   for (auto& [peer, w] : workers) {
@@ -185,11 +192,12 @@ void Coordinator::Impl::Heartbeats() {
     hb.setEpoch(epoch);
     Send(m, peer);
   }
+  RepeatReleases();
 }
 
 void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
   ++faults;
-  fault_detected_at = Clock::now();
+  fault_detected_at = Now();
   last_detect_ms = std::chrono::duration<double, std::milli>(fault_detected_at - lost.last_seen).count();
   spdlog::error("stage {} (worker {}) lost ({}): re-planning on the remaining workers and replaying", lost.stage,
                 lost.id, why);

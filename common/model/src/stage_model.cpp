@@ -752,7 +752,7 @@ uint64_t StageModel::kv_bytes_used() const {
 Status StageModel::ReserveSequence(uint64_t sequence_id, int64_t max_tokens) {
   auto& impl = *impl_;
   if (max_tokens <= 0) return InvalidArgumentError("max_tokens must be positive");
-  if (impl.caches.count(sequence_id)) return FailedPreconditionError("sequence " + std::to_string(sequence_id) +
+  if (impl.caches.count(sequence_id)) return AlreadyExistsError("sequence " + std::to_string(sequence_id) +
                                                                      " already holds KV room on this stage");
   const uint64_t bytes = kv_bytes_per_token() * static_cast<uint64_t>(max_tokens);
   if (impl.kv_reserved + bytes > impl.options.kv_budget_bytes) {

@@ -40,8 +40,13 @@
 #include <string>
 #include <vector>
 
+#include "xcpipe/base/clock.h"
 #include "xcpipe/control/curve.h"
 #include "xcpipe/coordinator/edge.h"
+
+namespace xcpipe::control {
+class ControlTransport;  // control/transport.h
+}  // namespace xcpipe::control
 
 namespace xcpipe::coordinator {
 
@@ -117,6 +122,11 @@ struct CoordinatorOptions {
   std::function<void()> on_tick;
   // Called once when RequestDrain() starts the graceful drain.
   std::function<void()> on_drain;
+  // Where every time the coordinator reads comes from (tests: a SimulatedClock). Not owned.
+  xcpipe::Clock* clock = &SteadyClock::Instance();
+  // The control plane (tests: a simulated network; control/transport.h). Not owned; null: Bind
+  // binds a ZeroMQ ROUTER on `listen`.
+  control::ControlTransport* transport = nullptr;
 };
 
 class Coordinator {
@@ -132,6 +142,15 @@ class Coordinator {
   // "host:port" the metrics endpoint is bound to after Bind(); empty when none was asked for.
   std::string metrics_address() const;
   int Run();
+  // One turn of Run's loop without the signal handling and the drain (a test drives the
+  // coordinator this way on its own thread and clock): handles every message that has arrived,
+  // waiting up to `wait` for the first, then runs the periodic work once (planning, admission,
+  // scheduling, heartbeats, deadlines, rebalancing, assignment resends, metrics). Bind first.
+  void Poll(std::chrono::milliseconds wait);
+  // The coordinator's view of the worker process whose routing id is `peer`: "idle", "loading",
+  // "ready", "serving" or "lost"; empty when unknown. Tests (the simulator checks that nothing
+  // is sent to a worker declared lost); call it from the thread that runs Poll.
+  std::string worker_state(const std::string& peer) const;
   // Thread-safe: makes Run() tell the workers to shut down and return.
   void RequestStop();
   // Thread-safe and async-signal-safe (one lock-free atomic store): makes Run() drain (see

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "scripted_coordinator.h"
+#include "tiny_model.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/coordinator/local_cluster.h"
 
@@ -17,9 +18,8 @@ namespace {
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
-fs::path ModelDir() { return xcpipe::testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
-
-const std::vector<int64_t> kPrompt = {1, 333, 4444, 5555, 777, 92543, 1008, 2024};
+fs::path ModelDir() { return testing::TinyModelDir(); }
+const std::vector<int64_t>& kPrompt = testing::kTinyPrompt;
 
 class LastStageTest : public ::testing::Test {
  protected:

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 
+#include "tiny_model.h"
 #include "xcpipe/base/clock.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/testing/paths.h"
@@ -18,9 +19,8 @@ namespace {
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
-fs::path ModelDir() { return xcpipe::testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
-
-const std::vector<int64_t> kPrompt = {1, 333, 4444, 5555, 777, 92543, 1008, 2024};
+fs::path ModelDir() { return testing::TinyModelDir(); }
+const std::vector<int64_t>& kPrompt = testing::kTinyPrompt;
 
 class StepExecutorTest : public ::testing::Test {
  protected:

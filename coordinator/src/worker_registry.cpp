@@ -129,25 +129,25 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
     Recover("stage " + std::to_string(w->second.stage) + " could not start: " + st.message());
     return;
   }
-  // A sequence a stage could not admit: one it holds already (a repeated admission) is no
-  // news; a stage that is not in the state the plan says (aborted, unavailable, not assigned)
-  // is a fault, re-planned and replayed; a refusal of the sequence itself (its KV room, its
-  // sampling settings) fails its request with the reason.
+  // A sequence a stage could not admit. One it holds already (a repeated admission) is no
+  // news. A refusal of the sequence's own settings (InvalidArgument) fails its request with
+  // the reason. Anything else means the stage is not in the state this coordinator's plan and
+  // KV accounting say (not assigned, aborted, its KV fuller than counted): a fault, re-planned
+  // and replayed (a new plan starts every stage with empty caches).
   if (const uint64_t sequence_id = e.getSequenceId(); sequence_id != 0) {
     auto sit = sequences.find(sequence_id);
     if (sit == sequences.end() || state != ClusterState::kServing) return;  // finished, or re-planning already
     if (st.code() == StatusCode::kAlreadyExists) return;
-    if (st.code() == StatusCode::kAborted || st.code() == StatusCode::kUnavailable ||
-        st.code() == StatusCode::kDeadlineExceeded || st.code() == StatusCode::kFailedPrecondition) {
-      Recover("a stage could not admit sequence " + std::to_string(sequence_id) + " on worker " + who + ": " +
-              st.message());
+    if (st.code() == StatusCode::kInvalidArgument) {
+      if (sit->second.is_prefix) {
+        DropSharedPrefix("its admission failed on worker " + who + ": " + st.message());
+        return;
+      }
+      FailRequest(sit->second.request, st.WithContext("worker " + who));
       return;
     }
-    if (sit->second.is_prefix) {
-      DropSharedPrefix("its admission failed on worker " + who + ": " + st.message());
-      return;
-    }
-    FailRequest(sit->second.request, st.WithContext("worker " + who));
+    Recover("a stage could not admit sequence " + std::to_string(sequence_id) + " on worker " + who + ": " +
+            st.message());
     return;
   }
   // A step that broke in the pipeline (a neighbour unreachable, a hand-off cut short) is a

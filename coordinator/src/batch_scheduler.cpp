@@ -3,6 +3,7 @@
 #include "xcpipe/coordinator/batch_scheduler.h"
 
 #include "coordinator_impl.h"
+#include "sampling_wire.h"
 
 namespace xcpipe::coordinator {
 
@@ -105,15 +106,7 @@ void Coordinator::Impl::Admit() {
       a.setEpoch(epoch);
       a.setSequenceId(seq.id);
       a.setMaxTokens(static_cast<uint32_t>(seq.max_tokens));
-      auto sp = a.initSampling();
-      sp.setGreedy(seq.sampling.greedy);
-      sp.setTemperature(seq.sampling.temperature);
-      sp.setTopK(seq.sampling.top_k);
-      sp.setTopP(seq.sampling.top_p);
-      sp.setRepetitionPenalty(seq.sampling.repetition_penalty);
-      sp.setSeed(seq.sampling.seed);
-      sp.setMinNewTokens(static_cast<uint32_t>(seq.sampling.min_new_tokens));
-      sp.setIgnoreEos(seq.sampling.ignore_eos);
+      SamplingToWire(seq.sampling, a.initSampling());
       if (seq.sampling.min_new_tokens > static_cast<int64_t>(seq.generated.size())) {
         auto stops = a.initStopIds(static_cast<unsigned>(edge->stop_ids().size()));
         for (size_t j = 0; j < edge->stop_ids().size(); ++j) stops.set(static_cast<unsigned>(j), edge->stop_ids()[j]);

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <random>
 
+#include "sampling_wire.h"
 #include "xcpipe/control/socket.h"
 
 namespace xcpipe::coordinator {
@@ -76,15 +77,7 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   s.setMaxNewTokens(request.max_new_tokens);
   // The coordinator gives up when this client does: no work for an answer nobody waits for.
   s.setDeadlineMs(static_cast<uint32_t>(std::min<int64_t>(timeout.count(), UINT32_MAX)));
-  auto sp = s.initSampling();
-  sp.setGreedy(request.sampling.greedy);
-  sp.setTemperature(request.sampling.temperature);
-  sp.setTopK(request.sampling.top_k);
-  sp.setTopP(request.sampling.top_p);
-  sp.setRepetitionPenalty(request.sampling.repetition_penalty);
-  sp.setSeed(request.sampling.seed);
-  sp.setMinNewTokens(static_cast<uint32_t>(std::max<int64_t>(0, request.sampling.min_new_tokens)));
-  sp.setIgnoreEos(request.sampling.ignore_eos);
+  SamplingToWire(request.sampling, s.initSampling());
   if (!request.token_ids.empty()) {
     auto ids = s.initTokenIds(request.token_ids.size());
     for (size_t i = 0; i < request.token_ids.size(); ++i) ids.set(i, request.token_ids[i]);

@@ -1,6 +1,7 @@
 // Request table: intake, repeated submits, deadlines, exactly-once delivery to clients.
 // Members of Coordinator::Impl (coordinator_impl.h), run on the coordinator's thread.
 #include "coordinator_impl.h"
+#include "sampling_wire.h"
 
 namespace xcpipe::coordinator {
 
@@ -31,16 +32,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     return refuse(ResourceExhaustedError("the coordinator is busy: " + std::to_string(queue.size()) +
                                          " requests are waiting; retry later"));
   }
-  Sampling sampling;
-  auto sp = s.getSampling();
-  sampling.greedy = sp.getGreedy();
-  sampling.temperature = sp.getTemperature();
-  sampling.top_k = sp.getTopK();
-  sampling.top_p = sp.getTopP();
-  sampling.repetition_penalty = sp.getRepetitionPenalty();
-  sampling.seed = sp.getSeed();
-  sampling.min_new_tokens = sp.getMinNewTokens();
-  sampling.ignore_eos = sp.getIgnoreEos();
+  const Sampling sampling = SamplingFromWire(s.getSampling());
   const int64_t max_new = s.getMaxNewTokens();
   if (Status st = edge->ValidateGeneration(max_new, sampling); !st.ok()) return refuse(st);
   std::vector<std::string> images;

@@ -19,7 +19,9 @@ $Cxx.namespace("xcpipe::proto");
 
 # 2: Error names what it concerns in fields of their own (requestId for a client's request,
 #    sequenceId, microBatchId); version 1 carried all three in requestId.
-const kProtocolVersion :UInt32 = 2;
+# 3: a worker's compute watchdog declares itself with a hello of role `watchdog` naming the
+#    worker it speaks for (`Hello.watches`); version 2 marked it with an identity suffix.
+const kProtocolVersion :UInt32 = 3;
 
 # Canonical error codes; the numbers equal xcpipe::StatusCode (common/base/status.h).
 enum ErrorCode {
@@ -43,6 +45,9 @@ enum Role {
   worker @0;       # holds one device and runs one pipeline stage
   client @1;       # submits prompts, asks for status
   coordinator @2;  # plans, admits, schedules, heals
+  watchdog @3;     # a worker's compute watchdog: a second connection of the worker's process that
+                   # heartbeats for it through a long step and reports a stuck one (`Hello.watches`
+                   # names the worker; the coordinator sends it nothing, not even a welcome)
 }
 
 # What a peer brings. Workers fill every field; clients only `host` and `pid`.
@@ -75,6 +80,8 @@ struct Hello {
   workerId @3 :Text;           # stable name chosen by the launcher (e.g. "node-a/cuda:0"); empty for clients
   epoch @4 :UInt64;            # last epoch this worker served under (0 when fresh); lets a restarted
                                # coordinator adopt workers that still hold their weights
+  watches @5 :Text;            # role watchdog: the control identity (routing id) of the worker it
+                               # speaks for; its heartbeats and its error count as that worker's
 }
 
 # The coordinator's answer to an accepted hello.

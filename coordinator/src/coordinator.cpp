@@ -5,27 +5,8 @@ namespace xcpipe::coordinator {
 void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope::Reader& env) {
   auto w = workers.find(peer);
   if (w != workers.end()) w->second.last_seen = Now();
-  if (w == workers.end()) {
-    // A worker's compute watchdog: its heartbeats keep the worker alive through a long step,
-    // its error says the step is stuck (the worker cannot say so itself).
-    const std::string_view suffix = control::ControlTimings::kWatchdogIdentitySuffix;
-    if (peer.size() > suffix.size() && peer.compare(peer.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      auto owner = workers.find(peer.substr(0, peer.size() - suffix.size()));
-      if (owner == workers.end() || owner->second.state == WorkerState::kLost) return;
-      if (env.which() == proto::Envelope::HEARTBEAT) {
-        owner->second.last_seen = Now();
-        ExtendStepDeadline(env.getHeartbeat().getMicroBatch());
-      } else if (env.which() == proto::Envelope::ERROR) {
-        WorkerInfo& stuck = owner->second;
-        spdlog::error("worker {} (stage {}): {}", stuck.id, stuck.stage, env.getError().getMessage().cStr());
-        stuck.state = WorkerState::kLost;
-        workers_changed = true;
-        // detect_ms: from the step's last progress to this report.
-        stuck.last_seen = Now() - std::chrono::milliseconds(env.getError().getStalledMs());
-        if (stuck.stage >= 0) OnStageLost(stuck, env.getError().getMessage().cStr());
-      }
-      return;
-    }
+  if (auto dog = watchdogs.find(peer); dog != watchdogs.end() && env.which() != proto::Envelope::HELLO) {
+    return OnWatchdog(dog->second, env);
   }
   switch (env.which()) {
     case proto::Envelope::HELLO: return OnHello(peer, env.getHello());

@@ -221,6 +221,9 @@ struct Coordinator::Impl {
   uint64_t epoch = 1;
   std::map<std::string, WorkerInfo> workers;  // by peer identity
   std::set<std::string> clients;
+  // Compute watchdogs (hello role watchdog): their peer -> the worker peer they speak for.
+  std::map<std::string, std::string> watchdogs;
+  void OnWatchdog(const std::string& worker_peer, const proto::Envelope::Reader& env);
   std::vector<StageInfo> stages;
   DataPlaneChoice data_plane;  // of the current plan
   // Which data plane a plan on these stage workers (in stage order) uses, with fresh NCCL ids;

@@ -30,8 +30,19 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
     Send(m, peer);
     return;
   }
+  if (h.getRole() == proto::Role::WATCHDOG) {
+    // No answer: the watchdog reads nothing. It repeats its hello before the first message of
+    // each step it speaks about, so a restarted coordinator learns it again.
+    const std::string watched = h.getWatches().cStr();
+    if (watched.empty() || watched == peer || workers.count(peer)) {
+      spdlog::warn("ignored a watchdog hello from {}: it must name another peer, a worker", peer);
+      return;
+    }
+    watchdogs[peer] = watched;
+    return;
+  }
   if (h.getRole() != proto::Role::WORKER) {
-    SendError(peer, InvalidArgumentError("only workers and clients may say hello to a coordinator"), 0);
+    SendError(peer, InvalidArgumentError("only workers, their watchdogs and clients may say hello to a coordinator"), 0);
     return;
   }
   auto caps = h.getCapabilities();
@@ -104,7 +115,27 @@ bool Coordinator::Impl::ClaimWorkerId(const std::string& peer, const std::string
                        std::none_of(stages.begin(), stages.end(), [&](const auto& s) { return s.peer == it->first; });
     it = stale ? workers.erase(it) : std::next(it);
   }
+  std::erase_if(watchdogs, [&](const auto& dog) { return !workers.count(dog.second); });
   return true;
+}
+
+// A worker's compute watchdog: its heartbeats keep the worker alive through a long step, its
+// error says the step is stuck (the worker's own thread is inside it and cannot say so).
+void Coordinator::Impl::OnWatchdog(const std::string& worker_peer, const proto::Envelope::Reader& env) {
+  auto owner = workers.find(worker_peer);
+  if (owner == workers.end() || owner->second.state == WorkerState::kLost) return;
+  if (env.which() == proto::Envelope::HEARTBEAT) {
+    owner->second.last_seen = Now();
+    ExtendStepDeadline(env.getHeartbeat().getMicroBatch());
+  } else if (env.which() == proto::Envelope::ERROR) {
+    WorkerInfo& stuck = owner->second;
+    spdlog::error("worker {} (stage {}): {}", stuck.id, stuck.stage, env.getError().getMessage().cStr());
+    stuck.state = WorkerState::kLost;
+    workers_changed = true;
+    // detect_ms: from the step's last progress to this report.
+    stuck.last_seen = Now() - std::chrono::milliseconds(env.getError().getStalledMs());
+    if (stuck.stage >= 0) OnStageLost(stuck, env.getError().getMessage().cStr());
+  }
 }
 
 void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Reader e) {

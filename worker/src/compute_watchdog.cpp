@@ -58,18 +58,33 @@ std::chrono::microseconds ComputeWatchdog::CurrentWindow() const {
 }
 
 void ComputeWatchdog::Loop(std::string coordinator, std::string routing_id, control::CurveConfig curve) {
-  auto socket = control::ControlSocket::ConnectDealer(
-      context_, coordinator, routing_id + std::string(control::ControlTimings::kWatchdogIdentitySuffix), curve);
+  auto socket = control::ControlSocket::ConnectDealer(context_, coordinator, routing_id + "/watchdog", curve);
   if (!socket.ok()) {
     spdlog::warn("compute watchdog: cannot connect to {}: {}", coordinator, socket.status().ToString());
     return;
   }
   uint64_t sequence = 0;
-  uint64_t reported_step = 0;  // the step already reported stuck (report once)
+  uint64_t reported_step = 0;   // the step already reported stuck (report once)
+  int64_t introduced_step = 0;  // the step the last hello preceded
+  int since_hello = 0;          // messages since; a hello every kMessagesPerHello reaches a
+                                // coordinator that restarted during a long step
   while (!stop_.load()) {
     std::this_thread::sleep_for(control::ControlTimings::kHeartbeatInterval);
     const int64_t started = step_started_us_.load();
     if (started == 0) continue;  // idle: the actor heartbeats itself
+    if (started != introduced_step || ++since_hello >= kMessagesPerHello) {
+      capnp::MallocMessageBuilder hello;
+      auto h = hello.initRoot<proto::Envelope>().initHello();
+      h.setProtocolVersion(proto::K_PROTOCOL_VERSION);
+      h.setRole(proto::Role::WATCHDOG);
+      h.setWatches(routing_id);
+      if (Status st = (*socket)->Send(hello, {}, std::chrono::milliseconds(0)); !st.ok()) {
+        spdlog::debug("compute watchdog: {}", st.ToString());
+        continue;
+      }
+      introduced_step = started;
+      since_hello = 0;
+    }
     const int64_t stalled_us = NowMicros() - last_progress_us_.load();
     capnp::MallocMessageBuilder m;
     auto env = m.initRoot<proto::Envelope>();

@@ -4,8 +4,10 @@
 // The actor thread cannot answer the control plane while one layer's GEMM runs (a long
 // prefill on a CPU can take seconds per layer), and a wedged step looks exactly like that from
 // outside. So the actor marks layer boundaries here and a watchdog thread, with a control socket
-// of its own (identity: the worker's routing identity + ControlTimings::kWatchdogIdentitySuffix,
-// which the coordinator credits to the worker), decides:
+// of its own (identity: the worker's routing identity + "/watchdog"), decides. Before the first
+// message about a step it says hello with role `watchdog`, naming the worker's identity in
+// `Hello.watches`, so the coordinator credits what follows to the worker (and a restarted
+// coordinator learns it at the next step):
 //
 //   actor idle ............................ nothing (the actor heartbeats itself)
 //   in a step, progress within the window . heartbeat on the worker's behalf, every interval
@@ -42,10 +44,14 @@ struct ComputeWatchdogTimings {
   static constexpr double kWindowFactor = 10.0;
 };
 
+// Within one long step the hello is repeated every this many messages (2 s at the heartbeat
+// interval, less than the heartbeat timeout).
+inline constexpr int kMessagesPerHello = 8;
+
 class ComputeWatchdog {
  public:
   // Connects its own DEALER to `coordinator` from its thread, as `routing_id` (the worker's own
-  // control identity) + the suffix. `epoch` is read for the messages. Progress and stalls are
+  // control identity) + "/watchdog". `epoch` is read for the messages. Progress and stalls are
   // timed on `clock` (which outlives the watchdog); the thread wakes every heartbeat interval
   // of real time to look.
   ComputeWatchdog(zmq::context_t& context, std::string coordinator, std::string routing_id, control::CurveConfig curve,

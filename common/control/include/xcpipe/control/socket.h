@@ -45,9 +45,6 @@ struct ControlTimings {
   static constexpr int kZmtpHeartbeatTimeoutMs = 5000;
   static constexpr std::chrono::milliseconds kHeartbeatInterval{250};
   static constexpr std::chrono::milliseconds kHeartbeatTimeout{2500};  // 10 missed heartbeats
-  // A worker's compute watchdog connects as the worker's routing identity + this suffix (see
-  // worker/compute_watchdog.h); the coordinator credits its heartbeats to the worker.
-  static constexpr std::string_view kWatchdogIdentitySuffix = "/beacon";
 };
 
 // The routing identity of one process speaking as `name`: "<name>@<pid>.<random hex>". Every

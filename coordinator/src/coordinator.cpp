@@ -121,6 +121,7 @@ void Coordinator::Impl::Poll(std::chrono::milliseconds wait) {
     }
     in = transport->Receive(0ms);
   }
+  DeclareUnreachableLost();
   MaybePlan();
   Admit();
   Schedule();
@@ -129,6 +130,7 @@ void Coordinator::Impl::Poll(std::chrono::milliseconds wait) {
   CheckRequestDeadlines();
   CheckRebalance();
   ResendLostAssignments();
+  DeclareUnreachableLost();
   PublishMetrics();
 }
 

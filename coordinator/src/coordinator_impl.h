@@ -319,8 +319,15 @@ struct Coordinator::Impl {
   Clock::time_point drain_deadline;
 
   void Send(capnp::MallocMessageBuilder& m, const std::string& peer) {
-    if (Status st = transport->Send(m, peer, 1000ms); !st.ok()) spdlog::warn("send to {}: {}", peer, st.ToString());
+    Status st = transport->Send(m, peer, 1000ms);
+    if (st.ok()) return;
+    spdlog::warn("send to {}: {}", peer, st.ToString());
+    // A worker whose connection is gone (its process exited: the kernel closed the socket) is
+    // declared lost at the end of this turn, not after the heartbeat timeout.
+    if (st.code() == StatusCode::kNotFound && workers.count(peer)) unreachable.insert(peer);
   }
+  std::set<std::string> unreachable;  // worker peers a send found not connected
+  void DeclareUnreachableLost();
   void SendError(const std::string& peer, const Status& st, uint64_t request_id) {
     capnp::MallocMessageBuilder m;
     wire::SetError(m.initRoot<proto::Envelope>(), st).setRequestId(request_id);

@@ -226,6 +226,22 @@ void Coordinator::Impl::Heartbeats() {
   RepeatReleases();
 }
 
+void Coordinator::Impl::DeclareUnreachableLost() {
+  // Repeated until no send of the recovery it starts finds another worker gone.
+  while (!unreachable.empty()) {
+    const std::string peer = *unreachable.begin();
+    unreachable.erase(unreachable.begin());
+    auto it = workers.find(peer);
+    if (it == workers.end() || it->second.state == WorkerState::kLost) continue;
+    WorkerInfo& w = it->second;
+    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(Now() - w.last_seen).count();
+    spdlog::error("worker {} (stage {}) lost: its connection is gone (heard {} ms ago)", w.id, w.stage, silent);
+    w.state = WorkerState::kLost;
+    workers_changed = true;
+    if (w.stage >= 0) OnStageLost(w, "connection gone, heard " + std::to_string(silent) + " ms ago");
+  }
+}
+
 void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
   ++faults;
   fault_detected_at = Now();

@@ -13,6 +13,7 @@
 
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/subprocess.h"
+#include "xcpipe/control/socket.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
 #include "xcpipe/testing/fault_report.h"
@@ -161,7 +162,11 @@ TEST(FaultTest, KillMiddleStageDuringDecodeNoSpare) {
   ASSERT_NE(cluster, nullptr);
   const size_t victim = WorkerOfStage(*cluster, 1);
   ASSERT_NE(victim, SIZE_MAX);
-  RunWithFault("kill -9 middle stage, no spare", *cluster, [&] { cluster->worker(victim).Signal(SIGKILL); });
+  const Row row =
+      RunWithFault("kill -9 middle stage, no spare", *cluster, [&] { cluster->worker(victim).Signal(SIGKILL); });
+  // Detected by its closed connection at the next send (heartbeats go every 250 ms), not by
+  // the heartbeat timeout, which by itself takes at least kHeartbeatTimeout from the last word.
+  EXPECT_LT(row.detect_ms, static_cast<double>(control::ControlTimings::kHeartbeatTimeout.count()));
   // Re-planned on the survivors (the planner may use one or both): the victim holds nothing.
   auto status = Status(*cluster);
   EXPECT_GE(status["stages"].get<int>(), 1);

@@ -258,7 +258,7 @@ class Simulation {
 
   // Called by SimTransport::Send on the coordinator's thread (inside Poll).
   Status CoordinatorSend(capnp::MessageBuilder& message, const std::string& peer) {
-    if (!Connected(peer)) return UnavailableError("peer " + peer + " is not connected");
+    if (!Connected(peer)) return NotFoundError("peer " + peer + " is not connected");
     auto env = message.getRoot<proto::Envelope>().asReader();
     const auto which = env.which();
     if (which == proto::Envelope::FORWARD || which == proto::Envelope::ADMIT_SEQUENCE) {
@@ -471,7 +471,7 @@ class Simulation {
   void SendStageReady(Worker& w) {
     PostEnvelope(w.peer, kCoordinator, [&](proto::Envelope::Builder e) {
       auto r = e.initStageReady();
-      r.setEpoch(w.epoch);
+      r.setEpoch(w.assigned_epoch);  // the assignment it answers (a welcome may have raised w.epoch)
       r.setStageIndex(w.stage);
       r.setWeightBytes(uint64_t{1} << 20);
       r.setKvBytesPerToken(kKvPerToken);

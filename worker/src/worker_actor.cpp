@@ -396,7 +396,9 @@ void WorkerActor::Impl::SendStageReady() {
   const model::StageModel* model = executor.model();
   capnp::MallocMessageBuilder m;
   auto r = m.initRoot<proto::Envelope>().initStageReady();
-  r.setEpoch(epoch);
+  // The epoch of the assignment this answers: a welcome may have raised `epoch` since (a
+  // restarted coordinator), and a stage loaded for an older plan must not pass for the new one.
+  r.setEpoch(assigned_epoch);
   r.setStageIndex(stage_index);
   r.setWeightBytes(model->weight_bytes());
   r.setKvBytesPerToken(model->kv_bytes_per_token());
@@ -417,7 +419,7 @@ void WorkerActor::Impl::SendStageReady() {
 void WorkerActor::Impl::SendLoadProgress(uint64_t done, uint64_t total) {
   capnp::MallocMessageBuilder m;
   auto p = m.initRoot<proto::Envelope>().initLoadProgress();
-  p.setEpoch(epoch);
+  p.setEpoch(assigned_epoch);
   p.setStageIndex(stage_index);
   p.setBytesDone(done);
   p.setBytesTotal(total);

@@ -20,7 +20,7 @@ std::string_view EnvelopeTypeName(uint16_t which) {
 }
 
 Status ZmqError(const std::string& what, const zmq::error_t& e) {
-  if (e.num() == EHOSTUNREACH) return UnavailableError(what + ": peer is not connected");
+  if (e.num() == EHOSTUNREACH) return NotFoundError(what + ": peer is not connected");
   if (e.num() == EADDRINUSE) return UnavailableError(what + ": address already in use");
   if (e.num() == EAGAIN) return UnavailableError(what + ": would block (peer not reading)");
   if (e.num() == EINVAL || e.num() == EPROTONOSUPPORT) return InvalidArgumentError(what + ": " + e.what());

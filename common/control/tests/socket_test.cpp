@@ -60,7 +60,7 @@ TEST(ControlSocketTest, SendingToAnUnknownPeerFailsInsteadOfVanishing) {
   m.initRoot<proto::Envelope>().initHeartbeat();
   Status st = p->router->Send(m, "nobody");
   ASSERT_FALSE(st.ok());
-  EXPECT_EQ(st.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(st.code(), StatusCode::kNotFound);
   EXPECT_NE(st.message().find("nobody"), std::string::npos);
 }
 

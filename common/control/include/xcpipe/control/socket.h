@@ -76,8 +76,9 @@ class ControlSocket {
   ControlSocket(const ControlSocket&) = delete;
   ControlSocket& operator=(const ControlSocket&) = delete;
 
-  // Sends one envelope (to `peer` on a ROUTER). Unavailable when the peer is unknown or gone,
-  // or when the send would block past `timeout`.
+  // Sends one envelope (to `peer` on a ROUTER). NotFound when no peer of that identity is
+  // connected (unknown, or its connection is gone); Unavailable when the send would block past
+  // `timeout`.
   Status Send(capnp::MessageBuilder& message, const std::string& peer = {},
               std::chrono::milliseconds timeout = std::chrono::milliseconds(1000));
   Status SendBytes(const std::string& bytes, const std::string& peer = {},

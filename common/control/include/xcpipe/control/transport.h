@@ -5,9 +5,10 @@
 //
 // Contract (the ROUTER's, kept by every implementation):
 //   * Send(message, peer, timeout) delivers one envelope to the peer whose routing identity is
-//     `peer`; it fails with Unavailable when no such peer is connected (ROUTER_MANDATORY: a send
+//     `peer`; it fails with NotFound when no such peer is connected (ROUTER_MANDATORY: a send
 //     to an unknown or vanished peer fails instead of vanishing; the coordinator probes a
-//     worker id's holder this way) or when the send would block past `timeout`.
+//     worker id's holder this way, and declares a worker it cannot reach lost at once) and
+//     with Unavailable when the send would block past `timeout`.
 //   * Receive(timeout) returns the next envelope with its sender's identity, nullopt when none
 //     arrived within `timeout`, or an error for a malformed message (the caller goes on).
 //   * address() is the endpoint peers connect to (the bound one, with the real port).

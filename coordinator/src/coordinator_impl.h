@@ -1,17 +1,20 @@
 // The coordinator's state and its parts (private to coordinator/src). One actor thread owns all
 // of it; the parts are the member functions of Coordinator::Impl, grouped into files by
-// responsibility:
-//   worker_registry.cpp   membership: hello, the one live process per worker id, heartbeats,
-//                         liveness, lost workers and their errors
-//   placement.cpp         plans from the registered workers, the dtype and the data plane,
-//                         stage assignments, epochs, recovery and re-planning
-//   request_table.cpp     intake (edge checks), deduplication of repeated submits, deadlines,
-//                         exactly-once delivery of tokens and outcomes to clients
-//   batch_scheduler.cpp   KV admission, the shared prompt head, prefill pieces, micro-batches
-//                         and their results, step deadlines
-//   rebalancer.cpp        re-planning when measured stage speeds drift from the plan
-//   cluster_status.cpp    the status reply and the metrics snapshot
-//   coordinator.cpp       the loop, message dispatch and the public Coordinator methods
+// responsibility. Each part's header holds its types and its contract (what it owns, its entry
+// points, what it guarantees):
+//   worker_registry.h/.cpp  membership: hello, the one live process per worker id, heartbeats,
+//                           liveness, lost workers and their errors
+//   placement.h/.cpp        plans from the registered workers, the dtype and the data plane,
+//                           stage assignments, epochs, recovery and re-planning
+//   request_table.h/.cpp    intake (edge checks), deduplication of repeated submits, deadlines,
+//                           exactly-once delivery of tokens and outcomes to clients
+//   sequences.h, batch_scheduler.cpp
+//                           KV admission, the shared prompt head, prefill pieces, micro-batches
+//                           and their results, step deadlines (its rules as value functions:
+//                           xcpipe/coordinator/batch_scheduler.h)
+//   rebalancer.h/.cpp       re-planning when measured stage speeds drift from the plan
+//   cluster_status.cpp      the status reply and the metrics snapshot
+//   coordinator.cpp         the loop, message dispatch and the public Coordinator methods
 // Architecture: docs/architecture.md.
 #pragma once
 
@@ -34,171 +37,21 @@
 #ifdef XCPIPE_HAVE_CUDA
 #include "xcpipe/cuda/nccl.h"
 #endif
+#include "monitoring.h"
+#include "placement.h"
+#include "rebalancer.h"
+#include "request_table.h"
+#include "sequences.h"
+#include "worker_registry.h"
 #include "xcpipe/coordinator/metrics_http.h"
 #include "xcpipe/planner/planner.h"
 #include "xcpipe/planner/planning_model.h"
-#include "monitoring.h"
 
 namespace xcpipe::coordinator {
 namespace detail {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-// A micro-batch counts as lost (a dropped forward or step result) when nothing has shown it
-// alive for this long: it was sent, or a stage's heartbeat named it, or an earlier one, as being
-// computed (workers heartbeat every 250 ms while a step runs, so a long prefill keeps extending
-// the deadlines of everything queued behind it).
-constexpr std::chrono::milliseconds kStepDeadline{2000};
-// Rebalancing looks only at windows with this many steps on every stage, and only when a
-// stage's compute per step is large enough to measure (below it, noise and not placement).
-constexpr uint64_t kRebalanceMinSteps = 20;
-constexpr double kRebalanceMinStepMs = 1.0;
-// A worker's measured speed is taken within [1/kRebalanceMaxSlowdown, kRebalanceMaxSlowdown] of
-// the median worker's; speeds that moved less than kRebalanceSpeedChange since the last plan do
-// not justify moving blocks again.
-constexpr double kRebalanceMaxSlowdown = 16.0;
-constexpr double kRebalanceSpeedChange = 0.15;
-// The retry budget: how many faults may send one sequence back to prefill before its request
-// fails with the reason.
-constexpr int kMaxFaultReplays = 8;
-// What a client is told to wait before repeating a submit the cluster cannot take yet.
-constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
-// A stage that neither reports load progress nor says ready this long after its assignment is
-// sent the assignment again (workers report progress at least every few hundred ms).
-constexpr std::chrono::milliseconds kAssignmentResend{3000};
-
-enum class WorkerState { kIdle, kLoading, kReady, kServing, kLost };
-inline const char* WorkerStateName(WorkerState s) {
-  switch (s) {
-    case WorkerState::kIdle: return "idle";
-    case WorkerState::kLoading: return "loading";
-    case WorkerState::kReady: return "ready";
-    case WorkerState::kServing: return "serving";
-    case WorkerState::kLost: return "lost";
-  }
-  return "?";
-}
-
-struct WorkerInfo {
-  std::string peer, id, host, device, device_name, data_address;
-  std::vector<std::string> data_planes;  // what its hello offered ("tcp", "nccl")
-  uint32_t pid = 0, threads = 1;
-  uint64_t memory = 0;
-  std::string kernels;                // "cpu-fast" or "generic" (hello)
-  std::string dtype;                  // the dtype its stage computes in (stageReady)
-  uint64_t bandwidth_bytes_per_s = 0;  // CUDA: measured device copy rate (hello); 0 unknown
-  double matmul_tflops = 0;            // CUDA: measured bf16 matrix-product rate (hello); 0 unknown
-  WorkerState state = WorkerState::kIdle;
-  int stage = -1;
-  bool weights_kept = false;  // its last stageReady reused loaded weights
-  Clock::time_point last_seen{};  // set on hello (Impl::OnHello)
-  uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;
-  WorkerFigures figures;  // the latest heartbeat's resource sample (monitoring)
-};
-
-struct StageInfo {
-  std::string peer;
-  size_t first = 0, end = 0;
-  uint64_t kv_budget = 0, kv_per_token = 0, kv_reserved = 0, weight_bytes = 0, planned_bytes = 0;
-  planner::StageBytes predicted;   // the plan's memory by category
-  double predicted_step_ms = 0;    // the plan's step time for this stage
-  std::chrono::steady_clock::time_point last_load_news;  // assignment sent or load progress heard
-  bool ready = false;
-};
-
-// kHeld: the shared-prefix holder after its prefill: it keeps its KV on every stage for
-// others to copy and takes no more steps.
-enum class SeqState { kQueued, kReady, kInFlight, kDone, kHeld };
-
-struct Sequence {
-  uint64_t id = 0;
-  uint64_t request = 0;     // internal request id
-  uint32_t prompt_index = 0;
-  PreparedPrompt prompt;
-  std::vector<int64_t> generated;
-  int64_t max_new = 0;
-  Sampling sampling;
-  SeqState state = SeqState::kQueued;
-  int64_t cached = 0;       // tokens in the stages' caches
-  uint64_t max_tokens = 0;
-  Clock::time_point admitted_at;
-  size_t text_sent = 0;     // bytes of decoded text already streamed
-  std::optional<Clock::time_point> first_token_at;  // monitoring: time to first token, decode speed
-  bool want_logits = false;
-  int fault_replays = 0;    // times a fault sent it back to prefill (bounded: kMaxFaultReplays)
-  bool use_prefix = false;  // its prompt starts with the shared head: admitted with a copy of its KV
-  bool is_prefix = false;   // the holder of the shared head's KV (no request; see SharedPrefix)
-  bool in_pieces = false;   // its prompt is being prefilled piece by piece (prefill_chunk_rows)
-};
-
-// Where each image of a prompt starts: its rows are the next run of -1 ids, in image order.
-std::vector<int64_t> ImageFirstRows(const PreparedPrompt& p);
-
-// The shared prompt prefix: every chat prompt starts with the template's system text
-// (RequestPreparer::shared_head). Its KV is computed once per plan by a holder sequence of its
-// own and copied into each admitted sequence whose prompt starts with it, which then prefills
-// only the rest: the same work for every such prompt, whatever arrives with it, so tokens do
-// not depend on the mix. A new plan (epoch) drops the holder; the next admission makes another.
-struct SharedPrefix {
-  std::vector<int64_t> head;  // empty: off
-  uint64_t holder = 0;        // the holder's sequence id this epoch (0: none yet)
-  bool ready = false;         // the holder's prefill step completed on every stage
-  uint64_t hits = 0, rows_saved = 0;
-};
-
-// The last event of one prompt, kept so that a repeated submit (its client missed the end) is
-// answered with the outcome instead of running the request twice.
-struct FinalEvent {
-  uint32_t prompt_index = 0;
-  std::vector<int64_t> tokens;
-  std::string text, finish_reason, error;
-  uint32_t prompt_tokens = 0;
-};
-
-struct Request {
-  std::string peer;
-  uint64_t client_id = 0;
-  std::vector<uint64_t> sequences;
-  size_t done = 0;
-  Clock::time_point received{};  // set on submit (Impl::OnSubmit)
-  Clock::time_point deadline = Clock::time_point::max();
-  std::vector<FinalEvent> finals;  // prompts finished so far
-};
-
-// A releaseSequences is sent again with this many following heartbeats: one that is lost would
-// keep the sequence's KV room reserved on that stage until the next plan (a worker ignores ids
-// it does not hold, so a repeat is harmless).
-constexpr int kReleaseRepeats = 4;
-
-// Finished requests remembered per client for repeated submits (oldest forgotten first).
-constexpr size_t kFinishedRemembered = 4096;
-
-// The data plane of one plan (see CoordinatorOptions::data_plane).
-struct DataPlaneChoice {
-  std::string kind = "tcp";           // "tcp" or "nccl"
-  std::string reason;                 // why: shown in the log and the status
-  std::vector<std::string> nccl_ids;  // "nccl": one 128-byte ncclUniqueId per stage link (k -> k+1)
-};
-
-enum class ClusterState { kWaiting, kLoading, kServing };
-// The dtype every stage of a plan computes in. "auto" (the default): the checkpoint's 16-bit
-// dtype when every worker is a CUDA device (bf16 for a float32 checkpoint), else float32,
-// which the CPU computes fast and which matches the official float32 outputs exactly.
-std::string ResolveDtype(const std::string& asked, const std::vector<WorkerInfo*>& pool,
-                         const checkpoint::TensorTable& tensors);
-
-// Planner ordinals for the second and later workers sharing one GPU (no host has this many).
-constexpr size_t kSharedGpuOrdinal = 1000;
-
-inline const char* ClusterStateName(ClusterState s) {
-  switch (s) {
-    case ClusterState::kWaiting: return "waiting-for-workers";
-    case ClusterState::kLoading: return "loading";
-    case ClusterState::kServing: return "serving";
-  }
-  return "?";
-}
 
 }  // namespace detail
 
@@ -229,7 +82,7 @@ struct Coordinator::Impl {
   // Which data plane a plan on these stage workers (in stage order) uses, with fresh NCCL ids;
   // FailedPrecondition, naming the worker or the reason, when "nccl" was asked for and cannot be had.
   StatusOr<DataPlaneChoice> ChooseDataPlane(const std::vector<const WorkerInfo*>& stage_workers) const;
-  Clock::time_point started{};         // set when the options are (Coordinator's constructor)
+  Clock::time_point started{};  // set when the options are (Coordinator's constructor)
   Clock::time_point next_heartbeat{};
 
   // Sequence and micro-batch ids come from one counter (next_id), so no id names both in a log
@@ -239,7 +92,7 @@ struct Coordinator::Impl {
   std::map<uint64_t, Request> requests;
   std::map<uint64_t, Sequence> sequences;
   SharedPrefix prefix;
-  std::deque<uint64_t> queue;            // sequences waiting for admission, in arrival order
+  std::deque<uint64_t> queue;  // sequences waiting for admission, in arrival order
   // micro-batch -> its sequences and the rows each contributed
   std::map<uint64_t, std::vector<std::pair<uint64_t, int64_t>>> in_flight;
   struct StepTimes {
@@ -291,10 +144,10 @@ struct Coordinator::Impl {
   // and replay every admitted sequence from its prompt and the tokens already generated.
   bool recovering = false;
   bool planned_once = false;
-  std::string plan_dtype = "f32";  // the dtype of the current plan (ResolveDtype)
+  std::string plan_dtype = "f32";    // the dtype of the current plan (ResolveDtype)
   bool planned_once_served = false;  // the cluster has served at least once
-  bool capacity_lost = false;    // recovery found no feasible plan: refuse until a worker returns
-  bool workers_changed = true;   // re-plan only when the set of live workers changed
+  bool capacity_lost = false;        // recovery found no feasible plan: refuse until a worker returns
+  bool workers_changed = true;       // re-plan only when the set of live workers changed
   Clock::time_point fault_detected_at;
   uint64_t faults = 0, replays = 0;
   double last_detect_ms = 0, last_recover_ms = 0;

@@ -10,6 +10,17 @@
 // over the budget, as StageModel::ReserveSequence does), steps that wait for their sequences'
 // admission, hand-offs between stages, and a last stage whose token is a deterministic function
 // of the sequence's tokens so far (a hash), so a greedy request's fault-free tokens are known.
+// Its last stage also keeps what the real one keeps per sequence: a seeded request's draws (a
+// hash of the tokens, the seed and the draw's index, which starts at the admission's
+// generatedTokens, as a real sampler skips a replay's earlier draws), and the prefill rows
+// before which a step samples nothing (a piece of a long prompt). Each stage copies the shared
+// prompt head from its holder when an admission asks for it (StageModel::CopyPrefix) and
+// refuses the admission when the holder does not hold that many rows.
+//
+// Per seed, besides the faults, the coordinator's serving features are drawn (from a generator
+// of their own, so that adding them left every earlier seed's schedule as it was): the shared
+// prompt head (half the seeds; then 60% of prompts start with it), prompts in pieces of 4..12
+// rows (a third), and seeded sampling (30% of requests).
 //
 // One simulation step: every timer that is due fires (the processes' heartbeats, hellos,
 // computes and resubmits, the coordinator's Poll, the fault schedule); then the seeded RNG
@@ -24,12 +35,14 @@
 //   once        one coordinator runs a request as one sequence, however often it is submitted;
 //   tokens      tokens a client received never change (two events disagreeing about a
 //               position) and a done event's allTokens extends what was streamed;
-//   greedy      a completed request has the tokens of the fault-free run;
+//   greedy      a completed request (greedy, or sampled with a seed) has the tokens of the
+//               fault-free run;
 //   epochs      one epoch number names one plan (no assignment reuses an epoch for a
 //               different stage layout), and a worker never accepts an older epoch;
 //   dead        no forward or admitSequence is sent to a worker the coordinator declared lost;
 //   kv          KV reservations on every worker holding a stage of the current plan are back
-//               to zero once the cluster is idle;
+//               to zero once the cluster is idle (the shared head's holder excepted: it keeps
+//               the head's rows by design);
 //   progress    in a run that loses nothing and kills, pauses or restarts nothing (reordering,
 //               duplicates, delays and slow stages only), every request completes;
 //   quiesce     every run is idle before its simulated deadline.
@@ -75,6 +88,7 @@ constexpr Ms kClientTimeout = 90000ms;  // Submit.deadlineMs
 struct ModelFacts {
   std::vector<int64_t> stop_ids;
   int64_t vocab = 0;
+  std::vector<int64_t> shared_head;  // the chat template's head (RequestPreparer::shared_head)
 };
 
 const ModelFacts& Facts(const std::filesystem::path& model_dir) {
@@ -88,6 +102,7 @@ const ModelFacts& Facts(const std::filesystem::path& model_dir) {
     if (edge.ok()) {
       f.stop_ids = (*edge)->stop_ids();
       f.vocab = (*edge)->spec().llm.vocab;
+      f.shared_head = (*edge)->shared_head();
     }
   }
   return cache.emplace(model_dir, f).first->second;
@@ -106,12 +121,25 @@ int64_t NextToken(const std::vector<int64_t>& history, const ModelFacts& facts) 
   return 100 + static_cast<int64_t>((h >> 8) % static_cast<uint64_t>(range));
 }
 
-// The fault-free tokens of a greedy request.
-std::vector<int64_t> ExpectedTokens(const std::vector<int64_t>& prompt, uint32_t max_new, const ModelFacts& facts) {
+// The stand-in's sampler: a seeded request's `draw`-th sampled token after `history`. It
+// depends on the draw count, as a real seeded sampler's random stream does: a replay that
+// did not skip the draws of its earlier tokens (AdmitSequence.generatedTokens) gives other
+// tokens.
+int64_t SampledToken(const std::vector<int64_t>& history, uint64_t seed, uint64_t draw, const ModelFacts& facts) {
+  std::vector<int64_t> salted = history;
+  salted.push_back(static_cast<int64_t>(seed % 1000003));
+  salted.push_back(static_cast<int64_t>(draw));
+  return NextToken(salted, facts);
+}
+
+// The fault-free tokens of a greedy request, or of a seeded sampled one (sampled_seed set).
+std::vector<int64_t> ExpectedTokens(const std::vector<int64_t>& prompt, uint32_t max_new, const ModelFacts& facts,
+                                    std::optional<uint64_t> sampled_seed = std::nullopt) {
   std::vector<int64_t> history = prompt, generated;
   coordinator::Sampling sampling;
   while (true) {
-    const int64_t t = NextToken(history, facts);
+    const int64_t t =
+        sampled_seed ? SampledToken(history, *sampled_seed, generated.size(), facts) : NextToken(history, facts);
     history.push_back(t);
     generated.push_back(t);
     if (!coordinator::FinishReasonAfter(generated, max_new, facts.stop_ids, sampling).empty()) break;
@@ -220,8 +248,16 @@ struct Worker {
   uint32_t kept_begin = UINT32_MAX, kept_end = UINT32_MAX;  // weights held
   std::optional<TimePoint> ready_at;                        // loading until then
   bool weights_kept = false;
-  std::map<uint64_t, std::string> layouts;                             // epoch -> the assignment it accepted under it
-  std::map<uint64_t, std::pair<uint64_t, std::vector<int64_t>>> seqs;  // id -> (bytes, tokens cached)
+  std::map<uint64_t, std::string> layouts;  // epoch -> the assignment it accepted under it
+  // What a stage holds of one admitted sequence.
+  struct Held {
+    uint64_t bytes = 0;            // KV room reserved
+    std::vector<int64_t> cached;   // tokens whose KV it holds
+    uint32_t prefill_rows = 0;     // last stage: no token for a step ending before these rows
+    bool greedy = true;            // last stage: its sampler
+    uint64_t seed = 0, draws = 0;  // a sampled sequence's seed; draws skipped at admission
+  };
+  std::map<uint64_t, Held> seqs;
   std::deque<Step> pending;
   std::optional<Step> computing;
   TimePoint compute_done;
@@ -240,6 +276,7 @@ struct ClientRequest {
   std::vector<int64_t> have;
   std::string finish, error;
   std::vector<int64_t> final_tokens;
+  std::optional<uint64_t> sampled_seed;  // a seeded sampled request; greedy when unset
 };
 
 struct Client {
@@ -394,10 +431,12 @@ class Simulation {
     o.expect_workers = static_cast<int>(workers_.size());
     o.strategy = "even";
     o.data_plane = "tcp";
-    o.kv_budget_bytes = kKvPerToken * kKvBudgetTokens;
+    // With the shared head, room for its holder and for prompts that start with it.
+    o.kv_budget_bytes = kKvPerToken * (kKvBudgetTokens + (prefix_cache_ ? 2 * facts_.shared_head.size() : 0));
     o.max_sequences = 8;
     o.max_context = 512;
-    o.prefix_cache = false;
+    o.prefix_cache = prefix_cache_;
+    o.prefill_chunk_rows = prefill_chunk_rows_;
     o.rebalance = false;
     o.clock = &clock_;
     o.transport = transport_.get();
@@ -564,15 +603,34 @@ class Simulation {
                                        " more needed)",
                                    id);
         }
+        Worker::Held held;
+        held.bytes = bytes;
+        held.prefill_rows = a.getPrefillRows();
+        held.greedy = a.getSampling().getGreedy();
+        held.seed = a.getSampling().getSeed();
+        held.draws = a.getGeneratedTokens();  // a replay skips the draws of its earlier tokens
+        if (a.getPrefixRows() > 0) {
+          // The shared prompt head: a copy of the holder's first rows (StageModel::CopyPrefix).
+          auto from = w.seqs.find(a.getPrefixSequenceId());
+          if (from == w.seqs.end() || from->second.cached.size() < a.getPrefixRows() ||
+              a.getPrefixRows() > a.getMaxTokens()) {
+            return SendSequenceError(w, proto::ErrorCode::ABORTED,
+                                     "prefix copy from sequence " + std::to_string(a.getPrefixSequenceId()) +
+                                         ": the prefix is not held or has not stepped " +
+                                         std::to_string(a.getPrefixRows()) + " positions",
+                                     id);
+          }
+          held.cached.assign(from->second.cached.begin(), from->second.cached.begin() + a.getPrefixRows());
+        }
         w.kv_reserved += bytes;
-        w.seqs[id] = {bytes, {}};
+        w.seqs[id] = std::move(held);
         return TryCompute(w);
       }
       case proto::Envelope::RELEASE_SEQUENCES:
         for (uint64_t id : env.getReleaseSequences().getSequenceIds()) {
           auto it = w.seqs.find(id);
           if (it == w.seqs.end()) continue;
-          w.kv_reserved -= it->second.first;
+          w.kv_reserved -= it->second.bytes;
           w.seqs.erase(it);
         }
         return;
@@ -637,20 +695,31 @@ class Simulation {
         broken = true;
         break;
       }
-      auto& cached = it->second.second;
+      Worker::Held& held = it->second;
+      auto& cached = held.cached;
       if (cached.size() < seg.start) {
         broken = true;
         break;
       }
       cached.resize(seg.start);  // a repeated step overwrites its positions
       for (uint32_t r = 0; r < seg.rows; ++r) cached.push_back(s.tokens[row++]);
-      if (cached.size() * kKvPerToken > it->second.first) {
+      if (cached.size() * kKvPerToken > held.bytes) {
         Violation("kv: sequence " + std::to_string(seg.sequence) + " on " + w.id + " holds " +
                   std::to_string(cached.size()) + " tokens, more than its admitted room");
       }
       if (w.stage == 0 && seg.start == 0) CheckRunsOnce(seg.sequence, cached);
       ids.push_back(seg.sequence);
-      tokens.push_back(NextToken(cached, facts_));
+      if (w.stage + 1 < w.stage_count) {
+        tokens.push_back(-1);  // only the last stage's tokens are used
+      } else if (cached.size() < held.prefill_rows) {
+        tokens.push_back(-1);  // a piece of a long prompt: no token, no draw
+      } else if (held.greedy) {
+        tokens.push_back(NextToken(cached, facts_));
+      } else {
+        // Draw k of the stream after the admission's skipped ones: by position, so a step
+        // the network repeated draws nothing twice (no real plane repeats one).
+        tokens.push_back(SampledToken(cached, held.seed, held.draws + (cached.size() - held.prefill_rows), facts_));
+      }
     }
     if (broken) {
       SendWorkerError(w, proto::ErrorCode::ABORTED,
@@ -745,7 +814,12 @@ class Simulation {
       s.setRequestId(r.id);
       s.setMaxNewTokens(r.max_new);
       s.setDeadlineMs(static_cast<uint32_t>(kClientTimeout.count()));
-      s.initSampling().setGreedy(true);
+      auto sampling = s.initSampling();
+      sampling.setGreedy(!r.sampled_seed);
+      if (r.sampled_seed) {
+        sampling.setTemperature(0.8);
+        sampling.setSeed(*r.sampled_seed);
+      }
       auto ids = s.initTokenIds(static_cast<unsigned>(r.prompt.size()));
       for (size_t i = 0; i < r.prompt.size(); ++i) ids.set(static_cast<unsigned>(i), r.prompt[i]);
       std::vector<uint8_t> mask(r.prompt.size(), 0);
@@ -833,10 +907,11 @@ class Simulation {
         Violation("tokens: " + where + " final allTokens do not extend the " + std::to_string(r.have.size()) +
                   " streamed tokens");
       }
-      const auto expected = ExpectedTokens(r.prompt, r.max_new, facts_);
+      const auto expected = ExpectedTokens(r.prompt, r.max_new, facts_, r.sampled_seed);
       if (all != expected) {
         std::ostringstream s;
-        s << "greedy: " << where << " completed with " << all.size() << " tokens";
+        s << "greedy: " << where << (r.sampled_seed ? " (sampled, seed " + std::to_string(*r.sampled_seed) + ")" : "")
+          << " completed with " << all.size() << " tokens";
         for (size_t i = 0; i < all.size() && i < 12; ++i) s << (i ? "," : " [") << all[i];
         s << "], the fault-free run gives " << expected.size() << " [";
         for (size_t i = 0; i < expected.size() && i < 12; ++i) s << (i ? "," : "") << expected[i];
@@ -929,6 +1004,15 @@ class Simulation {
     }
     uint64_t next_token_seed = rng_();
     std::mt19937_64 prompts(next_token_seed);
+    // The serving features a seed exercises, from a generator of their own (the draws above
+    // and below stay what they were before these were added, so earlier seeds keep their
+    // schedules): the shared prompt head, prompts in pieces, seeded sampling.
+    std::mt19937_64 features(opt_.seed * 0x9E3779B97F4A7C15ull + 0x51ED);
+    auto feature = [&features](double p) { return std::uniform_real_distribution<double>(0, 1)(features) < p; };
+    prefix_cache_ = feature(0.5) && !facts_.shared_head.empty();
+    prefill_chunk_rows_ = feature(0.35) ? static_cast<int64_t>(4 + features() % 9) : 0;
+    if (prefix_cache_) s << ", shared head of " << facts_.shared_head.size() << " tokens";
+    if (prefill_chunk_rows_ > 0) s << ", prompts in pieces of " << prefill_chunk_rows_ << " rows";
     for (int i = 0; i < n_clients; ++i) {
       Client c;
       c.index = i;
@@ -939,12 +1023,26 @@ class Simulation {
         r.id = static_cast<uint64_t>(k + 1);
         const int64_t len = Between(3, 40);
         for (int64_t j = 0; j < len; ++j) r.prompt.push_back(1000 + static_cast<int64_t>(prompts() % 5000));
+        if (prefix_cache_ && feature(0.6))
+          r.prompt.insert(r.prompt.begin(), facts_.shared_head.begin(), facts_.shared_head.end());
+        if (feature(0.3)) r.sampled_seed = features() % 100000;
         r.max_new = static_cast<uint32_t>(Between(1, 16));
         r.submit_at = start_ + BetweenMs(0, 4000);
         c.requests.push_back(std::move(r));
       }
       clients_.push_back(std::move(c));
     }
+    int sampled = 0, with_head = 0, requests = 0;
+    for (const auto& c : clients_) {
+      for (const auto& r : c.requests) {
+        ++requests;
+        sampled += r.sampled_seed.has_value();
+        with_head += prefix_cache_ && r.prompt.size() > facts_.shared_head.size() &&
+                     std::equal(facts_.shared_head.begin(), facts_.shared_head.end(), r.prompt.begin());
+      }
+    }
+    s << "; " << requests << " requests (" << sampled << " sampled with a seed" << (prefix_cache_ ? ", " : "")
+      << (prefix_cache_ ? std::to_string(with_head) + " starting with the head" : "") << ")";
     // The faults (drawn even when faults are off, so the workload is the same either way).
     loss_ = Chance(0.5) ? Uniform() * 0.04 : 0;
     duplicate_ = Chance(0.3) ? Uniform() * 0.03 : 0;
@@ -1040,6 +1138,8 @@ class Simulation {
   TimePoint start_ = clock_.now();
   bool faults_ = true;
   bool benign_ = false;  // no fault of this run explains a failed request
+  bool prefix_cache_ = false;
+  int64_t prefill_chunk_rows_ = 0;
   double loss_ = 0, duplicate_ = 0, delay_ = 0;
   int64_t max_delay_ms_ = 0;
   std::unique_ptr<SimTransport> transport_;
@@ -1133,7 +1233,13 @@ SimResult Simulation::Run() {
   // outside it keeps what an earlier plan or coordinator reserved until its next assignment).
   for (const auto& w : workers_) {
     if (!w.alive || !w.assigned || !coordinator_ || coordinator_->worker_state(w.peer) != "serving") continue;
-    if (w.kv_reserved != 0) {
+    // The shared head's holder keeps its KV by design (copied into later prompts): one
+    // sequence holding exactly the head is not a leak.
+    uint64_t held_head = 0;
+    for (const auto& [id, h] : w.seqs) {
+      if (prefix_cache_ && held_head == 0 && h.cached == facts_.shared_head) held_head = h.bytes;
+    }
+    if (w.kv_reserved != held_head) {
       std::ostringstream s;
       s << "kv: worker " << w.id << " (stage " << w.stage << ", epoch " << w.epoch << ") still reserves "
         << w.kv_reserved << " bytes for sequences";

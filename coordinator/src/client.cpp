@@ -13,6 +13,7 @@
 
 #include "sampling_wire.h"
 #include "xcpipe/control/socket.h"
+#include "xcpipe/control/transport.h"
 
 namespace xcpipe::coordinator {
 
@@ -20,8 +21,10 @@ using Clock = std::chrono::steady_clock;
 
 struct Client::Impl {
   zmq::context_t context;
-  std::unique_ptr<control::ControlSocket> socket;
+  std::unique_ptr<control::ControlTransport> transport;
   uint64_t next_request = 1;
+  // Says hello and waits for the welcome (or the refusal).
+  Status Hello(std::chrono::milliseconds timeout);
 };
 
 Client::Client() : impl_(std::make_unique<Impl>()) {}
@@ -34,25 +37,10 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint, s
   const std::string identity = "client-" + std::to_string(getpid()) + "-" + std::to_string(rd());
   auto socket = control::ControlSocket::ConnectDealer(c->impl_->context, endpoint, identity, curve);
   if (!socket.ok()) return socket.status();
-  c->impl_->socket = std::move(socket).value();
-  capnp::MallocMessageBuilder m;
-  auto h = m.initRoot<proto::Envelope>().initHello();
-  h.setProtocolVersion(proto::K_PROTOCOL_VERSION);
-  h.setRole(proto::Role::CLIENT);
-  h.initCapabilities().setPid(static_cast<uint32_t>(getpid()));
-  if (Status st = c->impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
-  const auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    auto in = c->impl_->socket->Receive(left);
-    if (!in.ok()) return in.status();
-    if (!in->has_value()) break;
-    auto env = (*in)->message->envelope();
-    if (env.which() == proto::Envelope::WELCOME) return c;
-    if (env.which() == proto::Envelope::ERROR) {
-      return Status(wire::FromWire(env.getError().getCode()), env.getError().getMessage().cStr());
-    }
-  }
+  c->impl_->transport = std::make_unique<control::ZmqDealerTransport>(std::move(socket).value(), endpoint);
+  Status hello = c->impl_->Hello(timeout);
+  if (hello.ok()) return c;
+  if (hello.code() != StatusCode::kDeadlineExceeded) return hello;
   // A CURVE handshake that fails looks exactly like silence from here: say what to check.
   return UnavailableError("no answer from the coordinator at " + endpoint + " within " +
                           std::to_string(timeout.count()) + " ms" +
@@ -61,6 +49,28 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint, s
                                                  "... on the coordinator's allow-list, and is --server-key its key?)"
                                            : " (if the coordinator requires CURVE keys, pass --secret-key and "
                                              "--server-key)"));
+}
+
+Status Client::Impl::Hello(std::chrono::milliseconds timeout) {
+  capnp::MallocMessageBuilder m;
+  auto h = m.initRoot<proto::Envelope>().initHello();
+  h.setProtocolVersion(proto::K_PROTOCOL_VERSION);
+  h.setRole(proto::Role::CLIENT);
+  h.initCapabilities().setPid(static_cast<uint32_t>(getpid()));
+  if (Status st = transport->Send(m, {}, timeout); !st.ok()) return st;
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto in = transport->Receive(left);
+    if (!in.ok()) return in.status();
+    if (!in->has_value()) break;
+    auto env = (*in)->message->envelope();
+    if (env.which() == proto::Envelope::WELCOME) return OkStatus();
+    if (env.which() == proto::Envelope::ERROR) {
+      return Status(wire::FromWire(env.getError().getCode()), env.getError().getMessage().cStr());
+    }
+  }
+  return DeadlineExceededError("no welcome within " + std::to_string(timeout.count()) + " ms");
 }
 
 StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::chrono::milliseconds timeout,
@@ -97,7 +107,7 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
     s.setWantLogits(request.want_logits);
   }
   const auto start = Clock::now();
-  if (Status st = impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
+  if (Status st = impl_->transport->Send(m, {}, timeout); !st.ok()) return st;
   GenerateResult result;
   size_t prompts_total = 1;
   std::set<uint32_t> prompts_done;
@@ -128,10 +138,10 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
     // again is safe: the coordinator knows the request by (this client, id) and answers with
     // where it stands, or with the final events of a request that already finished.
     if (now - last_heard > (accepted ? ClientTimings::kResubmitAfterSilence : ClientTimings::kResubmitUnacknowledged)) {
-      if (Status st = impl_->socket->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
+      if (Status st = impl_->transport->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
       last_heard = now;
     }
-    auto in = impl_->socket->Receive(std::min(left, std::chrono::milliseconds(100)));
+    auto in = impl_->transport->Receive(std::min(left, std::chrono::milliseconds(100)));
     if (!in.ok()) return in.status();
     if (!in->has_value()) continue;
     auto env = (*in)->message->envelope();
@@ -186,7 +196,7 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
       ++unavailable_retries;
       std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(
           std::chrono::milliseconds(e.getRetryAfterMs()), ClientTimings::kMaxRetryBackoff));
-      if (Status st = impl_->socket->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
+      if (Status st = impl_->transport->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
       last_heard = Clock::now();
       continue;
     }
@@ -230,12 +240,12 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
   while (Clock::now() < deadline) {
     // A request or reply may be lost: ask again until the deadline (status is idempotent).
     if (Clock::now() >= next_ask) {
-      if (Status st = impl_->socket->Send(m, {}, timeout); !st.ok()) return st;
+      if (Status st = impl_->transport->Send(m, {}, timeout); !st.ok()) return st;
       next_ask = Clock::now() + ClientTimings::kResubmitUnacknowledged;
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::min(deadline, next_ask) - Clock::now());
-    auto in = impl_->socket->Receive(std::max(left, std::chrono::milliseconds(1)));
+    auto in = impl_->transport->Receive(std::max(left, std::chrono::milliseconds(1)));
     if (!in.ok()) return in.status();
     if (!in->has_value()) continue;
     auto env = (*in)->message->envelope();

@@ -17,19 +17,6 @@ namespace xcpipe::coordinator {
 
 using Clock = std::chrono::steady_clock;
 
-std::string FixtureSpecOverrides(const std::filesystem::path& model_dir) {
-  auto info = ReadJsonFile(model_dir / ".." / "model_info.json");
-  if (!info.ok()) return "";
-  nlohmann::json out = nlohmann::json::object();
-  const auto& j = *info;
-  if (j.contains("vision") && j["vision"].contains("num_heads")) out["vision_heads"] = j["vision"]["num_heads"];
-  if (j.contains("vision") && j["vision"].contains("clip_heads")) out["vision_heads"] = j["vision"]["clip_heads"];
-  if (j.contains("qformer") && j["qformer"].contains("num_attention_heads")) {
-    out["qformer_heads"] = j["qformer"]["num_attention_heads"];
-  }
-  return out.empty() ? "" : out.dump();
-}
-
 StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOptions options) {
   if (options.workers < 1) return InvalidArgumentError("--workers must be at least 1");
   std::unique_ptr<LocalCluster> c(new LocalCluster());

@@ -590,6 +590,7 @@ class Simulation {
       case proto::Envelope::ADMIT_SEQUENCE: {
         auto a = env.getAdmitSequence();
         const uint64_t id = a.getSequenceId();
+        if (a.getEpoch() != w.epoch) return;  // of an older plan: dropped, as the real worker does
         if (!w.assigned) return SendSequenceError(w, proto::ErrorCode::FAILED_PRECONDITION, "no stage assigned", id);
         if (w.seqs.count(id)) {
           return SendSequenceError(w, proto::ErrorCode::ALREADY_EXISTS,

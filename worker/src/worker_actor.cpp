@@ -17,6 +17,7 @@
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/control/socket.h"
+#include "xcpipe/control/transport.h"
 #include "xcpipe/model/stage_model.h"
 #include "xcpipe/worker/compute_watchdog.h"
 #include "xcpipe/worker/resource_sampler.h"
@@ -81,7 +82,8 @@ struct WorkerActor::Impl {
   WorkerOptions opt;
   Clock& clock;  // every time this actor reads or waits for (not its socket polls)
   zmq::context_t context;
-  std::unique_ptr<control::ControlSocket> control;
+  std::unique_ptr<control::ControlTransport> own_control;  // the DEALER, unless opt.transport
+  control::ControlTransport* control = nullptr;
   zmq::socket_t wake_rx{context, zmq::socket_type::pair};
   zmq::socket_t wake_tx{context, zmq::socket_type::pair};  // used by the links' receiver thread only
   // The data plane: the listener announced in hello, the links of the current assignment and
@@ -141,7 +143,9 @@ struct WorkerActor::Impl {
   bool is_last() const { return stage_index + 1 == stage_count; }
 
   void SendEnvelope(capnp::MallocMessageBuilder& m) {
-    if (auto st = control->Send(m); !st.ok()) spdlog::warn("control send failed: {}", st.ToString());
+    if (auto st = control->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) {
+      spdlog::warn("control send failed: {}", st.ToString());
+    }
   }
   // An error about a step (micro_batch), or about nothing in particular (0).
   void SendError(const Status& status, uint64_t micro_batch) {
@@ -450,6 +454,13 @@ void WorkerActor::Impl::PollLinks() {
 }
 
 void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
+  // An admission of an older plan (overtaken by this plan's assignment, which freed every
+  // sequence) would hold KV room that no release ever names again: dropped, as its forwards are.
+  if (a.getEpoch() != epoch) {
+    spdlog::info("dropping the admission of sequence {} of epoch {} (current {})", a.getSequenceId(), a.getEpoch(),
+                 epoch);
+    return;
+  }
   Admission admission;
   admission.sequence_id = a.getSequenceId();
   admission.max_tokens = a.getMaxTokens();
@@ -703,14 +714,19 @@ int WorkerActor::Run() {
     return ExitCodeFor(st);
   }
   s.routing_id = control::ProcessRoutingId(s.opt.worker_id);
-  auto socket = control::ControlSocket::ConnectDealer(s.context, s.opt.coordinator, s.routing_id, s.opt.curve);
-  if (!socket.ok()) {
-    spdlog::error("control plane: {}", socket.status().ToString());
-    return ExitCodeFor(socket.status());
+  if (s.opt.transport) {
+    s.control = s.opt.transport;
+  } else {
+    auto socket = control::ControlSocket::ConnectDealer(s.context, s.opt.coordinator, s.routing_id, s.opt.curve);
+    if (!socket.ok()) {
+      spdlog::error("control plane: {}", socket.status().ToString());
+      return ExitCodeFor(socket.status());
+    }
+    s.own_control = std::make_unique<control::ZmqDealerTransport>(std::move(socket).value(), s.opt.coordinator);
+    s.control = s.own_control.get();
+    s.watchdog = std::make_unique<ComputeWatchdog>(s.context, s.opt.coordinator, s.routing_id, s.opt.curve,
+                                                   s.watchdog_epoch, s.watchdog_steps, s.clock);
   }
-  s.control = std::move(socket).value();
-  s.watchdog = std::make_unique<ComputeWatchdog>(s.context, s.opt.coordinator, s.routing_id, s.opt.curve,
-                                                 s.watchdog_epoch, s.watchdog_steps, s.clock);
   const std::string wake_endpoint = "inproc://wake";
   s.wake_rx.bind(wake_endpoint);
   s.wake_tx.connect(wake_endpoint);
@@ -751,11 +767,15 @@ int WorkerActor::Run() {
       s.SendHeartbeat();
       s.next_heartbeat = now + control::ControlTimings::kHeartbeatInterval;
     }
-    zmq::pollitem_t items[] = {{s.control->socket().handle(), 0, ZMQ_POLLIN, 0},
-                               {s.wake_rx.handle(), 0, ZMQ_POLLIN, 0}};
+    // The wake socket first, then the control socket when the transport has one; without one
+    // (an in-process transport) the wait is short and the transport is asked after it.
+    zmq::socket_t* control_socket = s.control->poll_socket();
+    zmq::pollitem_t items[] = {{s.wake_rx.handle(), 0, ZMQ_POLLIN, 0},
+                               {control_socket ? control_socket->handle() : nullptr, 0, ZMQ_POLLIN, 0}};
     try {
       // Short waits while steps are deferred or links join (both are polled, not signalled).
-      zmq::poll(items, 2, std::chrono::milliseconds(s.deferred.empty() && !s.links->links_pending() ? 100 : 10));
+      const bool idle = s.deferred.empty() && !s.links->links_pending() && control_socket;
+      zmq::poll(items, control_socket ? 2 : 1, std::chrono::milliseconds(idle ? 100 : control_socket ? 10 : 2));
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) spdlog::warn("poll: {}", e.what());
       continue;
@@ -774,7 +794,7 @@ int WorkerActor::Run() {
         s.SendError(InternalError(std::string("worker dispatch: ") + e.what()), 0);
       }
     }
-    if (items[1].revents & ZMQ_POLLIN) {
+    if (items[0].revents & ZMQ_POLLIN) {
       zmq::message_t drop;
       while (s.wake_rx.recv(drop, zmq::recv_flags::dontwait)) {
       }

@@ -982,4 +982,17 @@ bool PenaltyCoversPrompt(ModelArch arch, bool has_images) {
   return !has_images && (arch == ModelArch::kIxc2Vl || arch == ModelArch::kIxc2_4khd);
 }
 
+std::string FixtureSpecOverrides(const std::filesystem::path& model_dir) {
+  auto info = ReadJsonFile(model_dir / ".." / "model_info.json");
+  if (!info.ok()) return "";
+  nlohmann::json out = nlohmann::json::object();
+  const auto& j = *info;
+  if (j.contains("vision") && j["vision"].contains("num_heads")) out["vision_heads"] = j["vision"]["num_heads"];
+  if (j.contains("vision") && j["vision"].contains("clip_heads")) out["vision_heads"] = j["vision"]["clip_heads"];
+  if (j.contains("qformer") && j["qformer"].contains("num_attention_heads")) {
+    out["qformer_heads"] = j["qformer"]["num_attention_heads"];
+  }
+  return out.empty() ? "" : out.dump();
+}
+
 }  // namespace xcpipe::checkpoint

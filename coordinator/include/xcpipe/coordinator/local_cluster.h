@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "xcpipe/base/subprocess.h"
+#include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/coordinator/coordinator.h"
 
 namespace xcpipe::coordinator {
@@ -82,8 +83,7 @@ class LocalCluster {
   int threads_ = 1;
 };
 
-// Model facts a tiny fixture checkpoint cannot state (its test towers' head counts), read from
-// <model>/../model_info.json when that file exists; "" otherwise.
-std::string FixtureSpecOverrides(const std::filesystem::path& model_dir);
+// Model facts a tiny fixture checkpoint cannot state (checkpoint::FixtureSpecOverrides).
+using checkpoint::FixtureSpecOverrides;
 
 }  // namespace xcpipe::coordinator

@@ -56,10 +56,18 @@
 #include "xcpipe/model/compute.h"
 #include "xcpipe/worker/device_probe.h"
 
+namespace xcpipe::control {
+class ControlTransport;
+}
+
 namespace xcpipe::worker {
 
 struct WorkerOptions {
-  std::string coordinator;              // "tcp://host:port"
+  std::string coordinator;  // "tcp://host:port"
+  // The control plane, when not a DEALER connected to `coordinator`: tests join a real
+  // coordinator and real actors in one process (control::LoopbackHub). It outlives the actor.
+  // No compute watchdog runs then (it needs a connection of its own).
+  control::ControlTransport* transport = nullptr;
   control::CurveConfig curve;           // CURVE client keys + the coordinator's public key; empty: plain TCP
   std::string worker_id;                // stable name; also the control socket identity
   std::string data_host = "127.0.0.1";  // where the previous stage reaches this worker's data plane

@@ -212,4 +212,9 @@ CoverageReport CheckCoverage(const ModelSpec& spec, const TensorTable& tensors);
 // BOS that generate() seeds). Ids: text-only XComposer2-VL and 4KHD prompts (build_inputs).
 bool PenaltyCoversPrompt(ModelArch arch, bool has_images);
 
+// Model facts a tiny fixture checkpoint cannot state (its test towers' head counts), read from
+// <model>/../model_info.json when that file exists, as the JSON a stage assignment's
+// specOverrides carries; "" otherwise.
+std::string FixtureSpecOverrides(const std::filesystem::path& model_dir);
+
 }  // namespace xcpipe::checkpoint

@@ -702,24 +702,33 @@ class Simulation {
         broken = true;
         break;
       }
-      cached.resize(seg.start);  // a repeated step overwrites its positions
-      for (uint32_t r = 0; r < seg.rows; ++r) cached.push_back(s.tokens[row++]);
+      // A repeated step (the network duplicated it) writes its positions again and leaves the
+      // later ones, as a real cache does; its token depends on the positions up to its end.
+      for (uint32_t r = 0; r < seg.rows; ++r, ++row) {
+        const size_t pos = seg.start + r;
+        if (pos < cached.size()) {
+          cached[pos] = s.tokens[row];
+        } else {
+          cached.push_back(s.tokens[row]);
+        }
+      }
       if (cached.size() * kKvPerToken > held.bytes) {
         Violation("kv: sequence " + std::to_string(seg.sequence) + " on " + w.id + " holds " +
                   std::to_string(cached.size()) + " tokens, more than its admitted room");
       }
-      if (w.stage == 0 && seg.start == 0) CheckRunsOnce(seg.sequence, cached);
+      const std::vector<int64_t> upto(cached.begin(), cached.begin() + seg.start + seg.rows);
+      if (w.stage == 0 && seg.start == 0) CheckRunsOnce(seg.sequence, upto);
       ids.push_back(seg.sequence);
       if (w.stage + 1 < w.stage_count) {
         tokens.push_back(-1);  // only the last stage's tokens are used
-      } else if (cached.size() < held.prefill_rows) {
+      } else if (upto.size() < held.prefill_rows) {
         tokens.push_back(-1);  // a piece of a long prompt: no token, no draw
       } else if (held.greedy) {
-        tokens.push_back(NextToken(cached, facts_));
+        tokens.push_back(NextToken(upto, facts_));
       } else {
         // Draw k of the stream after the admission's skipped ones: by position, so a step
         // the network repeated draws nothing twice (no real plane repeats one).
-        tokens.push_back(SampledToken(cached, held.seed, held.draws + (cached.size() - held.prefill_rows), facts_));
+        tokens.push_back(SampledToken(upto, held.seed, held.draws + (upto.size() - held.prefill_rows), facts_));
       }
     }
     if (broken) {

@@ -430,6 +430,8 @@ struct StatusReply {
   stepComputeMsTotal @26 :Float64;    # the stages' compute within them, summed (the rest: hand-offs and waits)
   stepRoundTripP50Ms @27 :Float64;    # median round trip, from the coordinator's histogram
   dtype @28 :Text;                 # the dtype every stage of the current plan computes in (empty before)
+  modelVersion @29 :Text;          # the model's version ("ixc1", "ixc2-vl", "ixc2-4khd", "ixc2.5"): a
+                                   # client applies that version's official generation settings by it
 }
 
 # The one top-level message.

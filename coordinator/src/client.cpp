@@ -245,6 +245,7 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["epoch"] = r.getEpoch();
     j["state"] = r.getState().cStr();
     j["model"] = r.getModel().cStr();
+    j["model_version"] = r.getModelVersion().cStr();
     j["stages"] = r.getStages();
     j["queue_depth"] = r.getQueueDepth();
     j["in_flight"] = r.getInFlight();

@@ -29,6 +29,7 @@
 #include <set>
 
 #include "xcpipe/base/exit_codes.h"
+#include "xcpipe/beam/beam_search.h"
 #include "xcpipe/control/socket.h"
 #include "xcpipe/control/transport.h"
 #ifdef XCPIPE_HAVE_CUDA
@@ -111,6 +112,27 @@ struct StageInfo {
 // others to copy and takes no more steps.
 enum class SeqState { kQueued, kReady, kInFlight, kDone, kHeld };
 
+// A beam request's search (Sampling::num_beams > 1), kept here so that a replay after a fault is
+// exact: the stages recompute the KV of the steps already taken (same parents, same tokens) and
+// the search itself is never run twice. Its beams are sequences of their own on the stages
+// (ids[0] is the Sequence's own id; the others appear only in admissions, steps and releases).
+//
+//   admitted ──prefill ids[0] (in pieces maybe)──► step 1: every beam forks from ids[0] ──► ...
+//     each step: parents + tokens of the last selection go out, every stage reorders, the last
+//     stage answers each beam row with its best candidates, the search selects again
+//   done ──► the best hypothesis is delivered whole, every beam released at once
+//   fault ──► re-admitted, fed = 0: the prompt and history[0..] are stepped again, their
+//             candidates ignored, until fed reaches history.size(); then the search goes on
+struct BeamGroup {
+  beam::BeamSearch search;
+  std::vector<uint64_t> ids;  // every beam's sequence id, ids[0] the Sequence's
+  struct Selection {
+    std::vector<int64_t> parents, tokens;
+  };
+  std::vector<Selection> history;  // the search's selections, one per step taken
+  size_t fed = 0;                  // model steps completed since the (re)admission (0: prompt pending)
+};
+
 struct Sequence {
   uint64_t id = 0;
   uint64_t request = 0;     // internal request id
@@ -130,6 +152,9 @@ struct Sequence {
   bool use_prefix = false;  // its prompt starts with the shared head: admitted with a copy of its KV
   bool is_prefix = false;   // the holder of the shared head's KV (no request; see SharedPrefix)
   bool in_pieces = false;   // its prompt is being prefilled piece by piece (prefill_chunk_rows)
+  std::optional<BeamGroup> beam;  // a beam request: its search and its beams' sequences
+  // Tokens of KV every stage reserves for it: max_tokens for each beam.
+  uint64_t reserved_tokens() const { return max_tokens * (beam ? beam->ids.size() : 1); }
 };
 
 // Where each image of a prompt starts: its rows are the next run of -1 ids, in image order.
@@ -333,6 +358,10 @@ struct Coordinator::Impl {
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);
   StatusOr<std::vector<PreparedPrompt>> PreparePretokenized(proto::Submit::Reader s) const;
   void OnStepResult(proto::StepResult::Reader r);
+  // A beam group's share of a step result: `rows` the rows the step gave it (the prompt piece's,
+  // or 1 per beam), `candidates` each beam row's, by sequence id.
+  void OnBeamStepResult(Sequence& seq, int64_t rows,
+                        const std::map<uint64_t, std::vector<beam::BeamCandidate>>& candidates);
   void OnStatus(const std::string& peer);
   void OnWorkerError(const std::string& peer, proto::Error::Reader e);
   void MaybePlan();

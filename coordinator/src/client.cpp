@@ -162,7 +162,10 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
       skip = have.size() - offset;
     }
     if (!gap[index]) {
-      for (size_t i = skip; i < e.getTokens().size(); ++i) have.push_back(e.getTokens()[i]);
+      // One reader for the list: every get counts its size against the traversal limit, and a
+      // beam request's answer arrives as one event of every token.
+      const auto event_tokens = e.getTokens();
+      for (size_t i = skip; i < event_tokens.size(); ++i) have.push_back(event_tokens[i]);
     }
     if (e.getTokens().size() > skip && !have_first) {
       have_first = true;

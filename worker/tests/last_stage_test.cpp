@@ -166,11 +166,11 @@ class LastStageTest : public ::testing::Test {
     auto r = env.getStepResult();
     EXPECT_EQ(r.getCandidateCounts().size(), seq_ids.size());
     size_t k = 0;
+    const auto tokens = r.getCandidateTokens();
+    const auto totals = r.getCandidateTotals();
     for (uint32_t count : r.getCandidateCounts()) {
       std::vector<beam::BeamCandidate> c;
-      for (uint32_t j = 0; j < count && k < r.getCandidateTokens().size(); ++j, ++k) {
-        c.push_back({r.getCandidateTokens()[k], r.getCandidateTotals()[k]});
-      }
+      for (uint32_t j = 0; j < count && k < tokens.size(); ++j, ++k) c.push_back({tokens[k], totals[k]});
       out.push_back(std::move(c));
     }
     for (int64_t t : r.getTokens()) EXPECT_EQ(t, -1) << "a beam row was sampled";

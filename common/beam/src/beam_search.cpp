@@ -138,6 +138,13 @@ void SetOfficialBeamEnds(const checkpoint::ModelSpec& spec, BeamSearchParams& pa
   } else {
     params.eos_ids = spec.llm.stop_ids;
   }
+  // An id the head cannot produce never ends anything (a test model's vocabulary may be smaller
+  // than its tokenizer's special ids); the search would refuse it as outside the vocabulary.
+  if (spec.llm.vocab > 0) {
+    auto outside = [&](int64_t id) { return id >= spec.llm.vocab; };
+    std::erase_if(params.eos_ids, outside);
+    std::erase_if(params.stop_when_all_beams_end_with, outside);
+  }
 }
 
 std::vector<int64_t> OfficialInitialIds(const checkpoint::ModelSpec& spec, const std::vector<int64_t>& prompt_ids,

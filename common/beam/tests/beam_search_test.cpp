@@ -250,5 +250,17 @@ TEST(BeamParamsTest, SettingsFromAFixtureDescription) {
             StatusCode::kInvalidArgument);
 }
 
+// A small test model whose tokenizer has special ids beyond the model's vocabulary: those ids can
+// never be generated, so they close nothing (instead of failing every step).
+TEST(BeamParamsTest, OfficialEndsOutsideTheVocabularyAreLeftOut) {
+  checkpoint::ModelSpec small;
+  small.arch = checkpoint::ModelArch::kIxc2Vl;
+  small.llm.vocab = 2048;
+  small.llm.stop_ids = {2, 92542};
+  BeamSearchParams p;
+  SetOfficialBeamEnds(small, p);
+  EXPECT_EQ(p.eos_ids, (Ids{2}));
+}
+
 }  // namespace
 }  // namespace xcpipe::beam

@@ -122,6 +122,7 @@ int64_t EosMaskedNewTokens(const BeamSearchParams& params);
 //          words (end of human, end of assistant) end generation through a StoppingCriteria that
 //          needs every beam's last token to be the same one of them.
 //     2.x  passes eos_token_id = [EOS, im_end]: both close hypotheses; no stop words.
+//     Ids outside the model's vocabulary are left out (they can never be generated).
 //   initial_ids: the prompt's ids where chat() hands generate() ids (the repetition penalty then
 //     covers the prompt: checkpoint::PenaltyCoversPrompt), else the placeholder {bos}.
 // The other fields (num_beams, penalties, lengths) are the caller's.

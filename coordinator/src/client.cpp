@@ -222,6 +222,9 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   result.total_ms = std::chrono::duration<double, std::milli>(end - start).count();
   const double decode_s = have_first ? std::chrono::duration<double>(end - first_token).count() : 0;
   result.tokens_per_s = decode_s > 0 && tokens > 1 ? static_cast<double>(tokens - 1) / decode_s : 0;
+  if (request.sampling.beams() && result.total_ms > 0) {
+    result.tokens_per_s = static_cast<double>(tokens) / (result.total_ms / 1000.0);
+  }
   return result;
 }
 

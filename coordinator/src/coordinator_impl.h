@@ -29,7 +29,6 @@
 #include <set>
 
 #include "xcpipe/base/exit_codes.h"
-#include "xcpipe/beam/beam_search.h"
 #include "xcpipe/control/socket.h"
 #include "xcpipe/control/transport.h"
 #ifdef XCPIPE_HAVE_CUDA
@@ -38,6 +37,7 @@
 #include "xcpipe/coordinator/metrics_http.h"
 #include "xcpipe/planner/planner.h"
 #include "xcpipe/planner/planning_model.h"
+#include "beam_group.h"
 #include "monitoring.h"
 
 namespace xcpipe::coordinator {
@@ -111,27 +111,6 @@ struct StageInfo {
 // kHeld: the shared-prefix holder after its prefill: it keeps its KV on every stage for
 // others to copy and takes no more steps.
 enum class SeqState { kQueued, kReady, kInFlight, kDone, kHeld };
-
-// A beam request's search (Sampling::num_beams > 1), kept here so that a replay after a fault is
-// exact: the stages recompute the KV of the steps already taken (same parents, same tokens) and
-// the search itself is never run twice. Its beams are sequences of their own on the stages
-// (ids[0] is the Sequence's own id; the others appear only in admissions, steps and releases).
-//
-//   admitted ──prefill ids[0] (in pieces maybe)──► step 1: every beam forks from ids[0] ──► ...
-//     each step: parents + tokens of the last selection go out, every stage reorders, the last
-//     stage answers each beam row with its best candidates, the search selects again
-//   done ──► the best hypothesis is delivered whole, every beam released at once
-//   fault ──► re-admitted, fed = 0: the prompt and history[0..] are stepped again, their
-//             candidates ignored, until fed reaches history.size(); then the search goes on
-struct BeamGroup {
-  beam::BeamSearch search;
-  std::vector<uint64_t> ids;  // every beam's sequence id, ids[0] the Sequence's
-  struct Selection {
-    std::vector<int64_t> parents, tokens;
-  };
-  std::vector<Selection> history;  // the search's selections, one per step taken
-  size_t fed = 0;                  // model steps completed since the (re)admission (0: prompt pending)
-};
 
 struct Sequence {
   uint64_t id = 0;

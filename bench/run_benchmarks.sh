@@ -5,10 +5,11 @@
 #
 # Builds the benchmark targets (and xcpipe, xcpipe-worker) in BUILD_DIR, makes a small random
 # XComposer2-VL model (xcpipe mkmodel --preset small, a few hundred MB) in a temporary folder,
-# runs plan_bench, plan_ratios, dataplane_bench, decode_bench, split_bench, pipeline_bench and
+# runs plan_bench, plan_ratios, dataplane_bench, decode_bench, split_bench, pipeline_bench, beam_bench and
 # `xcpipe bench strategies` (written to bench_strategies.json), and removes the model. Each
 # benchmark prints its table and writes BUILD_DIR/reports/<name>.json (.md for plan_ratios).
-# Extra arguments per benchmark: DECODE_ARGS, SPLIT_ARGS, PIPELINE_ARGS, DATAPLANE_ARGS, STRATEGIES_ARGS.
+# Extra arguments per benchmark: DECODE_ARGS, SPLIT_ARGS, PIPELINE_ARGS, DATAPLANE_ARGS, STRATEGIES_ARGS,
+# BEAM_ARGS.
 # Safe to re-run. Takes several minutes on the 2-core VM (most of it decode and pipeline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,8 @@ FIXTURES=${XCPIPE_FIXTURES:-../shared/fixtures}
 if [ ! -f "$BUILD/build.ninja" ] && [ ! -f "$BUILD/Makefile" ]; then
   cmake -S . -B "$BUILD" -G Ninja
 fi
-cmake --build "$BUILD" --target xcpipe xcpipe-worker plan_bench plan_ratios dataplane_bench decode_bench split_bench pipeline_bench
+cmake --build "$BUILD" --target xcpipe xcpipe-worker plan_bench plan_ratios dataplane_bench decode_bench split_bench pipeline_bench \
+  beam_bench
 
 work=$(mktemp -d /tmp/xcpipe-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -53,6 +55,11 @@ step "split_bench"
 step "pipeline_bench"
 # shellcheck disable=SC2086
 "$BUILD/bin/pipeline_bench" --model "$work/model" ${PIPELINE_ARGS:-}
+
+step "beam_bench"
+# One request of 5 beams against 5 greedy requests of the same prompt, 2 workers, medians of 5 runs.
+# shellcheck disable=SC2086
+"$BUILD/bin/beam_bench" --model "$work/model" --out "$BUILD/reports/beam_bench.json" ${BEAM_ARGS:-}
 
 step "xcpipe bench strategies"
 # The placement strategies side by side on one mixed workload; STRATEGIES_ARGS replaces the

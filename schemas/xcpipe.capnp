@@ -216,6 +216,15 @@ struct SamplingParams {
   seed @5 :UInt64;
   minNewTokens @6 :UInt32;      # the stop ids cannot be sampled before this many new tokens
   ignoreEos @7 :Bool;           # a stop id does not end the sequence: it runs to maxNewTokens
+  # Beam search (Hugging Face 4.33's, as the official chat() runs it; numBeams 0 or 1: none). The
+  # coordinator keeps the search: a sequence that carries these is a beam group (see
+  # AdmitSequence.beamCandidates). greedy must be true; repetitionPenalty applies per beam.
+  numBeams @8 :UInt32;          # beams of the group, 2..64 (0 and 1: greedy or sampled decoding)
+  lengthPenalty @9 :Float64 = 1.0;  # a hypothesis' score is its sum / length ** lengthPenalty
+  earlyStopping @10 :UInt8;     # 0: HF's False (stop when no running beam can beat the kept
+                                # hypotheses), 1: True (stop once numBeams are kept), 2: "never"
+  minLength @11 :UInt32;        # HF min_length: EOS is masked while the penalty context plus the
+                                # new tokens are shorter than this
 }
 
 # A sequence enters the pipeline: every stage reserves KV room for maxTokens; the last stage
@@ -238,6 +247,17 @@ struct AdmitSequence {
   prefillRows @9 :UInt32;             # rows before the first sampled token (prompt plus
                                       # generatedTokens): the last stage samples no token for
                                       # a step that ends before them (a piece of a long prompt)
+  beamSequenceIds @10 :List(UInt64); # a beam group: the other beams' sequences, reserved with this
+                                      # one (maxTokens each), all or nothing. Only this sequence is
+                                      # prefilled; the others take its KV at the group's first decode
+                                      # step (Forward.beamParents: a copy, the cache is not paged)
+  beamCandidates @11 :UInt32;         # > 0: the group is a beam search. The last stage returns, per
+                                      # beam row, this many best candidates (StepResult.candidate*)
+                                      # instead of a sampled token: the row's float32 log_softmax,
+                                      # the repetition penalty over that beam's penalty context (the
+                                      # one given here, then the tokens each step feeds it), stopIds
+                                      # masked while fewer than sampling.minNewTokens tokens were fed,
+                                      # plus Forward.beamScores; ties to the lower token id
 }
 
 # Sequences leave: every stage frees their KV room (and the last stage their samplers).
@@ -275,6 +295,12 @@ struct Forward {
   imMask @5 :Data;                # one byte per row, 1 at image rows
   images @6 :List(ImageTensor);   # in the order of their slots
   wantLogits @7 :Bool;            # return the full last-row logits (fixture checks)
+  beamParents @8 :List(Int32);    # empty, or one per segment: -1, or the index of the segment whose
+                                  # sequence this segment's sequence continues, as it stood before
+                                  # this step (beam groups: every stage reorders or copies those KV
+                                  # rooms first; a segment continuing itself names its own index)
+  beamScores @9 :List(Float32);   # empty, or one per segment: a beam's score, which the last stage
+                                  # adds to the row's scores before it picks candidates (0 elsewhere)
 }
 
 # Last stage -> coordinator: the sampled token of every sequence in the micro-batch.
@@ -286,6 +312,10 @@ struct StepResult {
   tokens @4 :List(Int64);         # tokens[i] belongs to sequenceIds[i]
   logits @5 :Data;                # wantLogits: float32 [sequences, vocab]
   stageMicros @6 :List(UInt32);   # compute time of each stage for this step, in order
+  candidateCounts @7 :List(UInt32);  # beam groups: per sequence, how many candidates below are its
+                                     # row's (best first; 0 for other sequences and prompt pieces)
+  candidateTokens @8 :List(Int64);   # the candidates of every row, in sequence order
+  candidateTotals @9 :List(Float32); # beam score plus the token's processed log-probability
 }
 
 # Stop accepting new work and finish what is in flight (the worker's state becomes draining;
@@ -407,6 +437,8 @@ struct StatusReply {
   stepComputeMsTotal @26 :Float64;    # the stages' compute within them, summed (the rest: hand-offs and waits)
   stepRoundTripP50Ms @27 :Float64;    # median round trip, from the coordinator's histogram
   dtype @28 :Text;                 # the dtype every stage of the current plan computes in (empty before)
+  modelVersion @29 :Text;          # the model's version ("ixc1", "ixc2-vl", "ixc2-4khd", "ixc2.5"): a
+                                   # client applies that version's official generation settings by it
 }
 
 # The one top-level message.

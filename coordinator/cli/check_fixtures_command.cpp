@@ -18,6 +18,7 @@
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/npy.h"
+#include "xcpipe/beam/beam_search.h"
 #include "xcpipe/base/subprocess.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/coordinator/client.h"
@@ -177,6 +178,26 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
         top10 = Load(cdir / "top10_ids.npy", tally, name);
         if (!top10) continue;
       }
+      // Row b of the case as the model sees it (images in order: call for rows 0, 1, ... after
+      // setting next_image to 0).
+      auto row_request = [&](int64_t b) {
+        coordinator::GenerateRequest r;
+        for (int64_t t = 0; t < T; ++t) {
+          if (attn_values[b * T + t] == 0) continue;
+          r.token_ids.push_back(id_values[b * T + t]);
+          r.im_mask.push_back(static_cast<uint8_t>(mask_values[b * T + t] != 0));
+        }
+        int64_t slots = 0;
+        for (int64_t id : r.token_ids) slots += id < 0;
+        while (slots > 0 && next_image < images.size()) {
+          r.pixel_images.push_back(images[next_image]);
+          slots -= spec.ImageTokens(images[next_image].grid_h, images[next_image].grid_w);
+          ++next_image;
+        }
+        const bool has_images = !r.pixel_images.empty();
+        if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images)) r.penalty_context = r.token_ids;
+        return r;
+      };
       for (auto [file, penalty] : {std::pair<std::string, double>{"generated_ids.npy", 1.0},
                                    std::pair<std::string, double>{"generated_ids_rep1005.npy", 1.005}}) {
         if (!fs::exists(cdir / file) || (bf16 && penalty != 1.0)) continue;
@@ -186,21 +207,7 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
         const int64_t n_new = want->shape[1];
         next_image = 0;
         for (int64_t b = 0; b < B; ++b) {
-          coordinator::GenerateRequest r;
-          for (int64_t t = 0; t < T; ++t) {
-            if (attn_values[b * T + t] == 0) continue;
-            r.token_ids.push_back(id_values[b * T + t]);
-            r.im_mask.push_back(static_cast<uint8_t>(mask_values[b * T + t] != 0));
-          }
-          int64_t slots = 0;
-          for (int64_t id : r.token_ids) slots += id < 0;
-          while (slots > 0 && next_image < images.size()) {
-            r.pixel_images.push_back(images[next_image]);
-            slots -= spec.ImageTokens(images[next_image].grid_h, images[next_image].grid_w);
-            ++next_image;
-          }
-          const bool has_images = !r.pixel_images.empty();
-          if (checkpoint::PenaltyCoversPrompt(spec.arch, has_images)) r.penalty_context = r.token_ids;
+          coordinator::GenerateRequest r = row_request(b);
           r.max_new_tokens = static_cast<uint32_t>(bf16 ? 1 : n_new);
           r.sampling.repetition_penalty = penalty;
           r.want_logits = penalty == 1.0 && !bf16;
@@ -265,6 +272,65 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
             tally.Print(worst <= 0 && static_cast<int64_t>(ours.size()) == V, row_name + "/logits",
                         "max abs diff " + std::to_string(max_abs));
           }
+        }
+      }
+      // The official default generation (1.0's chat(): beam search), with the settings the
+      // manifest states, through the cluster: the coordinator keeps the search, the stages fork
+      // and reorder the beams' KV, the last stage sends each beam row's best candidates.
+      constexpr char kBeamFile[] = "generated_ids_official_beam5_rep1.5.npy";
+      if (!bf16 && fs::exists(cdir / kBeamFile)) {
+        const std::string beam_name = name + "/generated_ids_official_beam5_rep1.5";
+        auto want = Load(cdir / kBeamFile, tally, beam_name);
+        if (!want) continue;
+        const auto& files = manifest->value("files", nlohmann::json::object());
+        const std::string description =
+            files.contains(kBeamFile) ? files[kBeamFile].value("description", std::string()) : std::string();
+        auto settings = beam::BeamSettingsFromDescription(description, kBeamFile, spec, want->shape[1]);
+        if (!settings.ok()) {
+          tally.Print(false, beam_name, settings.status().ToString());
+          continue;
+        }
+        const auto want_ids = want->ToInt64();
+        const int64_t n_new = want->shape[1];
+        next_image = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          coordinator::GenerateRequest r = row_request(b);
+          r.max_new_tokens = static_cast<uint32_t>(settings->max_new_tokens);
+          r.sampling.num_beams = settings->num_beams;
+          r.sampling.repetition_penalty = settings->repetition_penalty;
+          r.sampling.length_penalty = settings->length_penalty;
+          r.sampling.early_stopping = static_cast<int>(settings->early_stopping);
+          r.sampling.min_length = settings->min_length;
+          r.sampling.min_new_tokens = settings->min_new_tokens;
+          const std::string row_name = beam_name + (B > 1 ? "/row" + std::to_string(b) : "");
+          auto result = (*client)->Generate(r, std::chrono::minutes(5));
+          if (!result.ok() || !result->error.empty()) {
+            tally.Print(false, row_name, result.ok() ? result->error : result.status().ToString());
+            continue;
+          }
+          const auto& got = result->token_ids.empty() ? std::vector<int64_t>{} : result->token_ids[0];
+          bool same = true;
+          std::string why;
+          for (int64_t t = 0; t < n_new; ++t) {
+            if (t >= static_cast<int64_t>(got.size())) {
+              // The official output pads a hypothesis that ended early.
+              const bool ended = !got.empty() && std::find(spec.llm.stop_ids.begin(), spec.llm.stop_ids.end(),
+                                                           got.back()) != spec.llm.stop_ids.end();
+              if (!ended) same = false, why = "ours ends after " + std::to_string(got.size()) + " tokens";
+              break;
+            }
+            if (got[t] != want_ids[b * n_new + t]) {
+              same = false;
+              why = "token " + std::to_string(t) + ": ours " + std::to_string(got[t]) + ", expected " +
+                    std::to_string(want_ids[b * n_new + t]);
+              break;
+            }
+          }
+          tally.Print(same, row_name,
+                      same ? "identical (" + std::to_string(got.size()) + " tokens, " +
+                                 std::to_string(settings->num_beams) + " beams, repetition penalty " +
+                                 std::to_string(settings->repetition_penalty) + ")"
+                           : why);
         }
       }
     }

@@ -6,6 +6,7 @@
 
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
+#include "xcpipe/beam/beam_search.h"
 #include "xcpipe/tokenizer/utf8.h"
 
 namespace xcpipe::cli {
@@ -32,6 +33,24 @@ void AddGenerationFlags(CLI::App& sub, GenerationFlags& f) {
   sub.add_flag("--ignore-eos", f.ignore_eos,
                "keep generating past an end-of-answer token, to exactly --max-new-tokens tokens (for benchmarks; "
                "the text is still cut at the end of the turn)");
+  sub.add_option("--num-beams", f.num_beams,
+                 "beam search with this many beams (Hugging Face semantics, as the official chat() runs it; "
+                 "1 = none); needs greedy decoding, and the answer arrives whole at the end")
+      ->capture_default_str();
+  sub.add_option("--length-penalty", f.length_penalty, "beam search: a hypothesis' score is divided by length^this")
+      ->capture_default_str();
+  sub.add_option("--early-stopping", f.early_stopping,
+                 "beam search: false (stop when no running beam can win), true (stop once --num-beams "
+                 "hypotheses are finished) or never")
+      ->capture_default_str();
+  sub.add_option("--min-length", f.min_length,
+                 "beam search: EOS is masked while the prompt's penalty context plus the new tokens are shorter "
+                 "(Hugging Face min_length)")
+      ->capture_default_str();
+  sub.add_flag("--official-defaults", f.official_defaults,
+               "use the model version's official chat() generation settings (1.0: 5 beams, repetition penalty 1.5, "
+               "min_length 1, 500 new tokens; 2.x: sampling with top_p 0.8, repetition penalty 1.005, 1024 new "
+               "tokens); flags given explicitly still win");
   sub.add_flag("--json", f.json, R"(print {"token_ids": [...], "text": ..., "ttft_ms": ..., "tokens_per_s": ...})");
 }
 
@@ -78,7 +97,40 @@ StatusOr<coordinator::GenerateRequest> BuildRequest(const GenerationFlags& f, co
   }
   r.sampling.min_new_tokens = f.min_tokens;
   r.sampling.ignore_eos = f.ignore_eos;
+  if (f.num_beams < 1 || f.num_beams > 64) {
+    return InvalidArgumentError("--num-beams " + std::to_string(f.num_beams) + " is out of range; expected 1..64");
+  }
+  if (f.num_beams > 1 && sampling) {
+    return InvalidArgumentError("--num-beams " + std::to_string(f.num_beams) +
+                                " cannot be combined with sampling flags (--temperature, --top-p, --top-k, --seed)");
+  }
+  r.sampling.num_beams = f.num_beams;
+  r.sampling.length_penalty = f.length_penalty;
+  auto early = beam::ParseEarlyStopping(f.early_stopping);
+  if (!early.ok()) return early.status().WithContext("--early-stopping");
+  r.sampling.early_stopping = static_cast<int>(*early);
+  r.sampling.min_length = f.min_length;
   return r;
+}
+
+void ApplyOfficialDefaults(const GenerationFlags& f, const CLI::App& sub, checkpoint::ModelArch arch,
+                           coordinator::GenerateRequest& r) {
+  if (!f.official_defaults) return;
+  const coordinator::OfficialGeneration g = coordinator::OfficialChatGeneration(arch);
+  auto given = [&](const char* flag) { return sub.count(flag) > 0; };
+  const bool sampling_given = given("--temperature") || given("--top-p") || given("--top-k") || given("--seed") ||
+                              given("--greedy") || given("--num-beams");
+  if (!sampling_given) {
+    r.sampling.greedy = g.sampling.greedy;
+    r.sampling.temperature = g.sampling.temperature;
+    r.sampling.top_p = g.sampling.top_p;
+    r.sampling.top_k = g.sampling.top_k;
+    r.sampling.num_beams = g.sampling.num_beams;
+  }
+  if (!given("--repetition-penalty")) r.sampling.repetition_penalty = g.sampling.repetition_penalty;
+  if (!given("--min-length") && r.sampling.num_beams > 1) r.sampling.min_length = g.sampling.min_length;
+  if (!given("--length-penalty")) r.sampling.length_penalty = g.sampling.length_penalty;
+  if (!given("--max-new-tokens")) r.max_new_tokens = static_cast<uint32_t>(g.max_new_tokens);
 }
 
 int PrintResult(const GenerationFlags& f, const coordinator::GenerateResult& result) {

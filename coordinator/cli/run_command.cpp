@@ -19,6 +19,7 @@ void AddRunCommand(CLI::App& app, Action& action) {
       "Examples:\n"
       "  xcpipe run --model /tmp/m --prompt '<ImageHere>What is in the picture?' --image cat.png\n"
       "  xcpipe run --model /tmp/m --prompt 'Hello' --max-new-tokens 16 --json\n"
+      "  xcpipe run --model /tmp/ixc1 --prompt 'Hello' --official-defaults   (1.0: 5 beams, as chat())\n"
       "Exit codes: 0 answered, 4 bad model, prompt, image or settings, 5 the worker did not start.");
   auto o = std::make_shared<coordinator::LocalClusterOptions>();
   auto flags = std::make_shared<GenerationFlags>();
@@ -35,6 +36,14 @@ void AddRunCommand(CLI::App& app, Action& action) {
       if (!request.ok()) {
         std::fprintf(stderr, "xcpipe run: %s\n", request.status().message().c_str());
         return kExitInvalidInput;
+      }
+      if (flags->official_defaults) {
+        auto described = checkpoint::DescribeCheckpoint(o->model_dir);
+        if (!described.ok()) {
+          std::fprintf(stderr, "xcpipe run: %s\n", described.status().ToString().c_str());
+          return ExitCodeFor(described.status());
+        }
+        ApplyOfficialDefaults(*flags, *sub, described->spec.arch, *request);
       }
       auto cluster = StartLocalCluster(*o);
       if (!cluster.ok()) {

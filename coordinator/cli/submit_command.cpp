@@ -1,6 +1,7 @@
 // xcpipe submit: send a prompt (and images) to a running coordinator and stream the answer.
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "commands.h"
 #include "curve_flags.h"
@@ -15,6 +16,7 @@ void AddSubmitCommand(CLI::App& app, Action& action) {
       "Examples:\n"
       "  xcpipe submit --coordinator tcp://127.0.0.1:7000 --prompt '<ImageHere>Describe it.' --image cat.png\n"
       "  xcpipe submit --coordinator tcp://10.0.0.1:7000 --prompt-file questions.json --json\n"
+      "  xcpipe submit --coordinator tcp://127.0.0.1:7000 --prompt 'Hi' --num-beams 5 --repetition-penalty 1.5\n"
       "Exit codes: 0 answered, 4 the request was refused (bad prompt/image/settings), 5 coordinator\n"
       "unreachable or no answer in time, 1 the request failed in the cluster.");
   auto coordinator = std::make_shared<std::string>();
@@ -41,6 +43,26 @@ void AddSubmitCommand(CLI::App& app, Action& action) {
       if (!client.ok()) {
         std::fprintf(stderr, "xcpipe submit: %s\n", client.status().ToString().c_str());
         return ExitCodeFor(client.status());
+      }
+      if (flags->official_defaults) {
+        // The settings depend on the model's version, which the coordinator's status names.
+        auto status = (*client)->GetStatus(std::chrono::seconds(10));
+        if (!status.ok()) {
+          std::fprintf(stderr, "xcpipe submit: --official-defaults: %s\n", status.status().ToString().c_str());
+          return ExitCodeFor(status.status());
+        }
+        const std::string version = status->value("model_version", "");
+        std::optional<checkpoint::ModelArch> arch;
+        for (auto a : {checkpoint::ModelArch::kIxc1, checkpoint::ModelArch::kIxc2Vl, checkpoint::ModelArch::kIxc2_4khd,
+                       checkpoint::ModelArch::kIxc2_5}) {
+          if (checkpoint::ArchName(a) == version) arch = a;
+        }
+        if (!arch) {
+          std::fprintf(stderr, "xcpipe submit: --official-defaults: the coordinator names no model version ('%s')\n",
+                       version.c_str());
+          return kExitFailure;
+        }
+        ApplyOfficialDefaults(*flags, *sub, *arch, *request);
       }
       const bool stream = !flags->json;
       auto result = (*client)->Generate(*request, std::chrono::seconds(*timeout_s),

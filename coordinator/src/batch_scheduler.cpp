@@ -86,20 +86,23 @@ void Coordinator::Impl::Admit() {
     }
     std::vector<StageKv> kv;
     for (const auto& st : stages) kv.push_back({st.kv_per_token, st.kv_reserved, st.kv_budget});
-    const KvRoom room = CheckKvRoom(kv, seq.max_tokens);
+    // A beam group reserves every beam's room at once: it never runs a stage out of KV later.
+    const KvRoom room = CheckKvRoom(kv, seq.reserved_tokens());
     if (room == KvRoom::kNever && seq.is_prefix) {
       DropSharedPrefix("its " + std::to_string(seq.max_tokens) + " tokens do not fit a stage's KV cache");
       continue;
     }
     if (room == KvRoom::kNever) {
       queue.pop_front();
-      FailRequest(seq.request, ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
-                                                      " tokens) exceeds a stage's whole KV cache"));
+      FailRequest(seq.request,
+                  ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
+                                         " tokens" + (seq.beam ? " for each of " + std::to_string(seq.beam->ids.size()) + " beams" : std::string()) +
+                                         ") exceeds a stage's whole KV cache"));
       continue;
     }
     if (room == KvRoom::kWait) break;  // wait for room
     queue.pop_front();
-    for (auto& st : stages) st.kv_reserved += seq.max_tokens * st.kv_per_token;
+    for (auto& st : stages) st.kv_reserved += seq.reserved_tokens() * st.kv_per_token;
     for (const auto& st : stages) {
       capnp::MallocMessageBuilder m;
       auto a = m.initRoot<proto::Envelope>().initAdmitSequence();
@@ -121,8 +124,23 @@ void Coordinator::Impl::Admit() {
         a.setPrefixSequenceId(prefix.holder);
         a.setPrefixRows(static_cast<uint32_t>(prefix.head.size()));
       }
+      if (seq.beam) {
+        // The last stage masks the EOS ids itself, from the tokens each step feeds a beam.
+        const beam::BeamSearchParams& p = seq.beam->search.params();
+        a.getSampling().setMinNewTokens(static_cast<uint32_t>(std::max<int64_t>(0, beam::EosMaskedNewTokens(p))));
+        auto eos = a.initStopIds(static_cast<unsigned>(p.eos_ids.size()));
+        for (size_t j = 0; j < p.eos_ids.size(); ++j) eos.set(static_cast<unsigned>(j), p.eos_ids[j]);
+        auto initial = a.initPenaltyContext(static_cast<unsigned>(p.initial_ids.size()));
+        for (size_t j = 0; j < p.initial_ids.size(); ++j) initial.set(static_cast<unsigned>(j), p.initial_ids[j]);
+        a.setGeneratedTokens(0);
+        a.setPrefillRows(static_cast<uint32_t>(seq.prompt.ids.size()));
+        auto others = a.initBeamSequenceIds(static_cast<unsigned>(seq.beam->ids.size() - 1));
+        for (size_t j = 1; j < seq.beam->ids.size(); ++j) others.set(static_cast<unsigned>(j - 1), seq.beam->ids[j]);
+        a.setBeamCandidates(static_cast<uint32_t>(beam::CandidatesPerRow(p)));
+      }
       Send(m, st.peer);
     }
+    if (seq.beam) seq.beam->fed = 0;
     if (seq.use_prefix) {
       seq.cached = static_cast<int64_t>(prefix.head.size());
       ++prefix.hits;
@@ -162,7 +180,10 @@ void Coordinator::Impl::Schedule() {
   ScheduleLimits limits;
   for (const auto& [id, s] : sequences) {
     if (s.state == SeqState::kReady) {
-      ready.push_back({id, static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached});
+      // A beam group after its prompt: one row per beam.
+      const int64_t rows = s.beam && s.beam->fed > 0 ? static_cast<int64_t>(s.beam->ids.size())
+                                                     : static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
+      ready.push_back({id, rows});
     }
     limits.active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
     if (s.in_pieces) limits.in_pieces = id;
@@ -175,36 +196,52 @@ void Coordinator::Impl::Schedule() {
   if (plan.in_pieces != 0) sequences.at(plan.in_pieces).in_pieces = true;
   for (const MicroBatchPlan& planned : plan.micro_batches) {
     const auto& member_rows = planned.members;
-    const int64_t rows = planned.rows;
-    capnp::MallocMessageBuilder m;
-    auto f = m.initRoot<proto::Envelope>().initForward();
-    const uint64_t mb = next_id++;
-    f.setEpoch(epoch);
-    f.setMicroBatchId(mb);
-    f.setStep(++step_counter);
-    auto segs = f.initSegments(member_rows.size());
-    auto ids = f.initTokenIds(rows);
-    std::vector<uint8_t> mask(rows, 0);
+    // The step's segments: one per sequence, or one per beam of a beam group past its prompt.
+    struct Out {
+      uint64_t id;
+      int64_t start;
+      std::vector<int64_t> ids;
+      std::vector<uint8_t> mask;
+      int32_t parent = -1;  // beam groups: the segment whose sequence it continues
+      float score = 0;      // beam groups: the beam's score
+    };
+    std::vector<Out> outs;
+    bool any_beam = false;
     std::vector<const PreparedImage*> images;
-    int64_t row = 0;
     for (size_t i = 0; i < member_rows.size(); ++i) {
       Sequence& s = sequences.at(member_rows[i].first);
+      s.state = SeqState::kInFlight;
+      if (s.beam && s.beam->fed > 0) {
+        // Feed the last selection: beam k continues beam parents[k] of the previous step and
+        // appends tokens[k]. Its scores matter only when this step's candidates are new (not a
+        // replay of a step already taken).
+        const BeamGroup& g = *s.beam;
+        const BeamGroup::Selection& last = g.history[g.fed - 1];
+        const bool live = g.fed == g.history.size();
+        const auto first = static_cast<int32_t>(outs.size());
+        for (size_t k = 0; k < g.ids.size(); ++k) {
+          outs.push_back({g.ids[k], s.cached, {last.tokens[k]}, {0}, first + static_cast<int32_t>(last.parents[k]),
+                          live ? g.search.beam_score(static_cast<int64_t>(k)) : 0.0f});
+        }
+        any_beam = true;
+        continue;
+      }
       // Every position not in the stages' caches yet (or the next piece of them): a prompt
       // (after the shared head when it was copied) and, for a replayed sequence, every token it
       // already generated; in decode, the last token.
       const auto prompt_len = static_cast<int64_t>(s.prompt.ids.size());
       const int64_t r = member_rows[i].second;
-      segs[i].setSequenceId(s.id);
-      segs[i].setRows(static_cast<uint32_t>(r));
-      segs[i].setStartPos(static_cast<uint32_t>(s.cached));
-      for (int64_t p = s.cached; p < s.cached + r; ++p, ++row) {
+      Out o{s.id, s.cached, {}, {}, -1, 0.0f};
+      for (int64_t p = s.cached; p < s.cached + r; ++p) {
         if (p < prompt_len) {
-          ids.set(row, s.prompt.ids[p]);
-          mask[row] = s.prompt.im_mask[p];
+          o.ids.push_back(s.prompt.ids[p]);
+          o.mask.push_back(s.prompt.im_mask[p]);
         } else {
-          ids.set(row, s.generated[p - prompt_len]);
+          o.ids.push_back(s.generated[p - prompt_len]);
+          o.mask.push_back(0);
         }
       }
+      any_beam = any_beam || s.beam.has_value();
       // Each image goes with the step that holds its first row; stage 0 encodes it then and
       // keeps its rows for the pieces that follow.
       if (s.cached < prompt_len && !s.prompt.images.empty()) {
@@ -212,7 +249,35 @@ void Coordinator::Impl::Schedule() {
         for (size_t k = 0; k < first.size(); ++k)
           if (first[k] >= s.cached && first[k] < s.cached + r) images.push_back(&s.prompt.images[k]);
       }
-      s.state = SeqState::kInFlight;
+      outs.push_back(std::move(o));
+    }
+    int64_t rows = 0;
+    for (const Out& o : outs) rows += static_cast<int64_t>(o.ids.size());
+    capnp::MallocMessageBuilder m;
+    auto f = m.initRoot<proto::Envelope>().initForward();
+    const uint64_t mb = next_id++;
+    f.setEpoch(epoch);
+    f.setMicroBatchId(mb);
+    f.setStep(++step_counter);
+    auto segs = f.initSegments(static_cast<unsigned>(outs.size()));
+    auto ids = f.initTokenIds(static_cast<unsigned>(rows));
+    std::vector<uint8_t> mask;
+    mask.reserve(static_cast<size_t>(rows));
+    unsigned row = 0;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      segs[i].setSequenceId(outs[i].id);
+      segs[i].setRows(static_cast<uint32_t>(outs[i].ids.size()));
+      segs[i].setStartPos(static_cast<uint32_t>(outs[i].start));
+      for (int64_t t : outs[i].ids) ids.set(row++, t);
+      mask.insert(mask.end(), outs[i].mask.begin(), outs[i].mask.end());
+    }
+    if (any_beam) {
+      auto parents = f.initBeamParents(static_cast<unsigned>(outs.size()));
+      auto scores = f.initBeamScores(static_cast<unsigned>(outs.size()));
+      for (size_t i = 0; i < outs.size(); ++i) {
+        parents.set(static_cast<unsigned>(i), outs[i].parent);
+        scores.set(static_cast<unsigned>(i), outs[i].score);
+      }
     }
     f.setImMask(kj::arrayPtr(mask.data(), mask.size()));
     bool want_logits = false;
@@ -236,13 +301,16 @@ void Coordinator::Impl::Schedule() {
 }
 
 void Coordinator::Impl::ReleaseOnStages(const Sequence& seq) {
-  releases_to_repeat[seq.id] = kReleaseRepeats;
+  // A beam group's beams go together: its room returns at once.
+  const std::vector<uint64_t> ids = seq.beam ? seq.beam->ids : std::vector<uint64_t>{seq.id};
+  for (uint64_t id : ids) releases_to_repeat[id] = kReleaseRepeats;
   for (auto& st : stages) {
-    st.kv_reserved -= std::min(st.kv_reserved, seq.max_tokens * st.kv_per_token);
+    st.kv_reserved -= std::min(st.kv_reserved, seq.reserved_tokens() * st.kv_per_token);
     capnp::MallocMessageBuilder m;
     auto r = m.initRoot<proto::Envelope>().initReleaseSequences();
     r.setEpoch(epoch);
-    r.initSequenceIds(1).set(0, seq.id);
+    auto list = r.initSequenceIds(static_cast<unsigned>(ids.size()));
+    for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
     Send(m, st.peer);
   }
 }
@@ -285,9 +353,28 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
   }
   auto ids = r.getSequenceIds();
   auto tokens = r.getTokens();
+  // Beam rows: their candidates by sequence id.
+  std::map<uint64_t, std::vector<beam::BeamCandidate>> candidates;
+  if (r.getCandidateCounts().size() > 0) {
+    auto counts = r.getCandidateCounts();
+    auto cand_tokens = r.getCandidateTokens();
+    auto totals = r.getCandidateTotals();
+    size_t k = 0;
+    for (size_t i = 0; i < ids.size() && i < counts.size(); ++i) {
+      if (counts[i] == 0) continue;
+      auto& row = candidates[ids[i]];
+      for (uint32_t j = 0; j < counts[i] && k < cand_tokens.size() && k < totals.size(); ++j, ++k) {
+        row.push_back({cand_tokens[k], totals[k]});
+      }
+    }
+  }
+  for (const auto& [id, r_rows] : rows_of) {
+    auto it = sequences.find(id);
+    if (it != sequences.end() && it->second.beam) OnBeamStepResult(it->second, r_rows, candidates);
+  }
   for (size_t i = 0; i < ids.size() && i < tokens.size(); ++i) {
     auto it = sequences.find(ids[i]);
-    if (it == sequences.end()) continue;
+    if (it == sequences.end() || it->second.beam) continue;
     Sequence& seq = it->second;
     const int64_t token = tokens[i];
     auto rows = rows_of.find(seq.id);
@@ -318,6 +405,65 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
     if (done) FinishSequence(seq, std::string(finish));
     else seq.state = SeqState::kReady;
   }
+}
+
+void Coordinator::Impl::OnBeamStepResult(Sequence& seq, int64_t rows,
+                                         const std::map<uint64_t, std::vector<beam::BeamCandidate>>& candidates) {
+  BeamGroup& g = *seq.beam;
+  if (g.fed == 0) {
+    seq.cached += rows;
+    if (seq.cached < static_cast<int64_t>(seq.prompt.ids.size())) {
+      seq.state = SeqState::kReady;  // a piece of a long prompt: the next piece follows
+      return;
+    }
+    seq.in_pieces = false;
+  } else {
+    seq.cached += 1;
+  }
+  const bool replayed = g.fed < g.history.size();  // a step taken before a fault: its selection is known
+  ++g.fed;
+  if (replayed) {
+    seq.state = SeqState::kReady;
+    return;
+  }
+  std::vector<std::vector<beam::BeamCandidate>> beam_rows;
+  const size_t n = g.fed == 1 ? 1 : g.ids.size();  // the prompt's one row stands for every beam
+  for (size_t k = 0; k < n; ++k) {
+    auto c = candidates.find(g.ids[k]);
+    beam_rows.push_back(c == candidates.end() ? std::vector<beam::BeamCandidate>{} : c->second);
+  }
+  auto step = g.search.StepCandidates(beam_rows, edge->spec().llm.vocab);
+  if (!step.ok()) {
+    // The last stage answered rows the search cannot use: a bug or a stage out of step; this
+    // request ends with the reason, nobody else's.
+    FailRequest(seq.request, InternalError(step.status().message()).WithContext("beam search of sequence " +
+                                                                                   std::to_string(seq.id)));
+    return;
+  }
+  g.history.push_back({step->parents, step->tokens});
+  if (g.history.size() == 1 && !seq.first_token_at) {
+    // Monitoring: a beam request's first selection is its first token (delivered at the end).
+    seq.first_token_at = Now();
+    if (auto rit = requests.find(seq.request); rit != requests.end()) {
+      live.ttft_seconds.Observe(std::chrono::duration<double>(*seq.first_token_at - rit->second.received).count());
+    }
+  }
+  if (!step->done) {
+    seq.state = SeqState::kReady;
+    return;
+  }
+  // Delivered whole, once: nothing a client received ever changes.
+  auto best = g.search.Best();
+  if (!best.ok()) {
+    FailRequest(seq.request, best.status().WithContext("beam search of sequence " + std::to_string(seq.id)));
+    return;
+  }
+  seq.generated = best->tokens;
+  std::string finish(FinishReasonAfter(seq.generated, seq.max_new, edge->stop_ids(), seq.sampling));
+  if (finish.empty()) finish = g.search.stop_reason() == beam::BeamStopReason::kMaxLength ? "length" : "stop";
+  const uint64_t request = seq.request;
+  StreamTokens(seq, seq.generated, true, finish);
+  if (requests.count(request)) FinishSequence(seq, finish);
 }
 
 void Coordinator::Impl::CheckStepDeadlines() {

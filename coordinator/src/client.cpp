@@ -172,7 +172,10 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
       skip = have.size() - offset;
     }
     if (!gap[index]) {
-      for (size_t i = skip; i < e.getTokens().size(); ++i) have.push_back(e.getTokens()[i]);
+      // One reader for the list: every get counts its size against the traversal limit, and a
+      // beam request's answer arrives as one event of every token.
+      const auto event_tokens = e.getTokens();
+      for (size_t i = skip; i < event_tokens.size(); ++i) have.push_back(event_tokens[i]);
     }
     if (e.getTokens().size() > skip && !have_first) {
       have_first = true;
@@ -229,6 +232,9 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   result.total_ms = std::chrono::duration<double, std::milli>(end - start).count();
   const double decode_s = have_first ? std::chrono::duration<double>(end - first_token).count() : 0;
   result.tokens_per_s = decode_s > 0 && tokens > 1 ? static_cast<double>(tokens - 1) / decode_s : 0;
+  if (request.sampling.beams() && result.total_ms > 0) {
+    result.tokens_per_s = static_cast<double>(tokens) / (result.total_ms / 1000.0);
+  }
   return result;
 }
 
@@ -255,6 +261,7 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["epoch"] = r.getEpoch();
     j["state"] = r.getState().cStr();
     j["model"] = r.getModel().cStr();
+    j["model_version"] = r.getModelVersion().cStr();
     j["stages"] = r.getStages();
     j["queue_depth"] = r.getQueueDepth();
     j["in_flight"] = r.getInFlight();

@@ -57,6 +57,7 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setEpoch(epoch);
   r.setState(ClusterStateName(state));
   r.setModel(opt.model_dir.string());
+  r.setModelVersion(std::string(checkpoint::ArchName(edge->spec().arch)));
   r.setStages(static_cast<uint32_t>(stages.size()));
   r.setQueueDepth(static_cast<uint32_t>(queue.size()));
   uint32_t inflight = 0;

@@ -196,6 +196,10 @@ struct Coordinator::Impl {
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);
   StatusOr<std::vector<PreparedPrompt>> PreparePretokenized(proto::Submit::Reader s) const;
   void OnStepResult(proto::StepResult::Reader r);
+  // A beam group's share of a step result: `rows` the rows the step gave it (the prompt piece's,
+  // or 1 per beam), `candidates` each beam row's, by sequence id.
+  void OnBeamStepResult(Sequence& seq, int64_t rows,
+                        const std::map<uint64_t, std::vector<beam::BeamCandidate>>& candidates);
   void OnStatus(const std::string& peer);
   void OnWorkerError(const std::string& peer, proto::Error::Reader e);
   void MaybePlan();

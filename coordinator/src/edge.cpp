@@ -1,5 +1,7 @@
 #include "xcpipe/coordinator/edge.h"
 
+#include "xcpipe/beam/beam_search.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -96,7 +98,54 @@ Status RequestPreparer::ValidateGeneration(int64_t max_new_tokens, const Samplin
     return InvalidArgumentError("min_tokens " + std::to_string(s.min_new_tokens) + " is out of range; expected 0.." +
                                 std::to_string(max_new_tokens) + " (at most max_new_tokens)");
   }
+  if (s.num_beams < 1 || s.num_beams > beam::kMaxBeams) {
+    return InvalidArgumentError("num_beams " + std::to_string(s.num_beams) + " is out of range; expected 1.." +
+                                std::to_string(beam::kMaxBeams) + " (1 = no beam search)");
+  }
+  if (s.beams()) {
+    if (!s.greedy) {
+      return InvalidArgumentError("num_beams " + std::to_string(s.num_beams) +
+                                  " with sampling is not supported; beam search needs greedy decoding "
+                                  "(temperature 0 / do_sample false)");
+    }
+    if (!std::isfinite(s.length_penalty) || std::abs(s.length_penalty) > 100) {
+      return InvalidArgumentError("length_penalty " + std::to_string(s.length_penalty) +
+                                  " is out of range; expected -100..100 (1 = HF's default)");
+    }
+    if (s.early_stopping < 0 || s.early_stopping > 2) {
+      return InvalidArgumentError("early_stopping " + std::to_string(s.early_stopping) +
+                                  " is out of range; expected 0 (false), 1 (true) or 2 (never)");
+    }
+  }
+  if (s.min_length < 0 || s.min_length > limits_.max_prompt_tokens + max_new_tokens) {
+    return InvalidArgumentError("min_length " + std::to_string(s.min_length) + " is out of range; expected 0.." +
+                                std::to_string(limits_.max_prompt_tokens + max_new_tokens));
+  }
+  if (s.min_length > 0 && !s.beams()) {
+    return InvalidArgumentError("min_length is a beam-search setting (num_beams > 1); use min_tokens otherwise");
+  }
   return OkStatus();
+}
+
+OfficialGeneration OfficialChatGeneration(checkpoint::ModelArch arch) {
+  OfficialGeneration g;
+  if (arch == checkpoint::ModelArch::kIxc1) {
+    // chat(): generate(num_beams=5, do_sample=False, min_length=1, repetition_penalty=1.5,
+    // max_new_tokens=500, length_penalty=1.0).
+    g.sampling.num_beams = 5;
+    g.sampling.repetition_penalty = 1.5;
+    g.sampling.min_length = 1;
+    g.max_new_tokens = 500;
+  } else {
+    // 2.x chat(): do_sample=True, num_beams=1, temperature=1.0, top_p=0.8, repetition_penalty=1.005,
+    // max_new_tokens=1024.
+    g.sampling.greedy = false;
+    g.sampling.temperature = 1.0;
+    g.sampling.top_p = 0.8;
+    g.sampling.repetition_penalty = 1.005;
+    g.max_new_tokens = 1024;
+  }
+  return g;
 }
 
 std::string_view FinishReasonAfter(const std::vector<int64_t>& generated, int64_t max_new,

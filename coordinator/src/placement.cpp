@@ -339,6 +339,10 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
       seq.state = SeqState::kQueued;
       seq.cached = 0;
       seq.in_pieces = false;
+      if (seq.beam && !seq.beam->history.empty()) {
+        spdlog::info("beam group of sequence {} ({} beams) replays its {} recorded steps", id, seq.beam->ids.size(),
+                     seq.beam->history.size());
+      }
       replay.push_back(id);
       if (fault && ++seq.fault_replays > kMaxFaultReplays) over_budget.insert(seq.request);
     } else if (seq.state == SeqState::kQueued && seq.use_prefix && holder_knocked_back) {

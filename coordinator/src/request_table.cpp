@@ -41,6 +41,34 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
                                                        ? PreparePretokenized(s)
                                                        : edge->Prepare(s.getPromptJson().cStr(), images);
   if (!prepared.ok()) return refuse(prepared.status());
+  if (sampling.beams() && s.getWantLogits()) {
+    return refuse(InvalidArgumentError("want_logits is not available with num_beams > 1 (the logits of a beam "
+                                       "search's tokens are not one row per token)"));
+  }
+  // Each prompt's beam search, checked before anything is queued.
+  std::vector<std::optional<beam::BeamSearch>> searches(prepared->size());
+  if (sampling.beams()) {
+    for (size_t i = 0; i < prepared->size(); ++i) {
+      beam::BeamSearchParams p;
+      p.num_beams = sampling.num_beams;
+      p.max_new_tokens = max_new;
+      p.length_penalty = sampling.length_penalty;
+      p.early_stopping = static_cast<beam::EarlyStopping>(sampling.early_stopping);
+      p.min_length = sampling.min_length;
+      p.min_new_tokens = sampling.min_new_tokens;
+      p.repetition_penalty = sampling.repetition_penalty;
+      beam::SetOfficialBeamEnds(edge->spec(), p);
+      if (sampling.ignore_eos) {
+        p.eos_ids.clear();
+        p.stop_when_all_beams_end_with.clear();
+      }
+      p.initial_ids = (*prepared)[i].penalty_context;
+      if (p.initial_ids.empty()) p.initial_ids = {edge->spec().llm.bos_id};
+      auto search = beam::BeamSearch::Create(std::move(p));
+      if (!search.ok()) return refuse(search.status());
+      searches[i] = std::move(search).value();
+    }
+  }
   const int64_t max_context = MaxContext(edge->spec());
   for (const auto& p : *prepared) {
     if (static_cast<int64_t>(p.ids.size()) + max_new > max_context) {
@@ -69,6 +97,10 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     const auto& head = prefix.head;
     seq.use_prefix = !head.empty() && seq.prompt.ids.size() > head.size() &&
                      std::equal(head.begin(), head.end(), seq.prompt.ids.begin());
+    if (searches[i]) {
+      seq.beam = BeamGroup{std::move(*searches[i]), {seq.id}, {}, 0};
+      for (int64_t k = 1; k < sampling.num_beams; ++k) seq.beam->ids.push_back(next_id++);
+    }
     req.sequences.push_back(seq.id);
     queue.push_back(seq.id);
     sequences.emplace(seq.id, std::move(seq));

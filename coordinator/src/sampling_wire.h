@@ -19,6 +19,10 @@ inline void SamplingToWire(const Sampling& s, proto::SamplingParams::Builder out
   out.setSeed(s.seed);
   out.setMinNewTokens(static_cast<uint32_t>(std::max<int64_t>(0, s.min_new_tokens)));
   out.setIgnoreEos(s.ignore_eos);
+  out.setNumBeams(static_cast<uint32_t>(std::clamp<int64_t>(s.num_beams, 0, UINT32_MAX)));
+  out.setLengthPenalty(s.length_penalty);
+  out.setEarlyStopping(static_cast<uint8_t>(std::clamp(s.early_stopping, 0, 255)));
+  out.setMinLength(static_cast<uint32_t>(std::clamp<int64_t>(s.min_length, 0, UINT32_MAX)));
 }
 
 inline Sampling SamplingFromWire(proto::SamplingParams::Reader in) {
@@ -31,6 +35,10 @@ inline Sampling SamplingFromWire(proto::SamplingParams::Reader in) {
   s.seed = in.getSeed();
   s.min_new_tokens = in.getMinNewTokens();
   s.ignore_eos = in.getIgnoreEos();
+  s.num_beams = std::max<int64_t>(1, in.getNumBeams());  // 0: a client that predates beams
+  s.length_penalty = in.getLengthPenalty();
+  s.early_stopping = in.getEarlyStopping();
+  s.min_length = in.getMinLength();
   return s;
 }
 

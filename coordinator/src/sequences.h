@@ -21,6 +21,8 @@
 //     with the next kReleaseRepeats heartbeats (a lost release would hold the room until the
 //     next plan); the coordinator's own accounting is freed at once.
 //   * A micro-batch not heard of for kStepDeadline counts as lost and starts a recovery.
+//   * A beam request is one Sequence whose beams are sequences of their own on the stages
+//     (beam_group.h): admitted and released all together, reserving reserved_tokens().
 #pragma once
 
 #include <chrono>
@@ -30,6 +32,7 @@
 
 #include <optional>
 
+#include "beam_group.h"
 #include "xcpipe/coordinator/edge.h"
 
 namespace xcpipe::coordinator::detail {
@@ -66,10 +69,13 @@ struct Sequence {
   size_t text_sent = 0;                             // bytes of decoded text already streamed
   std::optional<Clock::time_point> first_token_at;  // monitoring: time to first token, decode speed
   bool want_logits = false;
-  int fault_replays = 0;    // times a fault sent it back to prefill (bounded: kMaxFaultReplays)
-  bool use_prefix = false;  // its prompt starts with the shared head: admitted with a copy of its KV
-  bool is_prefix = false;   // the holder of the shared head's KV (no request; see SharedPrefix)
-  bool in_pieces = false;   // its prompt is being prefilled piece by piece (prefill_chunk_rows)
+  int fault_replays = 0;          // times a fault sent it back to prefill (bounded: kMaxFaultReplays)
+  bool use_prefix = false;        // its prompt starts with the shared head: admitted with a copy of its KV
+  bool is_prefix = false;         // the holder of the shared head's KV (no request; see SharedPrefix)
+  bool in_pieces = false;         // its prompt is being prefilled piece by piece (prefill_chunk_rows)
+  std::optional<BeamGroup> beam;  // a beam request: its search and its beams' sequences
+  // Tokens of KV every stage reserves for it: max_tokens for each beam.
+  uint64_t reserved_tokens() const { return max_tokens * (beam ? beam->ids.size() : 1); }
 };
 
 // Where each image of a prompt starts: its rows are the next run of -1 ids, in image order.

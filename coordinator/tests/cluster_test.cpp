@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <future>
+#include <map>
 #include <thread>
 
 #include "xcpipe/base/files.h"
@@ -222,6 +223,91 @@ TEST(ClusterTest, MinTokensAndIgnoreEosRunToTheLength) {
   }
   std::cout << "requests: " << requests.size() << ", all ran to their length; tokens compared with free runs: "
             << compared << "\n";
+}
+
+// Every worker's reserved KV bytes, as the status shows them (from the workers' heartbeats).
+std::map<std::string, uint64_t> ReservedKv(Client& client) {
+  std::map<std::string, uint64_t> out;
+  auto status = client.GetStatus(5s);
+  EXPECT_TRUE(status.ok()) << status.status().ToString();
+  if (!status.ok()) return out;
+  for (const auto& w : (*status)["workers"]) out[w["id"].get<std::string>()] = w["kv_reserved_bytes"].get<uint64_t>();
+  return out;
+}
+
+// Beam requests (each a group of beams sharing its prompt's KV) among greedy ones: every request
+// gives, all at once, the tokens it gives alone; afterwards every stage's reserved KV is back to
+// its idle figure (only the shared prompt head's holder keeps room).
+TEST(ClusterTest, BeamAndGreedyTogetherGiveWhatEachGivesAlone) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto requests = MixedRequests();
+  requests.resize(8);
+  for (size_t i = 0; i < requests.size(); i += 2) {
+    requests[i].sampling.num_beams = 2 + static_cast<int64_t>(i / 2);  // 2..5 beams
+    requests[i].sampling.repetition_penalty = i % 4 == 0 ? 1.5 : 1.0;
+    requests[i].sampling.min_length = i == 4 ? 3 : 0;
+    requests[i].sampling.early_stopping = static_cast<int>(i / 2) % 3;
+    requests[i].max_new_tokens = 6;
+  }
+  auto client = Client::Connect(cluster->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  std::vector<std::vector<int64_t>> alone;
+  for (const auto& r : requests) {
+    auto result = (*client)->Generate(r, 120s);
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    ASSERT_TRUE(result->error.empty()) << result->error;
+    ASSERT_FALSE(result->token_ids[0].empty());
+    alone.push_back(result->token_ids[0]);
+  }
+  std::this_thread::sleep_for(1500ms);  // heartbeats carry the figures
+  const auto idle = ReservedKv(**client);
+  ASSERT_EQ(idle.size(), 2u);
+
+  const auto together = TokensOfAllAtOnce(*cluster, requests);
+  int identical = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(together[i], alone[i]) << "request " << i << (requests[i].sampling.num_beams > 1 ? " (beams)" : "");
+    identical += together[i] == alone[i];
+  }
+  // A finished group releases every beam's room at once: back to idle, as the status shows it.
+  std::map<std::string, uint64_t> after;
+  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
+    after = ReservedKv(**client);
+    if (after == idle) break;
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_EQ(after, idle) << "reserved KV did not return to its idle figure";
+  auto status = (*client)->GetStatus(5s);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ((*status)["failed"].get<uint64_t>(), 0u);
+  EXPECT_EQ((*status)["in_flight"].get<uint64_t>(), 0u);
+  std::cout << "requests: " << requests.size() << " (4 beam, 4 greedy), tokens identical alone and together: "
+            << identical << "/" << requests.size() << "; reserved KV after the batch:";
+  for (const auto& [id, bytes] : after) std::cout << " " << id << " " << bytes << " B (idle " << idle.at(id) << ")";
+  std::cout << "\n";
+
+  // Beam settings out of range are refused at the edge, naming the field.
+  GenerateRequest bad = requests[1];
+  bad.sampling.num_beams = 65;
+  auto refused = (*client)->Generate(bad, 30s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->error.find("num_beams 65 is out of range; expected 1..64"), std::string::npos) << refused->error;
+  bad.sampling.num_beams = 3;
+  bad.sampling.greedy = false;
+  refused = (*client)->Generate(bad, 30s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->error.find("InvalidArgument"), std::string::npos) << refused->error;
+  EXPECT_NE(refused->error.find("needs greedy decoding"), std::string::npos) << refused->error;
+  bad.sampling.greedy = true;
+  bad.want_logits = true;  // a pre-tokenized submit (only those carry want_logits)
+  bad.images.clear();
+  bad.token_ids = {1, 333, 4444, 5555};
+  bad.im_mask.assign(bad.token_ids.size(), 0);
+  refused = (*client)->Generate(bad, 30s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->error.find("want_logits"), std::string::npos) << refused->error;
 }
 
 // Limits enforced before scheduling: requests per client connection and request deadlines.

@@ -102,10 +102,12 @@ size_t WorkerOfStage(LocalCluster& cluster, int stage) {
 
 // Runs the workload concurrently, applies `fault` once tokens are flowing, and checks the
 // outcome against the fault-free reference.
+// `workload` and `reference`: another workload and its fault-free tokens (default: Workload()).
 Row RunWithFault(const std::string& scenario, LocalCluster& cluster, const std::function<void()>& fault,
-                 bool expect_recovery = true) {
-  const auto requests = Workload();
-  const auto& reference = Reference();
+                 bool expect_recovery = true, const std::vector<GenerateRequest>* workload = nullptr,
+                 const std::vector<std::vector<int64_t>>* fault_free = nullptr) {
+  const auto requests = workload ? *workload : Workload();
+  const auto& reference = fault_free ? *fault_free : Reference();
   std::vector<std::future<StatusOr<GenerateResult>>> futures;
   for (const auto& r : requests) {
     futures.push_back(std::async(std::launch::async, [&cluster, r]() -> StatusOr<GenerateResult> {
@@ -191,6 +193,41 @@ TEST(FaultTest, KillMiddleStageDuringDecodeWithSpare) {
   auto status = Status(*cluster);
   EXPECT_GE(status["faults"].get<int>(), 1);
   EXPECT_EQ(status["workers"].size(), 4u);  // the spare registered and was planned with the survivors
+}
+
+// Beam requests (4 beams, repetition penalty 1.5) among greedy ones when the middle stage dies
+// mid-search: each beam group is re-admitted, its prompt prefilled again and its recorded steps
+// (parents and tokens) replayed, so the KV ends as before and the search goes on from where it
+// was (it never runs a step twice). The answers equal the fault-free run's.
+TEST(FaultTest, KillMiddleStageDuringBeamSearch) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  auto workload = Workload();
+  for (size_t i = 0; i < workload.size(); i += 2) {
+    workload[i].sampling.num_beams = 4;
+    workload[i].sampling.repetition_penalty = 1.5;
+    workload[i].sampling.early_stopping = 2;  // "never": the search runs long enough to be hit
+  }
+  std::vector<std::vector<int64_t>> fault_free;
+  {
+    auto reference = Start(1);
+    ASSERT_NE(reference, nullptr);
+    auto client = Client::Connect(reference->address(), 10s);
+    ASSERT_TRUE(client.ok());
+    for (const auto& r : workload) {
+      auto res = (*client)->Generate(r, 120s);
+      ASSERT_TRUE(res.ok() && res->error.empty()) << (res.ok() ? res->error : res.status().ToString());
+      fault_free.push_back(res->token_ids[0]);
+    }
+  }
+  auto cluster = Start(3);
+  ASSERT_NE(cluster, nullptr);
+  const size_t victim = WorkerOfStage(*cluster, 1);
+  ASSERT_NE(victim, SIZE_MAX);
+  RunWithFault("kill -9 middle stage during beam search", *cluster, [&] { cluster->worker(victim).Signal(SIGKILL); },
+               /*expect_recovery=*/true, &workload, &fault_free);
+  auto status = Status(*cluster);
+  EXPECT_GE(status["faults"].get<int>(), 1);  // a loaded host may also see a step deadline pass
+  EXPECT_GT(status["replays"].get<uint64_t>(), 0u);
 }
 
 // Prompts prefilled in pieces of 16 rows (one long prompt at a time; stage 0 keeps an image's

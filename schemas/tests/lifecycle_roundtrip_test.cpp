@@ -151,6 +151,53 @@ TEST(LifecycleRoundTrip, ForwardAndStepResult) {
   EXPECT_EQ(rs.getLogits().size(), sizeof(logits));
 }
 
+// A beam group's fields: the admission of its beams and their candidates, the parents and scores
+// a step carries, the candidates the last stage answers, and the beam settings.
+TEST(LifecycleRoundTrip, BeamGroupFields) {
+  capnp::MallocMessageBuilder b1;
+  auto a = b1.initRoot<proto::Envelope>().initAdmitSequence();
+  a.setSequenceId(10);
+  auto others = a.initBeamSequenceIds(2); others.set(0, 11); others.set(1, 12);
+  a.setBeamCandidates(9);
+  auto sp = a.initSampling();
+  sp.setNumBeams(3); sp.setLengthPenalty(0.5); sp.setEarlyStopping(2); sp.setMinLength(4);
+  auto d1 = RoundTrip(b1);
+  ASSERT_NE(d1, nullptr);
+  auto r = d1->envelope().getAdmitSequence();
+  ASSERT_EQ(r.getBeamSequenceIds().size(), 2u); EXPECT_EQ(r.getBeamSequenceIds()[1], 12u);
+  EXPECT_EQ(r.getBeamCandidates(), 9u);
+  EXPECT_EQ(r.getSampling().getNumBeams(), 3u); EXPECT_DOUBLE_EQ(r.getSampling().getLengthPenalty(), 0.5);
+  EXPECT_EQ(r.getSampling().getEarlyStopping(), 2u); EXPECT_EQ(r.getSampling().getMinLength(), 4u);
+
+  capnp::MallocMessageBuilder b2;
+  auto f = b2.initRoot<proto::Envelope>().initForward();
+  auto parents = f.initBeamParents(3); parents.set(0, 0); parents.set(1, 0); parents.set(2, -1);
+  auto scores = f.initBeamScores(3); scores.set(0, -1.25f); scores.set(1, -2.5f); scores.set(2, 0.0f);
+  auto d2 = RoundTrip(b2);
+  ASSERT_NE(d2, nullptr);
+  auto rf = d2->envelope().getForward();
+  EXPECT_EQ(rf.getBeamParents()[2], -1); EXPECT_EQ(rf.getBeamScores()[1], -2.5f);
+
+  capnp::MallocMessageBuilder b3;
+  auto s = b3.initRoot<proto::Envelope>().initStepResult();
+  auto counts = s.initCandidateCounts(2); counts.set(0, 2); counts.set(1, 0);
+  auto tokens = s.initCandidateTokens(2); tokens.set(0, 7); tokens.set(1, 3);
+  auto totals = s.initCandidateTotals(2); totals.set(0, -0.5f); totals.set(1, -0.75f);
+  auto d3 = RoundTrip(b3);
+  ASSERT_NE(d3, nullptr);
+  auto rs = d3->envelope().getStepResult();
+  EXPECT_EQ(rs.getCandidateCounts()[0], 2u); EXPECT_EQ(rs.getCandidateTokens()[1], 3);
+  EXPECT_EQ(rs.getCandidateTotals()[1], -0.75f);
+
+  // A sender that predates beams: no beam search, HF's length penalty.
+  capnp::MallocMessageBuilder b4;
+  b4.initRoot<proto::Envelope>().initSubmit().initSampling();
+  auto d4 = RoundTrip(b4);
+  ASSERT_NE(d4, nullptr);
+  EXPECT_EQ(d4->envelope().getSubmit().getSampling().getNumBeams(), 0u);
+  EXPECT_DOUBLE_EQ(d4->envelope().getSubmit().getSampling().getLengthPenalty(), 1.0);
+}
+
 TEST(LifecycleRoundTrip, DrainShutdownAndClientMessages) {
   capnp::MallocMessageBuilder b1;
   b1.initRoot<proto::Envelope>().initDrain().setReason("maintenance");

@@ -23,6 +23,11 @@ check 2 "xcpipe with an unknown subcommand" "$bin/xcpipe" frobnicate
 check 2 "xcpipe-worker without --coordinator" "$bin/xcpipe-worker"
 check 2 "xcpipe serve-local with a negative --prefill-chunk" "$bin/xcpipe" serve-local --model /nonexistent --prefill-chunk -5
 echo "$LAST_OUT" | grep -q -- "--prefill-chunk" || { echo "FAIL: the error does not name --prefill-chunk"; fail=1; }
+# Beam settings out of range are refused before anything connects.
+check 4 "xcpipe submit with --num-beams out of range" "$bin/xcpipe" submit --coordinator tcp://127.0.0.1:1 --prompt hi --num-beams 65
+echo "$LAST_OUT" | grep -q -- "--num-beams 65 is out of range; expected 1..64" || { echo "FAIL: the error does not name --num-beams"; fail=1; }
+check 4 "xcpipe submit with --num-beams and sampling" "$bin/xcpipe" submit --coordinator tcp://127.0.0.1:1 --prompt hi --num-beams 3 --temperature 0.7
+check 4 "xcpipe submit with an unknown --early-stopping" "$bin/xcpipe" submit --coordinator tcp://127.0.0.1:1 --prompt hi --num-beams 3 --early-stopping soon
 # Text that is not UTF-8 is refused before anything connects, naming the byte offset.
 check 4 "xcpipe submit with a prompt that is not UTF-8" "$bin/xcpipe" submit --coordinator tcp://127.0.0.1:1 --prompt $'ab\xffcd'
 echo "$LAST_OUT" | grep -q "not valid UTF-8 at byte offset 2" || { echo "FAIL: the error does not name the byte offset"; fail=1; }

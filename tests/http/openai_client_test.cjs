@@ -122,6 +122,21 @@ test('min_tokens and ignore_eos (top-level extensions) match xcpipe submit and r
   });
 });
 
+test('num_beams (top-level extension) gives the beam search xcpipe submit --num-beams gives', async () => {
+  const prompt = 'Name three colours.';
+  const ask = (extra) => openai.chat.completions.create({ model, max_tokens: 10,
+                                                          messages: [{ role: 'user', content: prompt }], ...extra });
+  const beams = await ask({ num_beams: 4, repetition_penalty: 1.5, length_penalty: 1.0, early_stopping: false });
+  const cli = submit(prompt, ['--max-new-tokens', '10', '--num-beams', '4', '--repetition-penalty', '1.5']);
+  assert.equal(beams.choices[0].message.content, cli.text);
+  assert.equal(beams.usage.completion_tokens, cli.token_ids.length);
+  await assert.rejects(ask({ num_beams: 4, temperature: 0.7 }), (err) => {
+    assert.equal(err.status, 400);
+    assert.ok(err.message.includes('needs greedy decoding'), err.message);
+    return true;
+  });
+});
+
 test('seed makes sampling reproducible', async () => {
   const ask = (seed) => openai.chat.completions.create({ model, max_tokens: 16, temperature: 1.0, top_p: 0.95, seed,
                                                          messages: [{ role: 'user', content: 'Say something random.' }] });

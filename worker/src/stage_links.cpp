@@ -304,6 +304,23 @@ Status StageLinks::SendActivations(const Activations& a) {
                                            {reinterpret_cast<const std::byte*>(&flag), 1});
   if (!f1.ok() || !f2.ok() || !f3.ok() || !f4.ok()) return InternalError("cannot frame activations");
   msg.tensors = {*f1, *f2, *f3, *f4};
+  if (!a.beam_parents.empty()) {
+    // Beam groups: every stage reorders by the parents; the last stage needs the tokens and scores.
+    const auto n = static_cast<int64_t>(a.beam_parents.size());
+    auto bytes = [](const auto& v) {
+      return std::span<const std::byte>(reinterpret_cast<const std::byte*>(v.data()), v.size() * sizeof(v[0]));
+    };
+    auto parents = transport::TensorFrame::Borrow("beam_parents", transport::DType::kI64, {n}, bytes(a.beam_parents));
+    auto tokens = transport::TensorFrame::Borrow("beam_tokens", transport::DType::kI64, {n}, bytes(a.beam_tokens));
+    auto scores = transport::TensorFrame::Borrow("beam_scores", transport::DType::kF32, {n}, bytes(a.beam_scores));
+    if (!parents.ok() || !tokens.ok() || !scores.ok() || a.beam_tokens.size() != a.beam_parents.size() ||
+        a.beam_scores.size() != a.beam_parents.size()) {
+      return InternalError("cannot frame the beam rows of activations");
+    }
+    msg.tensors.push_back(*parents);
+    msg.tensors.push_back(*tokens);
+    msg.tensors.push_back(*scores);
+  }
   if (!plane_) {
     return FailedPreconditionError("stage " + std::to_string(stage_index_) + " has no data plane to stage " +
                                    std::to_string(stage_index_ + 1) + " yet");

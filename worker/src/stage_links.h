@@ -70,6 +70,9 @@ struct Activations {
   at::Tensor im_mask;  // [N] bool
   std::vector<int64_t> stage_micros;
   bool want_logits = false;
+  // Beam groups (PendingStep): sent as side tensors only when not empty.
+  std::vector<int64_t> beam_parents, beam_tokens;
+  std::vector<float> beam_scores;
 };
 
 // Where joining NCCL links stand (see PollJoin).

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
 
 namespace xcpipe::worker {
@@ -41,21 +42,36 @@ Status StepExecutor::Admit(const Admission& a) {
   const uint64_t id = a.sequence_id;
   if (!model_) return FailedPreconditionError("no stage assigned");
   if (Status st = model_->ReserveSequence(id, a.max_tokens); !st.ok()) return st;
+  // A beam group: every beam's room now or none (its steps then wait and the coordinator re-plans).
+  std::vector<uint64_t> group = {id};
+  for (uint64_t beam : a.beam_sequence_ids) {
+    Status st = model_->HoldsSequence(beam) ? AlreadyExistsError("beam sequence " + std::to_string(beam) + " is held")
+                                            : model_->ReserveSequence(beam, a.max_tokens);
+    if (!st.ok()) {
+      for (uint64_t held : group) model_->ReleaseSequence(held);
+      return st.WithContext("beam group of sequence " + std::to_string(id));
+    }
+    group.push_back(beam);
+  }
   if (a.prefix_rows > 0) {
     if (Status st = model_->CopyPrefix(a.prefix_sequence_id, id, a.prefix_rows); !st.ok()) {
       // Without the copy its steps would read an empty cache: keep it unadmitted, so they wait
       // and end as Aborted (the coordinator re-plans) instead of computing wrong tokens.
-      model_->ReleaseSequence(id);
+      for (uint64_t held : group) model_->ReleaseSequence(held);
       return AbortedError(st.message());
     }
   }
   if (is_last()) {
     if (Status st = model::ValidateSamplingParams(a.sampling); !st.ok()) {
-      model_->ReleaseSequence(id);
+      for (uint64_t held : group) model_->ReleaseSequence(held);
       return st;
     }
     SequenceState state{model::Sampler(a.sampling, a.generated_tokens), a.penalty_context, a.prefill_rows};
-    sequences_.insert_or_assign(id, std::move(state));
+    state.beam_candidates = a.beam_candidates;
+    state.eos_masked_new_tokens = a.sampling.min_new_tokens;
+    state.repetition_penalty = a.sampling.repetition_penalty;
+    state.eos_ids = a.sampling.stop_ids;
+    for (uint64_t member : group) sequences_.insert_or_assign(member, state);
   }
   return OkStatus();
 }
@@ -137,14 +153,135 @@ StatusOr<PendingStep> StepExecutor::FromActivations(transport::StageMessage mess
   }
   if (const auto* flags = message.Find("flags"))
     step.want_logits = !flags->bytes().empty() && flags->bytes()[0] != std::byte{0};
+  const auto* parents = message.Find("beam_parents");
+  const auto* tokens = message.Find("beam_tokens");
+  const auto* scores = message.Find("beam_scores");
+  if (parents != nullptr || tokens != nullptr || scores != nullptr) {
+    const size_t n = step.segments.size();
+    if (parents == nullptr || tokens == nullptr || scores == nullptr || parents->dtype() != transport::DType::kI64 ||
+        tokens->dtype() != transport::DType::kI64 || scores->dtype() != transport::DType::kF32 ||
+        parents->as<int64_t>().size() != n || tokens->as<int64_t>().size() != n || scores->as<float>().size() != n) {
+      return InvalidArgumentError("activation message has beam rows that do not match its " + std::to_string(n) +
+                                  " segments");
+    }
+    auto p = parents->as<int64_t>();
+    auto t = tokens->as<int64_t>();
+    auto sc = scores->as<float>();
+    step.beam_parents.assign(p.begin(), p.end());
+    step.beam_tokens.assign(t.begin(), t.end());
+    step.beam_scores.assign(sc.begin(), sc.end());
+  }
   step.input.segments = step.segments;
   step.keep_alive = std::move(message);
   return step;
 }
 
+Status StepExecutor::ApplyBeamReorders(const PendingStep& step) {
+  const size_t n = step.segments.size();
+  if (step.beam_parents.empty()) return OkStatus();
+  if (step.beam_parents.size() != n) {
+    return InvalidArgumentError("step carries " + std::to_string(step.beam_parents.size()) + " beam parents for " +
+                                std::to_string(n) + " segments");
+  }
+  // Segments joined by parent links form the groups; each group reorders on its own (a group's
+  // rooms all have one capacity, another group's may differ).
+  std::vector<size_t> root(n);
+  for (size_t i = 0; i < n; ++i) root[i] = i;
+  auto find = [&](size_t i) {
+    while (root[i] != i) i = root[i] = root[root[i]];
+    return i;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t p = step.beam_parents[i];
+    if (p < -1 || p >= static_cast<int64_t>(n)) {
+      return InvalidArgumentError("beam parent " + std::to_string(p) + " of segment " + std::to_string(i) +
+                                  " is not -1 or a segment index below " + std::to_string(n));
+    }
+    if (p >= 0) root[find(i)] = find(static_cast<size_t>(p));
+  }
+  std::map<size_t, std::vector<size_t>> groups;
+  for (size_t i = 0; i < n; ++i)
+    if (step.beam_parents[i] >= 0) groups[find(i)].push_back(i);
+  for (const auto& [r, members] : groups) {
+    std::vector<uint64_t> ids;
+    std::vector<int64_t> parents;
+    bool identity = true;
+    for (size_t i : members) {
+      ids.push_back(step.segments[i].sequence_id);
+      const auto p = static_cast<size_t>(step.beam_parents[i]);
+      parents.push_back(std::find(members.begin(), members.end(), p) - members.begin());
+      identity = identity && p == i;
+    }
+    if (identity) continue;
+    if (Status st = model_->ReorderSequences(ids, parents); !st.ok()) {
+      return st.WithContext("stage " + std::to_string(stage_index_) + ": beam reorder");
+    }
+    if (is_last()) {
+      std::vector<SequenceState*> states;
+      for (uint64_t id : ids) {
+        auto it = sequences_.find(id);
+        if (it == sequences_.end())
+          return FailedPreconditionError("beam sequence " + std::to_string(id) + " is not admitted");
+        states.push_back(&it->second);
+      }
+      std::vector<std::vector<int64_t>> contexts;
+      std::vector<int64_t> fed;
+      for (size_t k = 0; k < ids.size(); ++k) {
+        contexts.push_back(states[static_cast<size_t>(parents[k])]->context);
+        fed.push_back(states[static_cast<size_t>(parents[k])]->fed_tokens);
+      }
+      for (size_t k = 0; k < ids.size(); ++k) {
+        states[k]->context = std::move(contexts[k]);
+        states[k]->fed_tokens = fed[k];
+      }
+    }
+  }
+  return OkStatus();
+}
+
+Status StepExecutor::PickBeamCandidates(const PendingStep& step, const at::Tensor& logits, StepOutcome& outcome) {
+  std::vector<int64_t> rows;
+  std::vector<std::vector<int64_t>> contexts;
+  std::vector<bool> forbid;
+  std::vector<float> scores;
+  for (size_t i = 0; i < step.segments.size(); ++i) {
+    const auto& seg = step.segments[i];
+    auto it = sequences_.find(seg.sequence_id);
+    if (it == sequences_.end() || it->second.beam_candidates == 0) continue;
+    SequenceState& st = it->second;
+    if (seg.start_pos + seg.rows < st.prefill_rows) continue;  // a piece of a long prompt
+    if (seg.start_pos >= st.prefill_rows) {
+      // A decode row: the token it feeds is the beam's newest (after the reorder above).
+      if (i >= step.beam_tokens.size()) {
+        return InvalidArgumentError("beam row of sequence " + std::to_string(seg.sequence_id) + " carries no token");
+      }
+      st.context.push_back(step.beam_tokens[i]);
+      ++st.fed_tokens;
+    }
+    rows.push_back(static_cast<int64_t>(i));
+    contexts.push_back(st.context);
+    forbid.push_back(st.fed_tokens < st.eos_masked_new_tokens);
+    scores.push_back(i < step.beam_scores.size() ? step.beam_scores[i] : 0.0f);
+  }
+  if (rows.empty()) return OkStatus();
+  outcome.candidates.resize(step.segments.size());
+  // One row at a time keeps each row's settings its own (groups may differ); the cost is the
+  // log_softmax of one vocabulary row per beam, as a single batched call would pay.
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const auto i = static_cast<size_t>(rows[j]);
+    const SequenceState& st = sequences_.at(step.segments[i].sequence_id);
+    auto picked = model::BeamRowCandidates(logits.narrow(0, rows[j], 1), {contexts[j]}, st.repetition_penalty,
+                                           st.eos_ids, {forbid[j]}, {scores[j]}, st.beam_candidates);
+    if (!picked.ok()) return picked.status().WithContext("sequence " + std::to_string(step.segments[i].sequence_id));
+    outcome.candidates[i] = std::move((*picked)[0]);
+  }
+  return OkStatus();
+}
+
 StatusOr<StepOutcome> StepExecutor::Run(PendingStep& step) {
   const auto started = clock_.now();
   step.input.all_logits = false;
+  if (Status st = ApplyBeamReorders(step); !st.ok()) return st;
   auto out = model_->Forward(step.input);
   if (!out.ok()) return out.status().WithContext("stage " + std::to_string(stage_index_));
   const auto finished = clock_.now();
@@ -160,14 +297,18 @@ StatusOr<StepOutcome> StepExecutor::Run(PendingStep& step) {
     for (size_t i = 0; i < step.segments.size(); ++i) {
       const auto& seg = step.segments[i];
       auto it = sequences_.find(seg.sequence_id);
-      if (it == sequences_.end() || seg.start_pos + seg.rows < it->second.prefill_rows) {
-        outcome.tokens.push_back(-1);  // gone, or a piece of a long prompt: no token, no draw, no penalty row
+      if (it == sequences_.end() || seg.start_pos + seg.rows < it->second.prefill_rows ||
+          it->second.beam_candidates > 0) {
+        // Gone, a piece of a long prompt (no token, no draw, no penalty row), or a beam row
+        // (candidates below instead).
+        outcome.tokens.push_back(-1);
         continue;
       }
       const int64_t token = it->second.sampler.Next(logits[static_cast<int64_t>(i)], it->second.context);
       it->second.context.push_back(token);
       outcome.tokens.push_back(token);
     }
+    if (Status st = PickBeamCandidates(step, logits, outcome); !st.ok()) return st;
     if (step.want_logits) outcome.logits = logits.contiguous();
   } else {
     outcome.hidden = std::move(out->hidden);

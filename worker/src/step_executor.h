@@ -27,6 +27,7 @@
 
 #include "xcpipe/base/clock.h"
 #include "xcpipe/base/status.h"
+#include "xcpipe/model/beam_generation.h"
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
 #include "xcpipe/transport/stage_message.h"
@@ -41,6 +42,12 @@ struct PendingStep {
   model::StepInput input;
   std::vector<int64_t> stage_micros;
   bool want_logits = false;
+  // Beam groups (empty when the step has none), one entry per segment: the index of the segment
+  // whose sequence it continues (-1: none; see Forward.beamParents), the token its row feeds
+  // (the last stage's penalty contexts follow it) and its beam score (the last stage adds it).
+  std::vector<int64_t> beam_parents;
+  std::vector<int64_t> beam_tokens;
+  std::vector<float> beam_scores;
   transport::StageMessage keep_alive;  // owns the received bytes `input` points into
   Clock::time_point arrived{};         // when the step reached the actor (deferred steps age by it)
 };
@@ -55,6 +62,11 @@ struct Admission {
   int64_t generated_tokens = 0;    // new tokens generated before this admission (a replay)
   int64_t prefill_rows = 0;        // a step ending before this many rows samples nothing
   std::vector<int64_t> penalty_context;
+  // A beam group: the other beams' sequences, reserved with this one, all or nothing (they take
+  // its KV at the group's first decode step), and the candidates the last stage returns per
+  // beam row (0: not a beam group). See AdmitSequence.
+  std::vector<uint64_t> beam_sequence_ids;
+  int64_t beam_candidates = 0;
 };
 
 // What one step produced.
@@ -62,6 +74,8 @@ struct StepOutcome {
   // Last stage: one token per segment, in segment order; -1 where no token is due (a sequence
   // gone, or a step ending inside the prompt).
   std::vector<int64_t> tokens;
+  // Last stage, beam rows: the row's best candidates (best first); empty for other segments.
+  std::vector<std::vector<model::BeamCandidate>> candidates;
   at::Tensor logits;                  // last stage with want_logits: [segments, V] float32 on the host, contiguous
   at::Tensor hidden;                  // other stages: the output hidden states [N, H], where the model left them
   std::vector<int64_t> stage_micros;  // the step's stage_micros with this stage's time appended
@@ -87,7 +101,8 @@ class StepExecutor {
   void SetModel(std::unique_ptr<model::StageModel> model) { model_ = std::move(model); }
 
   // Reserves the sequence's KV room (copying a shared prefix when named) and, on the last stage,
-  // creates its sampler. An error leaves the sequence unadmitted; the caller reports it.
+  // creates its sampler. A beam group's sequences are reserved together, all or nothing. An
+  // error leaves the sequence (and its group) unadmitted; the caller reports it.
   Status Admit(const Admission& admission);
   // Frees the sequence's KV room, sampler and image rows (unknown ids are ignored).
   void Release(uint64_t sequence_id);
@@ -106,7 +121,9 @@ class StepExecutor {
   // in place; the step keeps the message alive).
   StatusOr<PendingStep> FromActivations(transport::StageMessage message) const;
 
-  // Runs the step on the model (the model must be set and the step admitted). Records the
+  // Runs the step on the model (the model must be set and the step admitted): first the beam
+  // groups' reorders (every stage; the last stage's penalty contexts too), then the forward
+  // pass; the last stage then picks a token, or a beam row's candidates. Records the
   // compute time, as the clock measures it, in step_times() and appends it to the step's
   // stage_micros.
   StatusOr<StepOutcome> Run(PendingStep& step);
@@ -120,7 +137,20 @@ class StepExecutor {
     model::Sampler sampler;
     std::vector<int64_t> context;  // penalty context: before generation + every sampled token
     int64_t prefill_rows = 0;      // a step ending before this many rows samples nothing
+    // Beam rows (beam_candidates > 0): no sampler draw; the context grows by the token each
+    // step feeds the row (after the reorder), and EOS is masked while fewer than
+    // eos_masked_new_tokens were fed since the penalty context given at admission.
+    int64_t beam_candidates = 0;
+    int64_t fed_tokens = 0;
+    int64_t eos_masked_new_tokens = 0;
+    double repetition_penalty = 1.0;
+    std::vector<int64_t> eos_ids;
   };
+  // The beam groups' reorders of one step (PendingStep::beam_parents) on the model, and on the
+  // last stage on the penalty contexts.
+  Status ApplyBeamReorders(const PendingStep& step);
+  // The last stage's beam rows: their candidates, in outcome.candidates.
+  Status PickBeamCandidates(const PendingStep& step, const at::Tensor& logits, StepOutcome& outcome);
   // Stage 0: the image embedding rows of each sequence whose prompt is still prefilling, in
   // prompt order, and how many of them its steps have used. An image is encoded when the step
   // holding its first row arrives; a prompt prefilled in pieces takes the rest with later steps.

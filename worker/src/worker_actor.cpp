@@ -479,6 +479,8 @@ void WorkerActor::Impl::OnAdmit(proto::AdmitSequence::Reader a) {
   admission.generated_tokens = a.getGeneratedTokens();
   admission.prefill_rows = a.getPrefillRows();
   for (int64_t t : a.getPenaltyContext()) admission.penalty_context.push_back(t);
+  for (uint64_t id : a.getBeamSequenceIds()) admission.beam_sequence_ids.push_back(id);
+  admission.beam_candidates = a.getBeamCandidates();
   if (Status st = executor.Admit(admission); !st.ok()) return SendSequenceError(st, admission.sequence_id);
   RetryDeferred();
 }
@@ -510,6 +512,23 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   std::vector<int64_t> id_values;
   id_values.reserve(ids.size());
   for (int64_t id : ids) id_values.push_back(id);
+  if (f.getBeamParents().size() > 0 || f.getBeamScores().size() > 0) {
+    if (f.getBeamParents().size() != step.segments.size() || f.getBeamScores().size() != step.segments.size()) {
+      return SendError(
+          InvalidArgumentError("forward carries " + std::to_string(f.getBeamParents().size()) + " beam parents and " +
+                               std::to_string(f.getBeamScores().size()) + " beam scores for " +
+                               std::to_string(step.segments.size()) + " segments; expected one each or none"),
+          step.micro_batch);
+    }
+    // Each segment's last row is the token it feeds: the last stage's penalty contexts follow it.
+    int64_t end = 0;
+    for (size_t i = 0; i < step.segments.size(); ++i) {
+      end += step.segments[i].rows;
+      step.beam_parents.push_back(f.getBeamParents()[i]);
+      step.beam_scores.push_back(f.getBeamScores()[i]);
+      step.beam_tokens.push_back(end > 0 ? id_values[static_cast<size_t>(end - 1)] : -1);
+    }
+  }
   step.input.token_ids = at::tensor(id_values, at::kLong);
   step.input.im_mask = at::from_blob(const_cast<uint8_t*>(mask.begin()), {rows}, at::kByte).to(at::kBool);
   std::optional<ComputeScope> encoding;  // the vision tower can take a while: watched like a step
@@ -615,6 +634,22 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
       const at::Tensor& l = out->logits;
       r.setLogits(kj::arrayPtr(static_cast<const kj::byte*>(l.data_ptr()), static_cast<size_t>(l.numel()) * 4));
     }
+    if (!out->candidates.empty()) {
+      size_t total = 0;
+      for (const auto& row : out->candidates) total += row.size();
+      auto counts = r.initCandidateCounts(step.segments.size());
+      auto tokens_out = r.initCandidateTokens(total);
+      auto totals = r.initCandidateTotals(total);
+      size_t k = 0;
+      for (size_t i = 0; i < step.segments.size(); ++i) {
+        const auto& row = i < out->candidates.size() ? out->candidates[i] : std::vector<model::BeamCandidate>{};
+        counts.set(i, static_cast<uint32_t>(row.size()));
+        for (const auto& c : row) {
+          tokens_out.set(k, c.token);
+          totals.set(k++, c.total);
+        }
+      }
+    }
     auto micros = r.initStageMicros(out->stage_micros.size());
     for (size_t i = 0; i < out->stage_micros.size(); ++i) micros.set(i, static_cast<uint32_t>(out->stage_micros[i]));
     SendEnvelope(m);
@@ -629,6 +664,9 @@ void WorkerActor::Impl::RunStep(PendingStep& step) {
   next.im_mask = step.input.im_mask;
   next.stage_micros = std::move(out->stage_micros);
   next.want_logits = step.want_logits;
+  next.beam_parents = step.beam_parents;
+  next.beam_tokens = step.beam_tokens;
+  next.beam_scores = step.beam_scores;
   if (Status st = links->SendActivations(next); !st.ok()) SendError(st, step.micro_batch);
 }
 

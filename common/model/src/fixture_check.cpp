@@ -16,7 +16,7 @@
 #include "xcpipe/base/npy.h"
 #include "xcpipe/image/decode.h"
 #include "xcpipe/image/preprocess.h"
-#include "xcpipe/model/beam_search.h"
+#include "xcpipe/model/beam_generation.h"
 #include "xcpipe/model/sampling.h"
 #include "xcpipe/model/stage_model.h"
 
@@ -166,61 +166,14 @@ StatusOr<std::vector<std::vector<int64_t>>> Generate(StageModel& model, const st
 constexpr char kBeamFixture[] = "generated_ids_official_beam5_rep1.5.npy";
 
 // The generate() arguments a beam fixture was made with, as its manifest's description of the
-// file lists them: "(num_beams=5, do_sample=False, min_length=1, repetition_penalty=1.5,
-// length_penalty=1.0) with max_new_tokens=NT", where NT stands for the file's own token count.
-// Arguments it does not name keep HF's defaults; num_beams and repetition_penalty must be named.
-// How the official code ends a beam comes from the model version (SetOfficialBeamEnds).
+// file lists them (beam::BeamSettingsFromDescription).
 StatusOr<BeamSearchParams> BeamSettings(const nlohmann::json& manifest, const std::string& file,
                                         const checkpoint::ModelSpec& spec, int64_t tokens_in_file) {
   const auto& files = manifest.value("files", nlohmann::json::object());
   if (!files.contains(file) || !files[file].contains("description") || !files[file]["description"].is_string()) {
     return InvalidArgumentError("the manifest does not describe " + file);
   }
-  const std::string text = files[file]["description"].get<std::string>();
-  static const std::regex kArgument(R"(([a-z_]+)=([A-Za-z0-9_.\-]+))");
-  std::map<std::string, std::string> args;
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), kArgument); it != std::sregex_iterator(); ++it) {
-    std::string value = (*it)[2].str();
-    while (!value.empty() && value.back() == '.') value.pop_back();  // the sentence's full stop
-    args[(*it)[1].str()] = value;
-  }
-  auto number = [&](const std::string& key, std::optional<double> fallback) -> StatusOr<double> {
-    auto it = args.find(key);
-    if (it == args.end()) {
-      if (fallback) return *fallback;
-      return InvalidArgumentError("the description of " + file + " does not state " + key);
-    }
-    char* end = nullptr;
-    const double v = std::strtod(it->second.c_str(), &end);
-    if (end == it->second.c_str() || *end != '\0') {
-      return InvalidArgumentError(key + "=" + it->second + " in the description of " + file + " is not a number");
-    }
-    return v;
-  };
-  if (args.count("do_sample") && args["do_sample"] != "False") {
-    return InvalidArgumentError(file + " was sampled (do_sample=" + args["do_sample"] + "): not reproducible");
-  }
-  BeamSearchParams p;
-  XCPIPE_ASSIGN_OR_RETURN(const double beams, number("num_beams", std::nullopt));
-  XCPIPE_ASSIGN_OR_RETURN(p.repetition_penalty, number("repetition_penalty", std::nullopt));
-  XCPIPE_ASSIGN_OR_RETURN(const double min_length, number("min_length", 0.0));
-  XCPIPE_ASSIGN_OR_RETURN(const double min_new, number("min_new_tokens", 0.0));
-  XCPIPE_ASSIGN_OR_RETURN(p.length_penalty, number("length_penalty", 1.0));
-  p.num_beams = static_cast<int64_t>(beams);
-  p.min_length = static_cast<int64_t>(min_length);
-  p.min_new_tokens = static_cast<int64_t>(min_new);
-  p.max_new_tokens = tokens_in_file;
-  if (auto it = args.find("max_new_tokens"); it != args.end() && it->second != "NT") {
-    XCPIPE_ASSIGN_OR_RETURN(const double max_new, number("max_new_tokens", std::nullopt));
-    p.max_new_tokens = static_cast<int64_t>(max_new);
-  }
-  if (auto it = args.find("early_stopping"); it != args.end()) {
-    if (it->second == "True") p.early_stopping = EarlyStopping::kTrue;
-    else if (it->second == "never") p.early_stopping = EarlyStopping::kNever;
-    else if (it->second != "False") return InvalidArgumentError("early_stopping=" + it->second + " is not True, False or never");
-  }
-  SetOfficialBeamEnds(spec, p);
-  return p;
+  return beam::BeamSettingsFromDescription(files[file]["description"].get<std::string>(), file, spec, tokens_in_file);
 }
 
 // Beam search in process against the official tokens, one row at a time.

@@ -4,7 +4,7 @@
 // Most rows are "uniform over a set": logit 0 on k tokens, -inf elsewhere. log_softmax then gives
 // -ln(k) on those tokens in any row, so two totals written the same way below are equal bit for
 // bit, and the tie rules are what decides. L2 = ln 2 = 0.693147, L3 = ln 3 = 1.098612.
-#include "xcpipe/model/beam_search.h"
+#include "xcpipe/model/beam_generation.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

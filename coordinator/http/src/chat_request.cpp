@@ -215,6 +215,10 @@ const std::set<std::string>& KnownFields() {
                                                "repetition_penalty",
                                                "min_tokens",
                                                "ignore_eos",
+                                               "num_beams",
+                                               "length_penalty",
+                                               "early_stopping",
+                                               "min_length",
                                                "n",
                                                "logprobs",
                                                "frequency_penalty",
@@ -285,6 +289,37 @@ std::optional<ApiError> ParseFields(const json& body, const ChatLimits& limits, 
                       "min_tokens");
   }
   if (auto err = ReadBool(body, "ignore_eos", &out->ignore_eos)) return err;
+  std::optional<int64_t> beams, min_length;
+  if (auto err = ReadInteger(body, "num_beams", 1, 64, &beams)) return err;
+  out->num_beams = beams.value_or(1);
+  if (out->num_beams > 1) {
+    if (auto t = body.find("temperature"); t != body.end() && !t->is_null() && out->temperature != 0) {
+      return BadRequest(
+          "num_beams " + std::to_string(out->num_beams) + " needs greedy decoding; send temperature 0 or leave it out",
+          "num_beams");
+    }
+    out->greedy = true;
+  }
+  if (auto err = ReadNumber(body, "length_penalty", -100, false, 100, &out->length_penalty)) return err;
+  if (auto it = body.find("early_stopping"); it != body.end() && !it->is_null()) {
+    if (it->is_boolean()) {
+      out->early_stopping = it->get<bool>() ? 1 : 0;
+    } else if (it->is_string() && it->get<std::string>() == "never") {
+      out->early_stopping = 2;
+    } else {
+      return WrongType("early_stopping", *it, "true, false or \"never\"");
+    }
+  }
+  if (auto err = ReadInteger(body, "min_length", 0, limits.max_tokens, &min_length)) return err;
+  out->min_length = min_length.value_or(0);
+  if (out->num_beams == 1) {
+    for (const char* beam_only : {"length_penalty", "early_stopping", "min_length"}) {
+      if (auto it = body.find(beam_only); it != body.end() && !it->is_null()) {
+        return BadRequest(std::string(beam_only) + " applies to beam search only; send num_beams > 1 with it",
+                          beam_only);
+      }
+    }
+  }
   bool flag = false;
   if (auto err = ReadBool(body, "logprobs", &flag)) return err;
   if (flag) return NotImplemented("logprobs", "log probabilities");

@@ -593,6 +593,10 @@ struct Gateway::Impl {
     out.request.sampling.seed = req.seed ? *req.seed : std::random_device{}();
     out.request.sampling.min_new_tokens = req.min_tokens;
     out.request.sampling.ignore_eos = req.ignore_eos;
+    out.request.sampling.num_beams = req.num_beams;
+    out.request.sampling.length_penalty = req.length_penalty;
+    out.request.sampling.early_stopping = req.early_stopping;
+    out.request.sampling.min_length = req.min_length;
     out.prompt_tokens = prompt;
     return out;
   }

@@ -142,8 +142,28 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"min_tokens_float", With({{"min_tokens", 2.5}}), 400, "min_tokens", "expected an integer"},
         BadCase{"min_tokens_over_max_tokens", With({{"min_tokens", 9}, {"max_tokens", 8}}), 400, "min_tokens",
                 "min_tokens (9) is more than max_tokens (8)"},
-        BadCase{"ignore_eos_string", With({{"ignore_eos", "yes"}}), 400, "ignore_eos", "expected true or false"}),
+        BadCase{"ignore_eos_string", With({{"ignore_eos", "yes"}}), 400, "ignore_eos", "expected true or false"},
+        BadCase{"num_beams_zero", With({{"num_beams", 0}}), 400, "num_beams", "out of range"},
+        BadCase{"num_beams_too_many", With({{"num_beams", 65}}), 400, "num_beams", "out of range"},
+        BadCase{"num_beams_sampled", With({{"num_beams", 5}, {"temperature", 0.7}}), 400, "num_beams",
+                "needs greedy decoding"},
+        BadCase{"early_stopping_word", With({{"num_beams", 2}, {"early_stopping", "soon"}}), 400, "early_stopping",
+                "expected true, false or \"never\""},
+        BadCase{"length_penalty_without_beams", With({{"length_penalty", 2.0}}), 400, "length_penalty",
+                "beam search only"}),
     [](const auto& info) { return std::string(info.param.name); });
+
+TEST(ChatRequestTest, ReadsTheBeamSearchExtension) {
+  auto out = ParseChatCompletionRequest(
+      With({{"num_beams", 5}, {"length_penalty", 0.5}, {"early_stopping", "never"}, {"min_length", 2}}));
+  ASSERT_TRUE(std::holds_alternative<ChatCompletionRequest>(out)) << std::get<ApiError>(out).message;
+  const auto& r = std::get<ChatCompletionRequest>(out);
+  EXPECT_EQ(r.num_beams, 5);
+  EXPECT_TRUE(r.greedy);  // beams decode greedily without a temperature given
+  EXPECT_DOUBLE_EQ(r.length_penalty, 0.5);
+  EXPECT_EQ(r.early_stopping, 2);
+  EXPECT_EQ(r.min_length, 2);
+}
 
 INSTANTIATE_TEST_SUITE_P(
     NotImplemented, RefusedTest,

@@ -57,7 +57,8 @@ struct GenerateResult {
   std::vector<std::vector<float>> logits;       // want_logits: per generated token (first prompt)
   double ttft_ms = 0;        // submit to first token (first prompt)
   double total_ms = 0;       // submit to last event
-  double tokens_per_s = 0;   // generated tokens / time after the first token
+  double tokens_per_s = 0;   // generated tokens / time after the first token (beam search, whose
+                             // answer arrives whole at the end: / time since submit)
 };
 
 class Client {

@@ -42,9 +42,26 @@ struct Sampling {
   uint64_t seed = 0;
   int64_t min_new_tokens = 0;  // the stop ids are masked on the last stage until this many
   bool ignore_eos = false;     // a stop id does not end the sequence; it runs to the length
+  // Beam search (Hugging Face 4.33's, as the official chat() runs it) when num_beams > 1: the
+  // coordinator keeps the search and delivers the best hypothesis whole at the end. Needs greedy.
+  int64_t num_beams = 1;
+  double length_penalty = 1.0;
+  int early_stopping = 0;  // 0: HF's False, 1: True, 2: "never" (beam::EarlyStopping)
+  int64_t min_length = 0;  // HF min_length: counts the penalty context's ids too
+  bool beams() const { return num_beams > 1; }
 };
 
-// The stop rule, applied by the coordinator after each generated token: "stop" when the last
+// The generation settings of each version's official chat() (what `--official-defaults` applies):
+// 1.0 beam search with 5 beams, repetition penalty 1.5, min_length 1; 2.x sampling (top_p 0.8,
+// temperature 1.0, repetition penalty 1.005) with beams 1. `max_new_tokens` is chat()'s too.
+struct OfficialGeneration {
+  Sampling sampling;
+  int64_t max_new_tokens = 0;
+};
+OfficialGeneration OfficialChatGeneration(checkpoint::ModelArch arch);
+
+// The stop rule, applied by the coordinator after each generated token (beam requests: once, to
+// the best hypothesis): "stop" when the last
 // token is a stop id (unless ignore_eos, or fewer than min_new_tokens tokens exist: the last
 // stage masks the stop ids until then, so such a token is not expected, but it never ends a
 // sequence early), "length" when max_new tokens exist, "" to go on.

@@ -19,6 +19,11 @@
 //                             masked until this many tokens exist (stop strings are not held off)
 //   ignore_eos                bool: generate to max_tokens past end-of-answer ids (the text is
 //                             still cut at the end of the turn; usage counts every token)
+//   num_beams                 integer 1..64: beam search (Hugging Face's, as the official chat()
+//                             runs it) when > 1; needs temperature 0 or absent; a stream then
+//                             carries the whole answer in one chunk at the end
+//   length_penalty            number -100..100 (default 1), early_stopping true|false|"never",
+//   min_length                integer >= 0 (HF min_length): beam search only
 //   n = 1, logprobs = false, frequency_penalty = presence_penalty = 0
 //                             accepted at these values only: other values are refused (400
 //                             naming the field) because xcpipe does not implement them
@@ -75,6 +80,10 @@ struct ChatCompletionRequest {
   std::optional<uint64_t> seed;
   int64_t min_tokens = 0;
   bool ignore_eos = false;
+  int64_t num_beams = 1;
+  double length_penalty = 1.0;
+  int early_stopping = 0;  // 0 false, 1 true, 2 "never"
+  int64_t min_length = 0;
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;

@@ -76,18 +76,7 @@ std::vector<int64_t> GreedyTokens(Coordinator& c, size_t new_tokens) {
   if (!described.ok()) return {};
   {
     capnp::MallocMessageBuilder m;
-    auto a = m.initRoot<proto::Envelope>().initAssignStage();
-    a.setEpoch(1);
-    a.setStageIndex(0);
-    a.setStageCount(1);
-    a.setBlockBegin(0);
-    a.setBlockEnd(static_cast<uint32_t>(described->spec.blocks.size()));
-    a.setModelPath(fs::absolute(model).string());
-    a.setDtype("f32");
-    a.setKvBudgetBytes(64ull << 20);
-    a.setSpecOverrides(checkpoint::FixtureSpecOverrides(model));
-    a.setMaxBatchRows(64);
-    a.setDataPlane("tcp");
+    testing::AssignWholeTinyModel(m.initRoot<proto::Envelope>().initAssignStage(), described->spec.blocks.size());
     if (!c.Send(m)) return {};
     auto ready = c.Await(proto::Envelope::STAGE_READY, 60s);
     EXPECT_TRUE(ready && ready->message->envelope().which() == proto::Envelope::STAGE_READY)

@@ -66,11 +66,14 @@ Status StepExecutor::Admit(const Admission& a) {
       for (uint64_t held : group) model_->ReleaseSequence(held);
       return st;
     }
-    SequenceState state{model::Sampler(a.sampling, a.generated_tokens), a.penalty_context, a.prefill_rows};
-    state.beam_candidates = a.beam_candidates;
-    state.eos_masked_new_tokens = a.sampling.min_new_tokens;
-    state.repetition_penalty = a.sampling.repetition_penalty;
-    state.eos_ids = a.sampling.stop_ids;
+    const SequenceState state{.sampler = model::Sampler(a.sampling, a.generated_tokens),
+                              .context = a.penalty_context,
+                              .prefill_rows = a.prefill_rows,
+                              .beam_candidates = a.beam_candidates,
+                              .fed_tokens = 0,
+                              .eos_masked_new_tokens = a.sampling.min_new_tokens,
+                              .repetition_penalty = a.sampling.repetition_penalty,
+                              .eos_ids = a.sampling.stop_ids};
     for (uint64_t member : group) sequences_.insert_or_assign(member, state);
   }
   return OkStatus();

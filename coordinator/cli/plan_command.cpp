@@ -86,7 +86,13 @@ int RunPlan(const PlanFlags& f) {
 
   planner::PlanOptions options;
   options.strategy = *planner::ParseStrategy(f.strategy);
-  if (!f.vision_stage.empty()) options.vision = planner::ParseVisionPlacement(f.vision_stage);
+  // Auto unless the flag or the cluster file names a placement (the file's default, first, is
+  // what the serving coordinator plans with).
+  if (!f.vision_stage.empty()) {
+    options.vision = planner::ParseVisionPlacement(f.vision_stage);
+  } else if (!cluster->planner.vision_set) {
+    options.vision = planner::VisionPlacement::kAuto;
+  }
   if (f.headroom >= 0) options.headroom_fraction = f.headroom;
   auto plan = planner::MakePlan(*model, *cluster, options);
   if (!plan.ok()) return Fail(plan.status());
@@ -125,8 +131,10 @@ void AddPlanCommand(CLI::App& app, Action& action) {
   sub->add_option("--strategy", flags->strategy, "balanced (default), even or greedy-memory (baselines)")
       ->check(CLI::IsMember({"balanced", "even", "greedy-memory"}));
   sub->add_option("--vision-stage", flags->vision_stage,
-                  "first: vision with the embeddings on stage 0; separate: vision on a stage of its own")
-      ->check(CLI::IsMember({"first", "separate"}));
+                  "first: vision with the embeddings on stage 0; separate: vision on a stage of its own (and on "
+                  "unused devices that hold it); auto (default, unless the cluster file's [planner] vision_stage "
+                  "says): plan both and keep separate when only it fits or it is more than 5% faster")
+      ->check(CLI::IsMember({"first", "separate", "auto"}));
   sub->add_option("--format", flags->format, "table (default), json or accelerate (device map for dispatch_model)")
       ->check(CLI::IsMember({"table", "json", "accelerate"}));
   sub->add_flag("--json", flags->json, "same as --format json");

@@ -217,9 +217,10 @@ Status ParsePlanner(const Context& ctx, const toml::table& table, PlannerSetting
     auto parsed = ParseVisionPlacement(name);
     if (!parsed) {
       return ctx.Error("planner.vision_stage", table.get("vision_stage"),
-                       "must be \"first\" or \"separate\", got \"" + Shorten(name) + "\"");
+                       "must be \"auto\", \"first\" or \"separate\", got \"" + Shorten(name) + "\"");
     }
     planner.vision = *parsed;
+    planner.vision_set = true;
   }
   return OkStatus();
 }
@@ -346,6 +347,8 @@ std::string_view VisionPlacementName(VisionPlacement placement) {
       return "first";
     case VisionPlacement::kSeparateStage:
       return "separate";
+    case VisionPlacement::kAuto:
+      return "auto";
   }
   return "first";
 }
@@ -353,6 +356,7 @@ std::string_view VisionPlacementName(VisionPlacement placement) {
 std::optional<VisionPlacement> ParseVisionPlacement(std::string_view name) {
   if (name == "first") return VisionPlacement::kFirstStage;
   if (name == "separate") return VisionPlacement::kSeparateStage;
+  if (name == "auto") return VisionPlacement::kAuto;
   return std::nullopt;
 }
 

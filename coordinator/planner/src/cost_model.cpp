@@ -154,6 +154,8 @@ StatusOr<ModelCost> EstimateModelCost(const checkpoint::ModelSpec& spec, const c
       case BlockKind::kVision: {
         const double flops_per_image =
             passes * (2.0 * tower_params * T + 4.0 * vis.layers * T * T * vwidth) + 2.0 * adapter_params * image_tokens;
+        c.flops_per_image = flops_per_image;
+        c.bytes_read_per_image = weights;
         c.flops_per_step = flops_per_image * images_per_step;
         c.bytes_read_per_step = weights * std::min(1.0, images_per_step);
         if (r.max_images > 0) {
@@ -213,6 +215,13 @@ StageBytes PredictStageBytes(const ModelCost& cost, size_t first, size_t end, co
 double PredictBlockMs(const BlockCost& block, const GpuSpec& device) {
   const double compute_s = block.flops_per_step / (device.tflops * 1e12 * kComputeEfficiency);
   const double memory_s = block.bytes_read_per_step / (device.mem_bw_gbps * 1e9 * kMemoryEfficiency);
+  return std::max(compute_s, memory_s) * 1e3;
+}
+
+double PredictImageEncodeMs(const BlockCost& block, const GpuSpec& device) {
+  if (block.kind != BlockKind::kVision) return 0;
+  const double compute_s = block.flops_per_image / (device.tflops * 1e12 * kComputeEfficiency);
+  const double memory_s = block.bytes_read_per_image / (device.mem_bw_gbps * 1e9 * kMemoryEfficiency);
   return std::max(compute_s, memory_s) * 1e3;
 }
 

@@ -72,6 +72,26 @@ std::string Render(const std::vector<std::vector<std::string>>& rows, const std:
   return out;
 }
 
+// "12.3": a few significant digits, whatever the device's speed.
+std::string Milliseconds(double ms) { return Fixed(ms, ms < 1 ? 3 : ms < 10 ? 2 : 1); }
+
+// "encode ~12.3 ms per image (26 tower passes at the worst tile grid)"
+std::string EncodeText(const StagePlan& stage, const ResolvedLimits& limits) {
+  std::string passes =
+      std::to_string(limits.vision_passes) + (limits.vision_passes == 1 ? " tower pass" : " tower passes");
+  if (limits.hd_tiles > 0) passes += " at the worst tile grid";
+  return "encode ~" + Milliseconds(stage.encode_ms_per_image) + " ms per image (" + passes + ")";
+}
+
+// The vision workers of a plan with vision apart: stages[0], then the extra ones.
+std::vector<const StagePlan*> VisionWorkers(const Plan& plan) {
+  std::vector<const StagePlan*> workers;
+  if (plan.vision != VisionPlacement::kSeparateStage || plan.stages.empty()) return workers;
+  workers.push_back(&plan.stages.front());
+  for (const auto& extra : plan.extra_vision) workers.push_back(&extra);
+  return workers;
+}
+
 }  // namespace
 
 std::string FormatPlanTable(const Plan& plan, const PlanningModel& model, const ClusterSpec& cluster) {
@@ -93,7 +113,9 @@ std::string FormatPlanTable(const Plan& plan, const PlanningModel& model, const 
       " (" + std::to_string(l.image_tokens) + " tokens each), prefill chunk " + std::to_string(l.prefill_chunk) + "\n";
   out += "plan     " + std::string(StrategyName(plan.strategy)) + ", vision " +
          (plan.vision == VisionPlacement::kSeparateStage ? "on a stage of its own" : "with the embeddings on stage 0") +
-         ", headroom " + std::to_string(static_cast<int>(plan.headroom_fraction * 100 + 0.5)) + "%\n\n";
+         ", headroom " + std::to_string(static_cast<int>(plan.headroom_fraction * 100 + 0.5)) + "%\n";
+  if (!plan.vision_reason.empty()) out += "vision   auto chose " + plan.vision_reason + "\n";
+  out += "\n";
 
   std::vector<std::vector<std::string>> rows = {{"stage", "host", "device", "blocks", "weights", "KV", "activ.",
                                                  "worksp.", "total / capacity GiB", "step ms", "headroom"}};
@@ -118,6 +140,25 @@ std::string FormatPlanTable(const Plan& plan, const PlanningModel& model, const 
            TokensPerSecond(1000.0 * static_cast<double>(l.max_sequences) / plan.bottleneck_ms) +
            " decode tokens/s at full load; cross-host hops: " + std::to_string(plan.cross_host_hops) +
            (plan.cross_host_hops > 0 ? " (* marks a stage whose time includes one)" : "") + "\n";
+  }
+  const auto workers = VisionWorkers(plan);
+  if (!workers.empty()) {
+    out += "vision workers (they only encode images, beside the language stages 1..; activations at the most tiles):\n";
+    std::vector<std::vector<std::string>> vision_rows;
+    for (const StagePlan* w : workers) {
+      const bool extra = w != &plan.stages.front();
+      vision_rows.push_back({extra ? "  extra" : "  stage 0", w->host, w->device,
+                             "weights " + GibNumber(static_cast<double>(w->bytes.weights)) + " GiB,",
+                             "activations " + GibNumber(static_cast<double>(w->bytes.activations)) + " GiB,",
+                             "workspace " + GibNumber(static_cast<double>(w->bytes.workspace)) + " GiB,",
+                             "total " + GibNumber(static_cast<double>(w->bytes.total())) + " / " +
+                                 GibNumber(static_cast<double>(w->capacity_bytes)) + " GiB;",
+                             EncodeText(*w, l)});
+    }
+    out += Render(vision_rows, {});
+  } else if (!plan.stages.empty() && plan.stages.front().encode_ms_per_image > 0) {
+    const StagePlan& s = plan.stages.front();
+    out += "vision on stage 0 (" + s.host + " " + s.device + "): " + EncodeText(s, l) + "\n";
   }
   for (const auto& note : plan.notes) out += "note: " + note + "\n";
   if (!plan.feasible) out += "INFEASIBLE: see the message on stderr\n";
@@ -146,6 +187,27 @@ nlohmann::ordered_json PlanToJson(const Plan& plan, const PlanningModel& model) 
     stages.push_back(std::move(stage));
   }
   out["stages"] = std::move(stages);
+  nlohmann::ordered_json vision;
+  vision["placement"] = std::string(VisionPlacementName(plan.vision));
+  vision["reason"] = plan.vision_reason;
+  vision["tower_passes"] = plan.cost.limits.vision_passes;
+  vision["encode_ms_per_image"] = plan.stages.empty() ? 0.0 : plan.stages.front().encode_ms_per_image;
+  nlohmann::ordered_json workers = nlohmann::ordered_json::array();
+  for (const StagePlan* w : VisionWorkers(plan)) {
+    nlohmann::ordered_json worker;
+    worker["role"] = w == &plan.stages.front() ? "stage" : "extra";
+    worker["host"] = w->host;
+    worker["device"] = w->device;
+    worker["predicted_bytes"] = {{"weights", w->bytes.weights},
+                                 {"activations", w->bytes.activations},
+                                 {"workspace", w->bytes.workspace},
+                                 {"total", w->bytes.total()}};
+    worker["capacity_bytes"] = w->capacity_bytes;
+    worker["encode_ms_per_image"] = w->encode_ms_per_image;
+    workers.push_back(std::move(worker));
+  }
+  vision["workers"] = std::move(workers);
+  out["vision"] = std::move(vision);
   nlohmann::ordered_json device_map = nlohmann::ordered_json::object();
   for (const auto& tensor : model.tensors.tensors) {
     auto it = plan.device_map.find(tensor.name);

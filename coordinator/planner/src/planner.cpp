@@ -55,6 +55,40 @@ StatusOr<Resolved> ResolveOptions(const ClusterSpec& cluster, const PlanOptions&
   return r;
 }
 
+// Encoding one image with the vision block(s) among blocks [first, end) on `device`.
+double EncodeMs(const ModelCost& cost, size_t first, size_t end, const GpuSpec& device) {
+  double ms = 0;
+  for (size_t b = first; b < end && b < cost.blocks.size(); ++b) ms += PredictImageEncodeMs(cost.blocks[b], device);
+  return ms;
+}
+
+// Plan::extra_vision: every device outside `used` that holds the vision block (block 0) alone.
+std::vector<StagePlan> ExtraVisionWorkers(const Problem& p, const std::set<size_t>& used, const DeviceRef& embeddings) {
+  std::vector<StagePlan> workers;
+  for (size_t d = 0; d < p.devices(); ++d) {
+    if (used.count(d) != 0) continue;
+    const auto& info = p.device(d);
+    StagePlan worker;
+    worker.bytes = PredictStageBytes(p.cost(), 0, 1, *info.gpu);
+    worker.capacity_bytes = info.capacity;
+    worker.usable_bytes = info.usable;
+    if (!worker.fits()) continue;
+    worker.index = 0;
+    worker.device_ref = info.ref;
+    worker.host = info.host->name;
+    worker.device = info.gpu->device;
+    worker.first_block = 0;
+    worker.end_block = 1;
+    worker.blocks = {p.cost().blocks[0].name};
+    worker.compute_ms = p.ComputeMs(d, 0, 1);
+    worker.crosses_host = info.ref.host != embeddings.host;
+    worker.transfer_ms = p.HopMs(d, 1, worker.crosses_host);
+    worker.encode_ms_per_image = EncodeMs(p.cost(), 0, 1, *info.gpu);
+    workers.push_back(std::move(worker));
+  }
+  return workers;
+}
+
 // Checks the rules and fills every field from the cost model. The arithmetic is the search's
 // own (prefix sums, hop function), so a plan the search found evaluates to exactly its value.
 StatusOr<Plan> Evaluate(const PlanningModel& model, const Problem& p, const Placement& placement, Strategy strategy) {
@@ -106,6 +140,7 @@ StatusOr<Plan> Evaluate(const PlanningModel& model, const Problem& p, const Plac
     stage.capacity_bytes = info.capacity;
     stage.usable_bytes = info.usable;
     stage.compute_ms = p.ComputeMs(st.device, st.first, st.end);
+    stage.encode_ms_per_image = EncodeMs(p.cost(), st.first, st.end, *info.gpu);
     if (s + 1 < placement.size()) {
       const auto& next_info = p.device(placement[s + 1].device);
       stage.crosses_host = next_info.ref.host != info.ref.host;
@@ -121,6 +156,9 @@ StatusOr<Plan> Evaluate(const PlanningModel& model, const Problem& p, const Plac
   }
   for (const auto& tensor : model.tensors.tensors) {
     plan.device_map[tensor.name] = stage_of_block[model.assignment.at(tensor.name)];
+  }
+  if (p.vision() == VisionPlacement::kSeparateStage && placement.size() >= 2) {
+    plan.extra_vision = ExtraVisionWorkers(p, used, p.device(placement[1].device).ref);
   }
   return plan;
 }
@@ -305,6 +343,129 @@ std::vector<std::string> Notes(const ModelCost& cost, const PlanningModel& model
   return notes;
 }
 
+// One plan with `resolved.vision` first or separate, without suggestions.
+StatusOr<Plan> PlanOnce(const PlanningModel& model, const ClusterSpec& cluster, const ModelCost& cost,
+                        Strategy strategy, const Resolved& resolved) {
+  Problem p(cost, cluster, resolved.vision, resolved.headroom);
+  std::optional<Placement> placement;
+  switch (strategy) {
+    case Strategy::kBalanced:
+      placement = internal::SolveBalanced(p);
+      break;
+    case Strategy::kEven:
+      placement = internal::EvenPlacement(p);
+      break;
+    case Strategy::kGreedyMemory:
+      placement = internal::GreedyMemoryPlacement(p);
+      break;
+  }
+  if (!placement || placement->empty()) placement = internal::SolveLeastOverflow(p);
+
+  Plan plan;
+  plan.strategy = strategy;
+  plan.vision = p.vision();
+  plan.headroom_fraction = resolved.headroom;
+  plan.cost = cost;
+  std::string rule_problem;
+  if (!placement || placement->empty()) {
+    rule_problem = "vision on a stage of its own needs at least 2 devices; the cluster has " +
+                   std::to_string(cluster.device_count());
+  } else if (auto evaluated = Evaluate(model, p, *placement, strategy); evaluated.ok()) {
+    plan = std::move(evaluated).value();
+  } else if (strategy == Strategy::kBalanced) {
+    return evaluated.status().WithContext("internal: the planner built an invalid placement");
+  } else {
+    // A baseline can corner itself (greedy-memory with vision alone on the last device).
+    rule_problem = "the " + std::string(StrategyName(strategy)) +
+                   " strategy found no placement that keeps the rules: " + evaluated.status().message();
+  }
+  plan.notes = Notes(cost, model, cluster.serving);
+  if (!plan.feasible) plan.infeasible_reason = plan.stages.empty() ? rule_problem : OverflowReason(plan, p);
+  return plan;
+}
+
+std::string Ms(double ms) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f ms", ms);
+  return text;
+}
+
+// The step that bounds a plan's throughput. With vision apart, the vision stage runs beside
+// the language stages (1..): their bottleneck, unless the vision stage's own step is longer.
+double BoundingStepMs(const Plan& plan) {
+  if (plan.vision != VisionPlacement::kSeparateStage || plan.stages.size() < 2) return plan.bottleneck_ms;
+  double language = 0;
+  for (size_t s = 1; s < plan.stages.size(); ++s) language = std::max(language, plan.stages[s].step_ms());
+  return std::max(language, plan.stages[0].step_ms());
+}
+
+// "stage 0 on host0 cuda:0 is over by 1.20 GiB": the stage furthest
+// over its usable memory, or the plan's own reason when it has no stages.
+std::string WorstOverflow(const Plan& plan) {
+  const StagePlan* worst = nullptr;
+  for (const auto& stage : plan.stages) {
+    if (stage.fits()) continue;
+    if (worst == nullptr || stage.bytes.total() - stage.usable_bytes > worst->bytes.total() - worst->usable_bytes) {
+      worst = &stage;
+    }
+  }
+  if (worst == nullptr) return plan.infeasible_reason;
+  return "stage " + std::to_string(worst->index) + " on " + worst->host + " " + worst->device + " is over by " +
+         Gib(static_cast<double>(worst->bytes.total() - worst->usable_bytes));
+}
+
+struct AutoVision {
+  VisionChoice choice;
+  Plan plan;  // planned with choice.placement
+};
+
+// ChooseVisionPlacement's comparison, keeping the chosen plan so MakePlan need not plan again.
+StatusOr<AutoVision> PlanBothWays(const PlanningModel& model, const ClusterSpec& cluster, const ModelCost& cost,
+                                  Strategy strategy, const Resolved& resolved) {
+  Resolved as_first = resolved;
+  as_first.vision = VisionPlacement::kFirstStage;
+  XCPIPE_ASSIGN_OR_RETURN(Plan first, PlanOnce(model, cluster, cost, strategy, as_first));
+  auto keep_first = [&](std::string why) {
+    return AutoVision{{VisionPlacement::kFirstStage, "vision on stage 0: " + why}, std::move(first)};
+  };
+  if (cost.blocks.empty() || cost.blocks[0].kind != checkpoint::BlockKind::kVision) {
+    return keep_first("the model has no vision block to set apart");
+  }
+  if (cluster.device_count() < 2) {
+    return keep_first("a vision stage of its own needs at least 2 devices, and the cluster has " +
+                      std::to_string(cluster.device_count()));
+  }
+  Resolved as_separate = resolved;
+  as_separate.vision = VisionPlacement::kSeparateStage;
+  XCPIPE_ASSIGN_OR_RETURN(Plan separate, PlanOnce(model, cluster, cost, strategy, as_separate));
+  auto take_separate = [&](std::string why) {
+    return AutoVision{{VisionPlacement::kSeparateStage, "vision apart: " + why}, std::move(separate)};
+  };
+  if (!first.feasible && !separate.feasible) return keep_first("neither layout fits; shown with vision on stage 0");
+  if (!first.feasible) {
+    return take_separate("with vision and the embeddings on stage 0 no plan fits (" + WorstOverflow(first) +
+                         "); vision on a device of its own fits");
+  }
+  if (!separate.feasible) {
+    return keep_first("vision on a device of its own does not fit (" + WorstOverflow(separate) + ")");
+  }
+  const double first_ms = BoundingStepMs(first);
+  const double separate_ms = BoundingStepMs(separate);
+  // Which stage bounds the separate plan, for the sentence.
+  const bool vision_bound = separate.stages[0].step_ms() >= separate_ms;
+  const std::string compared = Ms(separate_ms) + " per step, bound by " +
+                               (vision_bound ? "the vision stage" : "the language stages") + ", vs " + Ms(first_ms);
+  const int gain = first_ms > 0 ? static_cast<int>(std::lround(100 * (1 - separate_ms / first_ms))) : 0;
+  if (separate_ms < first_ms * (1 - kVisionApartMinGain)) {
+    return take_separate("separate predicts " + std::to_string(gain) + "% faster (" + compared +
+                         " with vision on stage 0)");
+  }
+  if (separate_ms >= first_ms) return keep_first("separate predicts no faster (" + compared + ")");
+  return keep_first("separate predicts only " + std::to_string(gain) + "% faster (" + compared + "), less than the " +
+                    std::to_string(static_cast<int>(std::lround(100 * kVisionApartMinGain))) +
+                    "% a device of its own must win by");
+}
+
 }  // namespace
 
 std::string_view StrategyName(Strategy strategy) {
@@ -331,50 +492,27 @@ StatusOr<Plan> MakePlan(const PlanningModel& model, const ClusterSpec& cluster, 
   XCPIPE_ASSIGN_OR_RETURN(Resolved resolved, ResolveOptions(cluster, options));
   XCPIPE_ASSIGN_OR_RETURN(ModelCost cost,
                           EstimateModelCost(model.spec, model.tensors, model.assignment, cluster.serving));
-  Problem p(cost, cluster, resolved.vision, resolved.headroom);
-
-  std::optional<Placement> placement;
-  switch (options.strategy) {
-    case Strategy::kBalanced:
-      placement = internal::SolveBalanced(p);
-      break;
-    case Strategy::kEven:
-      placement = internal::EvenPlacement(p);
-      break;
-    case Strategy::kGreedyMemory:
-      placement = internal::GreedyMemoryPlacement(p);
-      break;
-  }
-  if (!placement || placement->empty()) placement = internal::SolveLeastOverflow(p);
-
   Plan plan;
-  plan.strategy = options.strategy;
-  plan.vision = p.vision();
-  plan.headroom_fraction = resolved.headroom;
-  plan.cost = cost;
-  std::string rule_problem;
-  if (!placement || placement->empty()) {
-    rule_problem = "vision on a stage of its own needs at least 2 devices; the cluster has " +
-                   std::to_string(cluster.device_count());
-  } else if (auto evaluated = Evaluate(model, p, *placement, options.strategy); evaluated.ok()) {
-    plan = std::move(evaluated).value();
-  } else if (options.strategy == Strategy::kBalanced) {
-    return evaluated.status().WithContext("internal: the planner built an invalid placement");
+  if (resolved.vision == VisionPlacement::kAuto) {
+    XCPIPE_ASSIGN_OR_RETURN(AutoVision chosen, PlanBothWays(model, cluster, cost, options.strategy, resolved));
+    plan = std::move(chosen.plan);
+    plan.vision_reason = std::move(chosen.choice.reason);
+    resolved.vision = chosen.choice.placement;
   } else {
-    // A baseline can corner itself (greedy-memory with vision alone on the last device).
-    rule_problem = "the " + std::string(StrategyName(options.strategy)) +
-                   " strategy found no placement that keeps the rules: " + evaluated.status().message();
+    XCPIPE_ASSIGN_OR_RETURN(plan, PlanOnce(model, cluster, cost, options.strategy, resolved));
   }
-  plan.notes = Notes(cost, model, cluster.serving);
-  if (!plan.feasible) {
-    if (plan.stages.empty()) {
-      plan.infeasible_reason = rule_problem;
-    } else {
-      plan.infeasible_reason = OverflowReason(plan, p);
-    }
-    if (options.suggest_fixes) plan.suggestions = Suggestions(model, cluster, plan, resolved);
-  }
+  if (!plan.feasible && options.suggest_fixes) plan.suggestions = Suggestions(model, cluster, plan, resolved);
   return plan;
+}
+
+StatusOr<VisionChoice> ChooseVisionPlacement(const PlanningModel& model, const ClusterSpec& cluster,
+                                             const PlanOptions& options) {
+  XCPIPE_RETURN_IF_ERROR(ValidateCluster(cluster));
+  XCPIPE_ASSIGN_OR_RETURN(Resolved resolved, ResolveOptions(cluster, options));
+  XCPIPE_ASSIGN_OR_RETURN(ModelCost cost,
+                          EstimateModelCost(model.spec, model.tensors, model.assignment, cluster.serving));
+  XCPIPE_ASSIGN_OR_RETURN(AutoVision chosen, PlanBothWays(model, cluster, cost, options.strategy, resolved));
+  return std::move(chosen.choice);
 }
 
 StatusOr<Plan> EvaluatePlacement(const PlanningModel& model, const ClusterSpec& cluster,
@@ -383,6 +521,13 @@ StatusOr<Plan> EvaluatePlacement(const PlanningModel& model, const ClusterSpec& 
   XCPIPE_ASSIGN_OR_RETURN(Resolved resolved, ResolveOptions(cluster, options));
   XCPIPE_ASSIGN_OR_RETURN(ModelCost cost,
                           EstimateModelCost(model.spec, model.tensors, model.assignment, cluster.serving));
+  if (resolved.vision == VisionPlacement::kAuto) {
+    // The placement says which: a first stage of the vision block alone is vision apart.
+    resolved.vision = !stages.empty() && stages[0].first_block == 0 && stages[0].end_block == 1 &&
+                              !cost.blocks.empty() && cost.blocks[0].kind == checkpoint::BlockKind::kVision
+                          ? VisionPlacement::kSeparateStage
+                          : VisionPlacement::kFirstStage;
+  }
   Problem p(cost, cluster, resolved.vision, resolved.headroom);
   Placement placement;
   for (size_t s = 0; s < stages.size(); ++s) {

@@ -24,7 +24,8 @@ struct DeviceInfo {
 
 class Problem {
  public:
-  // `cost` must outlive the problem; so must `cluster`.
+  // `cost` must outlive the problem; so must `cluster`. `vision` is first or separate (auto is
+  // resolved by the caller); a model without a vision block always plans as first.
   Problem(const ModelCost& cost, const ClusterSpec& cluster, VisionPlacement vision, double headroom_fraction);
 
   const ModelCost& cost() const { return *cost_; }

@@ -208,7 +208,10 @@ Problem::Problem(const ModelCost& cost, const ClusterSpec& cluster, VisionPlacem
     ++lead_;
   }
   lead_ = std::max<size_t>(lead_, 1);
-  if (N == 0 || cost.blocks[0].kind != checkpoint::BlockKind::kVision) vision_ = VisionPlacement::kFirstStage;
+  // Auto is resolved before a problem is built (planner.cpp); a stray one plans as "first".
+  if (N == 0 || cost.blocks[0].kind != checkpoint::BlockKind::kVision || vision_ == VisionPlacement::kAuto) {
+    vision_ = VisionPlacement::kFirstStage;
+  }
   prefix_static_.assign(N + 1, 0);
   for (size_t i = 0; i < N; ++i) {
     prefix_static_[i + 1] = prefix_static_[i] + cost.blocks[i].weight_bytes + cost.blocks[i].kv_bytes;

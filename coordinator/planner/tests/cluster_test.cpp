@@ -110,6 +110,23 @@ mem_bw_gbps = 30
   EXPECT_EQ(cluster->device_count(), 3u);
 }
 
+TEST(ClusterFile, VisionStageAutoAndWhetherTheFileNamesOne) {
+  auto unset = ParseClusterToml(kMinimal, "minimal.toml");
+  ASSERT_TRUE(unset.ok()) << unset.status().ToString();
+  EXPECT_FALSE(unset->planner.vision_set);
+  for (VisionPlacement placement :
+       {VisionPlacement::kFirstStage, VisionPlacement::kSeparateStage, VisionPlacement::kAuto}) {
+    const std::string name(VisionPlacementName(placement));
+    EXPECT_EQ(ParseVisionPlacement(name), placement) << name;
+    auto cluster = ParseClusterToml("[planner]\nvision_stage = \"" + name + "\"\n" + kMinimal, "set.toml");
+    ASSERT_TRUE(cluster.ok()) << name << ": " << cluster.status().ToString();
+    EXPECT_EQ(cluster->planner.vision, placement) << name;
+    EXPECT_TRUE(cluster->planner.vision_set) << name;
+  }
+  EXPECT_EQ(VisionPlacementName(VisionPlacement::kAuto), "auto");
+  EXPECT_FALSE(ParseVisionPlacement("Auto").has_value());
+}
+
 TEST(ClusterFile, EveryExampleConfigParses) {
   const auto dir = xcpipe::testing::SourceDir() / "configs";
   size_t count = 0;
@@ -198,7 +215,7 @@ TEST(ClusterFile, BadFilesNameTheField) {
       {"headroom too big", "[planner]\nheadroom_fraction = 1.5\n" + Gpu(kGoodGpu), {"planner.headroom_fraction"}},
       {"bad vision stage",
        "[planner]\nvision_stage = \"middle\"\n" + Gpu(kGoodGpu),
-       {"planner.vision_stage", "\"first\" or \"separate\""}},
+       {"planner.vision_stage", "\"auto\", \"first\" or \"separate\"", "\"middle\""}},
       {"reserve too big", Gpu(kGoodGpu + "\nreserved_gib = 30"), {"hosts[0].gpus[0].reserved_gib"}},
       {"serving not a table", "serving = 1\n" + Gpu(kGoodGpu), {"serving (line 1)", "must be a table"}},
       {"unknown top-level table", "[servng]\n" + Gpu(kGoodGpu), {"'servng'", "did you mean 'serving'"}},

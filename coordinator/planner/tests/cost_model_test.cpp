@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "test_models.h"
 #include "xcpipe/planner/planning_model.h"
 #include "xcpipe/testing/paths.h"
@@ -179,6 +181,44 @@ TEST(CostModel, BlockTimeIsARoofline) {
   EXPECT_NEAR(PredictBlockMs(block, gpu), 0.625, 1e-9);
   // 1e9 bytes over 80 Gbit/s = 100 ms, plus 50 us.
   EXPECT_NEAR(PredictTransferMs(1'000'000'000, 80, 50), 100.05, 1e-9);
+}
+
+TEST(CostModel, ImageEncodeIsPerImageWorkOnTheSameRoofline) {
+  SyntheticModelOptions options;
+  options.hd = true;
+  options.image_size = 336;
+  const PlanningModel model = MakeSyntheticModel(options);
+  ServingLimits limits;
+  limits.max_context = 16384;
+  limits.hd_tiles = 4;
+  const ModelCost small = Cost(model, limits);
+  limits.hd_tiles = 25;
+  const ModelCost large = Cost(model, limits);
+  const BlockCost& vision = large.blocks[0];
+  ASSERT_EQ(vision.kind, BlockKind::kVision);
+  // More tiles, more tower passes per image: at least the ratio of passes on the tower's part.
+  EXPECT_GT(vision.flops_per_image, 4 * small.blocks[0].flops_per_image);
+  EXPECT_EQ(vision.bytes_read_per_image, static_cast<double>(vision.weight_bytes));
+  // Per image, not per step: the step's figure moves with the chunk, the image's does not.
+  limits.prefill_chunk = 128;
+  const ModelCost short_chunk = Cost(model, limits);
+  EXPECT_EQ(short_chunk.blocks[0].flops_per_image, vision.flops_per_image);
+  EXPECT_LT(short_chunk.blocks[0].flops_per_step, vision.flops_per_step);
+
+  GpuSpec gpu;
+  gpu.tflops = 100;
+  gpu.mem_bw_gbps = 1000;
+  const double compute_ms = vision.flops_per_image / (100e12 * kComputeEfficiency) * 1e3;
+  const double memory_ms = vision.bytes_read_per_image / (1000e9 * kMemoryEfficiency) * 1e3;
+  EXPECT_DOUBLE_EQ(PredictImageEncodeMs(vision, gpu), std::max(compute_ms, memory_ms));
+  gpu.tflops = 25;
+  EXPECT_DOUBLE_EQ(PredictImageEncodeMs(vision, gpu),
+                   std::max(vision.flops_per_image / (25e12 * kComputeEfficiency) * 1e3, memory_ms));
+  // Only the vision block encodes images.
+  for (size_t b = 1; b < large.blocks.size(); ++b) {
+    EXPECT_EQ(large.blocks[b].flops_per_image, 0.0) << large.blocks[b].name;
+    EXPECT_EQ(PredictImageEncodeMs(large.blocks[b], gpu), 0.0) << large.blocks[b].name;
+  }
 }
 
 TEST(CostModel, RejectsSpecsWithoutDimensions) {

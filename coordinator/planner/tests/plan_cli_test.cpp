@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -168,6 +169,113 @@ TEST_F(PlanCli, BaselinesAndVisionStageFlags) {
                             "--vision-stage", "separate", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["stages"][0]["blocks"], nlohmann::json::array({"vision"}));
+}
+
+// The number after "encode ~" on the first line of `text` that names `device`; -1 if none.
+double EncodeMsOnLine(const std::string& text, const std::string& device) {
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t at = line.find("encode ~");
+    if (at != std::string::npos && line.find(device) != std::string::npos) return std::stod(line.substr(at + 8));
+  }
+  return -1;
+}
+
+std::string GibText(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return text;
+}
+
+TEST_F(PlanCli, VisionStageIsAutoUnlessTheFlagOrTheFileSays) {
+  const std::string layout = Layout(kLayouts[1]);
+  const Result json = RunPlan({"--layout", layout, "--cluster", Config("cluster-2x24g.toml"), "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const auto vision = nlohmann::json::parse(json.out).at("vision");
+  const std::string reason = vision.at("reason");
+  ASSERT_FALSE(reason.empty()) << "auto says why";
+  EXPECT_EQ(reason.rfind(vision.at("placement") == "first" ? "vision on stage 0: " : "vision apart: ", 0), 0u)
+      << reason;
+  const Result table = RunPlan({"--layout", layout, "--cluster", Config("cluster-2x24g.toml")});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("vision   auto chose " + reason + "\n"), std::string::npos) << table.out;
+  // The encode time of stage 0, as the JSON has it, and the tower passes of the worst grid.
+  const double encode_ms = vision.at("encode_ms_per_image");
+  ASSERT_GT(encode_ms, 0);
+  const std::string device = nlohmann::json::parse(json.out)["stages"][0]["device"];
+  EXPECT_NEAR(EncodeMsOnLine(table.out, device), encode_ms, 0.01 * encode_ms) << table.out;
+  EXPECT_NE(
+      table.out.find(std::to_string(vision.at("tower_passes").get<int>()) + " tower passes at the worst tile grid)"),
+      std::string::npos)
+      << table.out;
+
+  // Named by the flag, or by the cluster file: nothing to explain.
+  for (const std::string placement : {"first", "separate"}) {
+    const Result named =
+        RunPlan({"--layout", layout, "--cluster", Config("cluster-4x24g.toml"), "--vision-stage", placement, "--json"});
+    ASSERT_EQ(named.exit_code, 0) << named.err;
+    EXPECT_EQ(nlohmann::json::parse(named.out)["vision"]["placement"], placement);
+    EXPECT_EQ(nlohmann::json::parse(named.out)["vision"]["reason"], "");
+  }
+  const fs::path dir = ScratchDir();
+  std::ofstream(dir / "first.toml") << "[planner]\nvision_stage = \"first\"\n"
+                                    << ReadText(Config("cluster-2x24g.toml"));
+  const Result from_file = RunPlan({"--layout", layout, "--cluster", (dir / "first.toml").string(), "--json"});
+  ASSERT_EQ(from_file.exit_code, 0) << from_file.err;
+  EXPECT_EQ(nlohmann::json::parse(from_file.out)["vision"]["reason"], "");
+  const Result flag_wins =
+      RunPlan({"--layout", layout, "--cluster", (dir / "first.toml").string(), "--vision-stage", "auto", "--json"});
+  ASSERT_EQ(flag_wins.exit_code, 0) << flag_wins.err;
+  EXPECT_EQ(nlohmann::json::parse(flag_wins.out)["vision"]["reason"], reason);
+  EXPECT_EQ(
+      RunPlan({"--layout", layout, "--cluster", Config("cluster-2x24g.toml"), "--vision-stage", "middle"}).exit_code,
+      2);
+  fs::remove_all(dir);
+}
+
+TEST_F(PlanCli, PrintsEveryVisionWorkerWithItsMemoryAndEncodeTime) {
+  // Three fast devices run the pipeline; a slow one is left over but holds the vision block,
+  // and a 1 GiB one does not.
+  const fs::path dir = ScratchDir();
+  std::string text = "[[hosts]]\nname = \"node-a\"\nintra_host_gbps = 256\n";
+  const std::vector<std::string> devices = {
+      "memory_gib = 24\ntflops = 165\nmem_bw_gbps = 1008", "memory_gib = 24\ntflops = 165\nmem_bw_gbps = 1008",
+      "memory_gib = 24\ntflops = 165\nmem_bw_gbps = 1008", "memory_gib = 16\ntflops = 2\nmem_bw_gbps = 5",
+      "memory_gib = 1\ntflops = 2\nmem_bw_gbps = 5"};
+  for (size_t d = 0; d < devices.size(); ++d) {
+    text += "[[hosts.gpus]]\ndevice = \"cuda:" + std::to_string(d) + "\"\n" + devices[d] + "\n";
+  }
+  std::ofstream(dir / "spare.toml") << text;
+  const std::vector<std::string> args = {
+      "--layout", Layout(kLayouts[1]), "--cluster", (dir / "spare.toml").string(), "--vision-stage", "separate"};
+  std::vector<std::string> json_args = args;
+  json_args.push_back("--json");
+  const Result json = RunPlan(json_args);
+  const Result table = RunPlan(args);
+  fs::remove_all(dir);
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  const auto parsed = nlohmann::json::parse(json.out);
+  const auto& workers = parsed.at("vision").at("workers");
+  ASSERT_GE(workers.size(), 2u) << "stage 0 and the spare device\n" << table.out;
+  EXPECT_EQ(workers[0]["device"], parsed["stages"][0]["device"]);
+  EXPECT_NE(table.out.find("vision workers"), std::string::npos) << table.out;
+  for (const auto& w : workers) {
+    const std::string device = w.at("device");
+    EXPECT_NE(device, "cuda:4") << "too small for the vision block";
+    const double encode_ms = w.at("encode_ms_per_image");
+    EXPECT_NEAR(EncodeMsOnLine(table.out, "  " + device + "  "), encode_ms, 0.01 * encode_ms) << device;
+    const auto& bytes = w.at("predicted_bytes");
+    for (const std::string& piece :
+         {"weights " + GibText(bytes.at("weights")) + " GiB",
+          "activations " + GibText(bytes.at("activations")) + " GiB",
+          "workspace " + GibText(bytes.at("workspace")) + " GiB",
+          "total " + GibText(bytes.at("total")) + " / " + GibText(w.at("capacity_bytes")) + " GiB"}) {
+      EXPECT_NE(table.out.find(piece), std::string::npos) << piece << " in\n" << table.out;
+    }
+  }
+  // The slow spare device takes longer per image than stage 0's.
+  EXPECT_GT(workers[1]["encode_ms_per_image"].get<double>(), workers[0]["encode_ms_per_image"].get<double>());
 }
 
 TEST_F(PlanCli, AccelerateDeviceMap) {

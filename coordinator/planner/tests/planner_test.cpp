@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <random>
 #include <regex>
@@ -345,6 +346,246 @@ TEST(Planner, VisionStageCanComeFromTheClusterFile) {
   const Plan plan = MustPlan(MakeSyntheticModel(), cluster);
   EXPECT_EQ(plan.vision, VisionPlacement::kSeparateStage);
   EXPECT_EQ(plan.stages.front().blocks, std::vector<std::string>{"vision"});
+}
+
+PlanOptions WithVision(VisionPlacement vision, Strategy strategy = Strategy::kBalanced) {
+  PlanOptions options;
+  options.vision = vision;
+  options.strategy = strategy;
+  return options;
+}
+
+// What auto compares: the language stages' bottleneck, or the vision stage's step when longer.
+double SeparateBoundMs(const Plan& plan) {
+  double bound = plan.stages.at(0).step_ms();
+  for (size_t s = 1; s < plan.stages.size(); ++s) bound = std::max(bound, plan.stages[s].step_ms());
+  return bound;
+}
+
+void ExpectSamePlacement(const Plan& a, const Plan& b, const std::string& what) {
+  EXPECT_EQ(a.vision, b.vision) << what;
+  EXPECT_EQ(a.feasible, b.feasible) << what;
+  EXPECT_DOUBLE_EQ(a.bottleneck_ms, b.bottleneck_ms) << what;
+  ASSERT_EQ(a.stages.size(), b.stages.size()) << what;
+  for (size_t s = 0; s < a.stages.size(); ++s) {
+    EXPECT_EQ(a.stages[s].device_ref, b.stages[s].device_ref) << what << " stage " << s;
+    EXPECT_EQ(a.stages[s].blocks, b.stages[s].blocks) << what << " stage " << s;
+  }
+}
+
+TEST(Planner, AutoKeepsVisionFirstWhenSeparateIsNotFaster) {
+  // A light vision tower on two equal devices: apart, one device carries every language layer.
+  const PlanningModel model = MakeSyntheticModel();
+  const ClusterSpec cluster = MakeCluster({{{}, {}}});
+  const Plan first = MustPlan(model, cluster, WithVision(VisionPlacement::kFirstStage));
+  const Plan separate = MustPlan(model, cluster, WithVision(VisionPlacement::kSeparateStage));
+  ASSERT_TRUE(first.feasible && separate.feasible);
+  ASSERT_GE(SeparateBoundMs(separate), first.bottleneck_ms * (1 - kVisionApartMinGain))
+      << "the case needs separate to be no faster";
+
+  auto choice = ChooseVisionPlacement(model, cluster);
+  ASSERT_TRUE(choice.ok()) << choice.status().ToString();
+  EXPECT_EQ(choice->placement, VisionPlacement::kFirstStage);
+  EXPECT_EQ(choice->reason.rfind("vision on stage 0: separate predicts no faster", 0), 0u) << choice->reason;
+  // The reason quotes the two figures compared.
+  char figures[64];
+  std::snprintf(figures, sizeof figures, "%.2f ms", first.bottleneck_ms);
+  EXPECT_NE(choice->reason.find(figures), std::string::npos) << figures << " in " << choice->reason;
+
+  const Plan chosen = MustPlan(model, cluster, WithVision(VisionPlacement::kAuto));
+  EXPECT_EQ(chosen.vision_reason, choice->reason);
+  EXPECT_TRUE(chosen.extra_vision.empty());
+  ExpectSamePlacement(chosen, first, "auto vs first");
+  // Without auto nothing is chosen, so there is nothing to explain.
+  EXPECT_TRUE(first.vision_reason.empty());
+  // One device: vision cannot have one of its own.
+  auto one = ChooseVisionPlacement(model, MakeCluster({{{}}}));
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->placement, VisionPlacement::kFirstStage);
+  EXPECT_NE(one->reason.find("at least 2 devices"), std::string::npos) << one->reason;
+}
+
+// The model and cluster of SuggestsVisionOnItsOwnDeviceWhenThatFits: HD vision at 25 tiles
+// beside a large embedding table overflows stage 0; alone it fits.
+struct VisionTooBigForStageZero {
+  PlanningModel model;
+  ClusterSpec cluster;
+};
+VisionTooBigForStageZero MakeVisionTooBigForStageZero() {
+  SyntheticModelOptions options;
+  options.hd = true;
+  options.image_size = 336;
+  options.vision_width = 512;
+  options.layers = 4;
+  options.vocab = 262144;
+  PlanningModel model = MakeSyntheticModel(options);
+  auto cost = EstimateModelCost(model.spec, model.tensors, model.assignment, ServingLimits{});
+  EXPECT_TRUE(cost.ok());
+  const double vision_gib =
+      static_cast<double>(cost->blocks[0].weight_bytes + cost->blocks[0].activation_bytes + cost->stage_buffer_bytes) /
+          kBytesPerGib +
+      0.25;
+  const double embed_gib = static_cast<double>(cost->blocks[1].weight_bytes) / kBytesPerGib;
+  const double size = (vision_gib + 0.6 * embed_gib) / 0.9;
+  return {std::move(model), MakeCluster({{{size, 10, 100}, {size, 10, 100}, {size, 10, 100}}})};
+}
+
+TEST(Planner, AutoSetsVisionApartWhenStageZeroCannotHoldIt) {
+  const auto [model, cluster] = MakeVisionTooBigForStageZero();
+  for (Strategy strategy : {Strategy::kBalanced, Strategy::kGreedyMemory}) {
+    const std::string what(StrategyName(strategy));
+    const Plan first = MustPlan(model, cluster, WithVision(VisionPlacement::kFirstStage, strategy));
+    const Plan separate = MustPlan(model, cluster, WithVision(VisionPlacement::kSeparateStage, strategy));
+    ASSERT_FALSE(first.feasible) << what;
+    ASSERT_TRUE(separate.feasible) << what;
+
+    PlanOptions options = WithVision(VisionPlacement::kAuto, strategy);
+    auto choice = ChooseVisionPlacement(model, cluster, options);
+    ASSERT_TRUE(choice.ok()) << choice.status().ToString();
+    EXPECT_EQ(choice->placement, VisionPlacement::kSeparateStage) << what;
+    EXPECT_EQ(choice->reason.rfind("vision apart: ", 0), 0u) << choice->reason;
+    EXPECT_NE(choice->reason.find("over by"), std::string::npos) << choice->reason;
+
+    const Plan chosen = MustPlan(model, cluster, options);
+    EXPECT_TRUE(chosen.feasible) << what;
+    EXPECT_TRUE(chosen.suggestions.empty()) << what;
+    EXPECT_EQ(chosen.vision_reason, choice->reason) << what;
+    ExpectSamePlacement(chosen, separate, what);
+    ExpectRulesKept(chosen, model, what);
+  }
+  // The cluster file's [planner] vision_stage = "auto" does the same.
+  ClusterSpec from_file = cluster;
+  from_file.planner.vision = VisionPlacement::kAuto;
+  EXPECT_EQ(MustPlan(model, from_file).vision, VisionPlacement::kSeparateStage);
+}
+
+TEST(Planner, AutoSetsVisionApartWhenThatIsFaster) {
+  // A heavy tower and a large embedding table. The fast device holds the tower but not the
+  // tower with the embeddings: with vision on stage 0 a slow device runs the tower; apart, the
+  // fast one does.
+  SyntheticModelOptions options;
+  options.layers = 16;
+  options.vision_layers = 24;
+  options.vision_width = 768;
+  options.vocab = 262144;
+  const PlanningModel model = MakeSyntheticModel(options);
+  auto cost = EstimateModelCost(model.spec, model.tensors, model.assignment, ServingLimits{});
+  ASSERT_TRUE(cost.ok());
+  GpuSpec probe;
+  probe.reserved_gib = 0.25;
+  const double alone_gib = static_cast<double>(PredictStageBytes(*cost, 0, 1, probe).total()) / kBytesPerGib;
+  const double with_embed_gib = static_cast<double>(PredictStageBytes(*cost, 0, 2, probe).total()) / kBytesPerGib;
+  const double small = (alone_gib + with_embed_gib) / 2 / 0.9;
+  const ClusterSpec cluster = MakeCluster({{{4, 10, 100}, {4, 10, 100}, {small, 40, 400}}});
+  const Plan first = MustPlan(model, cluster, WithVision(VisionPlacement::kFirstStage));
+  const Plan separate = MustPlan(model, cluster, WithVision(VisionPlacement::kSeparateStage));
+  ASSERT_TRUE(first.feasible && separate.feasible);
+  const double first_ms = first.bottleneck_ms, separate_ms = SeparateBoundMs(separate);
+  ASSERT_LT(separate_ms, first_ms * (1 - kVisionApartMinGain)) << separate_ms << " vs " << first_ms;
+
+  auto choice = ChooseVisionPlacement(model, cluster);
+  ASSERT_TRUE(choice.ok());
+  EXPECT_EQ(choice->placement, VisionPlacement::kSeparateStage);
+  const int gain = static_cast<int>(std::lround(100 * (1 - separate_ms / first_ms)));
+  EXPECT_NE(choice->reason.find(std::to_string(gain) + "% faster"), std::string::npos) << choice->reason;
+  const Plan chosen = MustPlan(model, cluster, WithVision(VisionPlacement::kAuto));
+  ExpectSamePlacement(chosen, separate, "auto vs separate");
+  EXPECT_EQ(chosen.stages[0].device_ref.gpu, 2u) << "the small device encodes images";
+}
+
+TEST(Planner, UnusedDevicesThatHoldTheVisionBlockBecomeVisionWorkers) {
+  // The tower bounds every split, so the pipeline takes as few devices as it can (vision, then
+  // the language model on one device); the rest are left over.
+  SyntheticModelOptions options;
+  options.layers = 4;
+  options.vision_layers = 48;
+  options.vision_width = 1024;
+  const PlanningModel model = MakeSyntheticModel(options);
+  ClusterSpec cluster = MakeCluster({{{4, 10, 100}, {4, 10, 100}, {4, 40, 400}, {0.3, 10, 100}}, {{4, 10, 100}}});
+  const Plan plan = MustPlan(model, cluster, WithVision(VisionPlacement::kSeparateStage));
+  ASSERT_TRUE(plan.feasible);
+  ASSERT_EQ(plan.stages.front().blocks, std::vector<std::string>{"vision"});
+  std::vector<DeviceRef> pipeline;
+  for (const auto& stage : plan.stages) pipeline.push_back(stage.device_ref);
+  size_t unused = 0, expected_extra = 0;
+  for (size_t h = 0; h < cluster.hosts.size(); ++h) {
+    for (size_t g = 0; g < cluster.hosts[h].gpus.size(); ++g) {
+      const DeviceRef ref{h, g};
+      const bool in_pipeline = std::find(pipeline.begin(), pipeline.end(), ref) != pipeline.end();
+      const auto extra = std::find_if(plan.extra_vision.begin(), plan.extra_vision.end(),
+                                      [&](const StagePlan& w) { return w.device_ref == ref; });
+      const GpuSpec& gpu = cluster.hosts[h].gpus[g];
+      const StageBytes bytes = PredictStageBytes(plan.cost, 0, 1, gpu);
+      const bool holds = static_cast<double>(bytes.total()) <= static_cast<double>(gpu.capacity_bytes()) * 0.9;
+      const std::string what = cluster.hosts[h].name + " " + gpu.device;
+      if (in_pipeline) {
+        EXPECT_EQ(extra, plan.extra_vision.end()) << what << " is in the pipeline";
+        continue;
+      }
+      ++unused;
+      expected_extra += holds ? 1 : 0;
+      ASSERT_EQ(extra != plan.extra_vision.end(), holds) << what;
+      if (!holds) continue;
+      EXPECT_EQ(extra->blocks, std::vector<std::string>{"vision"}) << what;
+      EXPECT_EQ(extra->bytes.total(), bytes.total()) << what;
+      EXPECT_EQ(extra->bytes.kv, 0u) << what;
+      EXPECT_EQ(extra->bytes.activations, plan.cost.blocks[0].activation_bytes) << what << ": at the most tiles";
+      EXPECT_DOUBLE_EQ(extra->compute_ms, PredictBlockMs(plan.cost.blocks[0], gpu)) << what;
+      EXPECT_DOUBLE_EQ(extra->encode_ms_per_image, PredictImageEncodeMs(plan.cost.blocks[0], gpu)) << what;
+      EXPECT_EQ(extra->crosses_host, h != plan.stages[1].device_ref.host) << what;
+      EXPECT_GT(extra->transfer_ms, 0) << what;
+    }
+  }
+  ASSERT_GE(unused, 2u) << "the case needs devices the pipeline leaves unused";
+  EXPECT_EQ(plan.extra_vision.size(), expected_extra);
+  EXPECT_GE(expected_extra, 1u);
+  EXPECT_LT(expected_extra, unused) << "the 0.3 GiB device is too small for the tower";
+  // Vision workers are not pipeline stages.
+  EXPECT_EQ(plan.device_map.size(), model.tensors.tensors.size());
+  for (const auto& [tensor, stage] : plan.device_map) EXPECT_LT(stage, plan.stages.size());
+  // Only a plan with vision apart has them.
+  EXPECT_TRUE(MustPlan(model, cluster, WithVision(VisionPlacement::kFirstStage)).extra_vision.empty());
+}
+
+TEST(Planner, ImageEncodeTimeScalesWithTheDevicesSpeed) {
+  const PlanningModel model = MakeSyntheticModel();
+  // The synthetic tower is compute-bound: four times the FLOP/s, a quarter of the time.
+  const Plan slow = MustPlan(model, MakeCluster({{{4, 10, 1000}}}));
+  const Plan fast = MustPlan(model, MakeCluster({{{4, 40, 1000}}}));
+  ASSERT_GT(slow.stages[0].encode_ms_per_image, 0);
+  EXPECT_NEAR(slow.stages[0].encode_ms_per_image / fast.stages[0].encode_ms_per_image, 4.0, 1e-9);
+  const BlockCost& vision = slow.cost.blocks[0];
+  EXPECT_DOUBLE_EQ(slow.stages[0].encode_ms_per_image, vision.flops_per_image / (10e12 * kComputeEfficiency) * 1e3);
+  // Per image: the same on a plan with a longer prefill chunk (more images per step).
+  ClusterSpec longer_chunk = MakeCluster({{{4, 10, 1000}}});
+  longer_chunk.serving.prefill_chunk = 2048;
+  const Plan chunked = MustPlan(model, longer_chunk);
+  EXPECT_DOUBLE_EQ(chunked.stages[0].encode_ms_per_image, slow.stages[0].encode_ms_per_image);
+  EXPECT_GT(chunked.stages[0].compute_ms, slow.stages[0].compute_ms);
+  // Stages without the vision block encode nothing; a vision stage of its own does.
+  const Plan apart =
+      MustPlan(model, MakeCluster({{{4, 10, 1000}, {4, 40, 1000}}}), WithVision(VisionPlacement::kSeparateStage));
+  ASSERT_EQ(apart.stages.size(), 2u);
+  EXPECT_DOUBLE_EQ(apart.stages[0].encode_ms_per_image,
+                   PredictImageEncodeMs(apart.cost.blocks[0], MakeCluster({{{4, 10, 1000}}}).hosts[0].gpus[0]) *
+                       (apart.stages[0].device_ref.gpu == 0 ? 1.0 : 0.25));
+  EXPECT_EQ(apart.stages[1].encode_ms_per_image, 0.0);
+}
+
+TEST(Planner, EvaluatePlacementReadsAutoFromThePlacement) {
+  const PlanningModel model = MakeSyntheticModel();
+  const ClusterSpec cluster = MakeCluster({{{}, {}, {}}});
+  const size_t N = model.spec.blocks.size();
+  auto apart = EvaluatePlacement(model, cluster, {{{0, 0}, 0, 1}, {{0, 1}, 1, N}}, WithVision(VisionPlacement::kAuto));
+  ASSERT_TRUE(apart.ok()) << apart.status().ToString();
+  EXPECT_EQ(apart->vision, VisionPlacement::kSeparateStage);
+  ASSERT_EQ(apart->extra_vision.size(), 1u);
+  EXPECT_EQ(apart->extra_vision[0].device_ref, (DeviceRef{0, 2}));
+  auto together =
+      EvaluatePlacement(model, cluster, {{{0, 0}, 0, 5}, {{0, 1}, 5, N}}, WithVision(VisionPlacement::kAuto));
+  ASSERT_TRUE(together.ok()) << together.status().ToString();
+  EXPECT_EQ(together->vision, VisionPlacement::kFirstStage);
+  EXPECT_TRUE(together->extra_vision.empty());
 }
 
 int64_t FlagValue(const std::vector<std::string>& suggestions, const std::string& flag) {

@@ -11,7 +11,11 @@
 //   prefill_chunk = 512       # prompt tokens one pipeline step carries
 //   [planner]                 # optional
 //   headroom_fraction = 0.10  # share of each device's memory a plan leaves free
-//   vision_stage = "first"    # "first" (with the embeddings) or "separate" (a stage of its own)
+//   vision_stage = "first"    # "first" (with the embeddings), "separate" (a stage of its own:
+//                             # the first vision worker; unused devices that hold it encode
+//                             # images too) or "auto" (the planner plans both and picks:
+//                             # planner.h, ChooseVisionPlacement). Absent: "first" for the
+//                             # serving coordinator, "auto" for `xcpipe plan`
 //   [network]                 # required with more than one host
 //   inter_host_gbps = 25      # link between hosts, gigabits per second
 //   inter_host_latency_us = 50
@@ -65,8 +69,10 @@ inline constexpr double kDefaultInterHostLatencyUs = 50.0;
 enum class VisionPlacement : uint8_t {
   kFirstStage,     // vision with the embeddings on stage 0 (the official layout)
   kSeparateStage,  // vision alone on stage 0; embeddings open stage 1
+  kAuto,           // the planner plans both and picks one (ChooseVisionPlacement); a Plan
+                   // always holds the placement it chose, never kAuto
 };
-std::string_view VisionPlacementName(VisionPlacement placement);  // "first", "separate"
+std::string_view VisionPlacementName(VisionPlacement placement);  // "first", "separate", "auto"
 std::optional<VisionPlacement> ParseVisionPlacement(std::string_view name);
 
 struct GpuSpec {
@@ -109,7 +115,10 @@ struct ServingLimits {
 
 struct PlannerSettings {
   double headroom_fraction = kDefaultHeadroomFraction;
+  // kFirstStage when the file does not say: what the serving coordinator has always planned
+  // with (`xcpipe plan` uses kAuto instead unless the file or --vision-stage names one).
   VisionPlacement vision = VisionPlacement::kFirstStage;
+  bool vision_set = false;  // the file names vision_stage
 };
 
 struct ClusterSpec {

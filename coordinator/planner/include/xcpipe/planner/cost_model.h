@@ -81,6 +81,11 @@ struct BlockCost {
   uint64_t activation_bytes = 0;  // transient peak while this block runs
   double flops_per_step = 0;
   double bytes_read_per_step = 0;  // weights, KV and activations streamed per step
+  // Vision block only (0 elsewhere): encoding ONE image at the worst tile grid, every tower
+  // pass (ResolvedLimits::vision_passes) plus the projector. The per-step figures above are
+  // these times the images one step's prefill chunk carries.
+  double flops_per_image = 0;
+  double bytes_read_per_image = 0;  // the block's weights, read once per image
   // Bytes sent per step to the next stage when a stage boundary follows this block.
   uint64_t send_bytes_per_step = 0;
 };
@@ -109,6 +114,10 @@ struct StageBytes {
 StageBytes PredictStageBytes(const ModelCost& cost, size_t first, size_t end, const GpuSpec& device);
 // Milliseconds `device` spends on one block per step (its roofline).
 double PredictBlockMs(const BlockCost& block, const GpuSpec& device);
+// Milliseconds `device` spends encoding one image at the worst tile grid with the vision
+// block (the same roofline over BlockCost::flops_per_image and bytes_read_per_image); 0 for
+// other blocks.
+double PredictImageEncodeMs(const BlockCost& block, const GpuSpec& device);
 // Milliseconds to move `bytes` over a link of `gbps` gigabits per second with `latency_us`.
 double PredictTransferMs(uint64_t bytes, double gbps, double latency_us);
 

@@ -6,9 +6,18 @@
 //    "stages": [{"index", "host", "device", "blocks": [...],
 //                "predicted_bytes": {"weights", "kv", "activations", "total"},
 //                "capacity_bytes", "predicted_step_ms"}],
+//    "vision": {"placement": "first" | "separate", "reason" (why auto chose it; "" otherwise),
+//               "tower_passes" (per image at the worst tile grid),
+//               "encode_ms_per_image" (stage 0's, for one image at the worst tile grid),
+//               "workers": [{"role": "stage" | "extra", "host", "device",
+//                            "predicted_bytes": {"weights", "activations", "workspace", "total"},
+//                            "capacity_bytes", "encode_ms_per_image"}]},
 //    "device_map": {"<every tensor name>": <stage index>}}
-// "activations" there counts transient activations plus workspace (runtime reserve, transport
-// buffers), so weights + kv + activations == total; the table shows the two apart.
+// A stage's "activations" counts transient activations plus workspace (runtime reserve,
+// transport buffers), so weights + kv + activations == total; the table shows the two apart,
+// and so do vision workers (weights + activations + workspace == total). "workers" lists the
+// vision workers of a plan with vision apart (stage 0, then Plan::extra_vision); it is empty
+// when vision runs on stage 0 with the embeddings.
 //
 // Pure functions of their inputs; thread-safe. AccelerateDeviceMap fails with
 // FailedPrecondition for a plan spanning several hosts (dispatch_model runs in one process).

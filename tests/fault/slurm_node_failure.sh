@@ -54,7 +54,8 @@ trap cleanup EXIT
 
 slurm_start "$work" xcpipefail 5
 
-"$BIN/xcpipe" mkmodel --arch ixc2-vl --preset tiny --out "$work/model" >/dev/null || fail "mkmodel"
+"$BIN/xcpipe" mkmodel --arch ixc2-vl --preset tiny --out "$work/model" >"$work/mkmodel.log" 2>&1 ||
+  { cat "$work/mkmodel.log"; fail "mkmodel"; }
 chmod -R a+rX "$work/model"
 address_file=$work/coordinator.address
 job=$(XCPIPE_MODEL=$work/model XCPIPE_BIN=$BIN XCPIPE_DEVICE=cpu XCPIPE_ADDRESS_FILE=$address_file \
@@ -86,9 +87,11 @@ sleep 1.5
 # (the batch script, the coordinator, n1's worker tasks). They are frozen first, so none of them
 # reports anything (a dead node says nothing), the node is marked DOWN, and then they are killed.
 victims=$(cat "$work/slurmd-n1.pid")
+# (Kernel threads and processes of other users have no readable environment: skipped quietly.)
 for p in $(ps -eo pid=); do
-  tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "SLURM_JOB_ID=$job" || continue
-  tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx 'SLURMD_NODENAME=n1' && victims="$victims $p"
+  env_of=$( { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null) || continue
+  grep -qx "SLURM_JOB_ID=$job" <<<"$env_of" || continue
+  grep -qx 'SLURMD_NODENAME=n1' <<<"$env_of" && victims="$victims $p"
 done
 # n1's step daemons: the slurmstepd processes holding a socket in n1's spool folder.
 victims="$victims $(python3 - "$work/spool/n1" <<'PY'

@@ -21,7 +21,9 @@ $Cxx.namespace("xcpipe::proto");
 #    sequenceId, microBatchId); version 1 carried all three in requestId.
 # 3: a worker's compute watchdog declares itself with a hello of role `watchdog` naming the
 #    worker it speaks for (`Hello.watches`); version 2 marked it with an identity suffix.
-const kProtocolVersion :UInt32 = 3;
+# 4: vision workers: AssignStage.vision, EncodeImage / ImageEncoded, Forward.imageIds,
+#    Capabilities.imageAddress, StageReady.vision, Error.imageId.
+const kProtocolVersion :UInt32 = 4;
 
 # Canonical error codes; the numbers equal xcpipe::StatusCode (common/base/status.h).
 enum ErrorCode {
@@ -70,6 +72,9 @@ struct Capabilities {
                                          # (decode is bound by it); 0 when not measured
   matmulTflops @13 :Float64;  # CUDA: bf16 matrix-product rate measured at start (prefill is bound
                               # by it); 0 when not measured
+  imageAddress @14 :Text;     # "host:port" of this worker's image inbox (a ZeroMQ PULL socket over
+                              # TCP): when it holds the embed block and vision workers encode the
+                              # images, their embeddings arrive there (one data-plane frame each)
 }
 
 # First message on a connection, peer -> coordinator.
@@ -147,6 +152,7 @@ struct Error {
   stalledMs @3 :UInt32;   # a worker's compute watchdog: how long its step made no progress
   sequenceId @4 :UInt64;  # worker -> coordinator: the sequence it concerns (its admission), 0 when none
   microBatchId @5 :UInt64;  # worker -> coordinator: the micro-batch whose step failed, 0 when none
+  imageId @6 :UInt64;       # vision worker -> coordinator: the image whose encode failed, 0 when none
 }
 
 # ---------------------------------------------------------------------------------------
@@ -183,6 +189,11 @@ struct AssignStage {
   nextNcclId @13 :Data;       # "nccl": the ncclUniqueId of the link to stage stageIndex+1 (this stage is
                               # rank 0 of it; the next stage gets the same bytes as previousNcclId); empty on
                               # the last stage and for "tcp". Fresh ids every epoch: a communicator is never reused
+  vision @14 :Bool;           # a vision worker: [blockBegin, blockEnd) is the vision block alone (with
+                              # the projector and the HD separators); it takes no steps, encodes the
+                              # images sent to it (EncodeImage) and sends their embeddings to
+                              # nextDataAddress, the embed stage's image inbox (Capabilities.imageAddress).
+                              # stageIndex is 0, stageCount the language pipeline's; no KV, no NCCL
 }
 
 # Loading progress, worker -> coordinator, at most a few per second.
@@ -204,6 +215,7 @@ struct StageReady {
   weightsKept @6 :Bool;        # the blocks were already loaded (same range): nothing was read again
   dtype @7 :Text;              # the dtype the stage computes in ("f32", "bf16", "f16")
   device @8 :Text;             # the device its tensors live on ("cpu", "cuda:K")
+  vision @9 :Bool;             # the answer of a vision worker (AssignStage.vision)
 }
 
 # Sampling parameters of one sequence (Hugging Face generate() semantics).
@@ -301,6 +313,30 @@ struct Forward {
                                   # rooms first; a segment continuing itself names its own index)
   beamScores @9 :List(Float32);   # empty, or one per segment: a beam's score, which the last stage
                                   # adds to the row's scores before it picks candidates (0 elsewhere)
+  imageIds @10 :List(UInt64);     # images a vision worker encoded (EncodeImage.imageId), in slot order,
+                                  # instead of `images`: the first stage takes their rows from its
+                                  # image inbox, waiting (bounded) for any still on the way
+}
+
+# Coordinator -> vision worker: encode one image and send its embedding rows to the embed stage's
+# image inbox as one data-plane frame (StageHeader.microBatchId = imageId, one segment naming
+# sequenceId with the image's rows, one tensor "image_embeds" [rows, hidden]); then answer
+# `imageEncoded`, or an `error` naming the imageId. A repeat (the answer was lost) encodes again.
+struct EncodeImage {
+  epoch @0 :UInt64;
+  imageId @1 :UInt64;      # chosen by the coordinator, unique per coordinator
+  sequenceId @2 :UInt64;   # the sequence whose prompt holds the image: the embed stage drops rows
+                           # it still keeps for a sequence that is released
+  image @3 :ImageTensor;
+}
+
+# Vision worker -> coordinator: the embedding of `imageId` was handed to the embed stage's inbox.
+struct ImageEncoded {
+  epoch @0 :UInt64;
+  imageId @1 :UInt64;
+  rows @2 :UInt32;           # embedding rows (the image's rows in the prompt)
+  encodeMicros @3 :UInt64;   # the vision block's compute time for this image
+  bytes @4 :UInt64;          # bytes sent to the embed stage
 }
 
 # Last stage -> coordinator: the sampled token of every sequence in the micro-batch.
@@ -398,6 +434,11 @@ struct WorkerStatus {
   weightsKept @15 :Bool;           # its last stageReady reused weights already loaded
   dtype @16 :Text;                 # the dtype its stage computes in (from stageReady; empty before)
   kernels @17 :Text;               # "cpu-fast" or "generic" (from its hello)
+  role @18 :Text;                  # "stage" (a stage of the language pipeline), "vision" (a vision
+                                   # worker), or "spare" (no part in the plan)
+  imagesEncoded @19 :UInt64;       # vision workers: images encoded under the current plan
+  imagesQueued @20 :UInt32;        # vision workers: images sent to it and not answered yet
+  encodeP50Ms @21 :Float64;        # vision workers: median encode time per image (from its answers)
 }
 
 # How many requests ended one way, for one reason.
@@ -439,6 +480,13 @@ struct StatusReply {
   dtype @28 :Text;                 # the dtype every stage of the current plan computes in (empty before)
   modelVersion @29 :Text;          # the model's version ("ixc1", "ixc2-vl", "ixc2-4khd", "ixc2.5"): a
                                    # client applies that version's official generation settings by it
+  visionStage @30 :Text;           # where the vision block runs under the current plan: "first" (stage 0)
+                                   # or "separate" (vision workers); empty before the first plan
+  visionReason @31 :Text;          # why (the option asked for, or what `auto` weighed)
+  imagesWaiting @32 :UInt32;       # images accepted and not yet sent to a vision worker
+  imagesEncoding @33 :UInt32;      # images sent to vision workers and not answered yet
+  imagesEncodedTotal @34 :UInt64;  # images vision workers encoded since start
+  encodeP50Ms @35 :Float64;        # median encode time per image on vision workers
 }
 
 # The one top-level message.
@@ -461,5 +509,7 @@ struct Envelope {
     tokenEvent @14 :TokenEvent;
     statusRequest @15 :StatusRequest;
     statusReply @16 :StatusReply;
+    encodeImage @17 :EncodeImage;
+    imageEncoded @18 :ImageEncoded;
   }
 }

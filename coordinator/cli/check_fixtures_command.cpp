@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <optional>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include "commands.h"
@@ -18,8 +18,8 @@
 #include "xcpipe/base/exit_codes.h"
 #include "xcpipe/base/files.h"
 #include "xcpipe/base/npy.h"
-#include "xcpipe/beam/beam_search.h"
 #include "xcpipe/base/subprocess.h"
+#include "xcpipe/beam/beam_search.h"
 #include "xcpipe/checkpoint/model_spec.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
@@ -57,12 +57,13 @@ std::optional<NpyArray> Load(const std::filesystem::path& file, Tally& tally, co
 // the official logits at the last prompt position.
 struct CheckSettings {
   std::string dir;
-  std::string folder;   // only this model folder (empty: all)
-  bool bf16 = true;     // in process: the bf16 top-k agreement checks too
-  int workers = 0;      // > 0: through a local cluster of that many worker processes
+  std::string folder;  // only this model folder (empty: all)
+  bool bf16 = true;    // in process: the bf16 top-k agreement checks too
+  int workers = 0;     // > 0: through a local cluster of that many worker processes
   std::string device = "cpu";
   std::string dtype = "f32";  // through workers: f32 (tokens identical) or bf16 (top-k agreement)
   bool generic = false;
+  std::string vision_stage = "auto";  // through workers: where the vision block runs
 };
 
 void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
@@ -79,7 +80,8 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
   for (const auto& folder : folders) {
     const std::string fname = folder.filename().string();
     if (!only_folder.empty() && fname != only_folder) continue;
-    const std::string prefix = "cluster" + std::to_string(workers) + (bf16 ? "-bf16/" : "/") + fname;
+    const std::string prefix = "cluster" + std::to_string(workers) + (bf16 ? "-bf16" : "") +
+                               (settings.vision_stage == "separate" ? "-vision/" : "/") + fname;
     auto described = checkpoint::DescribeCheckpoint(folder / "checkpoint");
     if (!described.ok()) {
       tally.Print(false, prefix, described.status().ToString());
@@ -93,6 +95,7 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
     o.device = settings.device;
     o.dtype = settings.dtype;
     o.generic = settings.generic;
+    o.coordinator.vision_stage = settings.vision_stage;
     o.coordinator.edge.max_prompt_tokens = 1 << 16;
     auto cluster = StartLocalCluster(o);
     if (!cluster.ok()) {
@@ -115,8 +118,9 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
         tally.Print(false, name, manifest.status().ToString());
         continue;
       }
-      const fs::path ids_file = fs::exists(cdir / "input_ids_with_image_slots.npy") ? cdir / "input_ids_with_image_slots.npy"
-                                                                                   : cdir / "input_ids.npy";
+      const fs::path ids_file = fs::exists(cdir / "input_ids_with_image_slots.npy")
+                                    ? cdir / "input_ids_with_image_slots.npy"
+                                    : cdir / "input_ids.npy";
       if (!fs::exists(ids_file)) {
         tally.Print(true, name, "skipped: the case records embeddings only (checked in-process)");
         continue;
@@ -156,13 +160,22 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
         }
       } else if (fs::exists(cdir / "hd_image.png")) {
         auto rgb = image::ReadImageFile(cdir / "hd_image.png");
-        if (!rgb.ok()) { tally.Print(false, name, rgb.status().ToString()); continue; }
+        if (!rgb.ok()) {
+          tally.Print(false, name, rgb.status().ToString());
+          continue;
+        }
         add_image(image::ToNormalizedTensor(*rgb, image::ClipNormalize()));
       } else if (fs::exists(cdir / "image.png")) {
         auto rgb = image::ReadImageFile(cdir / "image.png");
-        if (!rgb.ok()) { tally.Print(false, name, rgb.status().ToString()); continue; }
+        if (!rgb.ok()) {
+          tally.Print(false, name, rgb.status().ToString());
+          continue;
+        }
         auto f = image::PreprocessFixedSize(*rgb, spec.vision.image_size);
-        if (!f.ok()) { tally.Print(false, name, f.status().ToString()); continue; }
+        if (!f.ok()) {
+          tally.Print(false, name, f.status().ToString());
+          continue;
+        }
         add_image(std::move(*f));
       }
       const int64_t B = ids->shape[0], T = ids->shape[1];
@@ -211,7 +224,8 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
           r.max_new_tokens = static_cast<uint32_t>(bf16 ? 1 : n_new);
           r.sampling.repetition_penalty = penalty;
           r.want_logits = penalty == 1.0 && !bf16;
-          const std::string row_name = name + "/" + file.substr(0, file.size() - 4) + (B > 1 ? "/row" + std::to_string(b) : "");
+          const std::string row_name =
+              name + "/" + file.substr(0, file.size() - 4) + (B > 1 ? "/row" + std::to_string(b) : "");
           auto result = (*client)->Generate(r, std::chrono::minutes(5));
           if (!result.ok() || !result->error.empty()) {
             tally.Print(false, row_name, result.ok() ? result->error : result.status().ToString());
@@ -244,12 +258,16 @@ void RunClusterChecks(const CheckSettings& settings, Tally& tally) {
               // Finished rows are padded in the official batch output; we stop at the stop id.
               const bool stopped = !got.empty() && std::find(spec.llm.stop_ids.begin(), spec.llm.stop_ids.end(),
                                                              got.back()) != spec.llm.stop_ids.end();
-              if (!stopped) { same = false; why = "stopped early at token " + std::to_string(t); }
+              if (!stopped) {
+                same = false;
+                why = "stopped early at token " + std::to_string(t);
+              }
               break;
             }
             if (got[t] != expected) {
               same = false;
-              why = "token " + std::to_string(t) + ": ours " + std::to_string(got[t]) + ", expected " + std::to_string(expected);
+              why = "token " + std::to_string(t) + ": ours " + std::to_string(got[t]) + ", expected " +
+                    std::to_string(expected);
               break;
             }
           }
@@ -343,8 +361,10 @@ int RunCheckFixtures(const CheckSettings& settings) {
   const std::string& dir = settings.dir;
   const std::string& only_folder = settings.folder;
   if (!fs::is_directory(dir)) {
-    std::fprintf(stderr, "xcpipe check-fixtures: '%s' is not a folder; expected a fixtures folder with\n"
-                         "tokenizer/ and model folders holding checkpoint/ and cases/\n", dir.c_str());
+    std::fprintf(stderr,
+                 "xcpipe check-fixtures: '%s' is not a folder; expected a fixtures folder with\n"
+                 "tokenizer/ and model folders holding checkpoint/ and cases/\n",
+                 dir.c_str());
     return kExitInvalidInput;
   }
   Tally tally;
@@ -395,9 +415,9 @@ int RunCheckFixtures(const CheckSettings& settings) {
       return kExitNotImplemented;
     }
     if (!code.ok() || (*code != kExitOk && *code != kExitCheckFailed)) {
-      tally.Print(false, "model", "worker exited abnormally (" +
-                                      (code.ok() ? "exit code " + std::to_string(*code) : code.status().ToString()) +
-                                      ")");
+      tally.Print(false, "model",
+                  "worker exited abnormally (" +
+                      (code.ok() ? "exit code " + std::to_string(*code) : code.status().ToString()) + ")");
     }
   }
   std::printf("%d passed, %d failed\n", tally.passed, tally.failed);
@@ -415,9 +435,12 @@ void AddCheckFixturesCommand(CLI::App& app, Action& action) {
       "compares with the manifest tolerances. Prints a line per check and, last, 'N passed, M failed'.\n"
       "Exit 0 when all pass, 6 when any differs, 4 when DIR is not a fixtures folder, 7 when --device names a\n"
       "CUDA device and this build's libtorch has no CUDA.\n\n"
-      "Examples:\n  xcpipe check-fixtures ../shared/fixtures\n  xcpipe check-fixtures ../shared/fixtures --folder ixc2_vl\n"
+      "Examples:\n  xcpipe check-fixtures ../shared/fixtures\n  xcpipe check-fixtures ../shared/fixtures --folder "
+      "ixc2_vl\n"
       "  xcpipe check-fixtures ../shared/fixtures --generic --workers 2 --dtype bf16   # what a GPU runs, on the CPU\n"
-      "  xcpipe check-fixtures ../shared/fixtures --device cuda:0 --workers 2          # a GPU host");
+      "  xcpipe check-fixtures ../shared/fixtures --device cuda:0 --workers 2          # a GPU host\n"
+      "  xcpipe check-fixtures ../shared/fixtures --workers 3 --vision-stage separate  # vision on a worker of its "
+      "own");
   auto settings = std::make_shared<CheckSettings>();
   auto no_bf16 = std::make_shared<bool>(false);
   sub->add_option("dir", settings->dir, "fixtures folder")->required();
@@ -433,6 +456,11 @@ void AddCheckFixturesCommand(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_flag("--generic", settings->generic,
                 "compute with the generic op sequence a CUDA device runs (no CPU-only fast paths)");
+  sub->add_option("--vision-stage", settings->vision_stage,
+                  "with --workers: where the vision block runs: auto, first (stage 0) or separate (a vision worker of "
+                  "its own; needs --workers 2 or more)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "first", "separate"}));
   sub->callback([&action, settings, no_bf16] {
     action = [=] {
       CheckSettings s = *settings;

@@ -22,7 +22,8 @@ SchedulePlan PlanMicroBatches(const std::vector<ReadySequence>& ready, const Sch
   SchedulePlan plan;
   plan.in_pieces = limits.in_pieces;
   const size_t stages = std::max<size_t>(1, limits.stage_count);
-  const size_t target = std::max<size_t>(1, (static_cast<size_t>(std::max<int64_t>(0, limits.active)) + stages - 1) / stages);
+  const size_t target =
+      std::max<size_t>(1, (static_cast<size_t>(std::max<int64_t>(0, limits.active)) + stages - 1) / stages);
   size_t in_flight = limits.in_flight;
   size_t next = 0;
   while (next < ready.size() && in_flight < stages) {
@@ -95,9 +96,10 @@ void Coordinator::Impl::Admit() {
     if (room == KvRoom::kNever) {
       queue.pop_front();
       FailRequest(seq.request,
-                  ResourceExhaustedError("the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) +
-                                         " tokens" + (seq.beam ? " for each of " + std::to_string(seq.beam->ids.size()) + " beams" : std::string()) +
-                                         ") exceeds a stage's whole KV cache"));
+                  ResourceExhaustedError(
+                      "the prompt plus max_new_tokens (" + std::to_string(seq.max_tokens) + " tokens" +
+                      (seq.beam ? " for each of " + std::to_string(seq.beam->ids.size()) + " beams" : std::string()) +
+                      ") exceeds a stage's whole KV cache"));
       continue;
     }
     if (room == KvRoom::kWait) break;  // wait for room
@@ -181,9 +183,16 @@ void Coordinator::Impl::Schedule() {
   for (const auto& [id, s] : sequences) {
     if (s.state == SeqState::kReady) {
       // A beam group after its prompt: one row per beam.
-      const int64_t rows = s.beam && s.beam->fed > 0 ? static_cast<int64_t>(s.beam->ids.size())
-                                                     : static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
-      ready.push_back({id, rows});
+      const int64_t rows = s.beam && s.beam->fed > 0
+                               ? static_cast<int64_t>(s.beam->ids.size())
+                               : static_cast<int64_t>(s.prompt.ids.size() + s.generated.size()) - s.cached;
+      // Vision workers: a step holding an image's first row waits until its rows are at stage 0
+      // (the rows this step would take: a piece when the prompt goes in pieces).
+      std::vector<uint64_t> unused;
+      const int64_t step_rows =
+          opt.prefill_chunk_rows > 0 && rows > opt.prefill_chunk_rows ? opt.prefill_chunk_rows : rows;
+      const bool images_ready = !vision_separate() || ImagesReadyForStep(s, s.cached, step_rows, unused);
+      if (images_ready) ready.push_back({id, rows});
     }
     limits.active += s.state == SeqState::kReady || s.state == SeqState::kInFlight;
     if (s.in_pieces) limits.in_pieces = id;
@@ -208,6 +217,7 @@ void Coordinator::Impl::Schedule() {
     std::vector<Out> outs;
     bool any_beam = false;
     std::vector<const PreparedImage*> images;
+    std::vector<uint64_t> image_ids;  // vision workers: the encoded images this step names
     for (size_t i = 0; i < member_rows.size(); ++i) {
       Sequence& s = sequences.at(member_rows[i].first);
       s.state = SeqState::kInFlight;
@@ -220,7 +230,11 @@ void Coordinator::Impl::Schedule() {
         const bool live = g.fed == g.history.size();
         const auto first = static_cast<int32_t>(outs.size());
         for (size_t k = 0; k < g.ids.size(); ++k) {
-          outs.push_back({g.ids[k], s.cached, {last.tokens[k]}, {0}, first + static_cast<int32_t>(last.parents[k]),
+          outs.push_back({g.ids[k],
+                          s.cached,
+                          {last.tokens[k]},
+                          {0},
+                          first + static_cast<int32_t>(last.parents[k]),
                           live ? g.search.beam_score(static_cast<int64_t>(k)) : 0.0f});
         }
         any_beam = true;
@@ -244,7 +258,14 @@ void Coordinator::Impl::Schedule() {
       any_beam = any_beam || s.beam.has_value();
       // Each image goes with the step that holds its first row; stage 0 encodes it then and
       // keeps its rows for the pieces that follow.
-      if (s.cached < prompt_len && !s.prompt.images.empty()) {
+      if (s.cached < prompt_len && !s.prompt.images.empty() && vision_separate()) {
+        // Encoded by vision workers: the step names them and stage 0 takes their rows from its
+        // inbox (Schedule let the sequence in only with every one of them there).
+        const size_t before = image_ids.size();
+        (void)ImagesReadyForStep(s, s.cached, r, image_ids);
+        for (size_t k = before; k < image_ids.size(); ++k)
+          image_jobs.at(image_ids[k]).state = ImageJob::State::kConsumed;
+      } else if (s.cached < prompt_len && !s.prompt.images.empty()) {
         const std::vector<int64_t> first = ImageFirstRows(s.prompt);
         for (size_t k = 0; k < first.size(); ++k)
           if (first[k] >= s.cached && first[k] < s.cached + r) images.push_back(&s.prompt.images[k]);
@@ -283,6 +304,10 @@ void Coordinator::Impl::Schedule() {
     bool want_logits = false;
     for (const auto& [id, r] : member_rows) want_logits |= sequences.at(id).want_logits;
     f.setWantLogits(want_logits);
+    if (!image_ids.empty()) {
+      auto refs = f.initImageIds(static_cast<unsigned>(image_ids.size()));
+      for (size_t i = 0; i < image_ids.size(); ++i) refs.set(static_cast<unsigned>(i), image_ids[i]);
+    }
     auto imgs = f.initImages(images.size());
     for (size_t i = 0; i < images.size(); ++i) {
       imgs[i].setChannels(static_cast<uint32_t>(images[i]->channels));
@@ -402,8 +427,10 @@ void Coordinator::Impl::OnStepResult(proto::StepResult::Reader r) {
     }
     StreamTokens(seq, {token}, done, std::string(finish), row);
     if (!requests.count(request)) continue;  // the client went away
-    if (done) FinishSequence(seq, std::string(finish));
-    else seq.state = SeqState::kReady;
+    if (done)
+      FinishSequence(seq, std::string(finish));
+    else
+      seq.state = SeqState::kReady;
   }
 }
 
@@ -436,8 +463,9 @@ void Coordinator::Impl::OnBeamStepResult(Sequence& seq, int64_t rows,
   if (!step.ok()) {
     // The last stage answered rows the search cannot use: a bug or a stage out of step; this
     // request ends with the reason, nobody else's.
-    FailRequest(seq.request, InternalError(step.status().message()).WithContext("beam search of sequence " +
-                                                                                   std::to_string(seq.id)));
+    FailRequest(
+        seq.request,
+        InternalError(step.status().message()).WithContext("beam search of sequence " + std::to_string(seq.id)));
     return;
   }
   g.history.push_back({step->parents, step->tokens});
@@ -474,7 +502,8 @@ void Coordinator::Impl::CheckStepDeadlines() {
     ++faults;
     fault_detected_at = now;
     last_detect_ms = std::chrono::duration<double, std::milli>(now - times.sent).count();
-    Recover("micro-batch " + std::to_string(mb) + " did not come back by its deadline (a message lost or a stage stuck)");
+    Recover("micro-batch " + std::to_string(mb) +
+            " did not come back by its deadline (a message lost or a stage stuck)");
     return;  // Recover cleared every deadline
   }
 }

@@ -42,13 +42,12 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint, s
   if (hello.ok()) return c;
   if (hello.code() != StatusCode::kDeadlineExceeded) return hello;
   // A CURVE handshake that fails looks exactly like silence from here: say what to check.
-  return UnavailableError("no answer from the coordinator at " + endpoint + " within " +
-                          std::to_string(timeout.count()) + " ms" +
-                          (curve.enabled() ? " (with CURVE keys: is this client's public key " +
-                                                 control::KeyFingerprint(curve.public_key) +
-                                                 "... on the coordinator's allow-list, and is --server-key its key?)"
-                                           : " (if the coordinator requires CURVE keys, pass --secret-key and "
-                                             "--server-key)"));
+  return UnavailableError(
+      "no answer from the coordinator at " + endpoint + " within " + std::to_string(timeout.count()) + " ms" +
+      (curve.enabled() ? " (with CURVE keys: is this client's public key " + control::KeyFingerprint(curve.public_key) +
+                             "... on the coordinator's allow-list, and is --server-key its key?)"
+                       : " (if the coordinator requires CURVE keys, pass --secret-key and "
+                         "--server-key)"));
 }
 
 Status Client::Impl::Hello(std::chrono::milliseconds timeout) {
@@ -100,7 +99,8 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
       px[i].setWidth(static_cast<uint32_t>(img.width));
       px[i].setGridH(static_cast<uint32_t>(img.grid_h));
       px[i].setGridW(static_cast<uint32_t>(img.grid_w));
-      px[i].setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(img.pixels.data()), img.pixels.size() * sizeof(float)));
+      px[i].setPixels(
+          kj::arrayPtr(reinterpret_cast<const kj::byte*>(img.pixels.data()), img.pixels.size() * sizeof(float)));
     }
     auto ctx = s.initPenaltyContext(request.penalty_context.size());
     for (size_t i = 0; i < request.penalty_context.size(); ++i) ctx.set(i, request.penalty_context[i]);
@@ -129,7 +129,8 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
   while (prompts_done.size() < prompts_total) {
     const auto now = Clock::now();
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-    if (left.count() <= 0) return DeadlineExceededError("request not finished within " + std::to_string(timeout.count()) + " ms");
+    if (left.count() <= 0)
+      return DeadlineExceededError("request not finished within " + std::to_string(timeout.count()) + " ms");
     if (request.cancelled && request.cancelled()) {
       result.error = "Cancelled: the caller abandoned the request";
       return result;
@@ -197,8 +198,8 @@ StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request, std::c
       // Not serving yet (starting, or restarted and re-planning): retry, within the budget and
       // the deadline. Tokens already received stay; a replay resumes after them.
       ++unavailable_retries;
-      std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(
-          std::chrono::milliseconds(e.getRetryAfterMs()), ClientTimings::kMaxRetryBackoff));
+      std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(std::chrono::milliseconds(e.getRetryAfterMs()),
+                                                                      ClientTimings::kMaxRetryBackoff));
       if (Status st = impl_->transport->Send(m, {}, std::chrono::milliseconds(1000)); !st.ok()) return st;
       last_heard = Clock::now();
       continue;
@@ -249,8 +250,7 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
       if (Status st = impl_->transport->Send(m, {}, timeout); !st.ok()) return st;
       next_ask = Clock::now() + ClientTimings::kResubmitUnacknowledged;
     }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::min(deadline, next_ask) - Clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, next_ask) - Clock::now());
     auto in = impl_->transport->Receive(std::max(left, std::chrono::milliseconds(1)));
     if (!in.ok()) return in.status();
     if (!in->has_value()) continue;
@@ -289,6 +289,12 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
     j["step_round_trip_ms_total"] = r.getStepRoundTripMsTotal();
     j["step_compute_ms_total"] = r.getStepComputeMsTotal();
     j["step_round_trip_p50_ms"] = r.getStepRoundTripP50Ms();
+    j["vision_stage"] = r.getVisionStage().cStr();
+    j["vision_reason"] = r.getVisionReason().cStr();
+    j["images_waiting"] = r.getImagesWaiting();
+    j["images_encoding"] = r.getImagesEncoding();
+    j["images_encoded_total"] = r.getImagesEncodedTotal();
+    j["encode_p50_ms"] = r.getEncodeP50Ms();
     j["workers"] = nlohmann::json::array();
     for (auto w : r.getWorkers()) {
       j["workers"].push_back({{"id", w.getWorkerId().cStr()},
@@ -316,9 +322,9 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
       x["kv_budget_bytes"] = res.getKvBudgetBytes();
       x["kv_reserved_bytes"] = res.getKvReservedBytes();
       x["kv_used_bytes"] = res.getKvUsedBytes();
-      x["kv_utilisation"] = res.getKvBudgetBytes() > 0
-                                ? static_cast<double>(res.getKvReservedBytes()) / static_cast<double>(res.getKvBudgetBytes())
-                                : 0.0;
+      x["kv_utilisation"] = res.getKvBudgetBytes() > 0 ? static_cast<double>(res.getKvReservedBytes()) /
+                                                             static_cast<double>(res.getKvBudgetBytes())
+                                                       : 0.0;
       x["predicted_step_ms"] = w.getPredictedStepMs();
       x["weights_kept"] = w.getWeightsKept();
       x["dtype"] = w.getDtype().cStr();
@@ -331,6 +337,10 @@ StatusOr<nlohmann::json> Client::GetStatus(std::chrono::milliseconds timeout) {
       x["busy_ms_total"] = static_cast<double>(res.getBusyMicrosTotal()) / 1e3;
       x["bytes_sent"] = res.getBytesSent();
       x["queued_steps"] = res.getQueuedSteps();
+      x["role"] = w.getRole().cStr();
+      x["images_encoded"] = w.getImagesEncoded();
+      x["images_queued"] = w.getImagesQueued();
+      x["encode_p50_ms"] = w.getEncodeP50Ms();
     }
     return j;
   }

@@ -10,13 +10,19 @@ MetricsSnapshot Coordinator::Impl::Snapshot() const {
   snap.serving = state == ClusterState::kServing && !draining;
   snap.epoch = epoch;
   snap.queue_depth = static_cast<uint32_t>(queue.size());
-  for (const auto& [id, seq] : sequences) snap.in_flight += seq.state == SeqState::kReady || seq.state == SeqState::kInFlight;
+  for (const auto& [id, seq] : sequences)
+    snap.in_flight += seq.state == SeqState::kReady || seq.state == SeqState::kInFlight;
   snap.faults = faults;
   snap.replays = replays;
   snap.prefix_hits = prefix.hits;
   snap.prefix_rows_saved = prefix.rows_saved;
   snap.prefix_head_tokens = prefix.ready ? static_cast<uint32_t>(prefix.head.size()) : 0;
   snap.completed = completed;
+  snap.vision_separate = vision_separate();
+  for (const auto& [image_id, job] : image_jobs) {
+    snap.images_waiting += job.state == ImageJob::State::kWaiting;
+    snap.images_encoding += job.state == ImageJob::State::kEncoding;
+  }
   const auto now = Now();
   for (const auto& [peer_id, w] : workers) {  // in the order OnStatus lists them
     WorkerFigures f = w.figures;
@@ -27,10 +33,24 @@ MetricsSnapshot Coordinator::Impl::Snapshot() const {
     f.stage = w.stage;
     f.up = w.state != WorkerState::kLost;
     if (f.capacity_bytes == 0) f.capacity_bytes = w.memory;
+    f.role = "spare";
     if (w.stage >= 0 && w.stage < static_cast<int>(stages.size())) {
       f.planned = PlannedCategories(stages[w.stage].predicted);
+      f.role = "stage";
     } else {
       f.planned = {};
+    }
+    for (const auto& v : vision) {
+      if (v.peer != w.peer) continue;
+      f.role = "vision";
+      f.planned = PlannedCategories(v.predicted);
+      f.images_encoded = v.encoded;
+      f.images_queued = static_cast<uint32_t>(v.encoding);
+      if (!v.recent_ms.empty()) {
+        std::vector<double> sorted = v.recent_ms;
+        std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
+        f.encode_p50_ms = sorted[sorted.size() / 2];
+      }
     }
     f.heartbeat_age_s = std::chrono::duration<double>(now - w.last_seen).count();
     snap.workers.push_back(std::move(f));
@@ -74,6 +94,12 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setDataPlaneReason(planned_once ? data_plane.reason : "");
   r.setLastDetectMs(last_detect_ms);
   r.setLastRecoverMs(last_recover_ms);
+  r.setVisionStage(vision_mode);
+  r.setVisionReason(vision_reason);
+  r.setImagesWaiting(snap.images_waiting);
+  r.setImagesEncoding(snap.images_encoding);
+  r.setImagesEncodedTotal(images_encoded_total);
+  r.setEncodeP50Ms(snap.encode_seconds.Quantile(0.5) * 1e3);
   auto list = r.initWorkers(workers.size());
   size_t i = 0;
   const auto now = Now();
@@ -95,9 +121,14 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
       x.setPredictedStepMs(st.predicted_step_ms);
       x.setWeightsKept(w.weights_kept);
     }
+    for (const auto& v : vision) {
+      if (v.peer != w.peer) continue;
+      x.setBlocks(std::to_string(v.first) + ".." + std::to_string(v.end - 1));
+      x.setWeightsKept(w.weights_kept);
+    }
     x.setStepsCompleted(w.steps);
-    x.setLastHeartbeatMsAgo(static_cast<uint32_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()));
+    x.setLastHeartbeatMsAgo(
+        static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()));
     x.setMemoryBytes(w.memory);
     FillWorkerMonitoring(snap.workers.at(i - 1), x);
   }

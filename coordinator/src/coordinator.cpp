@@ -9,7 +9,8 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
     return OnWatchdog(dog->second, env);
   }
   switch (env.which()) {
-    case proto::Envelope::HELLO: return OnHello(peer, env.getHello());
+    case proto::Envelope::HELLO:
+      return OnHello(peer, env.getHello());
     case proto::Envelope::HEARTBEAT:
       if (w != workers.end()) {
         w->second.steps = env.getHeartbeat().getStepsCompleted();
@@ -27,6 +28,8 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         if (w->second.stage >= 0 && static_cast<size_t>(w->second.stage) < stages.size()) {
           stages[w->second.stage].last_load_news = Now();
         }
+        for (auto& v : vision)
+          if (v.peer == peer) v.last_load_news = Now();
         spdlog::info("stage {} loading: {} / {} MiB", w->second.stage, w->second.load_done >> 20,
                      w->second.load_total >> 20);
       }
@@ -34,31 +37,51 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
     case proto::Envelope::STAGE_READY: {
       auto r = env.getStageReady();
       if (w == workers.end() || r.getEpoch() != epoch || r.getStageIndex() >= stages.size()) return;
-      auto& st = stages[r.getStageIndex()];
-      // Only from the worker this plan gave the stage: a worker still loading an older
-      // assignment whose epoch a welcome raised names the current epoch and its old stage.
-      if (st.peer != peer) return;
-      st.ready = true;
-      st.kv_per_token = r.getKvBytesPerToken();
-      st.weight_bytes = r.getWeightBytes();
-      w->second.state = WorkerState::kReady;
-      w->second.resident = r.getResidentBytes();
-      w->second.weights_kept = r.getWeightsKept();
-      w->second.dtype = r.getDtype().cStr();
-      spdlog::info("stage {} ready in {} ms ({} MiB weights, {}, {} on {})", r.getStageIndex(), r.getLoadMs(),
-                   st.weight_bytes >> 20, r.getWeightsKept() ? "kept" : "loaded", r.getDtype().cStr(),
-                   r.getDevice().cStr());
-      if (std::all_of(stages.begin(), stages.end(), [](const StageInfo& s) { return s.ready; })) {
+      if (r.getVision()) {
+        auto v = std::find_if(vision.begin(), vision.end(), [&](const VisionWorker& x) { return x.peer == peer; });
+        if (v == vision.end()) return;  // not a vision worker of this plan
+        v->ready = true;
+        w->second.state = state == ClusterState::kServing ? WorkerState::kServing : WorkerState::kReady;
+        w->second.resident = r.getResidentBytes();
+        w->second.weights_kept = r.getWeightsKept();
+        w->second.dtype = r.getDtype().cStr();
+        spdlog::info("vision worker {} ready in {} ms ({} MiB weights, {}, {} on {})", w->second.id, r.getLoadMs(),
+                     r.getWeightBytes() >> 20, r.getWeightsKept() ? "kept" : "loaded", r.getDtype().cStr(),
+                     r.getDevice().cStr());
+      } else {
+        auto& st = stages[r.getStageIndex()];
+        // Only from the worker this plan gave the stage: a worker still loading an older
+        // assignment whose epoch a welcome raised names the current epoch and its old stage.
+        if (st.peer != peer) return;
+        st.ready = true;
+        st.kv_per_token = r.getKvBytesPerToken();
+        st.weight_bytes = r.getWeightBytes();
+        w->second.state = WorkerState::kReady;
+        w->second.resident = r.getResidentBytes();
+        w->second.weights_kept = r.getWeightsKept();
+        w->second.dtype = r.getDtype().cStr();
+        spdlog::info("stage {} ready in {} ms ({} MiB weights, {}, {} on {})", r.getStageIndex(), r.getLoadMs(),
+                     st.weight_bytes >> 20, r.getWeightsKept() ? "kept" : "loaded", r.getDtype().cStr(),
+                     r.getDevice().cStr());
+      }
+      if (state == ClusterState::kLoading &&
+          std::all_of(stages.begin(), stages.end(), [](const StageInfo& s) { return s.ready; }) &&
+          std::all_of(vision.begin(), vision.end(), [](const VisionWorker& v) { return v.ready; })) {
         state = ClusterState::kServing;
         planned_once_served = true;
         for (const auto& s : stages) workers[s.peer].state = WorkerState::kServing;
+        for (const auto& v : vision) workers[v.peer].state = WorkerState::kServing;
         spdlog::info("serving on {}", bound);
         PublishMetrics();  // /readyz says ready before anyone is told so
         if (opt.on_ready) opt.on_ready(bound);
       }
       return;
     }
-    case proto::Envelope::STEP_RESULT: return OnStepResult(env.getStepResult());
+    case proto::Envelope::STEP_RESULT:
+      return OnStepResult(env.getStepResult());
+    case proto::Envelope::IMAGE_ENCODED:
+      if (w != workers.end()) OnImageEncoded(peer, env.getImageEncoded());
+      return;
     case proto::Envelope::ERROR:
       if (w != workers.end()) return OnWorkerError(peer, env.getError());
       return;
@@ -81,16 +104,18 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         e.setDone(true);
         e.setFinishReason("Unavailable");
         e.setError(draining ? std::string("the coordinator is shutting down; submit to another cluster or retry later")
-                   : capacity_lost ? std::string("the cluster lost a stage and the remaining workers cannot hold the model; "
-                                               "retry when a worker has been restarted")
-                                 : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
-                                       "); retry shortly");
+                   : capacity_lost
+                       ? std::string("the cluster lost a stage and the remaining workers cannot hold the model; "
+                                     "retry when a worker has been restarted")
+                       : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
+                             "); retry shortly");
         if (!draining) e.setRetryAfterMs(static_cast<uint32_t>(kRetryAfterWhenNotServing.count()));
         Send(m, peer);
         return;
       }
       return OnSubmit(peer, env.getSubmit());
-    case proto::Envelope::STATUS_REQUEST: return OnStatus(peer);
+    case proto::Envelope::STATUS_REQUEST:
+      return OnStatus(peer);
     case proto::Envelope::WELCOME:
     case proto::Envelope::ASSIGN_STAGE:
     case proto::Envelope::ADMIT_SEQUENCE:
@@ -100,6 +125,7 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
     case proto::Envelope::SHUTDOWN:
     case proto::Envelope::TOKEN_EVENT:
     case proto::Envelope::STATUS_REPLY:
+    case proto::Envelope::ENCODE_IMAGE:
       return SendError(peer, InvalidArgumentError("a coordinator does not accept this message"), 0);
   }
   SendError(peer, InvalidArgumentError("unknown message type"), 0);
@@ -124,6 +150,7 @@ void Coordinator::Impl::Poll(std::chrono::milliseconds wait) {
   DeclareUnreachableLost();
   MaybePlan();
   Admit();
+  PumpVision();
   Schedule();
   Heartbeats();
   CheckStepDeadlines();
@@ -172,11 +199,13 @@ StatusOr<std::string> Coordinator::Bind() {
     return InvalidArgumentError("data plane '" + s.opt.data_plane + "' is unknown; expected auto, tcp or nccl");
   }
   if (!planner::ParseStrategy(s.opt.strategy)) {
-    return InvalidArgumentError("strategy '" + s.opt.strategy + "' is unknown; expected balanced, even or greedy-memory");
+    return InvalidArgumentError("strategy '" + s.opt.strategy +
+                                "' is unknown; expected balanced, even or greedy-memory");
   }
   if (s.opt.max_sequences < 1 || s.opt.max_context < 16) {
     return InvalidArgumentError("max_sequences must be >= 1 and max_context >= 16 (got " +
-                                std::to_string(s.opt.max_sequences) + " and " + std::to_string(s.opt.max_context) + ")");
+                                std::to_string(s.opt.max_sequences) + " and " + std::to_string(s.opt.max_context) +
+                                ")");
   }
   auto edge = RequestPreparer::Create(s.opt.model_dir, tok, s.opt.edge);
   if (!edge.ok()) return edge.status().WithContext("model " + s.opt.model_dir.string());
@@ -184,7 +213,8 @@ StatusOr<std::string> Coordinator::Bind() {
   if (s.opt.prefix_cache) {
     s.prefix.head = s.edge->shared_head();
     if (!s.prefix.head.empty()) {
-      spdlog::info("shared prompt head: {} tokens of the chat template computed once per plan and copied", s.prefix.head.size());
+      spdlog::info("shared prompt head: {} tokens of the chat template computed once per plan and copied",
+                   s.prefix.head.size());
     }
   }
   if (!s.opt.metrics_listen.empty() && !s.metrics_http) {
@@ -206,9 +236,10 @@ StatusOr<std::string> Coordinator::Bind() {
     spdlog::info("control: CURVE on {}: coordinator key {}..., {} allowed public key(s)", s.bound,
                  control::KeyFingerprint(s.opt.curve.public_key), s.opt.curve.allowed_keys.size());
   } else if (!control::IsLoopbackEndpoint(s.bound)) {
-    spdlog::warn("control traffic on {} is unauthenticated and unencrypted: anyone who reaches it can submit "
-                 "requests or pose as a worker; configure CURVE keys (--secret-key, --allow; see `xcpipe keys`)",
-                 s.bound);
+    spdlog::warn(
+        "control traffic on {} is unauthenticated and unencrypted: anyone who reaches it can submit "
+        "requests or pose as a worker; configure CURVE keys (--secret-key, --allow; see `xcpipe keys`)",
+        s.bound);
   }
   return s.bound;
 }

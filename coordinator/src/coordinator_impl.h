@@ -12,6 +12,8 @@
 //                           KV admission, the shared prompt head, prefill pieces, micro-batches
 //                           and their results, step deadlines (its rules as value functions:
 //                           xcpipe/coordinator/batch_scheduler.h)
+//   vision_pool.h/.cpp      vision workers apart from the pipeline: images encoded at intake,
+//                           their rows handed to stage 0, re-encoded after a loss
 //   rebalancer.h/.cpp       re-planning when measured stage speeds drift from the plan
 //   cluster_status.cpp      the status reply and the metrics snapshot
 //   coordinator.cpp         the loop, message dispatch and the public Coordinator methods
@@ -42,6 +44,7 @@
 #include "rebalancer.h"
 #include "request_table.h"
 #include "sequences.h"
+#include "vision_pool.h"
 #include "worker_registry.h"
 #include "xcpipe/coordinator/metrics_http.h"
 #include "xcpipe/planner/planner.h"
@@ -79,6 +82,23 @@ struct Coordinator::Impl {
   void OnWatchdog(const std::string& worker_peer, const proto::Envelope::Reader& env);
   std::vector<StageInfo> stages;
   DataPlaneChoice data_plane;  // of the current plan
+  // Vision workers (vision_pool.h).
+  std::string vision_mode;    // of the current plan: "first" or "separate" (empty before one)
+  std::string vision_reason;  // why
+  std::vector<VisionWorker> vision;
+  std::map<uint64_t, ImageJob> image_jobs;  // by image id
+  uint64_t images_encoded_total = 0;
+  bool vision_separate() const { return vision_mode == "separate"; }
+  void SendVisionAssignment(size_t k);
+  void PumpVision();
+  void OnImageEncoded(const std::string& peer, proto::ImageEncoded::Reader r);
+  void OnVisionError(WorkerInfo& w, uint64_t image_id, const Status& st);
+  void OnVisionWorkerLost(WorkerInfo& w, const std::string& why);
+  // Whether every image whose first row falls in [from, from + rows) of the sequence's prompt
+  // is encoded and waiting at stage 0; their ids go to `ids` (in prompt order).
+  bool ImagesReadyForStep(const Sequence& seq, int64_t from, int64_t rows, std::vector<uint64_t>& ids) const;
+  // A new plan: every job goes (stage 0 starts with an empty inbox) and is made again.
+  void ForgetImageJobs();
   // Which data plane a plan on these stage workers (in stage order) uses, with fresh NCCL ids;
   // FailedPrecondition, naming the worker or the reason, when "nccl" was asked for and cannot be had.
   StatusOr<DataPlaneChoice> ChooseDataPlane(const std::vector<const WorkerInfo*>& stage_workers) const;

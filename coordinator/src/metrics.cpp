@@ -39,9 +39,7 @@ double Histogram::Quantile(double q) const {
   return bounds_.back();
 }
 
-std::vector<double> TtftBucketsSeconds() {
-  return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
-}
+std::vector<double> TtftBucketsSeconds() { return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}; }
 
 std::vector<double> TokensPerSecondBuckets() { return {0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000}; }
 
@@ -66,10 +64,14 @@ std::string Escape(const std::string& s) {
   std::string out;
   out.reserve(s.size());
   for (char c : s) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -97,7 +99,8 @@ class Writer {
   }
   void HistogramSamples(const std::string& name, const Histogram& h) {
     const auto cumulative = h.CumulativeCounts();
-    for (size_t i = 0; i < h.bounds().size(); ++i) Sample(name + "_bucket", {{"le", Number(h.bounds()[i])}}, cumulative[i]);
+    for (size_t i = 0; i < h.bounds().size(); ++i)
+      Sample(name + "_bucket", {{"le", Number(h.bounds()[i])}}, cumulative[i]);
     Sample(name + "_bucket", {{"le", "+Inf"}}, h.count());
     Sample(name + "_sum", {}, h.sum());
     Sample(name + "_count", {}, h.count());
@@ -109,7 +112,12 @@ class Writer {
 };
 
 Labels WorkerLabels(const WorkerFigures& w) {
-  return {{"worker", w.id}, {"stage", w.stage >= 0 ? std::to_string(w.stage) : "none"}, {"device", w.device}};
+  // A vision worker's figures carry stage="vision", like a stage's carry its index.
+  return {{"worker", w.id},
+          {"stage", w.stage >= 0         ? std::to_string(w.stage)
+                    : w.role == "vision" ? "vision"
+                                         : "none"},
+          {"device", w.device}};
 }
 
 Labels With(Labels labels, std::string key, std::string value) {
@@ -151,8 +159,10 @@ std::string RenderPrometheus(const MetricsSnapshot& s) {
   w.Sample("xcpipe_requests_completed_total", {}, s.completed);
   w.Family("xcpipe_requests_failed_total", "counter", "Requests failed after queueing, by error code.");
   for (const auto& [reason, n] : s.failed_by_reason) w.Sample("xcpipe_requests_failed_total", {{"reason", reason}}, n);
-  w.Family("xcpipe_requests_refused_total", "counter", "Submits refused before queueing (busy = queue full), by reason.");
-  for (const auto& [reason, n] : s.refused_by_reason) w.Sample("xcpipe_requests_refused_total", {{"reason", reason}}, n);
+  w.Family("xcpipe_requests_refused_total", "counter",
+           "Submits refused before queueing (busy = queue full), by reason.");
+  for (const auto& [reason, n] : s.refused_by_reason)
+    w.Sample("xcpipe_requests_refused_total", {{"reason", reason}}, n);
   w.Family("xcpipe_time_to_first_token_seconds", "histogram", "Submit received to first token streamed, per prompt.");
   w.HistogramSamples("xcpipe_time_to_first_token_seconds", s.ttft_seconds);
   w.Family("xcpipe_tokens_per_second", "histogram", "Decode speed of finished prompts after their first token.");
@@ -206,6 +216,23 @@ std::string RenderPrometheus(const MetricsSnapshot& s) {
   for (const auto& x : s.workers) w.Sample("xcpipe_worker_queued_steps", WorkerLabels(x), uint64_t{x.queued_steps});
   w.Family("xcpipe_worker_heartbeat_age_seconds", "gauge", "Time since the worker was last heard from.");
   for (const auto& x : s.workers) w.Sample("xcpipe_worker_heartbeat_age_seconds", WorkerLabels(x), x.heartbeat_age_s);
+  // Vision workers (the vision block apart from the pipeline).
+  w.Family("xcpipe_vision_separate", "gauge", "1 while vision workers encode the images, 0 while stage 0 does.");
+  w.Sample("xcpipe_vision_separate", {}, uint64_t{s.vision_separate ? 1u : 0u});
+  w.Family("xcpipe_vision_images_waiting", "gauge", "Images accepted and waiting for a vision worker.");
+  w.Sample("xcpipe_vision_images_waiting", {}, uint64_t{s.images_waiting});
+  w.Family("xcpipe_vision_images_encoding", "gauge", "Images sent to vision workers and not answered yet.");
+  w.Sample("xcpipe_vision_images_encoding", {}, uint64_t{s.images_encoding});
+  w.Family("xcpipe_vision_encode_seconds", "histogram", "Vision block compute per image on vision workers.");
+  w.HistogramSamples("xcpipe_vision_encode_seconds", s.encode_seconds);
+  w.Family("xcpipe_worker_images_encoded_total", "counter", "Images a vision worker encoded under the current plan.");
+  for (const auto& x : s.workers) {
+    if (x.role == "vision") w.Sample("xcpipe_worker_images_encoded_total", WorkerLabels(x), x.images_encoded);
+  }
+  w.Family("xcpipe_worker_images_queued", "gauge", "Images sent to a vision worker and not answered yet.");
+  for (const auto& x : s.workers) {
+    if (x.role == "vision") w.Sample("xcpipe_worker_images_queued", WorkerLabels(x), uint64_t{x.images_queued});
+  }
   return w.Take();
 }
 

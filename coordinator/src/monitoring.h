@@ -60,6 +60,10 @@ inline void FillWorkerMonitoring(const WorkerFigures& f, proto::WorkerStatus::Bu
   r.setDecoderLayersTimed(f.decoder_layers_timed);
   r.setBytesSent(f.bytes_sent);
   r.setQueuedSteps(f.queued_steps);
+  w.setRole(f.role);
+  w.setImagesEncoded(f.images_encoded);
+  w.setImagesQueued(f.images_queued);
+  w.setEncodeP50Ms(f.encode_p50_ms);
 }
 
 // StatusReply's request counters and latency figures.

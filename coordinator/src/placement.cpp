@@ -5,7 +5,7 @@
 namespace xcpipe::coordinator {
 
 std::string detail::ResolveDtype(const std::string& asked, const std::vector<WorkerInfo*>& pool,
-                         const checkpoint::TensorTable& tensors) {
+                                 const checkpoint::TensorTable& tensors) {
   if (!asked.empty() && asked != "auto") return asked;
   const bool all_cuda = !pool.empty() && std::all_of(pool.begin(), pool.end(), [](const WorkerInfo* w) {
     return w->device.rfind("cuda", 0) == 0;
@@ -104,9 +104,9 @@ void Coordinator::Impl::MaybePlan() {
     // worker that could not measure (an older one, or no toolkit at build time).
     gpu.tflops = cuda ? (pool[i]->matmul_tflops > 0 ? pool[i]->matmul_tflops : 100.0)
                       : 0.05 * std::max<uint32_t>(1, pool[i]->threads);
-    gpu.mem_bw_gbps = cuda ? (pool[i]->bandwidth_bytes_per_s > 0 ? static_cast<double>(pool[i]->bandwidth_bytes_per_s) / 1e9
-                                                                 : 1000.0)
-                           : 20.0;
+    gpu.mem_bw_gbps =
+        cuda ? (pool[i]->bandwidth_bytes_per_s > 0 ? static_cast<double>(pool[i]->bandwidth_bytes_per_s) / 1e9 : 1000.0)
+             : 20.0;
     gpu.reserved_gib = cuda ? planner::kDefaultCudaReservedGib : planner::kDefaultCpuReservedGib;
     if (gpu_sharers > 1) {
       gpu.memory_gib /= static_cast<double>(gpu_sharers);
@@ -122,7 +122,28 @@ void Coordinator::Impl::MaybePlan() {
   }
   planner::PlanOptions plan_options;
   if (auto strategy = planner::ParseStrategy(opt.strategy)) plan_options.strategy = *strategy;
-  auto plan = planner::MakePlan(*model, cluster, plan_options);
+  // Where the vision block goes (CoordinatorOptions::vision_stage): the planner resolves auto; a
+  // separate plan asked for is kept only when it fits, else vision stays on stage 0, saying why.
+  const bool has_vision =
+      !model->spec.blocks.empty() && model->spec.blocks.front().kind == checkpoint::BlockKind::kVision;
+  plan_options.vision = !has_vision || opt.vision_stage == "first" ? planner::VisionPlacement::kFirstStage
+                        : opt.vision_stage == "separate"           ? planner::VisionPlacement::kSeparateStage
+                                                                   : planner::VisionPlacement::kAuto;
+  std::string vision_why = !has_vision ? "the model has no vision block" : "--vision-stage " + opt.vision_stage;
+  if (plan_options.vision == planner::VisionPlacement::kSeparateStage && pool.size() < 2) {
+    vision_why =
+        "vision on stage 0: vision workers need at least 2 workers, and " + std::to_string(pool.size()) + " is live";
+    plan_options.vision = planner::VisionPlacement::kFirstStage;
+  }
+  StatusOr<planner::Plan> plan = planner::MakePlan(*model, cluster, plan_options);
+  if (plan_options.vision == planner::VisionPlacement::kSeparateStage && (!plan.ok() || !plan->feasible)) {
+    vision_why = "vision on stage 0: no plan with the vision block apart fits the workers (" +
+                 (plan.ok() ? plan->infeasible_reason : plan.status().message()) + ")";
+    plan_options.vision = planner::VisionPlacement::kFirstStage;
+    plan = planner::MakePlan(*model, cluster, plan_options);
+  }
+  if (plan.ok() && !plan->vision_reason.empty()) vision_why = "auto: " + plan->vision_reason;
+  const bool separate = plan.ok() && plan->vision == planner::VisionPlacement::kSeparateStage;
   if (!plan.ok() || !plan->feasible) {
     const std::string why = plan.ok() ? plan->infeasible_reason : plan.status().ToString();
     if (!planned_once) {
@@ -137,23 +158,43 @@ void Coordinator::Impl::MaybePlan() {
     std::vector<uint64_t> ids;
     for (const auto& [id, r] : requests) ids.push_back(id);
     for (uint64_t id : ids) {
-      FailRequest(id, ResourceExhaustedError("a stage was lost and the remaining workers cannot hold the model (" + why +
-                                             "); waiting for capacity to return"));
+      FailRequest(id, ResourceExhaustedError("a stage was lost and the remaining workers cannot hold the model (" +
+                                             why + "); waiting for capacity to return"));
     }
     capacity_lost = true;
     return;
   }
-  std::vector<const WorkerInfo*> stage_workers;  // in stage order
+  std::vector<const WorkerInfo*> stage_workers;  // in stage order (the vision stage first when apart)
+  std::vector<bool> used(pool.size(), false);
   for (const auto& sp : plan->stages) {
     const WorkerInfo* w = nullptr;
-    for (size_t i = 0; i < pool.size(); ++i)
-      if (where[i].first == sp.device_ref.host && where[i].second == sp.device_ref.gpu) w = pool[i];
+    for (size_t i = 0; i < pool.size(); ++i) {
+      if (where[i].first == sp.device_ref.host && where[i].second == sp.device_ref.gpu) {
+        w = pool[i];
+        used[i] = true;
+      }
+    }
     if (w == nullptr) {
       spdlog::error("plan names a device no worker holds");
       stop.store(true);
       return;
     }
     stage_workers.push_back(w);
+  }
+  // Vision apart: the plan's vision stage, and the extra vision workers the plan found room for
+  // on devices the pipeline leaves unused, encode images; the language pipeline is the plan's
+  // other stages.
+  std::vector<std::pair<const WorkerInfo*, const planner::StagePlan*>> vision_workers;
+  if (separate) {
+    vision_workers.emplace_back(stage_workers.front(), &plan->stages.front());
+    stage_workers.erase(stage_workers.begin());
+    for (const auto& extra : plan->extra_vision) {
+      for (size_t i = 0; i < pool.size(); ++i) {
+        if (!used[i] && where[i].first == extra.device_ref.host && where[i].second == extra.device_ref.gpu) {
+          vision_workers.emplace_back(pool[i], &extra);
+        }
+      }
+    }
   }
   // The data plane goes with the plan: NCCL ids are fresh every epoch.
   StatusOr<DataPlaneChoice> chosen = ChooseDataPlane(stage_workers);
@@ -176,10 +217,15 @@ void Coordinator::Impl::MaybePlan() {
   capacity_lost = false;
   ++epoch;
   stages.clear();
+  vision.clear();
+  ForgetImageJobs();
+  vision_mode = separate ? "separate" : "first";
+  vision_reason = vision_why;
   data_plane = std::move(chosen).value();
-  for (size_t k = 0; k < plan->stages.size(); ++k) {
+  const size_t language_first = separate ? 1 : 0;  // the plan's first language stage
+  for (size_t k = language_first; k < plan->stages.size(); ++k) {
     const auto& sp = plan->stages[k];
-    const WorkerInfo* w = stage_workers[k];
+    const WorkerInfo* w = stage_workers[k - language_first];
     StageInfo st;
     st.peer = w->peer;
     st.first = sp.first_block;
@@ -192,6 +238,9 @@ void Coordinator::Impl::MaybePlan() {
   }
   spdlog::info("plan (epoch {}): {} stages in {}, predicted bottleneck {:.2f} ms", epoch, stages.size(), plan_dtype,
                plan->bottleneck_ms);
+  spdlog::info("vision: {} ({})",
+               separate ? "on " + std::to_string(vision_workers.size()) + " vision worker(s)" : "on stage 0",
+               vision_why);
   spdlog::info("data plane: {} ({})", data_plane.kind, data_plane.reason);
   if (rebalance_pending) {
     rebalance_pending = false;
@@ -209,13 +258,34 @@ void Coordinator::Impl::MaybePlan() {
     w.state = WorkerState::kLoading;
     w.planned = stages[i].planned_bytes;
     const auto& pb = stages[i].predicted;
-    spdlog::info("stage {}: worker {} holds blocks [{}, {}) ({} .. {}); predicted MiB: weights {:.1f}, kv {:.1f}, "
-                 "activations {:.1f}, workspace {:.1f}, total {:.1f}; step {:.2f} ms",
-                 i, w.id, stages[i].first, stages[i].end, model->spec.blocks[stages[i].first].name,
-                 model->spec.blocks[stages[i].end - 1].name, pb.weights / 1048576.0, pb.kv / 1048576.0,
-                 pb.activations / 1048576.0, pb.workspace / 1048576.0, pb.total() / 1048576.0,
-                 stages[i].predicted_step_ms);
+    spdlog::info(
+        "stage {}: worker {} holds blocks [{}, {}) ({} .. {}); predicted MiB: weights {:.1f}, kv {:.1f}, "
+        "activations {:.1f}, workspace {:.1f}, total {:.1f}; step {:.2f} ms",
+        i, w.id, stages[i].first, stages[i].end, model->spec.blocks[stages[i].first].name,
+        model->spec.blocks[stages[i].end - 1].name, pb.weights / 1048576.0, pb.kv / 1048576.0,
+        pb.activations / 1048576.0, pb.workspace / 1048576.0, pb.total() / 1048576.0, stages[i].predicted_step_ms);
     SendAssignment(i);
+  }
+  for (const auto& [w, vp] : vision_workers) {
+    VisionWorker v;
+    v.peer = w->peer;
+    v.first = vp->first_block;
+    v.end = vp->end_block;
+    v.planned_bytes = vp->bytes.total();
+    v.predicted = vp->bytes;
+    v.predicted_encode_ms = vp->encode_ms_per_image;
+    vision.push_back(v);
+    WorkerInfo& info = workers[w->peer];
+    info.vision = true;
+    info.state = WorkerState::kLoading;
+    info.planned = v.planned_bytes;
+    spdlog::info(
+        "vision worker {}: blocks [{}, {}) ({}); predicted MiB: weights {:.1f}, activations {:.1f}, "
+        "workspace {:.1f}, total {:.1f}; encode {:.1f} ms per image",
+        info.id, v.first, v.end, model->spec.blocks[v.first].name, vp->bytes.weights / 1048576.0,
+        vp->bytes.activations / 1048576.0, vp->bytes.workspace / 1048576.0, vp->bytes.total() / 1048576.0,
+        vp->encode_ms_per_image);
+    SendVisionAssignment(vision.size() - 1);
   }
   state = ClusterState::kLoading;
 }
@@ -234,8 +304,9 @@ StatusOr<DataPlaneChoice> Coordinator::Impl::ChooseDataPlane(
     const WorkerInfo& a = *stage_workers[k];
     const WorkerInfo& b = *stage_workers[k + 1];
     if (a.host == b.host && a.device == b.device && a.device.rfind("cuda", 0) == 0) {
-      obstacle = "workers " + a.id + " and " + b.id + " (stages " + std::to_string(k) + " and " + std::to_string(k + 1) +
-                 ") share " + a.device + " on " + a.host + ", and NCCL cannot join two ranks on one GPU";
+      obstacle = "workers " + a.id + " and " + b.id + " (stages " + std::to_string(k) + " and " +
+                 std::to_string(k + 1) + ") share " + a.device + " on " + a.host +
+                 ", and NCCL cannot join two ranks on one GPU";
     }
   }
 #ifndef XCPIPE_HAVE_CUDA
@@ -315,6 +386,11 @@ void Coordinator::Impl::ResendLostAssignments() {
                  workers[stages[i].peer].id);
     SendAssignment(i);
   }
+  for (size_t k = 0; k < vision.size(); ++k) {
+    if (vision[k].ready || now - vision[k].last_load_news < kAssignmentResend) continue;
+    spdlog::warn("vision worker {}: no word since its assignment; sending it again", workers[vision[k].peer].id);
+    SendVisionAssignment(k);
+  }
 }
 
 void Coordinator::Impl::Recover(const std::string& why) { Replan(why, /*fault=*/true); }
@@ -357,7 +433,10 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   step_deadlines.clear();
   releases_to_repeat.clear();
   stages.clear();
+  vision.clear();
+  ForgetImageJobs();
   for (auto& [peer, w] : workers) {
+    w.vision = false;
     if (w.state != WorkerState::kLost) {
       w.state = WorkerState::kIdle;
       w.stage = -1;

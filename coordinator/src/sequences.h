@@ -74,6 +74,9 @@ struct Sequence {
   bool is_prefix = false;         // the holder of the shared head's KV (no request; see SharedPrefix)
   bool in_pieces = false;         // its prompt is being prefilled piece by piece (prefill_chunk_rows)
   std::optional<BeamGroup> beam;  // a beam request: its search and its beams' sequences
+  // Vision workers (vision_pool.h): the job of each image of its prompt under this plan, in
+  // prompt order; empty while none was made (or vision runs on stage 0).
+  std::vector<uint64_t> image_ids;
   // Tokens of KV every stage reserves for it: max_tokens for each beam.
   uint64_t reserved_tokens() const { return max_tokens * (beam ? beam->ids.size() : 1); }
 };

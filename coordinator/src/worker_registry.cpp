@@ -6,17 +6,19 @@ namespace xcpipe::coordinator {
 
 void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h) {
   if (h.getProtocolVersion() != proto::K_PROTOCOL_VERSION) {
-    SendError(peer, FailedPreconditionError("protocol version " + std::to_string(h.getProtocolVersion()) +
-                                            " is not supported; this coordinator speaks version " +
-                                            std::to_string(proto::K_PROTOCOL_VERSION)), 0);
+    SendError(peer,
+              FailedPreconditionError("protocol version " + std::to_string(h.getProtocolVersion()) +
+                                      " is not supported; this coordinator speaks version " +
+                                      std::to_string(proto::K_PROTOCOL_VERSION)),
+              0);
     return;
   }
   // A restarted coordinator starts at epoch 1 while its workers remember the epoch they served
   // under: before the first plan it adopts the highest one it hears, so its first assignment is
   // newer than anything a worker has seen (a worker refuses an older one).
   if (h.getRole() == proto::Role::WORKER && !planned_once && h.getEpoch() > epoch) {
-    spdlog::info("adopting epoch {} from worker {} (it served under it before this coordinator started)",
-                 h.getEpoch(), h.getWorkerId().cStr());
+    spdlog::info("adopting epoch {} from worker {} (it served under it before this coordinator started)", h.getEpoch(),
+                 h.getWorkerId().cStr());
     epoch = h.getEpoch();
   }
   capnp::MallocMessageBuilder m;
@@ -42,7 +44,8 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
     return;
   }
   if (h.getRole() != proto::Role::WORKER) {
-    SendError(peer, InvalidArgumentError("only workers, their watchdogs and clients may say hello to a coordinator"), 0);
+    SendError(peer, InvalidArgumentError("only workers, their watchdogs and clients may say hello to a coordinator"),
+              0);
     return;
   }
   auto caps = h.getCapabilities();
@@ -62,12 +65,14 @@ void Coordinator::Impl::OnHello(const std::string& peer, proto::Hello::Reader h)
   info.bandwidth_bytes_per_s = caps.getMemoryBandwidthBytesPerS();
   info.matmul_tflops = caps.getMatmulTflops();
   info.data_address = caps.getDataAddress().cStr();
+  info.image_address = caps.getImageAddress().cStr();
   info.data_planes.clear();
   for (auto plane : caps.getDataPlanes()) info.data_planes.emplace_back(plane.cStr());
   info.last_seen = Now();
   if (!known) {
     info.state = WorkerState::kIdle;
     info.stage = -1;
+    info.vision = false;
     workers_changed = true;
     spdlog::info("worker {} registered: {} on {} (pid {}), data plane {} [{} of {} expected]", info.id, info.device,
                  info.host, info.pid, info.data_address, ReadyWorkers(), opt.expect_workers);
@@ -94,9 +99,9 @@ bool Coordinator::Impl::ClaimWorkerId(const std::string& peer, const std::string
       spdlog::warn("refused a second worker '{}' (pid {} on {}): pid {} on {} holds that id", id, pid, host, other.pid,
                    other.host);
       SendError(peer,
-                AlreadyExistsError("worker id '" + id + "' is held by a live worker: pid " +
-                                   std::to_string(other.pid) + " on host " + other.host + ", heard " +
-                                   std::to_string(heard.count()) + " ms ago. Give each worker its own --worker-id; "
+                AlreadyExistsError("worker id '" + id + "' is held by a live worker: pid " + std::to_string(other.pid) +
+                                   " on host " + other.host + ", heard " + std::to_string(heard.count()) +
+                                   " ms ago. Give each worker its own --worker-id; "
                                    "if that process has exited, this one is taken once it misses its heartbeats (" +
                                    std::to_string(control::ControlTimings::kHeartbeatTimeout.count()) + " ms)"),
                 0);
@@ -106,7 +111,7 @@ bool Coordinator::Impl::ClaimWorkerId(const std::string& peer, const std::string
                  other.pid, other.host);
     other.state = WorkerState::kLost;
     workers_changed = true;
-    if (other.stage >= 0) OnStageLost(other, "restarted as pid " + std::to_string(pid));
+    if (other.stage >= 0 || other.vision) OnStageLost(other, "restarted as pid " + std::to_string(pid));
   }
   // Earlier processes of this id that no stage refers to any more: forgotten, so status and
   // metrics list each worker id once.
@@ -134,7 +139,7 @@ void Coordinator::Impl::OnWatchdog(const std::string& worker_peer, const proto::
     workers_changed = true;
     // detect_ms: from the step's last progress to this report.
     stuck.last_seen = Now() - std::chrono::milliseconds(env.getError().getStalledMs());
-    if (stuck.stage >= 0) OnStageLost(stuck, env.getError().getMessage().cStr());
+    if (stuck.stage >= 0 || stuck.vision) OnStageLost(stuck, env.getError().getMessage().cStr());
   }
 }
 
@@ -143,6 +148,10 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   auto w = workers.find(peer);
   const std::string who = w != workers.end() ? w->second.id : peer;
   spdlog::error("worker {}: {}", who, st.ToString());
+  if (const uint64_t image_id = e.getImageId(); image_id != 0) {
+    if (w != workers.end()) OnVisionError(w->second, image_id, st);
+    return;
+  }
   // A load failure names no request (id 0). An error naming a micro-batch or a sequence while
   // loading is about the previous plan's work (a forward of the old epoch refused, a step cut
   // short by the new assignment): not a reason to re-plan again, which would only repeat while
@@ -194,7 +203,8 @@ void Coordinator::Impl::OnWorkerError(const std::string& peer, proto::Error::Rea
   if (mb != in_flight.end()) {
     std::set<uint64_t> reqs;
     for (const auto& [id, rows] : mb->second) {
-      if (id == prefix.holder && prefix.holder != 0) DropSharedPrefix("its step failed on worker " + who + ": " + st.message());
+      if (id == prefix.holder && prefix.holder != 0)
+        DropSharedPrefix("its step failed on worker " + who + ": " + st.message());
       if (sequences.count(id)) reqs.insert(sequences.at(id).request);
     }
     step_deadlines.erase(mb->first);
@@ -214,8 +224,11 @@ void Coordinator::Impl::Heartbeats() {
                     std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count());
       w.state = WorkerState::kLost;
       workers_changed = true;
-      if (w.stage >= 0) OnStageLost(w, "silent for " + std::to_string(
-          std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()) + " ms");
+      if (w.stage >= 0 || w.vision)
+        OnStageLost(
+            w, "silent for " +
+                   std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count()) +
+                   " ms");
       continue;
     }
     capnp::MallocMessageBuilder m;
@@ -238,11 +251,12 @@ void Coordinator::Impl::DeclareUnreachableLost() {
     spdlog::error("worker {} (stage {}) lost: its connection is gone (heard {} ms ago)", w.id, w.stage, silent);
     w.state = WorkerState::kLost;
     workers_changed = true;
-    if (w.stage >= 0) OnStageLost(w, "connection gone, heard " + std::to_string(silent) + " ms ago");
+    if (w.stage >= 0 || w.vision) OnStageLost(w, "connection gone, heard " + std::to_string(silent) + " ms ago");
   }
 }
 
 void Coordinator::Impl::OnStageLost(WorkerInfo& lost, const std::string& why) {
+  if (lost.vision && lost.stage < 0) return OnVisionWorkerLost(lost, why);
   ++faults;
   fault_detected_at = Now();
   last_detect_ms = std::chrono::duration<double, std::milli>(fault_detected_at - lost.last_seen).count();

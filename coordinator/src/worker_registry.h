@@ -62,6 +62,8 @@ struct WorkerInfo {
   double matmul_tflops = 0;            // CUDA: measured bf16 matrix-product rate (hello); 0 unknown
   WorkerState state = WorkerState::kIdle;
   int stage = -1;
+  bool vision = false;            // a vision worker of the current plan (stage stays -1)
+  std::string image_address;      // its image inbox (hello), where vision workers send rows
   bool weights_kept = false;      // its last stageReady reused loaded weights
   Clock::time_point last_seen{};  // set on hello (Impl::OnHello)
   uint64_t steps = 0, resident = 0, planned = 0, load_done = 0, load_total = 0;

@@ -156,7 +156,8 @@ class DataPlaneTest : public ::testing::Test {
     o.model_dir = *model_dir_;
     o.listen = "tcp://127.0.0.1:*";
     o.expect_workers = static_cast<int>(scripts.size());
-    o.strategy = "even";  // every worker gets a stage
+    o.strategy = "even";       // every worker gets a stage
+    o.vision_stage = "first";  // and the vision block stays on stage 0 (vision workers: cluster_test.cpp)
     o.max_sequences = 4;
     o.max_context = 256;
     o.data_plane = data_plane;

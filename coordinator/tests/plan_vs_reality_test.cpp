@@ -35,7 +35,6 @@ constexpr int64_t kMaxSequences = 4;
 constexpr int64_t kMaxContext = 1792;
 constexpr const char* kRankingStrategy = "even";
 
-
 class PlanVsRealityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -62,6 +61,7 @@ class PlanVsRealityTest : public ::testing::Test {
     o.worker_binary = testing::BinDir() / "xcpipe-worker";
     o.coordinator.max_sequences = kMaxSequences;
     o.coordinator.rebalance = false;
+    o.coordinator.vision_stage = "first";  // every worker a stage (vision workers have a test of their own)
     return o;
   }
   static fs::path* model_dir_;
@@ -110,10 +110,10 @@ TEST_F(PlanVsRealityTest, PeakResidentMemoryIsWithinToleranceOfThePlan) {
     const double ratio = static_cast<double>(peak) / static_cast<double>(planned);
     std::printf("stage %d: planned %.1f MiB, measured peak %.1f MiB, measured/planned %.3f\n", w["stage"].get<int>(),
                 planned / 1048576.0, peak / 1048576.0, ratio);
-    report.push_back({{"stage", w["stage"]}, {"planned_bytes", planned}, {"peak_resident_bytes", peak},
-                      {"ratio", ratio}});
-    EXPECT_NEAR(ratio, 1.0, kMemoryTolerance) << "stage " << w["stage"] << ": planned " << planned << " bytes, peak "
-                                              << peak << " bytes";
+    report.push_back(
+        {{"stage", w["stage"]}, {"planned_bytes", planned}, {"peak_resident_bytes", peak}, {"ratio", ratio}});
+    EXPECT_NEAR(ratio, 1.0, kMemoryTolerance)
+        << "stage " << w["stage"] << ": planned " << planned << " bytes, peak " << peak << " bytes";
     ++stages_checked;
   }
   EXPECT_EQ(stages_checked, kWorkers);
@@ -171,10 +171,11 @@ TEST_F(PlanVsRealityTest, MeasuredStepTimesRankStagesAsPredicted) {
     EXPECT_GT(measured[i], 0) << "stage " << i;
   }
   EXPECT_EQ(RankSlowestFirst(measured), RankSlowestFirst(predicted));
-  nlohmann::json report = {{"strategy", kRankingStrategy}, {"predicted_step_ms", predicted},
-                           {"measured_busy_ms", measured}};
+  nlohmann::json report = {
+      {"strategy", kRankingStrategy}, {"predicted_step_ms", predicted}, {"measured_busy_ms", measured}};
   fs::create_directories(testing::BinaryDir() / "reports");
-  ASSERT_TRUE(WriteFileAtomically(testing::BinaryDir() / "reports" / "plan_vs_reality_steps.json", report.dump(2)).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(testing::BinaryDir() / "reports" / "plan_vs_reality_steps.json", report.dump(2)).ok());
   (*cluster)->Stop();
 }
 

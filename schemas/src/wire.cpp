@@ -21,8 +21,8 @@ std::string Encode(capnp::MessageBuilder& message) {
 }
 
 size_t MaxBytesFor(proto::Envelope::Which type) {
-  constexpr size_t kSmall = size_t{64} << 10;   // fixed fields and a few short texts
-  constexpr size_t kMedium = size_t{4} << 20;   // lists bounded by the context or the cluster size
+  constexpr size_t kSmall = size_t{64} << 10;  // fixed fields and a few short texts
+  constexpr size_t kMedium = size_t{4} << 20;  // lists bounded by the context or the cluster size
   using W = proto::Envelope::Which;
   switch (type) {
     case W::HELLO:
@@ -35,15 +35,17 @@ size_t MaxBytesFor(proto::Envelope::Which type) {
     case W::DRAIN:
     case W::SHUTDOWN:
     case W::STATUS_REQUEST:
+    case W::IMAGE_ENCODED:
       return kSmall;
-    case W::ADMIT_SEQUENCE:    // penalty context: up to a whole context of token ids
+    case W::ADMIT_SEQUENCE:  // penalty context: up to a whole context of token ids
     case W::RELEASE_SEQUENCES:
-    case W::TOKEN_EVENT:       // one logits row, or every token of a finished prompt
+    case W::TOKEN_EVENT:  // one logits row, or every token of a finished prompt
     case W::STATUS_REPLY:
       return kMedium;
-    case W::FORWARD:           // token ids of a micro-batch plus preprocessed images
-    case W::STEP_RESULT:       // logits rows when asked for
-    case W::SUBMIT:            // encoded or preprocessed images
+    case W::FORWARD:       // token ids of a micro-batch plus preprocessed images
+    case W::STEP_RESULT:   // logits rows when asked for
+    case W::SUBMIT:        // encoded or preprocessed images
+    case W::ENCODE_IMAGE:  // one preprocessed image (all its HD tiles)
       return kMaxControlMessageBytes;
   }
   return kSmall;  // a type newer than this build: read only if small

@@ -36,6 +36,7 @@ export SLURM_CONF=$work/slurm.conf
 job=""
 dump() {
   echo "---- job output"; cat "$work"/job-*.out 2>/dev/null | tail -80
+  echo "---- the watcher's notes"; cat "$work/watch.log" 2>/dev/null
   echo "---- slurmctld.log"; tail -25 "$work/slurmctld.log" 2>/dev/null
   for n in n1 n2; do echo "---- slurmd-$n.log"; tail -8 "$work/slurmd-$n.log" 2>/dev/null; done
 }
@@ -59,7 +60,7 @@ slurm_start "$work" xcpipefail 5
 chmod -R a+rX "$work/model"
 address_file=$work/coordinator.address
 job=$(XCPIPE_MODEL=$work/model XCPIPE_BIN=$BIN XCPIPE_DEVICE=cpu XCPIPE_ADDRESS_FILE=$address_file \
-      XCPIPE_WORKER_ARGS="--threads 1 --inject-step-delay-ms 40" XCPIPE_WORKER_WAIT_S=120 XCPIPE_NODE_CHECK_S=1 \
+      XCPIPE_WORKER_ARGS="--threads 1 --inject-step-delay-ms 40" XCPIPE_WORKER_WAIT_S=120 XCPIPE_NODE_CHECK_S=1 XCPIPE_WATCH_LOG=$work/watch.log \
       sbatch --parsable --nodes=2 --ntasks-per-node=2 --gres=none --chdir="$work" \
       --output="$work/job-%j.out" --open-mode=append --export=ALL "$ROOT/deploy/slurm/xcpipe.sbatch") ||
   fail "sbatch refused the script"

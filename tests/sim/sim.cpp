@@ -183,6 +183,10 @@ std::string EnvelopeName(proto::Envelope::Which w) {
       return "statusRequest";
     case proto::Envelope::STATUS_REPLY:
       return "statusReply";
+    case proto::Envelope::ENCODE_IMAGE:
+      return "encodeImage";
+    case proto::Envelope::IMAGE_ENCODED:
+      return "imageEncoded";
   }
   return "?";
 }
@@ -431,6 +435,7 @@ class Simulation {
     o.expect_workers = static_cast<int>(workers_.size());
     o.strategy = "even";
     o.data_plane = "tcp";
+    o.vision_stage = "first";  // the stand-in stages do not encode images (the simulator has none)
     // With the shared head, room for its holder and for prompts that start with it.
     o.kv_budget_bytes = kKvPerToken * (kKvBudgetTokens + (prefix_cache_ ? 2 * facts_.shared_head.size() : 0));
     o.max_sequences = 8;

@@ -36,6 +36,7 @@ void StepExecutor::Assign(uint32_t stage_index, uint32_t stage_count) {
   stage_count_ = stage_count;
   sequences_.clear();
   image_rows_.clear();
+  encoded_.clear();
 }
 
 Status StepExecutor::Admit(const Admission& a) {
@@ -83,6 +84,48 @@ void StepExecutor::Release(uint64_t sequence_id) {
   if (model_) model_->ReleaseSequence(sequence_id);
   sequences_.erase(sequence_id);
   image_rows_.erase(sequence_id);
+  std::erase_if(encoded_, [sequence_id](const auto& e) { return e.second.sequence_id == sequence_id; });
+}
+
+Status StepExecutor::StoreEncodedImage(const transport::StageMessage& frame) {
+  if (!model_ || !model_->holds_embed()) {
+    return FailedPreconditionError("image embeddings sent to a worker that does not hold the embed block");
+  }
+  const auto* rows = frame.Find("image_embeds");
+  if (frame.segments.size() != 1 || rows == nullptr || rows->shape().size() != 2 ||
+      rows->shape()[0] != frame.segments[0].rows || rows->shape()[1] != model_->spec().llm.hidden ||
+      rows->location() != transport::MemoryLocation::kHost) {
+    return InvalidArgumentError("an image frame must carry one segment and image_embeds [rows, " +
+                                std::to_string(model_->spec().llm.hidden) + "] in host memory with that many rows");
+  }
+  const at::ScalarType dtype = ToTorch(rows->dtype());
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    return InvalidArgumentError("image_embeds must be f32, bf16 or f16");
+  }
+  // A copy: the frame's pooled buffer goes back as soon as the message is dropped.
+  at::Tensor copy = at::from_blob(const_cast<std::byte*>(rows->bytes().data()), rows->shape(), dtype).clone();
+  encoded_.insert_or_assign(frame.micro_batch_id, EncodedImage{frame.segments[0].sequence_id, std::move(copy)});
+  return OkStatus();
+}
+
+bool StepExecutor::HasEncodedImages(const std::vector<uint64_t>& image_ids) const {
+  return std::all_of(image_ids.begin(), image_ids.end(), [this](uint64_t id) { return encoded_.count(id) > 0; });
+}
+
+StatusOr<std::vector<at::Tensor>> StepExecutor::TakeEncodedImages(const std::vector<uint64_t>& image_ids) {
+  for (uint64_t id : image_ids) {
+    if (!encoded_.count(id))
+      return NotFoundError("image " + std::to_string(id) + " has not arrived from its vision worker");
+  }
+  std::vector<at::Tensor> out;
+  for (uint64_t id : image_ids) {
+    auto it = encoded_.find(id);
+    if (it == encoded_.end())
+      return InvalidArgumentError("image " + std::to_string(id) + " is named twice in one step");
+    out.push_back(std::move(it->second.rows));
+    encoded_.erase(it);
+  }
+  return out;
 }
 
 bool StepExecutor::Admitted(const std::vector<model::Segment>& segments) const {

@@ -48,6 +48,10 @@ struct PendingStep {
   std::vector<int64_t> beam_parents;
   std::vector<int64_t> beam_tokens;
   std::vector<float> beam_scores;
+  // Stage 0, images encoded by vision workers: the ids the step names (Forward.imageIds) and
+  // each segment's image rows, until the rows have arrived and are placed in input.image_embeds.
+  std::vector<uint64_t> image_ids;
+  std::vector<int64_t> image_slots;
   transport::StageMessage keep_alive;  // owns the received bytes `input` points into
   Clock::time_point arrived{};         // when the step reached the actor (deferred steps age by it)
 };
@@ -117,6 +121,18 @@ class StepExecutor {
   // left over stay for the sequence's next step.
   StatusOr<std::vector<at::Tensor>> TakeImageRows(const std::vector<model::Segment>& segments,
                                                   const std::vector<int64_t>& slots, std::vector<at::Tensor> images);
+  // Stage 0 when vision workers encode the images (Forward.imageIds): the frame a vision worker
+  // sent for one image (microBatchId = the image id, one segment naming its sequence and rows,
+  // one tensor "image_embeds" [rows, H]) is checked against the stage's hidden size and kept
+  // until a step takes it or the sequence is released (a repeat replaces it; a new assignment
+  // forgets them all). InvalidArgument naming what the frame lacks; FailedPrecondition when the
+  // stage does not hold the embed block.
+  Status StoreEncodedImage(const transport::StageMessage& frame);
+  bool HasEncodedImages(const std::vector<uint64_t>& image_ids) const;
+  // The rows of each image named, in order, taken out of the store; NotFound naming the first
+  // one missing (nothing is taken then).
+  StatusOr<std::vector<at::Tensor>> TakeEncodedImages(const std::vector<uint64_t>& image_ids);
+  size_t encoded_images_held() const { return encoded_.size(); }
   // An activation message from the previous stage as a step arriving now (its tensors are used
   // in place; the step keeps the message alive).
   StatusOr<PendingStep> FromActivations(transport::StageMessage message) const;
@@ -164,6 +180,11 @@ class StepExecutor {
   std::unique_ptr<model::StageModel> model_;
   std::map<uint64_t, SequenceState> sequences_;
   std::map<uint64_t, ImageRows> image_rows_;
+  struct EncodedImage {
+    uint64_t sequence_id = 0;
+    at::Tensor rows;
+  };
+  std::map<uint64_t, EncodedImage> encoded_;  // by image id (StoreEncodedImage)
   uint64_t steps_completed_ = 0;
   StepTimeWindow step_times_;
 };

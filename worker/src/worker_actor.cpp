@@ -19,6 +19,7 @@
 #include "xcpipe/control/socket.h"
 #include "xcpipe/control/transport.h"
 #include "xcpipe/model/stage_model.h"
+#include "xcpipe/transport/tcp_frame_reader.h"
 #include "xcpipe/worker/compute_watchdog.h"
 #include "xcpipe/worker/resource_sampler.h"
 
@@ -91,6 +92,15 @@ struct WorkerActor::Impl {
   std::unique_ptr<StageLinks> links;
   // The stage model, the sequences it holds and the last stage's token selection.
   StepExecutor executor;
+  // The image link (AssignStage.vision). On every worker, the inbox: embeddings that vision
+  // workers send arrive there whole, one data-plane frame per ZeroMQ message, checked like any
+  // frame. On a vision worker, the outbox, connected to the embed stage's inbox.
+  zmq::socket_t image_in{context, zmq::socket_type::pull};
+  std::string image_address;  // "host:port" of image_in (hello)
+  std::optional<zmq::socket_t> image_out;
+  transport::HostBufferPool image_pool{size_t{256} << 20};
+  bool vision_role = false;  // the assignment makes this a vision worker
+  uint64_t images_encoded = 0;
 
   State state = State::kIdle;
   uint64_t epoch = 0;
@@ -171,6 +181,18 @@ struct WorkerActor::Impl {
   void SendStageReady();
   void OnAdmit(proto::AdmitSequence::Reader a);
   void OnForward(proto::Forward::Reader f);
+  // Vision worker: encode one image, hand its rows to the embed stage, answer imageEncoded.
+  void OnEncodeImage(proto::EncodeImage::Reader e);
+  // The embed stage: one message of the image inbox.
+  void OnImageMessage(const zmq::message_t& message);
+  // Stage 0: places the rows of the images a step names once they have all arrived; false while
+  // some are still on the way (the step waits among the deferred ones).
+  StatusOr<bool> PlaceEncodedImages(PendingStep& step);
+  void SendImageError(const Status& status, uint64_t image_id) {
+    capnp::MallocMessageBuilder m;
+    wire::SetError(m.initRoot<proto::Envelope>(), status).setImageId(image_id);
+    SendEnvelope(m);
+  }
   void OnData(transport::StageMessage message);
   void RunStep(PendingStep& step);
   void RetryDeferred();
@@ -206,6 +228,7 @@ void WorkerActor::Impl::SendHello() {
   caps.setKernels(on_cuda || opt.kernels == model::KernelPath::kGeneric ? "generic" : "cpu-fast");
   caps.setMemoryBandwidthBytesPerS(opt.device.memory_bandwidth_bytes_per_s);
   caps.setMatmulTflops(opt.device.matmul_tflops);
+  caps.setImageAddress(image_address);
   SendEnvelope(m);
   last_hello = clock.now();
 }
@@ -283,8 +306,10 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   const bool same_blocks = stage_model() && new_range.begin == range.begin && new_range.end == range.end &&
                            new_path == model_path && new_dtype == dtype && new_overrides == overrides;
   epoch = a.getEpoch();
+  vision_role = a.getVision();
   stage_index = a.getStageIndex();
-  stage_count = a.getStageCount();
+  // A vision worker is a pipeline of its own, one stage long: no links, no KV, no steps.
+  stage_count = vision_role ? 1 : a.getStageCount();
   executor.Assign(stage_index, stage_count);
   deferred.clear();
   state = State::kLoading;
@@ -297,8 +322,8 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
   links_wanted.epoch = epoch;
   links_wanted.stage_index = stage_index;
   links_wanted.stage_count = stage_count;
-  links_wanted.data_plane = a.getDataPlane().cStr();
-  links_wanted.next_address = a.getNextDataAddress().cStr();
+  links_wanted.data_plane = vision_role ? "tcp" : a.getDataPlane().cStr();
+  links_wanted.next_address = vision_role ? "" : a.getNextDataAddress().cStr();
   links_wanted.previous_nccl_id.assign(a.getPreviousNcclId().begin(), a.getPreviousNcclId().end());
   links_wanted.next_nccl_id.assign(a.getNextNcclId().begin(), a.getNextNcclId().end());
   if (Status st = links->Start(links_wanted); !st.ok()) {
@@ -392,6 +417,26 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     return SendError(st, 0);
   }
   if (links->links_pending()) return PollLinks();  // stageReady once they have joined
+  image_out.reset();
+  if (vision_role) {
+    // The embed stage's inbox: ZeroMQ connects (and reconnects) in the background; a send waits
+    // at most a second for room, and a message to an inbox that went away is dropped with
+    // the socket when the next assignment replaces it (linger 0).
+    try {
+      image_out.emplace(context, zmq::socket_type::push);
+      image_out->set(zmq::sockopt::linger, 0);
+      image_out->set(zmq::sockopt::sndtimeo, 1000);
+      image_out->set(zmq::sockopt::sndhwm, 16);
+      image_out->connect("tcp://" + std::string(a.getNextDataAddress().cStr()));
+    } catch (const zmq::error_t& e) {
+      image_out.reset();
+      state = State::kIdle;
+      return SendError(
+          InvalidArgumentError(std::string("vision worker: cannot connect to the embed stage's image inbox '") +
+                               a.getNextDataAddress().cStr() + "': " + e.what()),
+          0);
+    }
+  }
   state = State::kReady;
   SendStageReady();
 }
@@ -410,12 +455,13 @@ void WorkerActor::Impl::SendStageReady() {
   r.setWeightsKept(weights_kept);
   r.setDtype(model::ComputeDTypeName(model->dtype()));
   r.setDevice(model->device());
+  r.setVision(vision_role);
   r.setLoadMs(static_cast<uint32_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - assign_started).count()));
   SendEnvelope(m);
-  spdlog::info("stage {}/{} ready: blocks [{}, {}), {} MiB of weights, {}, on {} in {} ({} kernels), {} data plane",
-               stage_index, stage_count, range.begin, range.end, model->weight_bytes() >> 20,
-               weights_kept ? "kept from the previous epoch" : "loaded", model->device(),
+  spdlog::info("{} {}/{} ready: blocks [{}, {}), {} MiB of weights, {}, on {} in {} ({} kernels), {} data plane",
+               vision_role ? "vision worker" : "stage", stage_index, stage_count, range.begin, range.end,
+               model->weight_bytes() >> 20, weights_kept ? "kept from the previous epoch" : "loaded", model->device(),
                model::ComputeDTypeName(model->dtype()), model->cpu_fast_paths() ? "CPU fast" : "generic",
                links->kind());
 }
@@ -531,6 +577,32 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   }
   step.input.token_ids = at::tensor(id_values, at::kLong);
   step.input.im_mask = at::from_blob(const_cast<uint8_t*>(mask.begin()), {rows}, at::kByte).to(at::kBool);
+  std::vector<int64_t> slots;  // image rows (-1 ids) of each segment in this step
+  {
+    size_t row = 0;
+    for (const auto& seg : step.segments) {
+      int64_t n = 0;
+      for (int64_t r = 0; r < seg.rows; ++r, ++row) n += id_values[row] < 0;
+      slots.push_back(n);
+    }
+  }
+  step.input.segments = step.segments;
+  if (f.getImageIds().size() > 0) {
+    // Encoded by vision workers: the rows come through the image inbox (perhaps still on the way).
+    if (f.getImages().size() > 0) {
+      return SendError(InvalidArgumentError("forward carries both images and imageIds; expected one or the other"),
+                       step.micro_batch);
+    }
+    for (uint64_t id : f.getImageIds()) step.image_ids.push_back(id);
+    step.image_slots = slots;
+    auto placed = PlaceEncodedImages(step);
+    if (!placed.ok()) return SendError(placed.status(), step.micro_batch);
+    if (!*placed || !executor.Admitted(step.segments)) {
+      deferred.push_back(std::move(step));
+      return;
+    }
+    return RunStep(step);
+  }
   std::optional<ComputeScope> encoding;  // the vision tower can take a while: watched like a step
   if (f.getImages().size() > 0) encoding.emplace(*this, step.micro_batch, rows);
   std::vector<at::Tensor> encoded;
@@ -550,17 +622,9 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
     encoded.push_back(*embeds);
   }
   encoding.reset();
-  std::vector<int64_t> slots;  // image rows (-1 ids) of each segment in this step
-  size_t row = 0;
-  for (const auto& seg : step.segments) {
-    int64_t n = 0;
-    for (int64_t r = 0; r < seg.rows; ++r, ++row) n += id_values[row] < 0;
-    slots.push_back(n);
-  }
   auto taken = executor.TakeImageRows(step.segments, slots, std::move(encoded));
   if (!taken.ok()) return SendError(taken.status(), step.micro_batch);
   step.input.image_embeds = std::move(taken).value();
-  step.input.segments = step.segments;
   if (!executor.Admitted(step.segments)) {
     deferred.push_back(std::move(step));
     return;
@@ -584,12 +648,117 @@ void WorkerActor::Impl::OnData(transport::StageMessage message) {
   RunStep(*step);
 }
 
+StatusOr<bool> WorkerActor::Impl::PlaceEncodedImages(PendingStep& step) {
+  if (step.image_ids.empty()) return true;
+  if (!executor.HasEncodedImages(step.image_ids)) return false;
+  XCPIPE_ASSIGN_OR_RETURN(std::vector<at::Tensor> rows, executor.TakeEncodedImages(step.image_ids));
+  XCPIPE_ASSIGN_OR_RETURN(step.input.image_embeds,
+                          executor.TakeImageRows(step.segments, step.image_slots, std::move(rows)));
+  step.image_ids.clear();
+  return true;
+}
+
+void WorkerActor::Impl::OnImageMessage(const zmq::message_t& message) {
+  transport::FrameReaderOptions options;
+  auto frame =
+      transport::DecodeFrameBytes({static_cast<const std::byte*>(message.data()), message.size()}, options, image_pool);
+  if (!frame.ok()) {
+    spdlog::warn("image inbox: refused a message: {}", frame.status().ToString());
+    return;
+  }
+  if (frame->message.epoch != epoch || !stage_model() || stage_index != 0 || vision_role) {
+    spdlog::info("image inbox: dropping image {} of epoch {} (current {}{})", frame->message.micro_batch_id,
+                 frame->message.epoch, epoch, stage_index != 0 || vision_role ? ", not the embed stage" : "");
+    return;
+  }
+  if (Status st = executor.StoreEncodedImage(frame->message); !st.ok()) {
+    spdlog::warn("image inbox: image {}: {}", frame->message.micro_batch_id, st.ToString());
+  }
+}
+
+void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
+  const uint64_t image_id = e.getImageId();
+  if (e.getEpoch() != epoch || !vision_role || !stage_model() || !image_out) {
+    return SendImageError(
+        FailedPreconditionError(
+            "encodeImage of epoch " + std::to_string(e.getEpoch()) + " refused: this worker is " +
+            (vision_role ? "a vision worker of epoch " + std::to_string(epoch) : std::string("not a vision worker"))),
+        image_id);
+  }
+  auto img = e.getImage();
+  const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
+  auto px = img.getPixels();
+  if (px.size() != n * sizeof(float) || n == 0) {
+    return SendImageError(
+        InvalidArgumentError("image of " + std::to_string(px.size()) + " bytes does not match its " +
+                             std::to_string(img.getChannels()) + "x" + std::to_string(img.getHeight()) + "x" +
+                             std::to_string(img.getWidth()) + " float32 shape"),
+        image_id);
+  }
+  at::Tensor pixels = at::empty({img.getChannels(), img.getHeight(), img.getWidth()}, at::kFloat);
+  std::memcpy(pixels.data_ptr(), px.begin(), px.size());
+  if (state == State::kReady) state = State::kServing;
+  if (opt.step_delay.count() > 0) clock.SleepFor(opt.step_delay);
+  const auto started = clock.now();
+  StatusOr<at::Tensor> embeds = [&] {
+    watchdog_epoch.store(epoch);
+    watchdog_steps.store(executor.steps_completed());
+    ComputeScope encoding(*this, image_id, img.getHeight());  // watched like a step
+    return executor.EncodeImage({pixels, img.getGridH(), img.getGridW()});
+  }();
+  if (!embeds.ok())
+    return SendImageError(embeds.status().WithContext("encoding image " + std::to_string(image_id)), image_id);
+  const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(clock.now() - started).count();
+  at::Tensor rows = embeds->to(at::kCPU).contiguous();
+  transport::StageMessage frame;
+  frame.epoch = epoch;
+  frame.micro_batch_id = image_id;
+  frame.segments = {{e.getSequenceId(), rows.size(0), 0}};
+  const auto dtype = rows.scalar_type() == at::kBFloat16 ? transport::DType::kBF16
+                     : rows.scalar_type() == at::kHalf   ? transport::DType::kF16
+                                                         : transport::DType::kF32;
+  auto tensor = transport::TensorFrame::Borrow(
+      "image_embeds", dtype, rows.sizes().vec(),
+      {static_cast<const std::byte*>(rows.data_ptr()), static_cast<size_t>(rows.numel()) * rows.element_size()});
+  if (!tensor.ok()) return SendImageError(tensor.status(), image_id);
+  frame.tensors = {*tensor};
+  auto bytes = transport::EncodeFrameBytes(frame, transport::MessageLimits{});
+  if (!bytes.ok()) return SendImageError(bytes.status(), image_id);
+  try {
+    if (!image_out->send(zmq::buffer(bytes->data(), bytes->size()))) {
+      return SendImageError(UnavailableError("the embed stage's image inbox took nothing for 1 s"), image_id);
+    }
+  } catch (const zmq::error_t& err) {
+    return SendImageError(UnavailableError(std::string("sending to the embed stage's image inbox: ") + err.what()),
+                          image_id);
+  }
+  ++images_encoded;
+  capnp::MallocMessageBuilder m;
+  auto done = m.initRoot<proto::Envelope>().initImageEncoded();
+  done.setEpoch(epoch);
+  done.setImageId(image_id);
+  done.setRows(static_cast<uint32_t>(rows.size(0)));
+  done.setEncodeMicros(static_cast<uint64_t>(micros));
+  done.setBytes(bytes->size());
+  SendEnvelope(m);
+}
+
 void WorkerActor::Impl::RetryDeferred() {
   for (size_t n = deferred.size(); n > 0 && !deferred.empty(); --n) {
     PendingStep step = std::move(deferred.front());
     deferred.pop_front();
-    if (executor.Admitted(step.segments)) {
+    auto placed = PlaceEncodedImages(step);
+    if (!placed.ok()) {
+      SendError(placed.status(), step.micro_batch);
+    } else if (*placed && executor.Admitted(step.segments)) {
       RunStep(step);
+    } else if (!*placed && clock.now() - step.arrived > kDeferLimit) {
+      // The coordinator sends a step only after the vision worker said the rows were handed
+      // over: rows that never came were lost on the way. A fault: re-planned and replayed.
+      SendError(AbortedError("step of micro-batch " + std::to_string(step.micro_batch) + " names " +
+                             std::to_string(step.image_ids.size()) +
+                             " image(s) whose rows never arrived from the vision workers"),
+                step.micro_batch);
     } else if (clock.now() - step.arrived > kDeferLimit) {
       // An admission that never arrived (lost on the way): the pipeline's state is out of step,
       // which the coordinator repairs by re-planning and replaying (Aborted), not by failing users.
@@ -725,6 +894,9 @@ void WorkerActor::Impl::Dispatch(const proto::Envelope::Reader& env) {
       spdlog::info("shutdown: {}", env.getShutdown().getReason().cStr());
       exit_code = 0;
       return;
+    case proto::Envelope::ENCODE_IMAGE:
+      return OnEncodeImage(env.getEncodeImage());
+    case proto::Envelope::IMAGE_ENCODED:
     case proto::Envelope::HELLO:
     case proto::Envelope::LOAD_PROGRESS:
     case proto::Envelope::STAGE_READY:
@@ -750,6 +922,20 @@ int WorkerActor::Run() {
   if (Status st = s.links->Listen({s.opt.data_host, s.opt.data_port}); !st.ok()) {
     spdlog::error("data plane: {}", st.ToString());
     return ExitCodeFor(st);
+  }
+  try {
+    s.image_in.set(zmq::sockopt::linger, 0);
+    s.image_in.set(zmq::sockopt::rcvhwm, 64);
+    s.image_in.set(zmq::sockopt::maxmsgsize, int64_t{1} << 31);
+    s.image_in.bind("tcp://" + s.opt.data_host + ":" + std::to_string(s.opt.image_port));
+    const std::string bound = s.image_in.get(zmq::sockopt::last_endpoint);  // tcp://host:port
+    const std::string host = s.opt.data_advertise.empty()
+                                 ? s.opt.data_host
+                                 : s.opt.data_advertise.substr(0, s.opt.data_advertise.rfind(':'));
+    s.image_address = host + bound.substr(bound.rfind(':'));
+  } catch (const zmq::error_t& e) {
+    spdlog::error("image inbox on {}:{}: {}", s.opt.data_host, s.opt.image_port, e.what());
+    return kExitUnavailable;
   }
   s.routing_id = control::ProcessRoutingId(s.opt.worker_id);
   if (s.opt.transport) {
@@ -809,14 +995,23 @@ int WorkerActor::Run() {
     // (an in-process transport) the wait is short and the transport is asked after it.
     zmq::socket_t* control_socket = s.control->poll_socket();
     zmq::pollitem_t items[] = {{s.wake_rx.handle(), 0, ZMQ_POLLIN, 0},
+                               {s.image_in.handle(), 0, ZMQ_POLLIN, 0},
                                {control_socket ? control_socket->handle() : nullptr, 0, ZMQ_POLLIN, 0}};
     try {
       // Short waits while steps are deferred or links join (both are polled, not signalled).
       const bool idle = s.deferred.empty() && !s.links->links_pending() && control_socket;
-      zmq::poll(items, control_socket ? 2 : 1, std::chrono::milliseconds(idle ? 100 : control_socket ? 10 : 2));
+      zmq::poll(items, control_socket ? 3 : 2, std::chrono::milliseconds(idle ? 100 : control_socket ? 10 : 2));
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) spdlog::warn("poll: {}", e.what());
       continue;
+    }
+    // Image rows first: a step in the control messages below may name them.
+    for (zmq::message_t image; s.image_in.recv(image, zmq::recv_flags::dontwait);) {
+      try {
+        s.OnImageMessage(image);
+      } catch (const std::exception& e) {
+        spdlog::warn("image inbox: {}", e.what());
+      }
     }
     // Control first: an admission may be what a queued activation waits for.
     while (true) {

@@ -70,6 +70,11 @@ int main(int argc, char** argv) {
   app.add_option("--data-advertise", data_advertise,
                  "HOST:PORT the previous stage should connect to instead of the bound address (a proxy or NAT in "
                  "between; default: --data-host and the bound port)");
+  uint16_t image_port = 0;
+  app.add_option("--image-port", image_port,
+                 "port of the image inbox on --data-host, where vision workers send image embeddings when this "
+                 "worker holds the embed block (0: any free port, announced to the coordinator)")
+      ->capture_default_str();
   uint64_t hang_at_step = 0;
   double slowdown_factor = 1.0;
 #ifdef XCPIPE_FAULT_INJECTION  // test builds only (CMake option XCPIPE_FAULT_INJECTION)
@@ -226,6 +231,7 @@ int main(int argc, char** argv) {
   options.data_host = data_host;
   options.data_port = data_port;
   options.data_advertise = data_advertise;
+  options.image_port = image_port;
   options.step_delay = std::chrono::milliseconds(step_delay_ms);
   options.hang_at_step = hang_at_step;
   options.slowdown_factor = slowdown_factor;

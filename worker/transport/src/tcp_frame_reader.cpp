@@ -302,3 +302,55 @@ Status TcpFrameReader::EndOfStream() const {
 }
 
 }  // namespace xcpipe::transport
+
+namespace xcpipe::transport {
+
+StatusOr<std::vector<std::byte>> EncodeFrameBytes(const StageMessage& message, const MessageLimits& limits) {
+  XCPIPE_RETURN_IF_ERROR(ValidateOutgoing(message, limits).WithContext("refusing to send"));
+  std::vector<uint32_t> checksums;
+  for (const auto& t : message.tensors) {
+    if (t.location() != MemoryLocation::kHost) {
+      return InvalidArgumentError("refusing to send: tensor '" + t.name() + "' is not in host memory");
+    }
+    checksums.push_back(Crc32c(t.bytes()));
+  }
+  XCPIPE_ASSIGN_OR_RETURN(std::vector<std::byte> header, EncodeStageHeader(message, ChecksumKind::kCrc32c, checksums));
+  if (header.size() > limits.max_header_bytes) {
+    return InvalidArgumentError("refusing to send: the header is " + std::to_string(header.size()) +
+                                " bytes, over the limit of " + std::to_string(limits.max_header_bytes));
+  }
+  FramePreamble preamble;
+  preamble.header_bytes = static_cast<uint32_t>(header.size());
+  preamble.header_crc32c = Crc32c(header);
+  preamble.payload_bytes = message.payload_bytes();
+  const auto preamble_bytes = EncodePreamble(preamble);
+  std::vector<std::byte> out;
+  out.reserve(kPreambleBytes + header.size() + preamble.payload_bytes);
+  out.insert(out.end(), preamble_bytes.begin(), preamble_bytes.end());
+  out.insert(out.end(), header.begin(), header.end());
+  for (const auto& t : message.tensors) out.insert(out.end(), t.bytes().begin(), t.bytes().end());
+  return out;
+}
+
+StatusOr<ReceivedFrame> DecodeFrameBytes(std::span<const std::byte> bytes, const FrameReaderOptions& options,
+                                         HostBufferPool& pool) {
+  TcpFrameReader reader(options, pool);
+  size_t taken = 0;
+  while (taken < bytes.size() && !reader.frame_ready()) {
+    XCPIPE_ASSIGN_OR_RETURN(size_t n, reader.Feed(bytes.subspan(taken)));
+    if (n == 0) break;
+    taken += n;
+  }
+  if (!reader.frame_ready()) {
+    Status cut = reader.EndOfStream();
+    return InvalidArgumentError("the message holds no whole frame: " +
+                                (cut.ok() ? std::string("it is empty") : std::string(cut.message())));
+  }
+  if (taken != bytes.size()) {
+    return InvalidArgumentError("the message holds " + std::to_string(bytes.size() - taken) +
+                                " bytes after its frame; expected exactly one frame");
+  }
+  return reader.TakeFrame();
+}
+
+}  // namespace xcpipe::transport

@@ -56,9 +56,9 @@ inline constexpr std::chrono::seconds kDefaultDrainTimeout{30};
 
 struct CoordinatorOptions {
   std::filesystem::path model_dir;
-  std::filesystem::path tokenizer;      // empty: FindTokenizer(model_dir)
-  std::string listen;                   // "tcp://127.0.0.1:7000"; "tcp://127.0.0.1:*" picks a port
-  bool allow_wildcard_bind = false;     // permit listen on every interface (tcp://*:P, tcp://0.0.0.0:P)
+  std::filesystem::path tokenizer;   // empty: FindTokenizer(model_dir)
+  std::string listen;                // "tcp://127.0.0.1:7000"; "tcp://127.0.0.1:*" picks a port
+  bool allow_wildcard_bind = false;  // permit listen on every interface (tcp://*:P, tcp://0.0.0.0:P)
   // CURVE (control/curve.h): when enabled, only peers whose public key is in
   // curve.allowed_keys get through the handshake; without it, plain TCP (a warning when the
   // address is not loopback).
@@ -67,11 +67,11 @@ struct CoordinatorOptions {
   // Compute dtype on workers: f32, bf16, f16, or auto (f32 unless every worker is a CUDA
   // device, then the checkpoint's 16-bit dtype). One dtype per plan.
   std::string dtype = "auto";
-  std::string spec_overrides;           // JSON handed to workers (tiny towers' head counts)
-  uint64_t kv_budget_bytes = 0;         // per stage; 0 = from the plan
-  int64_t max_sequences = 64;           // sequences in the pipeline at once (and the plan's KV room)
-  int64_t max_context = 4096;           // prompt + new tokens of one sequence; capped at the model's limit
-  std::string strategy = "balanced";    // planner strategy: balanced, even or greedy-memory
+  std::string spec_overrides;         // JSON handed to workers (tiny towers' head counts)
+  uint64_t kv_budget_bytes = 0;       // per stage; 0 = from the plan
+  int64_t max_sequences = 64;         // sequences in the pipeline at once (and the plan's KV room)
+  int64_t max_context = 4096;         // prompt + new tokens of one sequence; capped at the model's limit
+  std::string strategy = "balanced";  // planner strategy: balanced, even or greedy-memory
   // How activations travel between stages, chosen again with every plan:
   //   "auto" NCCL when this coordinator is a CUDA build and every stage's worker offered "nccl"
   //          on a CUDA device; otherwise TCP, with one info line saying why;
@@ -80,6 +80,19 @@ struct CoordinatorOptions {
   // With NCCL the coordinator creates one fresh ncclUniqueId per stage link and plan (its
   // bootstrap listener lives in this process, so workers must reach this host).
   std::string data_plane = "auto";
+  // Where the vision block runs, chosen again with every plan:
+  //   "first"    on stage 0 with the embeddings (the official layout): stage 0 encodes each image
+  //              when the step holding its first row arrives;
+  //   "separate" on vision workers of their own, apart from the language pipeline: the planner's
+  //              vision stage, plus every live worker the pipeline leaves unused that holds the
+  //              vision block. An image is encoded as soon as its request is accepted (while it
+  //              waits for KV admission), its rows go to stage 0's image inbox, and the step
+  //              holding its first row is sent once they are there; the language stages never
+  //              run the vision tower. Falls back to "first" (saying why) when fewer than two
+  //              workers are live or no separate plan fits;
+  //   "auto"     separate when the planner predicts it is faster or stage 0 does not fit
+  //              otherwise, else first (the reason is logged and in the status).
+  std::string vision_stage = "auto";
   // Dynamic load balancing: when, over a window of serving, the slowest stage's measured compute
   // per step stays more than `rebalance_threshold` above the mean, re-plan with each worker's
   // measured speed in place of the predicted one and move the blocks (between steps; every
@@ -87,13 +100,13 @@ struct CoordinatorOptions {
   bool rebalance = true;
   double rebalance_threshold = 0.2;
   std::chrono::milliseconds rebalance_window{30000};  // measured over this much serving
-  int64_t max_queue = 256;              // requests waiting for admission before "busy"
-  int64_t max_requests_per_client = 64; // requests one client connection may have in progress
+  int64_t max_queue = 256;                            // requests waiting for admission before "busy"
+  int64_t max_requests_per_client = 64;               // requests one client connection may have in progress
   // A request not finished by its deadline fails with DeadlineExceeded (its KV room is freed).
   // The client may ask for less (Submit.deadlineMs), never for more than max_deadline.
   std::chrono::milliseconds default_deadline{std::chrono::minutes(10)};
   std::chrono::milliseconds max_deadline{std::chrono::hours(1)};
-  int64_t max_batch_rows = 4096;        // rows one micro-batch may carry (bounds a step's time)
+  int64_t max_batch_rows = 4096;  // rows one micro-batch may carry (bounds a step's time)
   // When > 0, a prompt with more rows than this to prefill goes through in pieces of this many
   // rows, one long prompt at a time, so the decode steps of the other sequences run between its
   // pieces instead of waiting behind all of it (an image alone is 1225 rows on XComposer2), and

@@ -68,10 +68,14 @@ struct WorkerFigures {
   uint64_t decoder_layer_micros_total = 0, decoder_layers_timed = 0;  // worker speed (rebalancing)
   uint32_t queued_steps = 0;
   double heartbeat_age_s = 0;
+  std::string role = "spare";   // "stage", "vision" (a vision worker) or "spare"
+  uint64_t images_encoded = 0;  // vision workers: images encoded under the current plan
+  uint32_t images_queued = 0;   // vision workers: encodes sent and not answered
+  double encode_p50_ms = 0;     // vision workers: median encode time of its recent images
 };
 
 struct MetricsSnapshot {
-  std::string state;   // the cluster state's name
+  std::string state;  // the cluster state's name
   bool serving = false;
   uint64_t epoch = 0;
   uint32_t queue_depth = 0, in_flight = 0;
@@ -90,6 +94,11 @@ struct MetricsSnapshot {
   // behind other micro-batches: what the pipeline costs beyond its compute.
   Histogram step_round_trip_seconds{StepBucketsSeconds()};
   double step_compute_seconds = 0;
+  // Vision workers (vision_stage separate): images accepted and waiting for a vision worker,
+  // being encoded, and each encode's time as the vision worker measured it.
+  bool vision_separate = false;
+  uint32_t images_waiting = 0, images_encoding = 0;
+  Histogram encode_seconds{StepBucketsSeconds()};
   std::vector<WorkerFigures> workers;
 };
 

@@ -37,6 +37,12 @@ inline void AddServingFlags(CLI::App& app, CoordinatorOptions& options) {
                  "else TCP), tcp, or nccl (planning fails when a worker cannot use it)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "tcp", "nccl"}));
+  app.add_option("--vision-stage", options.vision_stage,
+                 "where the vision block runs: auto (apart when the planner predicts it is faster or stage 0 does not "
+                 "fit otherwise), first (on stage 0 with the embeddings), or separate (on vision workers of their own, "
+                 "encoding images as requests arrive)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "first", "separate"}));
   app.add_option("--max-requests-per-client", options.max_requests_per_client,
                  "requests one client connection may have in progress; more are refused")
       ->capture_default_str()

@@ -75,6 +75,10 @@ struct WorkerOptions {
   // "host:port" announced in hello instead of the bound address (a proxy or NAT in between); empty:
   // the bound address.
   std::string data_advertise;
+  // The image inbox (a ZeroMQ PULL socket on data_host): where vision workers send the embeddings
+  // of the images they encode when this worker holds the embed block. 0 = any free port
+  // (announced in hello as Capabilities.imageAddress).
+  uint16_t image_port = 0;
   DeviceChoice device;
   // CPU fast paths or the generic op sequence (--generic); a CUDA device always runs generic.
   model::KernelPath kernels = model::KernelPath::kCpuFast;

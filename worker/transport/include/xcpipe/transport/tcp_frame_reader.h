@@ -141,3 +141,17 @@ class TcpFrameReader {
 };
 
 }  // namespace xcpipe::transport
+
+namespace xcpipe::transport {
+
+// Whole frames for message-oriented transports (the image link: one ZeroMQ message is one
+// frame). EncodeFrameBytes lays out one in-band frame (preamble, header, every tensor's bytes,
+// each tensor CRC-32C checked) in one buffer, after the checks a sender makes (ValidateOutgoing
+// against `limits`); tensors must be in host memory. DecodeFrameBytes runs the bytes through a
+// TcpFrameReader with every check a stream receiver makes, and also refuses bytes that hold
+// less or more than exactly one frame.
+StatusOr<std::vector<std::byte>> EncodeFrameBytes(const StageMessage& message, const MessageLimits& limits);
+StatusOr<ReceivedFrame> DecodeFrameBytes(std::span<const std::byte> bytes, const FrameReaderOptions& options,
+                                         HostBufferPool& pool);
+
+}  // namespace xcpipe::transport

@@ -22,8 +22,10 @@ using namespace std::chrono_literals;
 
 fs::path ModelDir() { return testing::FixturesDir() / "ixc2_vl" / "checkpoint"; }
 
-std::unique_ptr<LocalCluster> StartCluster(int workers, bool prefix_cache = true, int64_t prefill_chunk_rows = 0) {
+std::unique_ptr<LocalCluster> StartCluster(int workers, bool prefix_cache = true, int64_t prefill_chunk_rows = 0,
+                                           const std::string& vision_stage = "auto") {
   LocalClusterOptions o;
+  o.coordinator.vision_stage = vision_stage;
   o.model_dir = ModelDir();
   o.workers = workers;
   o.quiet_workers = true;
@@ -189,6 +191,63 @@ TEST(ClusterTest, PromptsInPiecesGiveTheTokensOfWholePrefills) {
   }
   std::cout << "requests: " << requests.size() << ", tokens identical when prefilled in pieces: " << identical << "/"
             << requests.size() << "\n";
+}
+
+// The vision block on a worker of its own (vision_stage separate): mixed text and image
+// requests, all at once, give the tokens of the same three workers with the vision block on
+// stage 0, whole and with prompts in 13-row pieces (an image's rows then span several pieces,
+// which stage 0 takes from the rows the vision worker sent). No language stage holds the vision
+// block, and every image went through a vision worker.
+TEST(ClusterTest, VisionWorkersGiveTheTokensOfVisionOnStageZero) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto requests = MixedRequests();
+  requests.resize(12);
+  size_t images = 0;
+  for (const auto& r : requests) images += r.images.size();
+  ASSERT_GT(images, 0u);
+  auto run = [&](const std::string& vision, int64_t piece, nlohmann::json& status) {
+    auto cluster = StartCluster(3, true, piece, vision);
+    if (cluster == nullptr) return std::vector<std::vector<int64_t>>{};
+    auto tokens = TokensOfAllAtOnce(*cluster, requests);
+    auto client = Client::Connect(cluster->address(), 10s);
+    auto got = client.ok() ? (*client)->GetStatus(5s) : client.status();
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    if (got.ok()) status = *got;
+    return tokens;
+  };
+  nlohmann::json on_stage0, apart, apart_pieces;
+  const auto first = run("first", 0, on_stage0);
+  const auto separate = run("separate", 0, apart);
+  const auto separate_pieces = run("separate", 13, apart_pieces);
+  ASSERT_EQ(first.size(), requests.size());
+  ASSERT_EQ(separate.size(), requests.size());
+  ASSERT_EQ(separate_pieces.size(), requests.size());
+  int identical = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(first[i].size(), requests[i].max_new_tokens) << "request " << i;
+    EXPECT_EQ(separate[i], first[i]) << "request " << i;
+    EXPECT_EQ(separate_pieces[i], first[i]) << "request " << i;
+    identical += separate[i] == first[i] && separate_pieces[i] == first[i];
+  }
+  EXPECT_EQ(on_stage0["vision_stage"], "first");
+  EXPECT_EQ(on_stage0["images_encoded_total"].get<uint64_t>(), 0u);
+  for (const auto* status : {&apart, &apart_pieces}) {
+    EXPECT_EQ((*status)["vision_stage"], "separate");
+    EXPECT_EQ((*status)["images_encoded_total"].get<uint64_t>(), images);
+    int vision_workers = 0;
+    for (const auto& w : (*status)["workers"]) {
+      if (w["role"] == "vision") {
+        ++vision_workers;
+        EXPECT_EQ(w["blocks"], "0..0") << "a vision worker holds the vision block alone";
+      } else if (w["role"] == "stage") {
+        // Block 0 is the vision block: no language stage holds it.
+        EXPECT_NE(w["blocks"].get<std::string>().rfind("0..", 0), 0u) << w.dump();
+      }
+    }
+    EXPECT_GE(vision_workers, 1);
+  }
+  std::cout << "requests: " << requests.size() << " (" << images << " images); tokens identical with vision apart, "
+            << "whole and in pieces: " << identical << "/" << requests.size() << "\n";
 }
 
 // min_tokens and ignore_eos travel to the last stage and the stop rule: with both, every

@@ -249,6 +249,41 @@ TEST(FaultTest, KillFirstStageWhilePromptsGoInPieces) {
   EXPECT_GT(status["steps_completed"].get<uint64_t>(), 6u * 20);  // the prompts really went in pieces
 }
 
+// The vision block on a worker of its own (vision_stage separate), each encode slowed to 600 ms,
+// killed while it encodes an image: detected like any stage (its connection), the cluster plans
+// again on the two workers left (one of them takes the vision block) and the images are encoded
+// again there. Tokens equal the fault-free run's (vision on stage 0, one worker).
+TEST(FaultTest, KillVisionWorkerMidEncode) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts
+  auto cluster = Start(3, {{0, {"--inject-encode-delay-ms", "600"}}, {1, {"--inject-encode-delay-ms", "600"}},
+                           {2, {"--inject-encode-delay-ms", "600"}}},
+                       [](LocalClusterOptions& o) { o.coordinator.vision_stage = "separate"; });
+  ASSERT_NE(cluster, nullptr);
+  size_t victim = SIZE_MAX;
+  const auto started = Status(*cluster);
+  for (const auto& w : started["workers"]) {
+    if (w["role"] == "vision") victim = std::stoul(w["id"].get<std::string>().substr(6));  // "local-K"
+  }
+  ASSERT_NE(victim, SIZE_MAX) << "no vision worker in the plan: " << started.dump();
+  bool mid_encode = false;
+  RunWithFault("kill -9 vision worker mid-encode, no spare", *cluster, [&] {
+    // While an image is being encoded on it.
+    for (int i = 0; i < 300 && !mid_encode; ++i) {
+      mid_encode = Status(*cluster)["images_encoding"].get<uint32_t>() > 0;
+      if (!mid_encode) std::this_thread::sleep_for(10ms);
+    }
+    cluster->worker(victim).Signal(SIGKILL);
+  });
+  EXPECT_TRUE(mid_encode) << "the kill did not land while an image was being encoded";
+  auto status = Status(*cluster);
+  EXPECT_EQ(status["faults"].get<int>(), 1);
+  EXPECT_EQ(status["vision_stage"], "separate");  // two workers left: one vision worker, one stage
+  for (const auto& w : status["workers"]) {
+    if (w["id"] == "local-" + std::to_string(victim)) EXPECT_EQ(w["state"], "lost");
+  }
+}
+
 TEST(FaultTest, FrozenStageIsReplacedAndItsStaleWorkIsIgnored) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
   ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts

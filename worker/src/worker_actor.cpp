@@ -700,6 +700,7 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   if (state == State::kReady) state = State::kServing;
   if (opt.step_delay.count() > 0) clock.SleepFor(opt.step_delay);
   const auto started = clock.now();
+  if (opt.encode_delay.count() > 0) clock.SleepFor(opt.encode_delay);  // counted as encode time
   StatusOr<at::Tensor> embeds = [&] {
     watchdog_epoch.store(epoch);
     watchdog_steps.store(executor.steps_completed());
@@ -724,8 +725,13 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   frame.tensors = {*tensor};
   auto bytes = transport::EncodeFrameBytes(frame, transport::MessageLimits{});
   if (!bytes.ok()) return SendImageError(bytes.status(), image_id);
+  // The frame goes out without another copy: the message owns the buffer and frees it once sent.
+  auto* owned = new std::vector<std::byte>(std::move(bytes).value());
+  zmq::message_t message(
+      owned->data(), owned->size(), [](void*, void* hint) { delete static_cast<std::vector<std::byte>*>(hint); }, owned);
+  const uint64_t frame_bytes = message.size();
   try {
-    if (!image_out->send(zmq::buffer(bytes->data(), bytes->size()))) {
+    if (!image_out->send(message, zmq::send_flags::none)) {
       return SendImageError(UnavailableError("the embed stage's image inbox took nothing for 1 s"), image_id);
     }
   } catch (const zmq::error_t& err) {
@@ -739,7 +745,7 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   done.setImageId(image_id);
   done.setRows(static_cast<uint32_t>(rows.size(0)));
   done.setEncodeMicros(static_cast<uint64_t>(micros));
-  done.setBytes(bytes->size());
+  done.setBytes(frame_bytes);
   SendEnvelope(m);
 }
 

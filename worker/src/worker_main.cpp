@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   std::string data_host = "127.0.0.1";
   uint16_t data_port = 0;
-  int step_delay_ms = 0;
+  int step_delay_ms = 0, encode_delay_ms = 0;
   app.add_option("--data-host", data_host, "address the previous stage uses to reach this worker's data plane")
       ->capture_default_str();
   app.add_option("--data-port", data_port, "data-plane port (0: any free port, announced to the coordinator)")
@@ -79,6 +79,8 @@ int main(int argc, char** argv) {
   double slowdown_factor = 1.0;
 #ifdef XCPIPE_FAULT_INJECTION  // test builds only (CMake option XCPIPE_FAULT_INJECTION)
   app.add_option("--inject-step-delay-ms", step_delay_ms, "fault injection: sleep before every step (tests only)");
+  app.add_option("--inject-encode-delay-ms", encode_delay_ms,
+                 "fault injection: sleep before every image a vision worker encodes (tests only)");
   app.add_option("--inject-slowdown", slowdown_factor,
                  "fault injection: make every decoder layer take this many times its compute, e.g. 3 (tests only)")
       ->check(CLI::Range(1.0, 100.0));
@@ -233,6 +235,7 @@ int main(int argc, char** argv) {
   options.data_advertise = data_advertise;
   options.image_port = image_port;
   options.step_delay = std::chrono::milliseconds(step_delay_ms);
+  options.encode_delay = std::chrono::milliseconds(encode_delay_ms);
   options.hang_at_step = hang_at_step;
   options.slowdown_factor = slowdown_factor;
   options.worker_id = worker_id.empty() ? choice->device + "@" + std::to_string(getpid()) : worker_id;

@@ -165,7 +165,10 @@ StatusOr<ModelCost> EstimateModelCost(const checkpoint::ModelSpec& spec, const c
           const double pixels = passes * 3.0 * vis.image_size * vis.image_size * 4.0;
           const double outputs = image_tokens * (proj_in + hidden) * b;
           const double held = static_cast<double>(r.max_images) * image_tokens * hidden * b;
-          activation = layer_peak + pixels + outputs + held;
+          // The message that brings the pixels stays alive through the encode, and a vision
+          // worker lays one image's rows out as the frame it sends to stage 0.
+          const double message_and_frame = pixels + image_tokens * hidden * 4.0;
+          activation = layer_peak + pixels + outputs + held + message_and_frame;
         }
         const double image_rows = std::min(C, images_per_step * image_tokens);
         send = image_rows * (hidden * b + kSideBytesPerToken) + header;

@@ -353,3 +353,38 @@ TEST_F(TcpFrameReaderTest, FuzzSeedsAreWholeFrames) {
 
 }  // namespace
 }  // namespace xcpipe::transport
+
+namespace xcpipe::transport {
+namespace {
+
+// Whole frames in one buffer (the image link: one ZeroMQ message per frame): what
+// EncodeFrameBytes lays out is byte for byte the stream encoding, DecodeFrameBytes gives the
+// message back, and bytes that hold less or more than one frame, or a flipped bit, are refused.
+TEST(FrameBytesTest, OneFrameEncodedWholeDecodesToTheSameMessage) {
+  HostBufferPool pool(size_t{16} << 20);
+  const StageMessage m = MakeStageMessage(3, 12);
+  auto bytes = EncodeFrameBytes(m, MessageLimits{});
+  ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+  const auto stream = EncodeRawFrame(m).Join();
+  EXPECT_EQ(*bytes, stream) << "the stream receiver reads the same bytes";
+  auto frame = DecodeFrameBytes(*bytes, FrameReaderOptions{}, pool);
+  ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+  ExpectSameMessage(m, frame->message);
+
+  const std::span<const std::byte> all(*bytes);
+  auto cut = DecodeFrameBytes(all.first(all.size() - 1), FrameReaderOptions{}, pool);
+  ASSERT_FALSE(cut.ok());
+  EXPECT_TRUE(Contains(cut.status().message(), "no whole frame")) << cut.status().ToString();
+  std::vector<std::byte> two = *bytes;
+  two.insert(two.end(), bytes->begin(), bytes->end());
+  auto extra = DecodeFrameBytes(two, FrameReaderOptions{}, pool);
+  ASSERT_FALSE(extra.ok());
+  EXPECT_TRUE(Contains(extra.status().message(), "after its frame")) << extra.status().ToString();
+  std::vector<std::byte> flipped = *bytes;
+  flipped.back() ^= std::byte{0x01};  // a payload byte: its tensor's CRC-32C no longer matches
+  EXPECT_FALSE(DecodeFrameBytes(flipped, FrameReaderOptions{}, pool).ok());
+  EXPECT_FALSE(DecodeFrameBytes({}, FrameReaderOptions{}, pool).ok());
+}
+
+}  // namespace
+}  // namespace xcpipe::transport

@@ -95,8 +95,9 @@ struct WorkerOptions {
   // actor. Socket waits run in real time whatever the clock.
   Clock* clock = &SteadyClock::Instance();
   // Test hooks (fault injection), off by default.
-  std::chrono::milliseconds step_delay{0};  // sleep (on `clock`) before each forward step
-  uint64_t hang_at_step = 0;                // 1-based: hang forever inside that step's compute (0: never)
+  std::chrono::milliseconds step_delay{0};    // sleep (on `clock`) before each forward step
+  std::chrono::milliseconds encode_delay{0};  // sleep (on `clock`) before each image a vision worker encodes
+  uint64_t hang_at_step = 0;                  // 1-based: hang forever inside that step's compute (0: never)
   double slowdown_factor = 1.0;  // > 1: every decoder layer takes this many times its compute (a slower device)
 };
 

@@ -10,7 +10,9 @@
 //   activations  the largest transient peak among the stage's blocks: a decoder layer running
 //                one prefill chunk (projections, FFN, fp32 attention scores over the full
 //                context), the vision tower at max tiles of one image plus the embeddings of
-//                max_images images, the head's fp32 logits and sampling buffers
+//                max_images images, the message that brought its pixels and the float32
+//                frame a vision worker sends its rows in, the head's fp32 logits and
+//                sampling buffers
 //   workspace    the device runtime's own memory (GpuSpec::reserved_gib), the transport
 //                buffers for micro-batches in flight (kInFlightTransfers) and the RoPE tables
 //

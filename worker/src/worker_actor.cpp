@@ -728,7 +728,8 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   // The frame goes out without another copy: the message owns the buffer and frees it once sent.
   auto* owned = new std::vector<std::byte>(std::move(bytes).value());
   zmq::message_t message(
-      owned->data(), owned->size(), [](void*, void* hint) { delete static_cast<std::vector<std::byte>*>(hint); }, owned);
+      owned->data(), owned->size(), [](void*, void* hint) { delete static_cast<std::vector<std::byte>*>(hint); },
+      owned);
   const uint64_t frame_bytes = message.size();
   try {
     if (!image_out->send(message, zmq::send_flags::none)) {

@@ -76,8 +76,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-using bench::Median;
 using bench::Die;
+using bench::Median;
 
 struct Options {
   std::string model;
@@ -276,27 +276,33 @@ Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"pipeline_bench: (a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b)\n"
-               "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline; (c) the stall\n"
-               "an arriving image prompt causes a decoding request, prefilled whole vs in --piece rows. Greedy.\n"
-               "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
+  CLI::App app{
+      "pipeline_bench: (a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b)\n"
+      "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline; (c) the stall\n"
+      "an arriving image prompt causes a decoding request, prefilled whole vs in --piece rows. Greedy.\n"
+      "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
   app.add_option("--model", o.model, "checkpoint folder")->required();
-  app.add_option("--workers", o.workers, "pipeline sizes to measure, comma-separated")->delimiter(',')->capture_default_str();
-  app.add_option("--threads", o.threads, "threads per worker to measure, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--workers", o.workers, "pipeline sizes to measure, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--threads", o.threads, "threads per worker to measure, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--runs", o.runs, "runs (the median is reported)")->capture_default_str();
   app.add_option("--tokens", o.tokens, "tokens per latency request")->capture_default_str();
   app.add_option("--batch-tokens", o.batch_tokens, "tokens per throughput request")->capture_default_str();
   app.add_option("--concurrency", o.concurrency, "concurrent requests of the throughput run")->capture_default_str();
   app.add_option("--batch-workers", o.batch_workers, "pipeline size of the throughput run")->capture_default_str();
-  app.add_option("--piece", o.piece,
-                 "(c): prefill piece in rows for the pieces cluster (0 skips (c))")
+  app.add_option("--piece", o.piece, "(c): prefill piece in rows for the pieces cluster (0 skips (c))")
       ->capture_default_str();
   app.add_flag("--no-prefix-cache{false}", o.prefix_cache,
                "prefill the chat template's system text with every prompt (default: computed once, KV copied)");
   app.add_option("--out", o.out, "report file (default: <build>/reports/pipeline_bench.json)");
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
-  if (o.runs < 1 || o.tokens < 2 || o.batch_tokens < 2 || o.concurrency < 1 || o.batch_workers < 1 || o.threads.empty()) {
-    std::fprintf(stderr, "pipeline_bench: --runs, --concurrency, --batch-workers must be >= 1, --tokens, --batch-tokens >= 2\n");
+  if (o.runs < 1 || o.tokens < 2 || o.batch_tokens < 2 || o.concurrency < 1 || o.batch_workers < 1 ||
+      o.threads.empty()) {
+    std::fprintf(
+        stderr, "pipeline_bench: --runs, --concurrency, --batch-workers must be >= 1, --tokens, --batch-tokens >= 2\n");
     return 2;
   }
   if (o.out.empty()) o.out = (ExecutableDir().parent_path() / "reports" / "pipeline_bench.json").string();
@@ -308,23 +314,29 @@ int main(int argc, char** argv) {
   report["what"] =
       "(a) one request's decode ms/token through N-worker pipelines vs 1 worker; (b) aggregate tokens/s of "
       "concurrent requests vs one, on one pipeline; LocalCluster, loopback TCP, text prompts, greedy";
-  report["config"] = {{"model", o.model},           {"workers", o.workers},
-                      {"threads_per_worker", o.threads}, {"runs", o.runs},
-                      {"tokens", o.tokens},          {"batch_tokens", o.batch_tokens},
+  report["config"] = {{"model", o.model},
+                      {"workers", o.workers},
+                      {"threads_per_worker", o.threads},
+                      {"runs", o.runs},
+                      {"tokens", o.tokens},
+                      {"batch_tokens", o.batch_tokens},
                       {"concurrency", o.concurrency},
-                      {"batch_workers", o.batch_workers}, {"cores", std::thread::hardware_concurrency()},
+                      {"batch_workers", o.batch_workers},
+                      {"cores", std::thread::hardware_concurrency()},
                       {"prefix_cache", o.prefix_cache},
-                      {"goal_latency_ratio", 1.05},  {"goal_throughput_ratio", 4.0}};
-  std::printf("pipeline_bench: %s; %d tokens per request, %d repeats (medians), %u cores\n", o.model.c_str(),
-              o.tokens, o.runs, std::thread::hardware_concurrency());
+                      {"goal_latency_ratio", 1.05},
+                      {"goal_throughput_ratio", 4.0}};
+  std::printf("pipeline_bench: %s; %d tokens per request, %d repeats (medians), %u cores\n", o.model.c_str(), o.tokens,
+              o.runs, std::thread::hardware_concurrency());
 
   // (a) ------------------------------------------------------------------------------------
   std::vector<int> configs = {1};
   for (int64_t w : o.workers)
     if (w > 1 && std::find(configs.begin(), configs.end(), w) == configs.end()) configs.push_back(static_cast<int>(w));
   std::printf("\n(a) one request, decode ms per token (client time after the first token / (tokens - 1))\n");
-  std::printf("    per decode step, from the coordinator's counters: stages computing (summed) + the rest of the\n"
-              "    round trip (hand-offs: coordinator -> stage 0 -> ... -> last stage -> coordinator)\n");
+  std::printf(
+      "    per decode step, from the coordinator's counters: stages computing (summed) + the rest of the\n"
+      "    round trip (hand-offs: coordinator -> stage 0 -> ... -> last stage -> coordinator)\n");
   std::printf("%16s %8s %12s %12s %10s %10s %12s %12s\n", "threads/worker", "workers", "ms/token", "tokens/s",
               "ttft ms", "ratio", "compute ms", "hand-off ms");
   report["latency"] = nlohmann::json::array();
@@ -408,7 +420,8 @@ int main(int argc, char** argv) {
   const bool decode_met = dratio >= 4.0;
   std::printf("\n(b) aggregate tokens/s on %d workers x %d thread(s), %d requests at once vs 1, %d new tokens each\n",
               o.batch_workers, threads_b, o.concurrency, o.batch_tokens);
-  std::printf("    end to end = all tokens / wall time from submit to the last token (each prompt's prefill included)\n");
+  std::printf(
+      "    end to end = all tokens / wall time from submit to the last token (each prompt's prefill included)\n");
   std::printf("    decode     = sum over requests of (tokens - 1) / (time after that request's first token)\n");
   std::printf("%10s %16s %10s %16s %10s %14s\n", "requests", "end-to-end tok/s", "ratio", "decode tok/s", "ratio",
               "last ttft ms");
@@ -447,9 +460,10 @@ int main(int argc, char** argv) {
       ttft_whole.push_back(w.image_ttft_ms);
       ttft_pieces.push_back(p.image_ttft_ms);
     }
-    std::printf("\n(c) one request decoding while an image prompt arrives (after its 8th token), 2 workers x %d thread(s):\n"
-                "    the decoding request's largest gap between tokens, and the image request's time to first token\n",
-                threads_b);
+    std::printf(
+        "\n(c) one request decoding while an image prompt arrives (after its 8th token), 2 workers x %d thread(s):\n"
+        "    the decoding request's largest gap between tokens, and the image request's time to first token\n",
+        threads_b);
     std::printf("%24s %16s %16s\n", "prefill", "largest gap ms", "image ttft ms");
     std::printf("%24s %16.1f %16.1f\n", "whole prompts", Median(gap_whole), Median(ttft_whole));
     std::printf("%24s %16.1f %16.1f\n", ("pieces of " + std::to_string(o.piece) + " rows").c_str(), Median(gap_pieces),
@@ -472,7 +486,7 @@ int main(int argc, char** argv) {
   std::printf(
       "\ngoals: pipeline/single ms per token <= 1.05: %s; %d concurrent / 1 tokens/s >= 4: end to end %s, decode "
       "%s\nwrote %s\n",
-      latency_met ? "met" : "NOT met", o.concurrency, throughput_met ? "met" : "NOT met", decode_met ? "met" : "NOT met",
-      o.out.c_str());
+      latency_met ? "met" : "NOT met", o.concurrency, throughput_met ? "met" : "NOT met",
+      decode_met ? "met" : "NOT met", o.out.c_str());
   return 0;
 }

@@ -86,7 +86,8 @@ std::vector<std::string> SplitList(const std::string& text) {
 coordinator::GenerateRequest WorkloadRequest(int i, const std::string& image, uint32_t max_new_tokens) {
   coordinator::GenerateRequest r;
   if (i % 2 == 0) {
-    r.prompt_json = nlohmann::json("<ImageHere>Describe this picture in detail, view " + std::to_string(i) + ".").dump();
+    r.prompt_json =
+        nlohmann::json("<ImageHere>Describe this picture in detail, view " + std::to_string(i) + ".").dump();
     r.images = {image};
   } else {
     r.prompt_json =
@@ -96,7 +97,6 @@ coordinator::GenerateRequest WorkloadRequest(int i, const std::string& image, ui
   r.sampling.greedy = true;
   return r;
 }
-
 
 // Nearest-rank percentile (p in 0..100) of unsorted values.
 double Percentile(std::vector<double> v, double p) {
@@ -145,8 +145,8 @@ std::map<std::string, double> BusyByWorker(const nlohmann::json& status) {
 }
 
 // One strategy: cluster up, one warm-up request, the workload, the figures, cluster down.
-StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& strategy,
-                                  const std::vector<int>& threads, const std::string& image) {
+StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& strategy, const std::vector<int>& threads,
+                                  const std::string& image) {
   coordinator::LocalClusterOptions lo;
   lo.model_dir = o.model_dir;
   lo.tokenizer = o.tokenizer;
@@ -187,8 +187,7 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
 
   // The workload: request i goes to client i % clients; every client sends its share one after
   // another, all clients at once.
-  std::vector<StatusOr<coordinator::GenerateResult>> results(static_cast<size_t>(o.requests),
-                                                             InternalError("not run"));
+  std::vector<StatusOr<coordinator::GenerateResult>> results(static_cast<size_t>(o.requests), InternalError("not run"));
   std::mutex mu;
   std::condition_variable cv;
   bool go = false;
@@ -200,8 +199,8 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
         cv.wait(lock, [&] { return go; });
       }
       for (int i = c; i < o.requests; i += o.clients) {
-        results[static_cast<size_t>(i)] = clients[static_cast<size_t>(c)]->Generate(
-            WorkloadRequest(i, image, o.max_new_tokens), timeout);
+        results[static_cast<size_t>(i)] =
+            clients[static_cast<size_t>(c)]->Generate(WorkloadRequest(i, image, o.max_new_tokens), timeout);
       }
     });
   }
@@ -324,15 +323,15 @@ std::string Fixed(double v, int digits) {
 void PrintTable(const nlohmann::json& report, const std::vector<StrategyRun>& runs,
                 const std::map<std::string, std::string>& best) {
   const auto& cfg = report["config"];
-  std::printf("xcpipe bench strategies: %s, %d workers (threads %s), %d requests from %d clients, %u new tokens, greedy\n",
-              cfg["model"].get<std::string>().c_str(), cfg["workers"].get<int>(),
-              cfg["threads_per_worker"].dump().c_str(), cfg["requests"].get<int>(), cfg["clients"].get<int>(),
-              cfg["max_new_tokens"].get<uint32_t>());
+  std::printf(
+      "xcpipe bench strategies: %s, %d workers (threads %s), %d requests from %d clients, %u new tokens, greedy\n",
+      cfg["model"].get<std::string>().c_str(), cfg["workers"].get<int>(), cfg["threads_per_worker"].dump().c_str(),
+      cfg["requests"].get<int>(), cfg["clients"].get<int>(), cfg["max_new_tokens"].get<uint32_t>());
   auto mark = [&](const char* column, const StrategyRun& r, const std::string& text) {
     return text + (best.at(column) == r.strategy ? "*" : " ");
   };
-  std::printf("\n%-14s %10s %12s %12s %10s %22s %14s\n", "strategy", "tok/s", "ttft p50 ms", "ttft p99 ms",
-              "busy max/", "predicted bottleneck", "peak RSS max");
+  std::printf("\n%-14s %10s %12s %12s %10s %22s %14s\n", "strategy", "tok/s", "ttft p50 ms", "ttft p99 ms", "busy max/",
+              "predicted bottleneck", "peak RSS max");
   std::printf("%-14s %10s %12s %12s %10s %22s %14s\n", "", "", "", "", "mean", "stage: step ms", "MiB");
   for (const auto& r : runs) {
     std::printf("%-14s %10s %12s %12s %10s %22s %14s\n", r.strategy.c_str(),
@@ -424,8 +423,7 @@ int RunBenchStrategies(const BenchOptions& o) {
     }
   }
   if (!fs::is_directory(o.model_dir) || !fs::exists(o.model_dir / "config.json")) {
-    std::fprintf(stderr, "xcpipe bench strategies: %s is not a model folder (no config.json)\n",
-                 o.model_dir.c_str());
+    std::fprintf(stderr, "xcpipe bench strategies: %s is not a model folder (no config.json)\n", o.model_dir.c_str());
     return kExitInvalidInput;
   }
   std::string image;

@@ -21,11 +21,22 @@
 //         first token): the rate the pipeline sustains once the requests are generating, which
 //         is what continuous batching is for.
 //
-// (c) An image prompt arriving while one request decodes, on 2 workers: the decoding request's
-//     largest gap between tokens after the image request was sent (when it had 8 tokens), and
-//     the image request's time to first token; prefilled whole vs in pieces of --piece rows
-//     (256; `--prefill-chunk`); the two clusters' repeats alternate; medians. The image is a
-//     synthetic 490x490 PNG (1225 rows on XComposer2-VL).
+// (c) An image prompt arriving while one request decodes: the decoding request's largest gap
+//     between tokens after the image request was sent (when it had 8 tokens), its ordinary
+//     decode step (the median gap with no image in flight: before the image was sent or after
+//     the image request ended) and their ratio (goal: largest gap < 1.5x the ordinary step), and
+//     the image request's time to first token. Configurations, all up together, their repeats
+//     alternating; medians:
+//       whole prompts, vision on stage 0, N-1 workers (N = --vision-workers, 3)
+//       pieces of --piece rows (256; `--prefill-chunk`), vision on stage 0, N-1 workers
+//       the same on N workers (N stages)
+//       pieces, vision on a worker of its own (`--vision-stage separate`), N workers (1 vision
+//         worker + N-1 stages: the same processes as the line above, one more than the N-1 line)
+//     Each cluster's placement is read back from its status (vision_stage, vision workers,
+//     stages) and printed. Rebalancing is off, so each plan is measured as made. The image is a
+//     synthetic 490x490 PNG (1225 rows on XComposer2-VL). "covered" counts the decoding
+//     request's tokens after the image's first token: 0 means it finished first, and its
+//     largest gap did not see all of the image's prefill (raise --tokens).
 //
 // Threads: one request keeps one stage busy at a time, so every worker gets the same compute
 // threads as the single process has (--threads, default "1,2": each setting is a section of
@@ -38,11 +49,13 @@
 // generation keeps the prefills from hiding the decode (a request that meets a stop token
 // earlier counts the tokens it made; the JSON lists them).
 //
-// Prints a table and writes JSON (default <build>/reports/pipeline_bench.json).
+// Prints a table per scenario (--scenarios picks them) and writes JSON (default
+// <build>/reports/pipeline_bench.json).
 //
 //   build/bin/pipeline_bench --model DIR [--workers 2,4] [--threads 1,2] [--runs 5]
 //                            [--tokens 64] [--batch-tokens 192] [--concurrency 8]
-//                            [--batch-workers 2] [--piece 256] [--out FILE]
+//                            [--batch-workers 2] [--piece 256] [--vision-workers 3]
+//                            [--scenarios a,b,c] [--out FILE]
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -76,8 +89,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-using bench::Median;
 using bench::Die;
+using bench::Median;
 
 struct Options {
   std::string model;
@@ -89,6 +102,8 @@ struct Options {
   int concurrency = 8;
   int batch_workers = 2;
   int piece = 256;
+  int vision_workers = 3;
+  std::vector<std::string> scenarios = {"a", "b", "c"};
   bool prefix_cache = true;
   std::string out;
 };
@@ -114,7 +129,10 @@ struct Cluster {
   std::unique_ptr<Client> status_client;  // asks for the step figures while `client` generates
 };
 
-Cluster StartCluster(const Options& o, int workers, int threads, int64_t piece = 0) {
+// `vision`: CoordinatorOptions::vision_stage (empty: the coordinator's default); `rebalance`
+// false keeps the plan as made.
+Cluster StartCluster(const Options& o, int workers, int threads, int64_t piece = 0, const std::string& vision = "",
+                     bool rebalance = true) {
   LocalClusterOptions lo;
   lo.model_dir = o.model;
   lo.workers = workers;
@@ -122,6 +140,8 @@ Cluster StartCluster(const Options& o, int workers, int threads, int64_t piece =
   lo.quiet_workers = true;
   lo.coordinator.prefix_cache = o.prefix_cache;
   lo.coordinator.prefill_chunk_rows = piece;
+  if (!vision.empty()) lo.coordinator.vision_stage = vision;
+  lo.coordinator.rebalance = rebalance;
   auto started = LocalCluster::Start(lo);
   if (!started.ok()) Die("starting " + std::to_string(workers) + " workers: " + started.status().ToString());
   Cluster c;
@@ -180,47 +200,68 @@ GenerateResult GenerateMeasured(Cluster& c, const GenerateRequest& request, Deco
 }
 
 // (c): one request decodes; after its 8th token an image prompt arrives. The decoding request's
-// largest gap between tokens from then on (ms) and the image request's time to first token.
+// largest gap between tokens from then on (ms), its ordinary decode step (the median gap with no
+// image in flight), the image request's time to first token, and how many of the decoding
+// request's tokens came after the image's first token.
 struct Stall {
   double max_gap_ms = 0;
+  double decode_step_ms = 0;
   double image_ttft_ms = 0;
+  int covered = 0;
+  std::vector<double> gaps_ms;  // the decoding request's gaps from the one after the image was sent
 };
 
 Stall RunStall(Cluster& c, const std::string& png, int tokens, int salt) {
   auto other = Client::Connect(c.cluster->address(), 30s);
   if (!other.ok()) Die("connecting: " + other.status().ToString());
-  std::vector<SteadyTime::time_point> times;
+  std::vector<SteadyTime::time_point> times;  // guarded by mu until `decoding` is joined
   std::mutex mu;
   std::condition_variable cv;
   bool arrived = false;
   auto signal = [&] {
-    std::lock_guard lock(mu);
     arrived = true;
     cv.notify_all();
   };
   std::thread decoding([&] {
     Generate(*c.client, MakeRequest(salt, tokens), [&](uint32_t, const std::string&) {
+      std::lock_guard lock(mu);
       times.push_back(SteadyTime::now());
       if (times.size() == 8) signal();
     });
+    std::lock_guard lock(mu);
     signal();  // a request that stopped early
   });
+  size_t from = 0;
   {
     std::unique_lock lock(mu);
     cv.wait(lock, [&] { return arrived; });
+    from = times.size();
   }
-  const size_t from = times.size();
   GenerateRequest image;
   image.prompt_json = nlohmann::json("<ImageHere>Describe the picture.").dump();
   image.images = {png};
   image.max_new_tokens = 2;
   image.sampling.greedy = true;
-  const GenerateResult r = Generate(**other, image);
+  const auto sent = SteadyTime::now();
+  std::optional<SteadyTime::time_point> image_first;
+  const GenerateResult r = Generate(**other, image, [&](uint32_t, const std::string&) {
+    if (!image_first) image_first = SteadyTime::now();
+  });
+  const auto image_done = SteadyTime::now();
   decoding.join();
   Stall s;
   s.image_ttft_ms = r.ttft_ms;
-  for (size_t i = std::max<size_t>(from, 1); i < times.size(); ++i)
-    s.max_gap_ms = std::max(s.max_gap_ms, std::chrono::duration<double, std::milli>(times[i] - times[i - 1]).count());
+  std::vector<double> ordinary;
+  for (size_t i = 1; i < times.size(); ++i) {
+    const double gap = bench::Ms(times[i] - times[i - 1]);
+    if (i >= from) {
+      s.max_gap_ms = std::max(s.max_gap_ms, gap);
+      s.gaps_ms.push_back(gap);
+    }
+    if (times[i] <= sent || times[i - 1] >= image_done) ordinary.push_back(gap);
+  }
+  s.decode_step_ms = Median(ordinary);
+  for (const auto& t : times) s.covered += image_first && t > *image_first;
   return s;
 }
 
@@ -276,29 +317,47 @@ Burst RunConcurrent(const std::string& address, int n, int tokens, int salt) {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"pipeline_bench: (a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b)\n"
-               "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline; (c) the stall\n"
-               "an arriving image prompt causes a decoding request, prefilled whole vs in --piece rows. Greedy.\n"
-               "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
+  CLI::App app{
+      "pipeline_bench: (a) one request's decode ms/token through N-stage pipelines vs 1 worker; (b)\n"
+      "aggregate tokens/s of --concurrency requests vs one on the --batch-workers pipeline; (c) the stall\n"
+      "an arriving image prompt causes a decoding request, prefilled whole vs in --piece rows. Greedy.\n"
+      "Make a model with: xcpipe mkmodel --arch ixc2-vl --preset small --out DIR"};
   app.add_option("--model", o.model, "checkpoint folder")->required();
-  app.add_option("--workers", o.workers, "pipeline sizes to measure, comma-separated")->delimiter(',')->capture_default_str();
-  app.add_option("--threads", o.threads, "threads per worker to measure, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--workers", o.workers, "pipeline sizes to measure, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--threads", o.threads, "threads per worker to measure, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--runs", o.runs, "runs (the median is reported)")->capture_default_str();
   app.add_option("--tokens", o.tokens, "tokens per latency request")->capture_default_str();
   app.add_option("--batch-tokens", o.batch_tokens, "tokens per throughput request")->capture_default_str();
   app.add_option("--concurrency", o.concurrency, "concurrent requests of the throughput run")->capture_default_str();
   app.add_option("--batch-workers", o.batch_workers, "pipeline size of the throughput run")->capture_default_str();
-  app.add_option("--piece", o.piece,
-                 "(c): prefill piece in rows for the pieces cluster (0 skips (c))")
+  app.add_option("--piece", o.piece, "(c): prefill piece in rows for the pieces clusters (0 skips (c))")
       ->capture_default_str();
+  app.add_option("--vision-workers", o.vision_workers,
+                 "(c): workers of the vision comparison: vision on stage 0 over N stages vs vision apart "
+                 "(1 vision worker + N-1 stages); whole prompts and the first pieces line run on N-1")
+      ->capture_default_str();
+  app.add_option("--scenarios", o.scenarios, "scenarios to run, comma-separated: a, b, c")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::IsMember({"a", "b", "c"}));
   app.add_flag("--no-prefix-cache{false}", o.prefix_cache,
                "prefill the chat template's system text with every prompt (default: computed once, KV copied)");
   app.add_option("--out", o.out, "report file (default: <build>/reports/pipeline_bench.json)");
   if (auto code = ParseOrExit(app, argc, argv)) return *code;
-  if (o.runs < 1 || o.tokens < 2 || o.batch_tokens < 2 || o.concurrency < 1 || o.batch_workers < 1 || o.threads.empty()) {
-    std::fprintf(stderr, "pipeline_bench: --runs, --concurrency, --batch-workers must be >= 1, --tokens, --batch-tokens >= 2\n");
+  if (o.runs < 1 || o.tokens < 2 || o.batch_tokens < 2 || o.concurrency < 1 || o.batch_workers < 1 ||
+      o.threads.empty() || o.vision_workers < 3) {
+    std::fprintf(stderr,
+                 "pipeline_bench: --runs, --concurrency, --batch-workers must be >= 1, --tokens, --batch-tokens >= 2, "
+                 "--vision-workers >= 3\n");
     return 2;
   }
+  auto runs_scenario = [&](const char* name) {
+    return std::find(o.scenarios.begin(), o.scenarios.end(), name) != o.scenarios.end();
+  };
   if (o.out.empty()) o.out = (ExecutableDir().parent_path() / "reports" / "pipeline_bench.json").string();
   // The coordinator runs on a thread of this process: keep its per-request lines off the table.
   (void)InitLogging({.process_name = "pipeline_bench", .level = "warn"});
@@ -307,172 +366,285 @@ int main(int argc, char** argv) {
   report["benchmark"] = "pipeline_bench";
   report["what"] =
       "(a) one request's decode ms/token through N-worker pipelines vs 1 worker; (b) aggregate tokens/s of "
-      "concurrent requests vs one, on one pipeline; LocalCluster, loopback TCP, text prompts, greedy";
-  report["config"] = {{"model", o.model},           {"workers", o.workers},
-                      {"threads_per_worker", o.threads}, {"runs", o.runs},
-                      {"tokens", o.tokens},          {"batch_tokens", o.batch_tokens},
+      "concurrent requests vs one, on one pipeline; (c) a decoding request's largest gap between tokens while an image "
+      "prompt arrives, vision on stage 0 vs on a worker of its own; LocalCluster, loopback TCP, greedy";
+  report["config"] = {{"model", o.model},
+                      {"workers", o.workers},
+                      {"threads_per_worker", o.threads},
+                      {"runs", o.runs},
+                      {"tokens", o.tokens},
+                      {"batch_tokens", o.batch_tokens},
                       {"concurrency", o.concurrency},
-                      {"batch_workers", o.batch_workers}, {"cores", std::thread::hardware_concurrency()},
+                      {"batch_workers", o.batch_workers},
+                      {"cores", std::thread::hardware_concurrency()},
                       {"prefix_cache", o.prefix_cache},
-                      {"goal_latency_ratio", 1.05},  {"goal_throughput_ratio", 4.0}};
-  std::printf("pipeline_bench: %s; %d tokens per request, %d repeats (medians), %u cores\n", o.model.c_str(),
-              o.tokens, o.runs, std::thread::hardware_concurrency());
+                      {"goal_latency_ratio", 1.05},
+                      {"goal_throughput_ratio", 4.0}};
+  std::printf("pipeline_bench: %s; %d tokens per request, %d repeats (medians), %u cores\n", o.model.c_str(), o.tokens,
+              o.runs, std::thread::hardware_concurrency());
 
   // (a) ------------------------------------------------------------------------------------
-  std::vector<int> configs = {1};
-  for (int64_t w : o.workers)
-    if (w > 1 && std::find(configs.begin(), configs.end(), w) == configs.end()) configs.push_back(static_cast<int>(w));
-  std::printf("\n(a) one request, decode ms per token (client time after the first token / (tokens - 1))\n");
-  std::printf("    per decode step, from the coordinator's counters: stages computing (summed) + the rest of the\n"
-              "    round trip (hand-offs: coordinator -> stage 0 -> ... -> last stage -> coordinator)\n");
-  std::printf("%16s %8s %12s %12s %10s %10s %12s %12s\n", "threads/worker", "workers", "ms/token", "tokens/s",
-              "ttft ms", "ratio", "compute ms", "hand-off ms");
-  report["latency"] = nlohmann::json::array();
   bool latency_met = true;
   std::unique_ptr<LocalCluster> kept_cluster;  // the (b) pipeline, if (a) started it
-  for (size_t ti = 0; ti < o.threads.size(); ++ti) {
-    const int threads = static_cast<int>(o.threads[ti]);
-    std::vector<Cluster> clusters;
-    for (int w : configs) clusters.push_back(StartCluster(o, w, threads));
-    for (auto& c : clusters) Generate(*c.client, MakeRequest(0, o.tokens));  // warm-up
-    std::map<int, std::vector<double>> ms, ttft, compute, handoff;
-    std::map<int, std::vector<uint64_t>> made;
-    for (int r = 0; r < o.runs; ++r) {
-      for (auto& c : clusters) {
-        DecodeSteps steps;
-        GenerateResult g = GenerateMeasured(c, MakeRequest(r + 1, o.tokens), steps);
-        ms[c.workers].push_back(1000.0 / g.tokens_per_s);
-        ttft[c.workers].push_back(g.ttft_ms);
-        made[c.workers].push_back(g.token_ids[0].size());
-        compute[c.workers].push_back(steps.compute_ms);
-        handoff[c.workers].push_back(steps.other_ms);
-      }
-    }
-    const double single = Median(ms[1]);
-    for (int w : configs) {
-      const double m = Median(ms[w]);
-      const double ratio = m / single;
-      if (w > 1) latency_met = latency_met && ratio <= 1.05;
-      char ratio_text[32];
-      std::snprintf(ratio_text, sizeof ratio_text, "%.3fx", ratio);
-      std::printf("%16d %8d %12.2f %12.2f %10.1f %10s %12.2f %12.2f\n", threads, w, m, 1000.0 / m, Median(ttft[w]),
-                  w == 1 ? "(single)" : ratio_text, Median(compute[w]), Median(handoff[w]));
-      report["latency"].push_back({{"threads_per_worker", threads},
-                                   {"workers", w},
-                                   {"ms_per_token", ms[w]},
-                                   {"median_ms_per_token", m},
-                                   {"ttft_ms", ttft[w]},
-                                   {"tokens_made", made[w]},
-                                   {"compute_ms_per_step", compute[w]},
-                                   {"handoff_ms_per_step", handoff[w]},
-                                   {"ratio_over_single", ratio}});
-    }
-    std::fflush(stdout);
-    if (ti == 0) {
-      for (auto& c : clusters) {
-        if (c.workers == o.batch_workers) {
-          c.client.reset();
-          kept_cluster = std::move(c.cluster);
+  if (runs_scenario("a")) {
+    std::vector<int> configs = {1};
+    for (int64_t w : o.workers)
+      if (w > 1 && std::find(configs.begin(), configs.end(), w) == configs.end())
+        configs.push_back(static_cast<int>(w));
+    std::printf("\n(a) one request, decode ms per token (client time after the first token / (tokens - 1))\n");
+    std::printf(
+        "    per decode step, from the coordinator's counters: stages computing (summed) + the rest of the\n"
+        "    round trip (hand-offs: coordinator -> stage 0 -> ... -> last stage -> coordinator)\n");
+    std::printf("%16s %8s %12s %12s %10s %10s %12s %12s\n", "threads/worker", "workers", "ms/token", "tokens/s",
+                "ttft ms", "ratio", "compute ms", "hand-off ms");
+    report["latency"] = nlohmann::json::array();
+    for (size_t ti = 0; ti < o.threads.size(); ++ti) {
+      const int threads = static_cast<int>(o.threads[ti]);
+      std::vector<Cluster> clusters;
+      for (int w : configs) clusters.push_back(StartCluster(o, w, threads));
+      for (auto& c : clusters) Generate(*c.client, MakeRequest(0, o.tokens));  // warm-up
+      std::map<int, std::vector<double>> ms, ttft, compute, handoff;
+      std::map<int, std::vector<uint64_t>> made;
+      for (int r = 0; r < o.runs; ++r) {
+        for (auto& c : clusters) {
+          DecodeSteps steps;
+          GenerateResult g = GenerateMeasured(c, MakeRequest(r + 1, o.tokens), steps);
+          ms[c.workers].push_back(1000.0 / g.tokens_per_s);
+          ttft[c.workers].push_back(g.ttft_ms);
+          made[c.workers].push_back(g.token_ids[0].size());
+          compute[c.workers].push_back(steps.compute_ms);
+          handoff[c.workers].push_back(steps.other_ms);
         }
       }
+      const double single = Median(ms[1]);
+      for (int w : configs) {
+        const double m = Median(ms[w]);
+        const double ratio = m / single;
+        if (w > 1) latency_met = latency_met && ratio <= 1.05;
+        char ratio_text[32];
+        std::snprintf(ratio_text, sizeof ratio_text, "%.3fx", ratio);
+        std::printf("%16d %8d %12.2f %12.2f %10.1f %10s %12.2f %12.2f\n", threads, w, m, 1000.0 / m, Median(ttft[w]),
+                    w == 1 ? "(single)" : ratio_text, Median(compute[w]), Median(handoff[w]));
+        report["latency"].push_back({{"threads_per_worker", threads},
+                                     {"workers", w},
+                                     {"ms_per_token", ms[w]},
+                                     {"median_ms_per_token", m},
+                                     {"ttft_ms", ttft[w]},
+                                     {"tokens_made", made[w]},
+                                     {"compute_ms_per_step", compute[w]},
+                                     {"handoff_ms_per_step", handoff[w]},
+                                     {"ratio_over_single", ratio}});
+      }
+      std::fflush(stdout);
+      if (ti == 0 && runs_scenario("b")) {
+        for (auto& c : clusters) {
+          if (c.workers == o.batch_workers) {
+            c.client.reset();
+            kept_cluster = std::move(c.cluster);
+          }
+        }
+      }
+      clusters.clear();  // stops those clusters
     }
-    clusters.clear();  // stops those clusters
   }
 
   // (b) ------------------------------------------------------------------------------------
   const int threads_b = static_cast<int>(o.threads.front());
-  if (!kept_cluster) {
-    Cluster c = StartCluster(o, o.batch_workers, threads_b);
-    c.client.reset();
-    kept_cluster = std::move(c.cluster);
+  bool throughput_met = true, decode_met = true;
+  if (runs_scenario("b")) {
+    if (!kept_cluster) {
+      Cluster c = StartCluster(o, o.batch_workers, threads_b);
+      c.client.reset();
+      kept_cluster = std::move(c.cluster);
+    }
+    const std::string address = kept_cluster->address();
+    RunConcurrent(address, o.concurrency, o.tokens, 0);  // warm-up
+    std::vector<double> single_tps, burst_tps, single_decode, burst_decode, single_ttft, burst_ttft;
+    std::vector<uint64_t> burst_tokens;
+    for (int r = 0; r < o.runs; ++r) {
+      Burst one = RunConcurrent(address, 1, o.batch_tokens, 1000 + r);
+      single_tps.push_back(static_cast<double>(one.tokens) / one.seconds);
+      single_decode.push_back(one.decode_rate_sum);
+      single_ttft.push_back(one.ttft_ms_max);
+      Burst many = RunConcurrent(address, o.concurrency, o.batch_tokens, 2000 + r);
+      burst_tps.push_back(static_cast<double>(many.tokens) / many.seconds);
+      burst_decode.push_back(many.decode_rate_sum);
+      burst_ttft.push_back(many.ttft_ms_max);
+      burst_tokens.push_back(many.tokens);
+    }
+    kept_cluster.reset();
+    const double s_tps = Median(single_tps), b_tps = Median(burst_tps), tratio = b_tps / s_tps;
+    const double s_dec = Median(single_decode), b_dec = Median(burst_decode), dratio = b_dec / s_dec;
+    throughput_met = tratio >= 4.0;
+    decode_met = dratio >= 4.0;
+    std::printf("\n(b) aggregate tokens/s on %d workers x %d thread(s), %d requests at once vs 1, %d new tokens each\n",
+                o.batch_workers, threads_b, o.concurrency, o.batch_tokens);
+    std::printf(
+        "    end to end = all tokens / wall time from submit to the last token (each prompt's prefill included)\n");
+    std::printf("    decode     = sum over requests of (tokens - 1) / (time after that request's first token)\n");
+    std::printf("%10s %16s %10s %16s %10s %14s\n", "requests", "end-to-end tok/s", "ratio", "decode tok/s", "ratio",
+                "last ttft ms");
+    std::printf("%10d %16.2f %10s %16.2f %10s %14.1f\n", 1, s_tps, "(single)", s_dec, "(single)", Median(single_ttft));
+    std::printf("%10d %16.2f %9.2fx %16.2f %9.2fx %14.1f\n", o.concurrency, b_tps, tratio, b_dec, dratio,
+                Median(burst_ttft));
+    report["throughput"] = {{"workers", o.batch_workers},
+                            {"threads_per_worker", threads_b},
+                            {"concurrency", o.concurrency},
+                            {"single_tokens_per_s", single_tps},
+                            {"concurrent_tokens_per_s", burst_tps},
+                            {"concurrent_tokens_made", burst_tokens},
+                            {"median_single_tokens_per_s", s_tps},
+                            {"median_concurrent_tokens_per_s", b_tps},
+                            {"ratio_concurrent_over_single", tratio},
+                            {"single_decode_tokens_per_s", single_decode},
+                            {"concurrent_decode_tokens_per_s", burst_decode},
+                            {"median_single_decode_tokens_per_s", s_dec},
+                            {"median_concurrent_decode_tokens_per_s", b_dec},
+                            {"ratio_decode_concurrent_over_single", dratio},
+                            {"single_ttft_ms", single_ttft},
+                            {"concurrent_last_ttft_ms", burst_ttft}};
   }
-  const std::string address = kept_cluster->address();
-  RunConcurrent(address, o.concurrency, o.tokens, 0);  // warm-up
-  std::vector<double> single_tps, burst_tps, single_decode, burst_decode, single_ttft, burst_ttft;
-  std::vector<uint64_t> burst_tokens;
-  for (int r = 0; r < o.runs; ++r) {
-    Burst one = RunConcurrent(address, 1, o.batch_tokens, 1000 + r);
-    single_tps.push_back(static_cast<double>(one.tokens) / one.seconds);
-    single_decode.push_back(one.decode_rate_sum);
-    single_ttft.push_back(one.ttft_ms_max);
-    Burst many = RunConcurrent(address, o.concurrency, o.batch_tokens, 2000 + r);
-    burst_tps.push_back(static_cast<double>(many.tokens) / many.seconds);
-    burst_decode.push_back(many.decode_rate_sum);
-    burst_ttft.push_back(many.ttft_ms_max);
-    burst_tokens.push_back(many.tokens);
-  }
-  kept_cluster.reset();
-  const double s_tps = Median(single_tps), b_tps = Median(burst_tps), tratio = b_tps / s_tps;
-  const double s_dec = Median(single_decode), b_dec = Median(burst_decode), dratio = b_dec / s_dec;
-  const bool throughput_met = tratio >= 4.0;
-  const bool decode_met = dratio >= 4.0;
-  std::printf("\n(b) aggregate tokens/s on %d workers x %d thread(s), %d requests at once vs 1, %d new tokens each\n",
-              o.batch_workers, threads_b, o.concurrency, o.batch_tokens);
-  std::printf("    end to end = all tokens / wall time from submit to the last token (each prompt's prefill included)\n");
-  std::printf("    decode     = sum over requests of (tokens - 1) / (time after that request's first token)\n");
-  std::printf("%10s %16s %10s %16s %10s %14s\n", "requests", "end-to-end tok/s", "ratio", "decode tok/s", "ratio",
-              "last ttft ms");
-  std::printf("%10d %16.2f %10s %16.2f %10s %14.1f\n", 1, s_tps, "(single)", s_dec, "(single)", Median(single_ttft));
-  std::printf("%10d %16.2f %9.2fx %16.2f %9.2fx %14.1f\n", o.concurrency, b_tps, tratio, b_dec, dratio,
-              Median(burst_ttft));
-  report["throughput"] = {{"workers", o.batch_workers},
-                          {"threads_per_worker", threads_b},
-                          {"concurrency", o.concurrency},
-                          {"single_tokens_per_s", single_tps},
-                          {"concurrent_tokens_per_s", burst_tps},
-                          {"concurrent_tokens_made", burst_tokens},
-                          {"median_single_tokens_per_s", s_tps},
-                          {"median_concurrent_tokens_per_s", b_tps},
-                          {"ratio_concurrent_over_single", tratio},
-                          {"single_decode_tokens_per_s", single_decode},
-                          {"concurrent_decode_tokens_per_s", burst_decode},
-                          {"median_single_decode_tokens_per_s", s_dec},
-                          {"median_concurrent_decode_tokens_per_s", b_dec},
-                          {"ratio_decode_concurrent_over_single", dratio},
-                          {"single_ttft_ms", single_ttft},
-                          {"concurrent_last_ttft_ms", burst_ttft}};
 
   // (c) ------------------------------------------------------------------------------------
-  if (o.piece > 0) {
+  if (runs_scenario("c") && o.piece > 0) {
     const std::string png = image::SyntheticPng(490, 490);
-    Cluster whole = StartCluster(o, 2, threads_b, 0);
-    Cluster pieces = StartCluster(o, 2, threads_b, o.piece);
-    RunStall(whole, png, o.tokens, 0);  // warm-up
-    RunStall(pieces, png, o.tokens, 0);
-    std::vector<double> gap_whole, gap_pieces, ttft_whole, ttft_pieces;
-    for (int r = 0; r < o.runs; ++r) {
-      const Stall w = RunStall(whole, png, o.tokens, 3000 + r), p = RunStall(pieces, png, o.tokens, 3000 + r);
-      gap_whole.push_back(w.max_gap_ms);
-      gap_pieces.push_back(p.max_gap_ms);
-      ttft_whole.push_back(w.image_ttft_ms);
-      ttft_pieces.push_back(p.image_ttft_ms);
+    const int n = o.vision_workers;
+    struct StallConfig {
+      std::string key;      // JSON
+      std::string prefill;  // table
+      int workers = 0;
+      int64_t piece = 0;
+      std::string vision;  // CoordinatorOptions::vision_stage asked for
+      Cluster cluster;
+      std::string placed, reason;  // the status's vision_stage and vision_reason
+      int64_t stages = 0, vision_workers = 0;
+      std::vector<Stall> runs;
+    };
+    const std::string pieces = "pieces of " + std::to_string(o.piece) + " rows";
+    std::vector<StallConfig> stall;
+    auto add = [&](std::string key, std::string prefill, int workers, int64_t piece, std::string vision) {
+      StallConfig& c = stall.emplace_back();
+      c.key = std::move(key);
+      c.prefill = std::move(prefill);
+      c.workers = workers;
+      c.piece = piece;
+      c.vision = std::move(vision);
+    };
+    add("whole", "whole prompts", n - 1, 0, "first");
+    add("pieces", pieces, n - 1, o.piece, "first");
+    add("pieces_first_" + std::to_string(n) + "w", pieces, n, o.piece, "first");
+    add("pieces_separate_" + std::to_string(n) + "w", pieces, n, o.piece, "separate");
+    for (auto& c : stall) {
+      c.cluster = StartCluster(o, c.workers, threads_b, c.piece, c.vision, /*rebalance=*/false);
+      RunStall(c.cluster, png, o.tokens, 0);  // warm-up
+      auto st = c.cluster.status_client->GetStatus(30s);
+      if (!st.ok()) Die("status: " + st.status().ToString());
+      c.placed = st->value("vision_stage", "");
+      c.reason = st->value("vision_reason", "");
+      c.stages = st->value("stages", int64_t{0});
+      for (const auto& w : (*st)["workers"]) c.vision_workers += w.value("role", "") == "vision";
     }
-    std::printf("\n(c) one request decoding while an image prompt arrives (after its 8th token), 2 workers x %d thread(s):\n"
-                "    the decoding request's largest gap between tokens, and the image request's time to first token\n",
-                threads_b);
-    std::printf("%24s %16s %16s\n", "prefill", "largest gap ms", "image ttft ms");
-    std::printf("%24s %16.1f %16.1f\n", "whole prompts", Median(gap_whole), Median(ttft_whole));
-    std::printf("%24s %16.1f %16.1f\n", ("pieces of " + std::to_string(o.piece) + " rows").c_str(), Median(gap_pieces),
-                Median(ttft_pieces));
-    report["image_arrival"] = {{"workers", 2},
+    // Repeat r runs the configurations in turn, starting one further along each time.
+    for (int r = 0; r < o.runs; ++r) {
+      for (size_t k = 0; k < stall.size(); ++k) {
+        auto& c = stall[(k + static_cast<size_t>(r)) % stall.size()];
+        c.runs.push_back(RunStall(c.cluster, png, o.tokens, 3000 + r));
+      }
+    }
+    std::printf(
+        "\n(c) one request decoding while an image prompt arrives (after its 8th token), %d thread(s) per worker:\n"
+        "    largest gap = the decoding request's largest gap between tokens after the image was sent;\n"
+        "    decode step = its median gap with no image in flight; ratio = largest gap / decode step (goal < 1.5);\n"
+        "    image ttft = the image request's time to first token; covered = the decoding request's tokens\n"
+        "    after the image's first token (0: it ended first). Rebalancing off.\n",
+        threads_b);
+    std::printf("%20s %8s %18s %16s %15s %8s %14s %8s\n", "prefill", "workers", "vision", "largest gap ms",
+                "decode step ms", "ratio", "image ttft ms", "covered");
+    nlohmann::json rows = nlohmann::json::array();
+    for (auto& c : stall) {
+      std::vector<double> gap, step, ttft, ratio, covered;
+      std::vector<std::vector<double>> gaps;
+      for (const Stall& s : c.runs) {
+        gaps.push_back(s.gaps_ms);
+        gap.push_back(s.max_gap_ms);
+        step.push_back(s.decode_step_ms);
+        ttft.push_back(s.image_ttft_ms);
+        ratio.push_back(s.max_gap_ms / s.decode_step_ms);
+        covered.push_back(s.covered);
+      }
+      auto st = c.cluster.status_client->GetStatus(30s);
+      if (!st.ok()) Die("status: " + st.status().ToString());
+      nlohmann::json encode = nlohmann::json::array();  // per vision worker: its median of recent encodes
+      for (const auto& w : (*st)["workers"]) {
+        if (w.value("role", "") == "vision") {
+          encode.push_back({{"worker", w.value("id", "")},
+                            {"images_encoded", w.value("images_encoded", uint64_t{0})},
+                            {"encode_p50_ms", w.value("encode_p50_ms", 0.0)}});
+        }
+      }
+      const std::string vision =
+          c.placed == "separate" ? std::to_string(c.vision_workers) + " apart + " + std::to_string(c.stages) + " stages"
+                                 : "stage 0 of " + std::to_string(c.stages);
+      const double ratio_of_medians = Median(gap) / Median(step);
+      std::printf("%20s %8d %18s %16.1f %15.2f %7.1fx %14.1f %8.0f\n", c.prefill.c_str(), c.workers, vision.c_str(),
+                  Median(gap), Median(step), ratio_of_medians, Median(ttft), Median(covered));
+      rows.push_back({{"configuration", c.key},
+                      {"workers", c.workers},
+                      {"piece_rows", c.piece},
+                      {"vision_stage_asked", c.vision},
+                      {"vision_stage", c.placed},
+                      {"vision_reason", c.reason},
+                      {"stages", c.stages},
+                      {"vision_workers", c.vision_workers},
+                      {"largest_gap_ms", gap},
+                      {"decode_step_ms", step},
+                      {"gap_over_step", ratio},
+                      {"image_ttft_ms", ttft},
+                      {"tokens_after_image_first_token", covered},
+                      {"median_largest_gap_ms", Median(gap)},
+                      {"median_decode_step_ms", Median(step)},
+                      {"median_gap_over_median_step", ratio_of_medians},
+                      {"median_image_ttft_ms", Median(ttft)},
+                      {"images_encoded_apart", st->value("images_encoded_total", uint64_t{0})},
+                      {"vision_worker_encodes", encode},
+                      {"gaps_after_image_sent_ms", gaps},
+                      {"rebalances", st->value("rebalances", uint64_t{0})}});
+    }
+    auto figures = [&](size_t k, double Stall::*field) {
+      std::vector<double> v;
+      for (const Stall& s : stall[k].runs) v.push_back(s.*field);
+      return v;
+    };
+    report["image_arrival"] = {{"workers", n - 1},
                                {"threads_per_worker", threads_b},
                                {"piece_rows", o.piece},
-                               {"largest_gap_ms_whole", gap_whole},
-                               {"largest_gap_ms_pieces", gap_pieces},
-                               {"image_ttft_ms_whole", ttft_whole},
-                               {"image_ttft_ms_pieces", ttft_pieces},
-                               {"median_largest_gap_ms_whole", Median(gap_whole)},
-                               {"median_largest_gap_ms_pieces", Median(gap_pieces)}};
+                               {"largest_gap_ms_whole", figures(0, &Stall::max_gap_ms)},
+                               {"largest_gap_ms_pieces", figures(1, &Stall::max_gap_ms)},
+                               {"image_ttft_ms_whole", figures(0, &Stall::image_ttft_ms)},
+                               {"image_ttft_ms_pieces", figures(1, &Stall::image_ttft_ms)},
+                               {"median_largest_gap_ms_whole", Median(figures(0, &Stall::max_gap_ms))},
+                               {"median_largest_gap_ms_pieces", Median(figures(1, &Stall::max_gap_ms))},
+                               {"vision_workers", n},
+                               {"goal_gap_over_step", 1.5},
+                               {"order", "repeat r runs the configurations in turn, starting at configuration r mod 4"},
+                               {"configurations", rows}};
   }
-  report["goal_latency_met"] = latency_met;
-  report["goal_throughput_met"] = throughput_met;
-  report["goal_decode_throughput_met"] = decode_met;
+  if (runs_scenario("a")) report["goal_latency_met"] = latency_met;
+  if (runs_scenario("b")) {
+    report["goal_throughput_met"] = throughput_met;
+    report["goal_decode_throughput_met"] = decode_met;
+  }
   std::filesystem::create_directories(std::filesystem::path(o.out).parent_path());
   std::ofstream(o.out) << report.dump(2) << "\n";
-  std::printf(
-      "\ngoals: pipeline/single ms per token <= 1.05: %s; %d concurrent / 1 tokens/s >= 4: end to end %s, decode "
-      "%s\nwrote %s\n",
-      latency_met ? "met" : "NOT met", o.concurrency, throughput_met ? "met" : "NOT met", decode_met ? "met" : "NOT met",
-      o.out.c_str());
+  std::string goals;
+  if (runs_scenario("a"))
+    goals += std::string("pipeline/single ms per token <= 1.05: ") + (latency_met ? "met" : "NOT met");
+  if (runs_scenario("b")) {
+    goals += (goals.empty() ? "" : "; ") + std::to_string(o.concurrency) +
+             " concurrent / 1 tokens/s >= 4: end to end " + (throughput_met ? "met" : "NOT met") + ", decode " +
+             (decode_met ? "met" : "NOT met");
+  }
+  if (!goals.empty()) std::printf("\ngoals: %s", goals.c_str());
+  std::printf("\nwrote %s\n", o.out.c_str());
   return 0;
 }

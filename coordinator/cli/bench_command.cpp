@@ -62,6 +62,7 @@ struct BenchOptions {
   int64_t max_context = 2048;
   std::string spec_overrides;
   bool rebalance = false;
+  std::string vision_stage = "auto";  // CoordinatorOptions::vision_stage for every strategy
   bool json = false;
   fs::path out;
   int timeout_s = 600;
@@ -86,7 +87,8 @@ std::vector<std::string> SplitList(const std::string& text) {
 coordinator::GenerateRequest WorkloadRequest(int i, const std::string& image, uint32_t max_new_tokens) {
   coordinator::GenerateRequest r;
   if (i % 2 == 0) {
-    r.prompt_json = nlohmann::json("<ImageHere>Describe this picture in detail, view " + std::to_string(i) + ".").dump();
+    r.prompt_json =
+        nlohmann::json("<ImageHere>Describe this picture in detail, view " + std::to_string(i) + ".").dump();
     r.images = {image};
   } else {
     r.prompt_json =
@@ -96,7 +98,6 @@ coordinator::GenerateRequest WorkloadRequest(int i, const std::string& image, ui
   r.sampling.greedy = true;
   return r;
 }
-
 
 // Nearest-rank percentile (p in 0..100) of unsorted values.
 double Percentile(std::vector<double> v, double p) {
@@ -119,6 +120,16 @@ struct StageFigures {
   uint64_t peak_resident_bytes = 0;
 };
 
+// A vision worker (vision apart): the images it encoded during the workload and its median
+// encode time. Its encodes are not in the worker's busy time (busy_ms_total counts pipeline
+// steps only), so busy max/mean counts it as idle.
+struct VisionFigures {
+  std::string worker;
+  uint64_t images_encoded = 0;
+  double encode_p50_ms = 0;
+  uint64_t peak_resident_bytes = 0;
+};
+
 struct StrategyRun {
   std::string strategy;
   double wall_s = 0;
@@ -135,6 +146,11 @@ struct StrategyRun {
   uint64_t peak_resident_max_bytes = 0;
   uint64_t rebalances = 0;
   std::vector<std::vector<int64_t>> request_tokens;
+  // Where the vision block ran (the status's vision_stage: "first" on stage 0, "separate" on
+  // vision workers of its own) and why (vision_reason); the vision workers when separate.
+  std::string vision_stage;
+  std::string vision_reason;
+  std::vector<VisionFigures> vision_workers;
 };
 
 // Busy milliseconds per worker id, from a status reply.
@@ -145,8 +161,8 @@ std::map<std::string, double> BusyByWorker(const nlohmann::json& status) {
 }
 
 // One strategy: cluster up, one warm-up request, the workload, the figures, cluster down.
-StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& strategy,
-                                  const std::vector<int>& threads, const std::string& image) {
+StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& strategy, const std::vector<int>& threads,
+                                  const std::string& image) {
   coordinator::LocalClusterOptions lo;
   lo.model_dir = o.model_dir;
   lo.tokenizer = o.tokenizer;
@@ -162,6 +178,7 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
   // The plan under test must stay the plan: rebalancing would move every strategy's blocks
   // toward the same measured balance.
   lo.coordinator.rebalance = o.rebalance;
+  lo.coordinator.vision_stage = o.vision_stage;
   const auto timeout = std::chrono::seconds(o.timeout_s);
 
   auto started = StartLocalCluster(lo);
@@ -187,8 +204,7 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
 
   // The workload: request i goes to client i % clients; every client sends its share one after
   // another, all clients at once.
-  std::vector<StatusOr<coordinator::GenerateResult>> results(static_cast<size_t>(o.requests),
-                                                             InternalError("not run"));
+  std::vector<StatusOr<coordinator::GenerateResult>> results(static_cast<size_t>(o.requests), InternalError("not run"));
   std::mutex mu;
   std::condition_variable cv;
   bool go = false;
@@ -200,8 +216,8 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
         cv.wait(lock, [&] { return go; });
       }
       for (int i = c; i < o.requests; i += o.clients) {
-        results[static_cast<size_t>(i)] = clients[static_cast<size_t>(c)]->Generate(
-            WorkloadRequest(i, image, o.max_new_tokens), timeout);
+        results[static_cast<size_t>(i)] =
+            clients[static_cast<size_t>(c)]->Generate(WorkloadRequest(i, image, o.max_new_tokens), timeout);
       }
     });
   }
@@ -236,8 +252,22 @@ StatusOr<StrategyRun> RunStrategy(const BenchOptions& o, const std::string& stra
   auto after = clients[0]->GetStatus(kStatusTimeout);
   if (!after.ok()) return after.status().WithContext("strategy " + strategy + ": status after the workload");
   run.rebalances = after->value("rebalances", uint64_t{0});
+  run.vision_stage = after->value("vision_stage", "");
+  run.vision_reason = after->value("vision_reason", "");
+  std::map<std::string, uint64_t> encoded_before;
+  for (const auto& w : (*before)["workers"])
+    encoded_before[w["id"].get<std::string>()] = w.value("images_encoded", uint64_t{0});
   const auto busy_before = BusyByWorker(*before);
   for (const auto& w : (*after)["workers"]) {
+    if (w.value("role", "") == "vision") {
+      VisionFigures v;
+      v.worker = w["id"].get<std::string>();
+      v.images_encoded = w.value("images_encoded", uint64_t{0}) - encoded_before[v.worker];
+      v.encode_p50_ms = w.value("encode_p50_ms", 0.0);
+      v.peak_resident_bytes = PeakResidentBytes(static_cast<pid_t>(w.value("pid", int64_t{0})));
+      run.vision_workers.push_back(v);
+      continue;
+    }
     if (w.value("stage", -1) < 0) continue;
     StageFigures s;
     s.stage = w["stage"].get<int>();
@@ -321,21 +351,28 @@ std::string Fixed(double v, int digits) {
   return buf;
 }
 
+// "first" (on stage 0) or "separate (N)" with N vision workers.
+std::string VisionCell(const StrategyRun& r) {
+  if (r.vision_stage == "separate") return "separate (" + std::to_string(r.vision_workers.size()) + ")";
+  return r.vision_stage.empty() ? "-" : r.vision_stage;
+}
+
 void PrintTable(const nlohmann::json& report, const std::vector<StrategyRun>& runs,
                 const std::map<std::string, std::string>& best) {
   const auto& cfg = report["config"];
-  std::printf("xcpipe bench strategies: %s, %d workers (threads %s), %d requests from %d clients, %u new tokens, greedy\n",
-              cfg["model"].get<std::string>().c_str(), cfg["workers"].get<int>(),
-              cfg["threads_per_worker"].dump().c_str(), cfg["requests"].get<int>(), cfg["clients"].get<int>(),
-              cfg["max_new_tokens"].get<uint32_t>());
+  std::printf(
+      "xcpipe bench strategies: %s, %d workers (threads %s), %d requests from %d clients, %u new tokens, greedy\n",
+      cfg["model"].get<std::string>().c_str(), cfg["workers"].get<int>(), cfg["threads_per_worker"].dump().c_str(),
+      cfg["requests"].get<int>(), cfg["clients"].get<int>(), cfg["max_new_tokens"].get<uint32_t>());
   auto mark = [&](const char* column, const StrategyRun& r, const std::string& text) {
     return text + (best.at(column) == r.strategy ? "*" : " ");
   };
-  std::printf("\n%-14s %10s %12s %12s %10s %22s %14s\n", "strategy", "tok/s", "ttft p50 ms", "ttft p99 ms",
-              "busy max/", "predicted bottleneck", "peak RSS max");
-  std::printf("%-14s %10s %12s %12s %10s %22s %14s\n", "", "", "", "", "mean", "stage: step ms", "MiB");
+  std::printf("vision: --vision-stage %s\n", cfg["vision_stage"].get<std::string>().c_str());
+  std::printf("\n%-14s %10s %12s %12s %10s %22s %14s  %s\n", "strategy", "tok/s", "ttft p50 ms", "ttft p99 ms",
+              "busy max/", "predicted bottleneck", "peak RSS max", "vision");
+  std::printf("%-14s %10s %12s %12s %10s %22s %14s  %s\n", "", "", "", "", "mean", "stage: step ms", "MiB", "");
   for (const auto& r : runs) {
-    std::printf("%-14s %10s %12s %12s %10s %22s %14s\n", r.strategy.c_str(),
+    std::printf("%-14s %10s %12s %12s %10s %22s %14s  %s\n", r.strategy.c_str(),
                 mark("tokens_per_s", r, Fixed(r.tokens_per_s, 2)).c_str(),
                 mark("ttft_p50_ms", r, Fixed(r.ttft_p50_ms, 0)).c_str(),
                 mark("ttft_p99_ms", r, Fixed(r.ttft_p99_ms, 0)).c_str(),
@@ -343,9 +380,19 @@ void PrintTable(const nlohmann::json& report, const std::vector<StrategyRun>& ru
                 mark("bottleneck_predicted_ms", r,
                      std::to_string(r.bottleneck_stage) + ": " + Fixed(r.bottleneck_predicted_ms, 2))
                     .c_str(),
-                mark("peak_resident_max_bytes", r, Fixed(Mib(r.peak_resident_max_bytes), 0)).c_str());
+                mark("peak_resident_max_bytes", r, Fixed(Mib(r.peak_resident_max_bytes), 0)).c_str(),
+                VisionCell(r).c_str());
   }
-  std::printf("(* best in its column)\n\nper stage (stage 0/1/...):\n");
+  std::printf("(* best in its column)\n\nvision placement (the status's vision_reason):\n");
+  for (const auto& r : runs) {
+    std::printf("%-14s %s\n", r.strategy.c_str(), r.vision_reason.c_str());
+    for (const auto& v : r.vision_workers) {
+      std::printf("%-14s   vision worker %s: %llu images encoded, encode p50 %.1f ms, peak RSS %.0f MiB\n", "",
+                  v.worker.c_str(), static_cast<unsigned long long>(v.images_encoded), v.encode_p50_ms,
+                  Mib(v.peak_resident_bytes));
+    }
+  }
+  std::printf("\nper stage (stage 0/1/...):\n");
   std::printf("%-14s %-22s %-12s %-24s %-24s %-22s\n", "strategy", "blocks", "threads", "busy ms", "predicted step ms",
               "peak RSS MiB");
   for (const auto& r : runs) {
@@ -360,6 +407,13 @@ void PrintTable(const nlohmann::json& report, const std::vector<StrategyRun>& ru
 }
 
 nlohmann::json RunToJson(const StrategyRun& r) {
+  nlohmann::json vision = nlohmann::json::array();
+  for (const auto& v : r.vision_workers) {
+    vision.push_back({{"worker", v.worker},
+                      {"images_encoded", v.images_encoded},
+                      {"encode_p50_ms", v.encode_p50_ms},
+                      {"peak_resident_bytes", v.peak_resident_bytes}});
+  }
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : r.stages) {
     stages.push_back({{"stage", s.stage},
@@ -386,7 +440,10 @@ nlohmann::json RunToJson(const StrategyRun& r) {
           {"peak_resident_max_bytes", r.peak_resident_max_bytes},
           {"rebalances", r.rebalances},
           {"stages", stages},
-          {"request_tokens", r.request_tokens}};
+          {"request_tokens", r.request_tokens},
+          {"vision_stage", r.vision_stage},
+          {"vision_reason", r.vision_reason},
+          {"vision_workers", vision}};
 }
 
 int RunBenchStrategies(const BenchOptions& o) {
@@ -424,8 +481,7 @@ int RunBenchStrategies(const BenchOptions& o) {
     }
   }
   if (!fs::is_directory(o.model_dir) || !fs::exists(o.model_dir / "config.json")) {
-    std::fprintf(stderr, "xcpipe bench strategies: %s is not a model folder (no config.json)\n",
-                 o.model_dir.c_str());
+    std::fprintf(stderr, "xcpipe bench strategies: %s is not a model folder (no config.json)\n", o.model_dir.c_str());
     return kExitInvalidInput;
   }
   std::string image;
@@ -457,6 +513,7 @@ int RunBenchStrategies(const BenchOptions& o) {
                       {"max_sequences", o.max_sequences},
                       {"max_context", o.max_context},
                       {"rebalance", o.rebalance},
+                      {"vision_stage", o.vision_stage},
                       {"cores", std::thread::hardware_concurrency()}};
 
   std::vector<StrategyRun> runs;
@@ -472,9 +529,9 @@ int RunBenchStrategies(const BenchOptions& o) {
       if (run.status().message().find("starting the cluster") != std::string::npos) return kExitUnavailable;
       return ExitCodeFor(run.status());
     }
-    std::fprintf(stderr, "[%zu/%zu] %s: %.2f tokens/s, TTFT p50 %.0f ms, stages %s\n", k + 1, strategies.size(),
-                 strategy.c_str(), run->tokens_per_s, run->ttft_p50_ms,
-                 JoinStages(*run, [](const StageFigures& s) { return s.blocks; }).c_str());
+    std::fprintf(stderr, "[%zu/%zu] %s: %.2f tokens/s, TTFT p50 %.0f ms, stages %s, vision %s\n", k + 1,
+                 strategies.size(), strategy.c_str(), run->tokens_per_s, run->ttft_p50_ms,
+                 JoinStages(*run, [](const StageFigures& s) { return s.blocks; }).c_str(), VisionCell(*run).c_str());
     runs.push_back(std::move(run).value());
   }
 
@@ -539,6 +596,13 @@ void AddBenchCommand(CLI::App& app, Action& action) {
       "                     workers (one the plan leaves idle counts as 0); 1.00 is a perfect balance\n"
       "  predicted          the planner's slowest stage and its predicted step time\n"
       "  peak RSS           each worker's peak resident memory (VmHWM in /proc/<pid>/status)\n"
+      "  vision             where the vision block ran, from the status: first (on stage 0) or\n"
+      "                     separate (N) on N vision workers of its own; the reason is printed below\n"
+      "                     the table. --vision-stage first|separate|auto asks every strategy for\n"
+      "                     that placement (auto: the planner decides, the coordinator's default;\n"
+      "                     separate falls back to first, saying why, when it does not fit). A\n"
+      "                     vision worker's encodes are not in busy max/mean (it counts as idle\n"
+      "                     there); its images and encode p50 are printed below the table\n"
       "Every strategy must produce the same greedy tokens; if not, the differences are reported and the\n"
       "command fails with exit code 6. Rebalancing is off unless --rebalance, so each plan is measured as\n"
       "made. Progress goes to stderr; the table (or --json) to stdout.\n\n"
@@ -547,6 +611,7 @@ void AddBenchCommand(CLI::App& app, Action& action) {
       "Example:\n"
       "  xcpipe mkmodel --arch ixc2-vl --preset small --out /tmp/m\n"
       "  xcpipe bench strategies --model /tmp/m --workers 3 --threads-per-worker 1,1,1 --out strategies.json\n"
+      "  xcpipe bench strategies --model /tmp/m --workers 3 --threads-per-worker 1,1,1 --vision-stage separate\n"
       "Exit codes: 0 done, 2 usage, 4 bad model or image, 5 a cluster did not come up, 6 tokens differ\n"
       "between strategies, 1 a request failed.");
   auto o = std::make_shared<BenchOptions>();
@@ -583,6 +648,11 @@ void AddBenchCommand(CLI::App& app, Action& action) {
                   "JSON of model facts the checkpoint cannot state (default: from <model>/../model_info.json "
                   "when present, as for the test fixtures)");
   sub->add_flag("--rebalance", o->rebalance, "let the coordinator move blocks while serving (default: off)");
+  sub->add_option("--vision-stage", o->vision_stage,
+                  "where every strategy's plan puts the vision block: first (stage 0), separate (workers of its "
+                  "own) or auto (the planner decides)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"first", "separate", "auto"}));
   sub->add_option("--timeout", o->timeout_s, "seconds one request may take")
       ->capture_default_str()
       ->check(CLI::Range(1, 86400));

@@ -99,7 +99,13 @@ void Coordinator::Impl::OnStatus(const std::string& peer) {
   r.setImagesWaiting(snap.images_waiting);
   r.setImagesEncoding(snap.images_encoding);
   r.setImagesEncodedTotal(images_encoded_total);
-  r.setEncodeP50Ms(snap.encode_seconds.Quantile(0.5) * 1e3);
+  // The exact median of the vision workers' recent encodes (the histogram's buckets are coarse).
+  std::vector<double> recent;
+  for (const auto& v : vision) recent.insert(recent.end(), v.recent_ms.begin(), v.recent_ms.end());
+  if (!recent.empty()) {
+    std::nth_element(recent.begin(), recent.begin() + static_cast<std::ptrdiff_t>(recent.size() / 2), recent.end());
+    r.setEncodeP50Ms(recent[recent.size() / 2]);
+  }
   auto list = r.initWorkers(workers.size());
   size_t i = 0;
   const auto now = Now();

@@ -115,6 +115,9 @@ class StepExecutor {
 
   // Stage 0: the image embeddings of one image (the vision block).
   StatusOr<at::Tensor> EncodeImage(const model::ImageInput& image);
+  // A vision worker's encode: the same, with its compute time recorded in step_times() (the
+  // worker's busy time and idle share count it as a step).
+  StatusOr<at::Tensor> EncodeImageTimed(const model::ImageInput& image);
   // Stage 0: this step's image embedding rows for each segment, in row order: `slots` rows per
   // segment (its -1 token ids), taken from the sequence's rows left over from earlier steps,
   // encoding `images` (the step's, in segment order) as a segment runs short. Rows of an image

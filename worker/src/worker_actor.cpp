@@ -705,7 +705,7 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
     watchdog_epoch.store(epoch);
     watchdog_steps.store(executor.steps_completed());
     ComputeScope encoding(*this, image_id, img.getHeight());  // watched like a step
-    return executor.EncodeImage({pixels, img.getGridH(), img.getGridW()});
+    return executor.EncodeImageTimed({pixels, img.getGridH(), img.getGridW()});
   }();
   if (!embeds.ok())
     return SendImageError(embeds.status().WithContext("encoding image " + std::to_string(image_id)), image_id);

@@ -88,6 +88,7 @@ struct Coordinator::Impl {
   std::vector<VisionWorker> vision;
   std::map<uint64_t, ImageJob> image_jobs;  // by image id
   uint64_t images_encoded_total = 0;
+  std::set<uint64_t> vision_requeued;  // a lost vision worker's images, until encoded again
   bool vision_separate() const { return vision_mode == "separate"; }
   void SendVisionAssignment(size_t k);
   void PumpVision();

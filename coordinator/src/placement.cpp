@@ -435,6 +435,7 @@ void Coordinator::Impl::Replan(const std::string& why, bool fault) {
   stages.clear();
   vision.clear();
   ForgetImageJobs();
+  vision_requeued.clear();
   for (auto& [peer, w] : workers) {
     w.vision = false;
     if (w.state != WorkerState::kLost) {

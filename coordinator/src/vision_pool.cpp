@@ -145,6 +145,11 @@ void Coordinator::Impl::OnImageEncoded(const std::string& peer, proto::ImageEnco
   }
   ++images_encoded_total;
   live.encode_seconds.Observe(static_cast<double>(r.getEncodeMicros()) * 1e-6);
+  if (vision_requeued.erase(r.getImageId()) > 0 && vision_requeued.empty()) {
+    last_recover_ms = std::chrono::duration<double, std::milli>(Now() - fault_detected_at).count();
+    spdlog::info("recovered: the lost vision worker's images encoded again {:.0f} ms after the loss was detected",
+                 last_recover_ms);
+  }
 }
 
 void Coordinator::Impl::OnVisionError(WorkerInfo& w, uint64_t image_id, const Status& st) {
@@ -184,12 +189,14 @@ void Coordinator::Impl::OnVisionWorkerLost(WorkerInfo& lost, const std::string& 
     if (job.state != ImageJob::State::kEncoding || job.worker != lost.peer) continue;
     job.state = ImageJob::State::kWaiting;
     job.worker.clear();
+    vision_requeued.insert(image_id);
     ++requeued;
   }
   const bool any_ready = std::any_of(vision.begin(), vision.end(), [](const VisionWorker& v) { return v.ready; });
   if (state == ClusterState::kServing && was_ready && any_ready) {
     spdlog::error("vision worker {} lost ({}): {} image(s) it was encoding go to the {} vision worker(s) left", lost.id,
                   why, requeued, vision.size());
+    // Recovered once every one of them is encoded again (at once when it held none).
     last_recover_ms = 0;
     return;
   }

@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
-#include <random>
 #include <map>
+#include <random>
 #include <thread>
 
 #include "xcpipe/base/files.h"
@@ -57,7 +57,8 @@ std::unique_ptr<LocalCluster> Start(int workers, const std::map<int, std::vector
   o.worker_binary = testing::BinDir() / "xcpipe-worker";
   // Slow steps down so a fault lands mid-decode on this tiny model.
   o.worker_extra_args.assign(workers, {"--inject-step-delay-ms", "15"});
-  for (const auto& [i, flags] : extra) o.worker_extra_args.at(i).insert(o.worker_extra_args.at(i).end(), flags.begin(), flags.end());
+  for (const auto& [i, flags] : extra)
+    o.worker_extra_args.at(i).insert(o.worker_extra_args.at(i).end(), flags.begin(), flags.end());
   if (configure) configure(o);
   auto c = LocalCluster::Start(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
@@ -152,7 +153,8 @@ TEST(FaultTest, ControlRunWithoutFaults) {
   ASSERT_EQ(Reference().size(), Workload().size());
   auto cluster = Start(3);
   ASSERT_NE(cluster, nullptr);
-  Row row = RunWithFault("control (no fault)", *cluster, [] {}, /*expect_recovery=*/false);
+  Row row = RunWithFault(
+      "control (no fault)", *cluster, [] {}, /*expect_recovery=*/false);
   EXPECT_EQ(row.completed, row.requests);
   EXPECT_TRUE(row.tokens_identical);
 }
@@ -223,8 +225,9 @@ TEST(FaultTest, KillMiddleStageDuringBeamSearch) {
   ASSERT_NE(cluster, nullptr);
   const size_t victim = WorkerOfStage(*cluster, 1);
   ASSERT_NE(victim, SIZE_MAX);
-  RunWithFault("kill -9 middle stage during beam search", *cluster, [&] { cluster->worker(victim).Signal(SIGKILL); },
-               /*expect_recovery=*/true, &workload, &fault_free);
+  RunWithFault(
+      "kill -9 middle stage during beam search", *cluster, [&] { cluster->worker(victim).Signal(SIGKILL); },
+      /*expect_recovery=*/true, &workload, &fault_free);
   auto status = Status(*cluster);
   EXPECT_GE(status["faults"].get<int>(), 1);  // a loaded host may also see a step deadline pass
   EXPECT_GT(status["replays"].get<uint64_t>(), 0u);
@@ -256,8 +259,10 @@ TEST(FaultTest, KillFirstStageWhilePromptsGoInPieces) {
 TEST(FaultTest, KillVisionWorkerMidEncode) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
   ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts
-  auto cluster = Start(3, {{0, {"--inject-encode-delay-ms", "600"}}, {1, {"--inject-encode-delay-ms", "600"}},
-                           {2, {"--inject-encode-delay-ms", "600"}}},
+  auto cluster = Start(3,
+                       {{0, {"--inject-encode-delay-ms", "600"}},
+                        {1, {"--inject-encode-delay-ms", "600"}},
+                        {2, {"--inject-encode-delay-ms", "600"}}},
                        [](LocalClusterOptions& o) { o.coordinator.vision_stage = "separate"; });
   ASSERT_NE(cluster, nullptr);
   size_t victim = SIZE_MAX;
@@ -282,6 +287,46 @@ TEST(FaultTest, KillVisionWorkerMidEncode) {
   for (const auto& w : status["workers"]) {
     if (w["id"] == "local-" + std::to_string(victim)) EXPECT_EQ(w["state"], "lost");
   }
+}
+
+// Three vision workers (greedy-memory puts the language model on one stage and leaves three
+// devices to the vision block), encodes slowed to 2 s; one is killed while it encodes: the two
+// left encode its images, with no re-plan and no replay.
+TEST(FaultTest, KillOneOfThreeVisionWorkersMidEncode) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
+  ASSERT_EQ(Reference().size(), Workload().size());  // fault-free tokens, before this cluster starts
+  std::map<int, std::vector<std::string>> slow;
+  for (int i = 0; i < 4; ++i) slow[i] = {"--inject-encode-delay-ms", "2000"};
+  auto cluster = Start(4, slow, [](LocalClusterOptions& o) {
+    o.coordinator.vision_stage = "separate";
+    o.coordinator.strategy = "greedy-memory";
+  });
+  ASSERT_NE(cluster, nullptr);
+  const auto started = Status(*cluster);
+  int vision_workers = 0;
+  for (const auto& w : started["workers"]) vision_workers += w["role"] == "vision";
+  ASSERT_EQ(vision_workers, 3) << started.dump();
+  size_t victim = SIZE_MAX;
+  RunWithFault("kill -9 one of 3 vision workers mid-encode", *cluster, [&] {
+    for (int i = 0; i < 300 && victim == SIZE_MAX; ++i) {
+      const auto now = Status(*cluster);  // kept alive while iterating it
+      for (const auto& w : now["workers"]) {
+        if (w["role"] == "vision" && w["images_queued"].get<uint32_t>() > 0) {
+          victim = std::stoul(w["id"].get<std::string>().substr(6));  // "local-K"
+        }
+      }
+      if (victim == SIZE_MAX) std::this_thread::sleep_for(10ms);
+    }
+    if (victim != SIZE_MAX) cluster->worker(victim).Signal(SIGKILL);
+  });
+  ASSERT_NE(victim, SIZE_MAX) << "no vision worker was seen encoding";
+  auto status = Status(*cluster);
+  EXPECT_EQ(status["faults"].get<int>(), 1);
+  EXPECT_EQ(status["epoch"], started["epoch"]) << "a lost vision worker among others does not re-plan";
+  EXPECT_EQ(status["replays"].get<uint64_t>(), 0u);
+  int left = 0;
+  for (const auto& w : status["workers"]) left += w["role"] == "vision" && w["state"] != "lost";
+  EXPECT_EQ(left, 2);
 }
 
 TEST(FaultTest, FrozenStageIsReplacedAndItsStaleWorkIsIgnored) {
@@ -348,7 +393,8 @@ TEST(FaultTest, LostControlMessagesCostTimeNotRequests) {
     ::setenv("XCPIPE_DROP_CONTROL", c.rule.c_str(), 1);  // read by every socket made from here on
     auto cluster = Start(2);
     ASSERT_NE(cluster, nullptr);
-    Row row = RunWithFault("lost " + c.what, *cluster, [] {}, /*expect_recovery=*/c.stalls_a_step);
+    Row row = RunWithFault(
+        "lost " + c.what, *cluster, [] {}, /*expect_recovery=*/c.stalls_a_step);
     ::unsetenv("XCPIPE_DROP_CONTROL");
     EXPECT_EQ(row.completed, row.requests);
     EXPECT_TRUE(row.tokens_identical);
@@ -371,10 +417,11 @@ TEST(FaultTest, TenTimesOverloadIsRefusedAsBusyAndNothingIsLost) {
   const auto workload = Workload();
   std::vector<std::future<StatusOr<GenerateResult>>> futures;
   for (int i = 0; i < kRequests; ++i) {
-    futures.push_back(std::async(std::launch::async, [&cluster, r = workload[i % workload.size()]]() -> StatusOr<GenerateResult> {
-      XCPIPE_ASSIGN_OR_RETURN(auto client, Client::Connect(cluster->address(), 10s));
-      return client->Generate(r, 300s);
-    }));
+    futures.push_back(
+        std::async(std::launch::async, [&cluster, r = workload[i % workload.size()]]() -> StatusOr<GenerateResult> {
+          XCPIPE_ASSIGN_OR_RETURN(auto client, Client::Connect(cluster->address(), 10s));
+          return client->Generate(r, 300s);
+        }));
   }
   int64_t deepest_queue = 0;
   for (int i = 0; i < 20; ++i) {
@@ -419,16 +466,19 @@ TEST(FaultTest, ClientKilledMidStreamIsCancelledAndOthersFinish) {
   ASSERT_EQ(Reference().size(), Workload().size());
   auto cluster = Start(2);
   ASSERT_NE(cluster, nullptr);
-  auto submit = Subprocess::Start({(testing::BinDir() / "xcpipe").string(), "submit", "--coordinator",
-                                   cluster->address(), "--prompt", "Tell me a very long story.", "--max-new-tokens",
-                                   "1000"},
-                                  {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
+  auto submit =
+      Subprocess::Start({(testing::BinDir() / "xcpipe").string(), "submit", "--coordinator", cluster->address(),
+                         "--prompt", "Tell me a very long story.", "--max-new-tokens", "1000"},
+                        {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
   ASSERT_TRUE(submit.ok()) << submit.status().ToString();
   Clock::time_point killed;
-  Row row = RunWithFault("client killed mid-stream", *cluster, [&] {
-    (*submit)->Signal(SIGKILL);
-    killed = Clock::now();
-  }, /*expect_recovery=*/false);
+  Row row = RunWithFault(
+      "client killed mid-stream", *cluster,
+      [&] {
+        (*submit)->Signal(SIGKILL);
+        killed = Clock::now();
+      },
+      /*expect_recovery=*/false);
   // The killed client's request: cancelled, nothing left in flight or reserved.
   double cancelled_ms = -1;
   for (int i = 0; i < 100 && cancelled_ms < 0; ++i) {
@@ -456,10 +506,19 @@ TEST(FaultTest, CoordinatorKilledAndRestartedWorkersKeepTheirWeights) {
   if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found";
   ASSERT_EQ(Reference().size(), Workload().size());
   const std::string address = "tcp://127.0.0.1:" + std::to_string(21000 + getpid() % 20000);
-  const std::vector<std::string> coordinator_argv = {
-      (testing::BinDir() / "xcpipe-coordinator").string(), "--model", ModelDir().string(), "--listen", address,
-      "--expect-workers", "2", "--spec-overrides", FixtureSpecOverrides(ModelDir()), "--log-level", "warn"};
-  auto coordinator = Subprocess::Start(coordinator_argv, {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
+  const std::vector<std::string> coordinator_argv = {(testing::BinDir() / "xcpipe-coordinator").string(),
+                                                     "--model",
+                                                     ModelDir().string(),
+                                                     "--listen",
+                                                     address,
+                                                     "--expect-workers",
+                                                     "2",
+                                                     "--spec-overrides",
+                                                     FixtureSpecOverrides(ModelDir()),
+                                                     "--log-level",
+                                                     "warn"};
+  auto coordinator =
+      Subprocess::Start(coordinator_argv, {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
   ASSERT_TRUE(coordinator.ok()) << coordinator.status().ToString();
   std::vector<std::unique_ptr<Subprocess>> workers;
   for (int i = 0; i < 2; ++i) {
@@ -506,7 +565,8 @@ TEST(FaultTest, CoordinatorKilledAndRestartedWorkersKeepTheirWeights) {
   (*coordinator)->Signal(SIGKILL);
   const auto killed = Clock::now();
   (void)(*coordinator)->Wait(5s);
-  auto restarted = Subprocess::Start(coordinator_argv, {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
+  auto restarted =
+      Subprocess::Start(coordinator_argv, {.capture_stdout = true, .silence_stderr = true, .extra_env = {}});
   ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
   // Detection: the workers' silence timeout, then hello again; recovery: serving again.
   double detect_ms = -1;

@@ -700,11 +700,19 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   if (state == State::kReady) state = State::kServing;
   if (opt.step_delay.count() > 0) clock.SleepFor(opt.step_delay);
   const auto started = clock.now();
-  if (opt.encode_delay.count() > 0) clock.SleepFor(opt.encode_delay);  // counted as encode time
   StatusOr<at::Tensor> embeds = [&] {
     watchdog_epoch.store(epoch);
     watchdog_steps.store(executor.steps_completed());
     ComputeScope encoding(*this, image_id, img.getHeight());  // watched like a step
+    // Fault injection: a slower vision tower, heartbeating as the real one does between layers.
+    for (auto left = opt.encode_delay; left.count() > 0; left -= std::chrono::milliseconds(100)) {
+      clock.SleepFor(std::min(left, std::chrono::milliseconds(100)));
+      if (watchdog) watchdog->Progress();
+      if (welcomed && clock.now() >= next_heartbeat) {
+        SendHeartbeat();
+        next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
+      }
+    }
     return executor.EncodeImageTimed({pixels, img.getGridH(), img.getGridW()});
   }();
   if (!embeds.ok())

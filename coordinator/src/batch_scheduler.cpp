@@ -309,15 +309,7 @@ void Coordinator::Impl::Schedule() {
       for (size_t i = 0; i < image_ids.size(); ++i) refs.set(static_cast<unsigned>(i), image_ids[i]);
     }
     auto imgs = f.initImages(images.size());
-    for (size_t i = 0; i < images.size(); ++i) {
-      imgs[i].setChannels(static_cast<uint32_t>(images[i]->channels));
-      imgs[i].setHeight(static_cast<uint32_t>(images[i]->height));
-      imgs[i].setWidth(static_cast<uint32_t>(images[i]->width));
-      imgs[i].setGridH(static_cast<uint32_t>(images[i]->grid_h));
-      imgs[i].setGridW(static_cast<uint32_t>(images[i]->grid_w));
-      imgs[i].setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(images[i]->pixels.data()),
-                                     images[i]->pixels.size() * sizeof(float)));
-    }
+    for (size_t i = 0; i < images.size(); ++i) ImageToWire(*images[i], imgs[i]);
     in_flight[mb] = member_rows;
     const auto sent = Now();
     step_deadlines[mb] = {sent, sent + kStepDeadline};

@@ -32,6 +32,8 @@
 
 #include <optional>
 
+#include <kj/common.h>
+
 #include "beam_group.h"
 #include "xcpipe/coordinator/edge.h"
 
@@ -83,6 +85,17 @@ struct Sequence {
 
 // Where each image of a prompt starts: its rows are the next run of -1 ids, in image order.
 std::vector<int64_t> ImageFirstRows(const PreparedPrompt& p);
+// One preprocessed image as it travels to stage 0 (forward) or to a vision worker (encodeImage).
+template <typename ImageTensorBuilder>
+void ImageToWire(const PreparedImage& image, ImageTensorBuilder out) {
+  out.setChannels(static_cast<uint32_t>(image.channels));
+  out.setHeight(static_cast<uint32_t>(image.height));
+  out.setWidth(static_cast<uint32_t>(image.width));
+  out.setGridH(static_cast<uint32_t>(image.grid_h));
+  out.setGridW(static_cast<uint32_t>(image.grid_w));
+  out.setPixels(
+      kj::arrayPtr(reinterpret_cast<const kj::byte*>(image.pixels.data()), image.pixels.size() * sizeof(float)));
+}
 
 // The shared prompt prefix: every chat prompt starts with the template's system text
 // (RequestPreparer::shared_head). Its KV is computed once per plan by a holder sequence of its

@@ -113,13 +113,7 @@ void Coordinator::Impl::PumpVision() {
     e.setEpoch(epoch);
     e.setImageId(image_id);
     e.setSequenceId(job.sequence);
-    auto t = e.initImage();
-    t.setChannels(static_cast<uint32_t>(img.channels));
-    t.setHeight(static_cast<uint32_t>(img.height));
-    t.setWidth(static_cast<uint32_t>(img.width));
-    t.setGridH(static_cast<uint32_t>(img.grid_h));
-    t.setGridW(static_cast<uint32_t>(img.grid_w));
-    t.setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(img.pixels.data()), img.pixels.size() * sizeof(float)));
+    ImageToWire(img, e.initImage());
     job.state = ImageJob::State::kEncoding;
     job.worker = best->peer;
     job.sent = now;

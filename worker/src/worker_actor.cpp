@@ -71,6 +71,20 @@ checkpoint::DType FirstFloatingDType(const std::vector<checkpoint::TensorInfo>& 
   return checkpoint::DType::kF32;
 }
 
+// One preprocessed image from the wire (ImageTensor), its size checked against its shape.
+StatusOr<model::ImageInput> ImageFromWire(proto::ImageTensor::Reader img) {
+  const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
+  auto px = img.getPixels();
+  if (px.size() != n * sizeof(float) || n == 0) {
+    return InvalidArgumentError("image of " + std::to_string(px.size()) + " bytes does not match its " +
+                                std::to_string(img.getChannels()) + "x" + std::to_string(img.getHeight()) + "x" +
+                                std::to_string(img.getWidth()) + " float32 shape");
+  }
+  at::Tensor pixels = at::empty({img.getChannels(), img.getHeight(), img.getWidth()}, at::kFloat);
+  std::memcpy(pixels.data_ptr(), px.begin(), px.size());
+  return model::ImageInput{pixels, img.getGridH(), img.getGridW()};
+}
+
 }  // namespace
 
 struct WorkerActor::Impl {
@@ -607,17 +621,9 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
   if (f.getImages().size() > 0) encoding.emplace(*this, step.micro_batch, rows);
   std::vector<at::Tensor> encoded;
   for (auto img : f.getImages()) {
-    const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
-    auto px = img.getPixels();
-    if (px.size() != n * sizeof(float) || n == 0) {
-      return SendError(InvalidArgumentError("image of " + std::to_string(px.size()) + " bytes does not match its " +
-                                            std::to_string(img.getChannels()) + "x" + std::to_string(img.getHeight()) +
-                                            "x" + std::to_string(img.getWidth()) + " float32 shape"),
-                       step.micro_batch);
-    }
-    at::Tensor pixels = at::empty({img.getChannels(), img.getHeight(), img.getWidth()}, at::kFloat);
-    std::memcpy(pixels.data_ptr(), px.begin(), px.size());
-    auto embeds = executor.EncodeImage({pixels, img.getGridH(), img.getGridW()});
+    auto input = ImageFromWire(img);
+    if (!input.ok()) return SendError(input.status(), step.micro_batch);
+    auto embeds = executor.EncodeImage(*input);
     if (!embeds.ok()) return SendError(embeds.status().WithContext("encoding an image"), step.micro_batch);
     encoded.push_back(*embeds);
   }
@@ -686,17 +692,8 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
         image_id);
   }
   auto img = e.getImage();
-  const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
-  auto px = img.getPixels();
-  if (px.size() != n * sizeof(float) || n == 0) {
-    return SendImageError(
-        InvalidArgumentError("image of " + std::to_string(px.size()) + " bytes does not match its " +
-                             std::to_string(img.getChannels()) + "x" + std::to_string(img.getHeight()) + "x" +
-                             std::to_string(img.getWidth()) + " float32 shape"),
-        image_id);
-  }
-  at::Tensor pixels = at::empty({img.getChannels(), img.getHeight(), img.getWidth()}, at::kFloat);
-  std::memcpy(pixels.data_ptr(), px.begin(), px.size());
+  auto input = ImageFromWire(img);
+  if (!input.ok()) return SendImageError(input.status(), image_id);
   if (state == State::kReady) state = State::kServing;
   if (opt.step_delay.count() > 0) clock.SleepFor(opt.step_delay);
   const auto started = clock.now();
@@ -713,7 +710,7 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
         next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
       }
     }
-    return executor.EncodeImageTimed({pixels, img.getGridH(), img.getGridW()});
+    return executor.EncodeImageTimed(*input);
   }();
   if (!embeds.ok())
     return SendImageError(embeds.status().WithContext("encoding image " + std::to_string(image_id)), image_id);

@@ -23,6 +23,10 @@ check 2 "xcpipe with an unknown subcommand" "$bin/xcpipe" frobnicate
 check 2 "xcpipe-worker without --coordinator" "$bin/xcpipe-worker"
 check 2 "xcpipe serve-local with a negative --prefill-chunk" "$bin/xcpipe" serve-local --model /nonexistent --prefill-chunk -5
 echo "$LAST_OUT" | grep -q -- "--prefill-chunk" || { echo "FAIL: the error does not name --prefill-chunk"; fail=1; }
+check 2 "xcpipe serve-local with an unknown --vision-stage" "$bin/xcpipe" serve-local --model /nonexistent --vision-stage middle
+echo "$LAST_OUT" | grep -q -- "--vision-stage" || { echo "FAIL: the error does not name --vision-stage"; fail=1; }
+check 2 "xcpipe-coordinator with an unknown --vision-stage" "$bin/xcpipe-coordinator" --model /nonexistent --listen tcp://127.0.0.1:1 --vision-stage middle
+check 2 "xcpipe check-fixtures with an unknown --vision-stage" "$bin/xcpipe" check-fixtures /nonexistent --workers 2 --vision-stage middle
 # Beam settings out of range are refused before anything connects.
 check 4 "xcpipe submit with --num-beams out of range" "$bin/xcpipe" submit --coordinator tcp://127.0.0.1:1 --prompt hi --num-beams 65
 echo "$LAST_OUT" | grep -q -- "--num-beams 65 is out of range; expected 1..64" || { echo "FAIL: the error does not name --num-beams"; fail=1; }

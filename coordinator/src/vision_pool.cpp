@@ -92,13 +92,16 @@ void Coordinator::Impl::PumpVision() {
                                                std::to_string(kEncodeAttempts) + " times without an answer"));
   }
   // Waiting images go to the least busy ready vision worker, oldest first, while stage 0 has
-  // room for what is encoded ahead of its steps.
-  int ahead = 0;
+  // room for what is encoded ahead of its steps: kImagesAhead, or one whole prompt's images when
+  // a prompt has more (a prompt prefilled whole needs all of them at stage 0 at once).
+  size_t room = kImagesAhead;
+  for (const auto& [id, seq] : sequences) room = std::max(room, seq.prompt.images.size());
+  size_t ahead = 0;
   for (const auto& [image_id, job] : image_jobs)
     ahead += job.state == ImageJob::State::kReady || job.state == ImageJob::State::kEncoding;
   for (auto& [image_id, job] : image_jobs) {
     if (job.state != ImageJob::State::kWaiting) continue;
-    if (ahead >= kImagesAhead) break;
+    if (ahead >= room) break;
     VisionWorker* best = nullptr;
     for (auto& v : vision) {
       if (!v.ready || v.encoding >= kEncodesPerWorker) continue;

@@ -27,8 +27,8 @@
 //   * Losing a vision worker loses no request: its images are encoded by the others; losing the
 //     last one re-plans (vision on stage 0 when no separate plan fits the workers left).
 //   * At most kEncodesPerWorker encodes wait on one vision worker and at most kImagesAhead
-//     encoded images wait at stage 0, so neither a vision worker's queue nor stage 0's memory
-//     grows with the backlog.
+//     encoded images wait at stage 0 (or one prompt's images, when a prompt has more), so neither
+//     a vision worker's queue nor stage 0's memory grows with the backlog.
 #pragma once
 
 #include <chrono>
@@ -44,8 +44,9 @@ using Clock = std::chrono::steady_clock;
 
 // Encodes sent to one vision worker and not answered yet, at most.
 constexpr int kEncodesPerWorker = 2;
-// Encoded images waiting at stage 0 for their step, at most (bounds the inbox's memory).
-constexpr int kImagesAhead = 32;
+// Encoded images waiting at stage 0 for their step, at most (bounds the inbox's memory); more
+// when one prompt holds more images.
+constexpr size_t kImagesAhead = 32;
 // An encode not answered this long is sent again (to any vision worker); after kEncodeAttempts
 // attempts the request fails with the reason.
 constexpr std::chrono::milliseconds kEncodeResend{20000};

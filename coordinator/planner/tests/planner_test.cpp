@@ -635,26 +635,11 @@ TEST(Planner, InfeasiblePlansSayByHowMuchWhereAndWhatWouldFit) {
 
 TEST(Planner, SuggestsVisionOnItsOwnDeviceWhenThatFits) {
   // HD vision at 25 tiles has a large activation peak: with the embeddings and a layer beside
-  // it, stage 0 overflows; alone it fits.
-  SyntheticModelOptions options;
-  options.hd = true;
-  options.image_size = 336;
-  options.vision_width = 512;
-  options.layers = 4;
-  options.vocab = 262144;  // a large embedding table
-  const PlanningModel model = MakeSyntheticModel(options);
-  auto cost = EstimateModelCost(model.spec, model.tensors, model.assignment, ServingLimits{});
-  ASSERT_TRUE(cost.ok());
-  const double vision_gib =
-      static_cast<double>(cost->blocks[0].weight_bytes + cost->blocks[0].activation_bytes + cost->stage_buffer_bytes) /
-          kBytesPerGib +
-      0.25;
-  const double embed_gib = static_cast<double>(cost->blocks[1].weight_bytes) / kBytesPerGib;
-  // Devices that hold vision alone (or the embeddings with a layer) but not both.
-  const double size = (vision_gib + 0.6 * embed_gib) / 0.9;
-  ClusterSpec cluster = MakeCluster({{{size, 10, 100}, {size, 10, 100}, {size, 10, 100}}});
+  // it, stage 0 overflows; alone it fits (devices that hold vision alone, or the embeddings with
+  // a layer, but not both).
+  const auto [model, cluster] = MakeVisionTooBigForStageZero();
   const Plan plan = MustPlan(model, cluster);
-  ASSERT_FALSE(plan.feasible) << "vision " << vision_gib << " GiB, embed " << embed_gib << " GiB";
+  ASSERT_FALSE(plan.feasible) << plan.infeasible_reason;
   bool suggested = false;
   for (const auto& s : plan.suggestions) suggested |= s.find("--vision-stage separate") != std::string::npos;
   EXPECT_TRUE(suggested) << ::testing::PrintToString(plan.suggestions);

@@ -159,14 +159,18 @@ inline at::Tensor RotateHalf(const at::Tensor& x) {
 
 // Multi-head attention of one sequence. q: [heads, tq, d]; k, v: [heads, tk, d].
 // `causal_offset` >= 0 applies a causal mask where query i sees keys j <= i + offset.
+// `rows_period` > 0: the query rows are `tq / rows_period` groups of the same positions (the
+// query heads that share a KV head, stacked), so query i sits at position i % rows_period.
 // Scores in the input dtype scaled by `scale`, softmax in fp32 (as the official code).
 inline at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-                            int64_t causal_offset) {
+                            int64_t causal_offset, int64_t rows_period = 0) {
   at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;
   const int64_t tq = q.size(-2), tk = k.size(-2);
   if (causal_offset >= 0 && tq > 1) {
     const auto on = at::TensorOptions().dtype(at::kLong).device(q.device());
-    at::Tensor rows = at::arange(tq, on).unsqueeze(1) + causal_offset;
+    at::Tensor positions = at::arange(tq, on);
+    if (rows_period > 0) positions = positions.remainder(rows_period);
+    at::Tensor rows = positions.unsqueeze(1) + causal_offset;
     at::Tensor cols = at::arange(tk, on).unsqueeze(0);
     scores = scores.masked_fill(cols > rows, -std::numeric_limits<float>::infinity());
   }

@@ -545,8 +545,16 @@ at::Tensor StageModel::Impl::LayerForward(size_t slot, const DecoderLayer& L, co
       continue;
     }
     if (nh != nkv) {
-      keys = keys.repeat_interleave(nh / nkv, 0);
-      values = values.repeat_interleave(nh / nkv, 0);
+      // Several rows: the g query heads of a KV head are stacked ([nkv, g * t, d]) and attend
+      // to the cache in place, as one decode row does. Copying the cache g times instead
+      // (repeat_interleave) costs a pass over the whole context per layer: a prompt piece's
+      // step would grow with the context already prefilled.
+      const int64_t g = nh / nkv, t = s.rows;
+      at::Tensor qg = q.narrow(0, offset, t).view({t, nkv, g, d}).permute({1, 2, 0, 3}).reshape({nkv, g * t, d});
+      at::Tensor o = ops::Attention(qg, keys, values, scale, s.start_pos, t);  // [nkv, g * t, d]
+      attn_out.narrow(0, offset, t).copy_(o.view({nkv, g, t, d}).permute({2, 0, 1, 3}).reshape({t, nh * d}));
+      offset += t;
+      continue;
     }
     at::Tensor qs = q.narrow(0, offset, s.rows).transpose(0, 1);  // [nh, t, d]
     at::Tensor o = ops::Attention(qs, keys, values, scale, s.start_pos);  // [nh, t, d]

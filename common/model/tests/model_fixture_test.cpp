@@ -6,6 +6,7 @@
 #include <fstream>
 #include <limits>
 
+#include "ops.h"
 #include "xcpipe/model/fixture_check.h"
 #include "xcpipe/model/stage_model.h"
 #include "xcpipe/testing/paths.h"
@@ -35,6 +36,36 @@ TEST_P(ModelFixtureTest, Fp32MatchesOfficialOutputs) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Versions, ModelFixtureTest, ::testing::Values("ixc2_vl", "ixc2_4khd", "ixc2d5", "ixc1"));
+
+// Rows of a prompt piece attend with the query heads of each KV head stacked ([nkv, g * t, d])
+// against the cache in place: the same result as copying the cache to every query head, for a
+// piece after a prefilled context (causal offset) and for a first piece (offset 0).
+TEST(AttentionTest, StackedQueryHeadsGiveTheResultOfTheCopiedCache) {
+  at::manual_seed(7);
+  const int64_t nh = 8, nkv = 4, g = nh / nkv, d = 16;
+  for (const int64_t start : {int64_t{0}, int64_t{11}}) {
+    const int64_t t = 5, total = start + t;
+    at::Tensor q = at::randn({t, nh, d});
+    at::Tensor keys = at::randn({nkv, total, d}), values = at::randn({nkv, total, d});
+    const double scale = 0.25;
+    at::Tensor copied = ops::Attention(q.transpose(0, 1), keys.repeat_interleave(g, 0),
+                                       values.repeat_interleave(g, 0), scale, start)
+                            .transpose(0, 1)
+                            .reshape({t, nh * d});
+    at::Tensor qg = q.view({t, nkv, g, d}).permute({1, 2, 0, 3}).reshape({nkv, g * t, d});
+    at::Tensor stacked = ops::Attention(qg, keys, values, scale, start, t)
+                             .view({nkv, g, t, d})
+                             .permute({2, 0, 1, 3})
+                             .reshape({t, nh * d});
+    EXPECT_TRUE(at::allclose(stacked, copied, 1e-5, 1e-6)) << "start " << start;
+    // Without the period the stacked rows would be masked as later positions: a different result.
+    at::Tensor unperiodic = ops::Attention(qg, keys, values, scale, start)
+                                .view({nkv, g, t, d})
+                                .permute({2, 0, 1, 3})
+                                .reshape({t, nh * d});
+    EXPECT_FALSE(at::allclose(unperiodic, copied, 1e-5, 1e-6)) << "start " << start;
+  }
+}
 
 // Runs the text prompt of a case through a list of stages, passing hidden states on.
 at::Tensor RunPipeline(std::vector<std::unique_ptr<StageModel>>& stages, const at::Tensor& ids) {

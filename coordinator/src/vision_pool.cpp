@@ -71,7 +71,10 @@ void Coordinator::Impl::PumpVision() {
     if (seq.prompt.images.empty() || !seq.image_ids.empty() || seq.state == SeqState::kDone) continue;
     for (size_t k = 0; k < seq.prompt.images.size(); ++k) {
       const uint64_t image_id = next_id++;
-      image_jobs[image_id] = ImageJob{.sequence = id, .index = k};
+      ImageJob job;
+      job.sequence = id;
+      job.index = k;
+      image_jobs[image_id] = job;
       seq.image_ids.push_back(image_id);
     }
   }

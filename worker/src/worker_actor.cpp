@@ -12,6 +12,7 @@
 #include <optional>
 #include <thread>
 
+#include "encode_thread.h"
 #include "stage_links.h"
 #include "step_executor.h"
 #include "xcpipe/base/exit_codes.h"
@@ -162,6 +163,12 @@ struct WorkerActor::Impl {
     ComputeScope& operator=(const ComputeScope&) = delete;
   };
   std::unique_ptr<ComputeWatchdog> watchdog;
+  // A vision worker encodes on a thread of its own at opt.encode_nice (made at its first image):
+  // the model's between-layers callback then runs there, counts its progress in
+  // `encode_layers`, and leaves the heartbeats to the actor thread, which owns the sockets.
+  std::unique_ptr<EncodeThread> encode_thread;
+  std::thread::id actor_thread;
+  std::atomic<uint64_t> encode_layers{0};
 
   model::StageModel* stage_model() const { return executor.model(); }
   bool is_last() const { return stage_index + 1 == stage_count; }
@@ -400,6 +407,10 @@ void WorkerActor::Impl::OnAssign(proto::AssignStage::Reader a) {
     };
     so.between_layers = [this] {
       if (watchdog) watchdog->Progress();
+      if (std::this_thread::get_id() != actor_thread) {  // an encode on the encode thread
+        encode_layers.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
       if (welcomed && clock.now() >= next_heartbeat) {
         SendHeartbeat();
         next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
@@ -697,6 +708,14 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   if (state == State::kReady) state = State::kServing;
   if (opt.step_delay.count() > 0) clock.SleepFor(opt.step_delay);
   const auto started = clock.now();
+  if (!encode_thread) {
+    encode_thread = std::make_unique<EncodeThread>(opt.encode_nice);
+    if (!encode_thread->nice_status().ok()) {
+      spdlog::warn("vision worker: encodes keep the stages' priority: {}", encode_thread->nice_status().ToString());
+    } else {
+      spdlog::info("vision worker: encodes run on a thread of their own at nice {}", encode_thread->nice());
+    }
+  }
   StatusOr<at::Tensor> embeds = [&] {
     watchdog_epoch.store(epoch);
     watchdog_steps.store(executor.steps_completed());
@@ -710,7 +729,20 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
         next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
       }
     }
-    return executor.EncodeImageTimed(*input);
+    StatusOr<at::Tensor> out = InternalError("the encode did not run");
+    // While the tower runs, the actor heartbeats only when a layer was done since its last
+    // heartbeat: a tower stuck in one layer goes as silent as a stuck step does.
+    uint64_t layers_seen = encode_layers.load(std::memory_order_relaxed);
+    encode_thread->Run([&] { out = executor.EncodeImageTimed(*input); },
+                       [&] {
+                         const uint64_t layers = encode_layers.load(std::memory_order_relaxed);
+                         if (welcomed && layers != layers_seen && clock.now() >= next_heartbeat) {
+                           layers_seen = layers;
+                           SendHeartbeat();
+                           next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
+                         }
+                       });
+    return out;
   }();
   if (!embeds.ok())
     return SendImageError(embeds.status().WithContext("encoding image " + std::to_string(image_id)), image_id);
@@ -931,6 +963,7 @@ void WorkerActor::RequestStop() { impl_->stop_requested.store(true); }
 
 int WorkerActor::Run() {
   Impl& s = *impl_;
+  s.actor_thread = std::this_thread::get_id();
   if (Status st = s.links->Listen({s.opt.data_host, s.opt.data_port}); !st.ok()) {
     spdlog::error("data plane: {}", st.ToString());
     return ExitCodeFor(st);

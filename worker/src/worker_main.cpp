@@ -75,6 +75,13 @@ int main(int argc, char** argv) {
                  "port of the image inbox on --data-host, where vision workers send image embeddings when this "
                  "worker holds the embed block (0: any free port, announced to the coordinator)")
       ->capture_default_str();
+  int encode_nice = 10;
+  app.add_option("--encode-nice", encode_nice,
+                 "nice value of the thread a vision worker encodes images on: above 0, an encode takes only the "
+                 "CPU the language stages on the same host leave idle, so an arriving image does not slow their "
+                 "steps (0: the stages' priority)")
+      ->check(CLI::Range(0, 19))
+      ->capture_default_str();
   uint64_t hang_at_step = 0;
   double slowdown_factor = 1.0;
 #ifdef XCPIPE_FAULT_INJECTION  // test builds only (CMake option XCPIPE_FAULT_INJECTION)
@@ -236,6 +243,7 @@ int main(int argc, char** argv) {
   options.image_port = image_port;
   options.step_delay = std::chrono::milliseconds(step_delay_ms);
   options.encode_delay = std::chrono::milliseconds(encode_delay_ms);
+  options.encode_nice = encode_nice;
   options.hang_at_step = hang_at_step;
   options.slowdown_factor = slowdown_factor;
   options.worker_id = worker_id.empty() ? choice->device + "@" + std::to_string(getpid()) : worker_id;

@@ -19,8 +19,9 @@
 // So a tiny model's hang is reported within about a second, a big prefill is never mistaken for
 // one, and a frozen process (SIGSTOP: both threads stop) goes silent as before.
 //
-// Thread-safety: BeginStep/Progress/EndStep are called by the actor thread only (lock-free
-// atomics); the socket lives and dies on the watchdog thread. Stops and joins in the destructor
+// Thread-safety: BeginStep/EndStep are called by the actor thread only, Progress by the thread
+// computing (the actor's, or a vision worker's encode thread while the actor waits for it);
+// all three are lock-free atomics. The socket lives and dies on the watchdog thread. Stops and joins in the destructor
 // (bounded by one poll interval). Not copyable or movable.
 #pragma once
 

@@ -84,6 +84,9 @@ struct WorkerOptions {
   model::KernelPath kernels = model::KernelPath::kCpuFast;
   int threads = 1;
   uint64_t memory_limit_bytes = 0;  // 0 = the device's total
+  // The nice value (0 to 19) of the thread a vision worker encodes images on. Above 0 an encode
+  // takes only the cores the language stages sharing the host leave idle; 0: the same priority.
+  int encode_nice = 10;
   // Called on the actor thread with the new state's name ("idle", "loading", "ready", "serving",
   // "draining") each time it changes; worker_main sends READY=1 to systemd on "ready".
   std::function<void(std::string_view state)> on_state_change;

@@ -32,6 +32,9 @@
 //       the same on N workers (N stages)
 //       pieces, vision on a worker of its own (`--vision-stage separate`), N workers (1 vision
 //         worker + N-1 stages: the same processes as the line above, one more than the N-1 line)
+//     and a control on the last cluster: the same decoding request with no image at all, whose
+//     largest gap over its median gap is the floor the machine's scheduling noise sets under the
+//     ratio. The JSON also gives the window's 50th and 99th percentile gaps over the step.
 //     Each cluster's placement is read back from its status (vision_stage, vision workers,
 //     stages) and printed. Rebalancing is off, so each plan is measured as made. The image is a
 //     synthetic 490x490 PNG (1225 rows on XComposer2-VL). "covered" counts the decoding
@@ -263,6 +266,32 @@ Stall RunStall(Cluster& c, const std::string& png, int tokens, int salt) {
   s.decode_step_ms = Median(ordinary);
   for (const auto& t : times) s.covered += image_first && t > *image_first;
   return s;
+}
+
+// (c)'s control: the same decoding request with no image at all, on the same cluster. Its largest
+// gap from the 8th token on is what this machine's scheduling noise alone gives a request of
+// that length (the floor under (c)'s largest gap), next to its median gap.
+struct Quiet {
+  double max_gap_ms = 0;
+  double median_gap_ms = 0;
+};
+
+Quiet RunQuiet(Cluster& c, int tokens, int salt) {
+  std::vector<SteadyTime::time_point> times;
+  Generate(*c.client, MakeRequest(salt, tokens), [&](uint32_t, const std::string&) { times.push_back(SteadyTime::now()); });
+  std::vector<double> gaps;
+  for (size_t i = 8; i < times.size(); ++i) gaps.push_back(bench::Ms(times[i] - times[i - 1]));
+  Quiet q;
+  for (double g : gaps) q.max_gap_ms = std::max(q.max_gap_ms, g);
+  q.median_gap_ms = Median(gaps);
+  return q;
+}
+
+// A percentile (0..1) of a list, by rank.
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
 // (b): `n` requests at once, each from its own connected client: tokens, wall seconds, and the
@@ -519,6 +548,7 @@ int main(int argc, char** argv) {
       std::string placed, reason;  // the status's vision_stage and vision_reason
       int64_t stages = 0, vision_workers = 0;
       std::vector<Stall> runs;
+      std::vector<Quiet> quiet;  // the separate configuration only: the same request, no image
     };
     const std::string pieces = "pieces of " + std::to_string(o.piece) + " rows";
     std::vector<StallConfig> stall;
@@ -550,6 +580,7 @@ int main(int argc, char** argv) {
         auto& c = stall[(k + static_cast<size_t>(r)) % stall.size()];
         c.runs.push_back(RunStall(c.cluster, png, o.tokens, 3000 + r));
       }
+      stall.back().quiet.push_back(RunQuiet(stall.back().cluster, o.tokens, 3000 + r));
     }
     std::printf(
         "\n(c) one request decoding while an image prompt arrives (after its 8th token), %d thread(s) per worker:\n"
@@ -562,10 +593,12 @@ int main(int argc, char** argv) {
                 "decode step ms", "ratio", "image ttft ms", "covered");
     nlohmann::json rows = nlohmann::json::array();
     for (auto& c : stall) {
-      std::vector<double> gap, step, ttft, ratio, covered;
+      std::vector<double> gap, step, ttft, ratio, covered, p50, p99;
       std::vector<std::vector<double>> gaps;
       for (const Stall& s : c.runs) {
         gaps.push_back(s.gaps_ms);
+        p50.push_back(Percentile(s.gaps_ms, 0.5) / s.decode_step_ms);
+        p99.push_back(Percentile(s.gaps_ms, 0.99) / s.decode_step_ms);
         gap.push_back(s.max_gap_ms);
         step.push_back(s.decode_step_ms);
         ttft.push_back(s.image_ttft_ms);
@@ -608,7 +641,31 @@ int main(int argc, char** argv) {
                       {"images_encoded_apart", st->value("images_encoded_total", uint64_t{0})},
                       {"vision_worker_encodes", encode},
                       {"gaps_after_image_sent_ms", gaps},
+                      {"median_p50_gap_over_step", Median(p50)},
+                      {"median_p99_gap_over_step", Median(p99)},
                       {"rebalances", st->value("rebalances", uint64_t{0})}});
+    }
+    {
+      std::vector<double> largest, median, ratio;
+      for (const Quiet& q : stall.back().quiet) {
+        largest.push_back(q.max_gap_ms);
+        median.push_back(q.median_gap_ms);
+        ratio.push_back(q.max_gap_ms / q.median_gap_ms);
+      }
+      const std::string placed = std::to_string(stall.back().vision_workers) + " apart + " +
+                                 std::to_string(stall.back().stages) + " stages";
+      std::printf("%20s %8d %18s %16.1f %15.2f %7.1fx %14s %8s\n", "no image (control)", stall.back().workers,
+                  placed.c_str(), Median(largest), Median(median), Median(ratio), "-", "-");
+      std::printf("    control: the same decoding request with no image, on the vision-apart cluster: its largest\n"
+                  "    gap over its median gap is the floor this machine's noise puts under the ratio.\n");
+      rows.push_back({{"configuration", "no_image_control"},
+                      {"workers", stall.back().workers},
+                      {"cluster", stall.back().key},
+                      {"largest_gap_ms", largest},
+                      {"median_gap_ms", median},
+                      {"gap_over_step", ratio},
+                      {"median_largest_gap_ms", Median(largest)},
+                      {"median_gap_over_median_step", Median(ratio)}});
     }
     auto figures = [&](size_t k, double Stall::*field) {
       std::vector<double> v;

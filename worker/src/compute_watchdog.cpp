@@ -27,8 +27,9 @@ ComputeWatchdog::~ComputeWatchdog() {
   if (thread_.joinable()) thread_.join();
 }
 
-void ComputeWatchdog::BeginStep(int64_t rows, uint64_t micro_batch) {
+void ComputeWatchdog::BeginStep(int64_t rows, uint64_t micro_batch, Work work) {
   const int64_t now = NowMicros();
+  work_.store(static_cast<int>(work));
   step_rows_.store(std::max<int64_t>(1, rows));
   micro_batch_.store(micro_batch);
   last_progress_us_.store(now);
@@ -39,8 +40,9 @@ void ComputeWatchdog::Progress() {
   const int64_t now = NowMicros();
   const int64_t interval = now - last_progress_us_.exchange(now);
   const double per_row = static_cast<double>(interval) / static_cast<double>(step_rows_.load());
-  double seen = slowest_us_per_row_.load();
-  while (per_row > seen && !slowest_us_per_row_.compare_exchange_weak(seen, per_row)) {
+  std::atomic<double>& slowest = slowest_us_per_row_[work_.load()];
+  double seen = slowest.load();
+  while (per_row > seen && !slowest.compare_exchange_weak(seen, per_row)) {
   }
 }
 
@@ -50,7 +52,7 @@ void ComputeWatchdog::EndStep() {
 }
 
 std::chrono::microseconds ComputeWatchdog::CurrentWindow() const {
-  const double per_row = slowest_us_per_row_.load();
+  const double per_row = slowest_us_per_row_[work_.load()].load();
   if (per_row <= 0) return ComputeWatchdogTimings::kFirstStepWindow;
   const auto expected = std::chrono::microseconds(
       static_cast<int64_t>(ComputeWatchdogTimings::kWindowFactor * per_row * static_cast<double>(step_rows_.load())));

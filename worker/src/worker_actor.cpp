@@ -73,6 +73,12 @@ checkpoint::DType FirstFloatingDType(const std::vector<checkpoint::TensorInfo>& 
 }
 
 // One preprocessed image from the wire (ImageTensor), its size checked against its shape.
+// The tiles an image's encode runs the tower over: the HD grid and its global view (1 and 1
+// for fixed-size models): the unit a compute watchdog times an encode by.
+int64_t EncodeTiles(proto::ImageTensor::Reader img) {
+  return int64_t{std::max<uint32_t>(1, img.getGridH())} * std::max<uint32_t>(1, img.getGridW()) + 1;
+}
+
 StatusOr<model::ImageInput> ImageFromWire(proto::ImageTensor::Reader img) {
   const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
   auto px = img.getPixels();
@@ -151,9 +157,11 @@ struct WorkerActor::Impl {
   // watchdog watches it for progress.
   struct ComputeScope {
     Impl& impl;
-    ComputeScope(Impl& i, uint64_t micro_batch, int64_t rows) : impl(i) {
+    ComputeScope(Impl& i, uint64_t micro_batch, int64_t rows,
+                 ComputeWatchdog::Work work = ComputeWatchdog::Work::kLayers)
+        : impl(i) {
       impl.computing_micro_batch = micro_batch;
-      if (impl.watchdog) impl.watchdog->BeginStep(rows, micro_batch);
+      if (impl.watchdog) impl.watchdog->BeginStep(rows, micro_batch, work);
     }
     ~ComputeScope() {
       if (impl.watchdog) impl.watchdog->EndStep();
@@ -629,7 +637,11 @@ void WorkerActor::Impl::OnForward(proto::Forward::Reader f) {
     return RunStep(step);
   }
   std::optional<ComputeScope> encoding;  // the vision tower can take a while: watched like a step
-  if (f.getImages().size() > 0) encoding.emplace(*this, step.micro_batch, rows);
+  if (f.getImages().size() > 0) {
+    int64_t tiles = 0;
+    for (auto img : f.getImages()) tiles += EncodeTiles(img);
+    encoding.emplace(*this, step.micro_batch, tiles, ComputeWatchdog::Work::kEncode);
+  }
   std::vector<at::Tensor> encoded;
   for (auto img : f.getImages()) {
     auto input = ImageFromWire(img);
@@ -719,7 +731,7 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
   StatusOr<at::Tensor> embeds = [&] {
     watchdog_epoch.store(epoch);
     watchdog_steps.store(executor.steps_completed());
-    ComputeScope encoding(*this, image_id, img.getHeight());  // watched like a step
+    ComputeScope encoding(*this, image_id, EncodeTiles(img), ComputeWatchdog::Work::kEncode);  // watched like a step
     // Fault injection: a slower vision tower, heartbeating as the real one does between layers.
     for (auto left = opt.encode_delay; left.count() > 0; left -= std::chrono::milliseconds(100)) {
       clock.SleepFor(std::min(left, std::chrono::milliseconds(100)));

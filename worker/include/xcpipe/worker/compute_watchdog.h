@@ -16,6 +16,10 @@
 //
 // The window adapts to the work: max(kMinWindow, kWindowFactor x the slowest time per row seen
 // for one layer x this step's rows); before any step has been measured it is kFirstStepWindow.
+// Image encodes (the vision tower's layers) are work of another kind: their unit is an image's
+// tile, not a step's row, and they keep an estimate of their own. A tower layer says nothing of
+// how long a decoder layer of a long prompt takes, so the first step after an encode still
+// gets kFirstStepWindow.
 // So a tiny model's hang is reported within about a second, a big prefill is never mistaken for
 // one, and a frozen process (SIGSTOP: both threads stop) goes silent as before.
 //
@@ -62,8 +66,12 @@ class ComputeWatchdog {
   ComputeWatchdog(const ComputeWatchdog&) = delete;
   ComputeWatchdog& operator=(const ComputeWatchdog&) = delete;
 
-  // Actor thread: a step of `rows` rows starts / crossed a layer boundary / ended.
-  void BeginStep(int64_t rows, uint64_t micro_batch);
+  // What a step computes: decoder layers over rows, or the vision tower over image tiles.
+  enum class Work { kLayers, kEncode };
+
+  // Actor thread: a step of `rows` rows (an encode: `rows` tiles) starts / crossed a layer
+  // boundary / ended.
+  void BeginStep(int64_t rows, uint64_t micro_batch, Work work = Work::kLayers);
   void Progress();
   void EndStep();
 
@@ -84,7 +92,8 @@ class ComputeWatchdog {
   std::atomic<int64_t> last_progress_us_{0};
   std::atomic<int64_t> step_rows_{1};
   std::atomic<uint64_t> micro_batch_{0};
-  std::atomic<double> slowest_us_per_row_{0};  // per layer interval; 0 until measured
+  std::atomic<int> work_{0};                   // Work of the current step
+  std::atomic<double> slowest_us_per_row_[2]{0, 0};  // per layer interval, by Work; 0 until measured
   std::thread thread_;
 };
 

@@ -278,7 +278,8 @@ struct Quiet {
 
 Quiet RunQuiet(Cluster& c, int tokens, int salt) {
   std::vector<SteadyTime::time_point> times;
-  Generate(*c.client, MakeRequest(salt, tokens), [&](uint32_t, const std::string&) { times.push_back(SteadyTime::now()); });
+  Generate(*c.client, MakeRequest(salt, tokens),
+           [&](uint32_t, const std::string&) { times.push_back(SteadyTime::now()); });
   std::vector<double> gaps;
   for (size_t i = 8; i < times.size(); ++i) gaps.push_back(bench::Ms(times[i] - times[i - 1]));
   Quiet q;
@@ -652,12 +653,13 @@ int main(int argc, char** argv) {
         median.push_back(q.median_gap_ms);
         ratio.push_back(q.max_gap_ms / q.median_gap_ms);
       }
-      const std::string placed = std::to_string(stall.back().vision_workers) + " apart + " +
-                                 std::to_string(stall.back().stages) + " stages";
+      const std::string placed =
+          std::to_string(stall.back().vision_workers) + " apart + " + std::to_string(stall.back().stages) + " stages";
       std::printf("%20s %8d %18s %16.1f %15.2f %7.1fx %14s %8s\n", "no image (control)", stall.back().workers,
                   placed.c_str(), Median(largest), Median(median), Median(ratio), "-", "-");
-      std::printf("    control: the same decoding request with no image, on the vision-apart cluster: its largest\n"
-                  "    gap over its median gap is the floor this machine's noise puts under the ratio.\n");
+      std::printf(
+          "    control: the same decoding request with no image, on the vision-apart cluster: its largest\n"
+          "    gap over its median gap is the floor this machine's noise puts under the ratio.\n");
       rows.push_back({{"configuration", "no_image_control"},
                       {"workers", stall.back().workers},
                       {"cluster", stall.back().key},

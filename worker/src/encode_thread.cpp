@@ -34,8 +34,8 @@ void EncodeThread::Loop(int nice) {
     errno = 0;
     const int was = getpriority(PRIO_PROCESS, tid);
     if (setpriority(PRIO_PROCESS, tid, std::max(was, nice)) != 0) {
-      st = PermissionDeniedError("setpriority(" + std::to_string(nice) + ") of the encode thread: " +
-                                 std::strerror(errno));
+      st = PermissionDeniedError("setpriority(" + std::to_string(nice) +
+                                 ") of the encode thread: " + std::strerror(errno));
     }
   }
   errno = 0;

@@ -25,10 +25,12 @@ TEST(EncodeThreadTest, WorkRunsOnItsOwnThreadAtTheNiceValueAndTheCallerKeepsItsO
   EXPECT_EQ(t.nice(), 10);
   std::thread::id ran_on;
   int nice_inside = -100;
-  t.Run([&] {
-    ran_on = std::this_thread::get_id();
-    nice_inside = OwnNice();
-  }, nullptr);
+  t.Run(
+      [&] {
+        ran_on = std::this_thread::get_id();
+        nice_inside = OwnNice();
+      },
+      nullptr);
   EXPECT_NE(ran_on, std::this_thread::get_id());
   EXPECT_EQ(nice_inside, 10);
   EXPECT_EQ(OwnNice(), caller_nice);
@@ -46,13 +48,16 @@ TEST(EncodeThreadTest, TheCallerIsCalledBackWhileItWaitsAndRunReturnsOnlyWhenThe
   EncodeThread t(5);
   std::atomic<bool> done{false};
   int calls = 0;
-  t.Run([&] {
-    std::this_thread::sleep_for(200ms);
-    done = true;
-  }, [&] {
-    EXPECT_FALSE(done.load());
-    ++calls;
-  }, 20ms);
+  t.Run(
+      [&] {
+        std::this_thread::sleep_for(200ms);
+        done = true;
+      },
+      [&] {
+        EXPECT_FALSE(done.load());
+        ++calls;
+      },
+      20ms);
   EXPECT_TRUE(done.load());
   EXPECT_GE(calls, 3);  // 200 ms of work, a call about every 20 ms
 }

@@ -48,10 +48,10 @@ TEST(AttentionTest, StackedQueryHeadsGiveTheResultOfTheCopiedCache) {
     at::Tensor q = at::randn({t, nh, d});
     at::Tensor keys = at::randn({nkv, total, d}), values = at::randn({nkv, total, d});
     const double scale = 0.25;
-    at::Tensor copied = ops::Attention(q.transpose(0, 1), keys.repeat_interleave(g, 0),
-                                       values.repeat_interleave(g, 0), scale, start)
-                            .transpose(0, 1)
-                            .reshape({t, nh * d});
+    at::Tensor copied =
+        ops::Attention(q.transpose(0, 1), keys.repeat_interleave(g, 0), values.repeat_interleave(g, 0), scale, start)
+            .transpose(0, 1)
+            .reshape({t, nh * d});
     at::Tensor qg = q.view({t, nkv, g, d}).permute({1, 2, 0, 3}).reshape({nkv, g * t, d});
     at::Tensor stacked = ops::Attention(qg, keys, values, scale, start, t)
                              .view({nkv, g, t, d})
@@ -59,10 +59,8 @@ TEST(AttentionTest, StackedQueryHeadsGiveTheResultOfTheCopiedCache) {
                              .reshape({t, nh * d});
     EXPECT_TRUE(at::allclose(stacked, copied, 1e-5, 1e-6)) << "start " << start;
     // Without the period the stacked rows would be masked as later positions: a different result.
-    at::Tensor unperiodic = ops::Attention(qg, keys, values, scale, start)
-                                .view({nkv, g, t, d})
-                                .permute({2, 0, 1, 3})
-                                .reshape({t, nh * d});
+    at::Tensor unperiodic =
+        ops::Attention(qg, keys, values, scale, start).view({nkv, g, t, d}).permute({2, 0, 1, 3}).reshape({t, nh * d});
     EXPECT_FALSE(at::allclose(unperiodic, copied, 1e-5, 1e-6)) << "start " << start;
   }
 }

@@ -92,7 +92,7 @@ class ComputeWatchdog {
   std::atomic<int64_t> last_progress_us_{0};
   std::atomic<int64_t> step_rows_{1};
   std::atomic<uint64_t> micro_batch_{0};
-  std::atomic<int> work_{0};                   // Work of the current step
+  std::atomic<int> work_{0};                         // Work of the current step
   std::atomic<double> slowest_us_per_row_[2]{0, 0};  // per layer interval, by Work; 0 until measured
   std::thread thread_;
 };

@@ -136,11 +136,8 @@ bool StepExecutor::Admitted(const std::vector<model::Segment>& segments) const {
 
 StatusOr<at::Tensor> StepExecutor::EncodeImage(const model::ImageInput& image) { return model_->EncodeImage(image); }
 
-StatusOr<at::Tensor> StepExecutor::EncodeImageTimed(const model::ImageInput& image) {
-  const auto started = clock_.now();
-  auto out = model_->EncodeImage(image);
-  step_times_.Record(started, clock_.now());
-  return out;
+void StepExecutor::RecordEncode(Clock::time_point started, Clock::time_point ended) {
+  step_times_.Record(started, ended);
 }
 
 StatusOr<std::vector<at::Tensor>> StepExecutor::TakeImageRows(const std::vector<model::Segment>& segments,

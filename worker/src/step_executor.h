@@ -11,8 +11,10 @@
 //     returns its outcome (the tokens chosen, the logits asked for, or the hidden states for the
 //     next stage, with the stage timings) or an error Status. The actor turns those into
 //     messages: this class owns no socket, sends nothing and never touches the data plane.
-//   * One thread: every call comes from the worker actor's thread (not thread-safe). The only
-//     threads a step uses are libtorch's own intra-op threads inside Forward.
+//   * One thread: every call comes from the worker actor's thread (not thread-safe), except a
+//     vision worker's EncodeImage, which runs on its encode thread while the actor thread waits
+//     and calls nothing here but model() and the read-only figures its heartbeats send. The only
+//     other threads a step uses are libtorch's own intra-op threads inside Forward.
 //   * It never loads a model (the actor loads one with its progress callbacks and hands it over
 //     with SetModel) and never blocks on anything but the compute.
 #pragma once
@@ -115,9 +117,10 @@ class StepExecutor {
 
   // Stage 0: the image embeddings of one image (the vision block).
   StatusOr<at::Tensor> EncodeImage(const model::ImageInput& image);
-  // A vision worker's encode: the same, with its compute time recorded in step_times() (the
-  // worker's busy time and idle share count it as a step).
-  StatusOr<at::Tensor> EncodeImageTimed(const model::ImageInput& image);
+  // A vision worker's encode, timed by its caller: records [started, ended] in step_times()
+  // (the worker's busy time and idle share count it as a step). Called on the actor thread once
+  // the encode is done: step_times() is read there too (heartbeats).
+  void RecordEncode(Clock::time_point started, Clock::time_point ended);
   // Stage 0: this step's image embedding rows for each segment, in row order: `slots` rows per
   // segment (its -1 token ids), taken from the sequence's rows left over from earlier steps,
   // encoding `images` (the step's, in segment order) as a segment runs short. Rows of an image

@@ -72,12 +72,13 @@ checkpoint::DType FirstFloatingDType(const std::vector<checkpoint::TensorInfo>& 
   return checkpoint::DType::kF32;
 }
 
-// One preprocessed image from the wire (ImageTensor), its size checked against its shape.
 // The tiles an image's encode runs the tower over: the HD grid and its global view (1 and 1
 // for fixed-size models): the unit a compute watchdog times an encode by.
 int64_t EncodeTiles(proto::ImageTensor::Reader img) {
   return int64_t{std::max<uint32_t>(1, img.getGridH())} * std::max<uint32_t>(1, img.getGridW()) + 1;
 }
+
+// One preprocessed image from the wire (ImageTensor), its size checked against its shape.
 
 StatusOr<model::ImageInput> ImageFromWire(proto::ImageTensor::Reader img) {
   const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
@@ -744,8 +745,11 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
     StatusOr<at::Tensor> out = InternalError("the encode did not run");
     // While the tower runs, the actor heartbeats only when a layer was done since its last
     // heartbeat: a tower stuck in one layer goes as silent as a stuck step does.
+    // The encode thread runs the model only: the executor's timings and every socket stay on
+    // this thread, which reads them for the heartbeats.
     uint64_t layers_seen = encode_layers.load(std::memory_order_relaxed);
-    encode_thread->Run([&] { out = executor.EncodeImageTimed(*input); },
+    const auto tower_started = clock.now();
+    encode_thread->Run([&] { out = executor.EncodeImage(*input); },
                        [&] {
                          const uint64_t layers = encode_layers.load(std::memory_order_relaxed);
                          if (welcomed && layers != layers_seen && clock.now() >= next_heartbeat) {
@@ -754,6 +758,7 @@ void WorkerActor::Impl::OnEncodeImage(proto::EncodeImage::Reader e) {
                            next_heartbeat = clock.now() + control::ControlTimings::kHeartbeatInterval;
                          }
                        });
+    executor.RecordEncode(tower_started, clock.now());
     return out;
   }();
   if (!embeds.ok())

@@ -21,6 +21,8 @@ done
 check 2 "xcpipe with no subcommand" "$bin/xcpipe"
 check 2 "xcpipe with an unknown subcommand" "$bin/xcpipe" frobnicate
 check 2 "xcpipe-worker without --coordinator" "$bin/xcpipe-worker"
+check 2 "xcpipe-worker with --encode-nice out of 0..19" "$bin/xcpipe-worker" --coordinator tcp://127.0.0.1:1 --encode-nice 25
+echo "$LAST_OUT" | grep -q -- "--encode-nice: Value 25 not in range 0 to 19" || { echo "FAIL: the error does not name --encode-nice and its range"; fail=1; }
 check 2 "xcpipe serve-local with a negative --prefill-chunk" "$bin/xcpipe" serve-local --model /nonexistent --prefill-chunk -5
 echo "$LAST_OUT" | grep -q -- "--prefill-chunk" || { echo "FAIL: the error does not name --prefill-chunk"; fail=1; }
 check 2 "xcpipe serve-local with an unknown --vision-stage" "$bin/xcpipe" serve-local --model /nonexistent --vision-stage middle

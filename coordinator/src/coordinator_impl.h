@@ -224,6 +224,12 @@ struct Coordinator::Impl {
   void OnStatus(const std::string& peer);
   void OnWorkerError(const std::string& peer, proto::Error::Reader e);
   void MaybePlan();
+  // The plan for the live workers `pool` (sorted by id) with each worker's measured speed in
+  // `speeds` (peer -> slowdown; absent: as predicted), mapped onto the workers. Changes nothing.
+  // FailedPrecondition with the planner's reason when no plan fits; Internal when the plan
+  // names a device no worker holds.
+  StatusOr<Placement> PlanPlacement(const std::vector<WorkerInfo*>& pool, const planner::PlanningModel& model,
+                                    const std::map<std::string, double>& speeds) const;
   void Admit();
   void Schedule();
   // Turns the shared prefix off for good (its holder cannot be computed): waiting sequences

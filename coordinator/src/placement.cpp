@@ -18,51 +18,22 @@ std::string detail::ResolveDtype(const std::string& asked, const std::vector<Wor
   return "bf16";
 }
 
-void Coordinator::Impl::MaybePlan() {
-  if (state != ClusterState::kWaiting) return;
-  if (planned_once && !workers_changed) return;
-  std::vector<WorkerInfo*> pool;
-  for (auto& [peer, w] : workers)
-    if (w.state != WorkerState::kLost) pool.push_back(&w);
-  // After a fault: whatever is alive.
-  const int needed = planned_once ? 1 : std::max(opt.expect_workers, static_cast<int>(opt.expect_worker_ids.size()));
-  if (static_cast<int>(pool.size()) < needed) {
-    if (!planned_once && Now() - started > opt.worker_wait) {
-      // Name who came and who did not, so an operator knows which host or GPU to look at.
-      std::string registered, missing;
-      for (const auto* w : pool) registered += (registered.empty() ? "" : ", ") + w->id + " (" + w->host + ")";
-      for (const auto& id : opt.expect_worker_ids)
-        if (std::none_of(pool.begin(), pool.end(), [&](const WorkerInfo* w) { return w->id == id; }))
-          missing += (missing.empty() ? "" : ", ") + id;
-      if (missing.empty()) missing = std::to_string(needed - static_cast<int>(pool.size())) + " unnamed worker(s)";
-      spdlog::error("gave up after {} s waiting for {} workers: {} registered [{}]; missing: {}",
-                    opt.worker_wait.count() / 1000, needed, pool.size(), registered, missing);
-      exit_code = kExitUnavailable;
-      stop.store(true);
-    }
-    return;
-  }
-  std::sort(pool.begin(), pool.end(), [](auto* a, auto* b) { return a->id < b->id; });
-  workers_changed = false;
-  auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
-  if (!model.ok()) {
-    spdlog::error("cannot plan: {}", model.status().ToString());
-    exit_code = ExitCodeFor(model.status());
-    stop.store(true);
-    return;
-  }
+StatusOr<Placement> Coordinator::Impl::PlanPlacement(const std::vector<WorkerInfo*>& pool,
+                                                     const planner::PlanningModel& model,
+                                                     const std::map<std::string, double>& speeds) const {
   // The cluster as registered: one host per host name, one device per worker.
   planner::ClusterSpec cluster;
   cluster.source = "registered workers";
   cluster.serving.max_sequences = opt.max_sequences;
-  cluster.serving.max_context = MaxContext(model->spec);
+  cluster.serving.max_context = MaxContext(model.spec);
   // The rows one step carries, as the scheduler packs them (see StepRowLimit): what each
   // stage's activations are planned for.
-  cluster.serving.prefill_chunk = StepRowLimit(model->spec);
-  plan_dtype = ResolveDtype(opt.dtype, pool, model->tensors);
-  cluster.serving.dtype = plan_dtype == "bf16"  ? checkpoint::DType::kBF16
-                          : plan_dtype == "f16" ? checkpoint::DType::kF16
-                                                : checkpoint::DType::kF32;
+  cluster.serving.prefill_chunk = StepRowLimit(model.spec);
+  Placement out;
+  out.dtype = ResolveDtype(opt.dtype, pool, model.tensors);
+  cluster.serving.dtype = out.dtype == "bf16"  ? checkpoint::DType::kBF16
+                          : out.dtype == "f16" ? checkpoint::DType::kF16
+                                               : checkpoint::DType::kF32;
   cluster.network.inter_host_gbps = 10;
   std::vector<std::pair<size_t, size_t>> where(pool.size());
   for (size_t i = 0; i < pool.size(); ++i) {
@@ -113,7 +84,7 @@ void Coordinator::Impl::MaybePlan() {
       gpu.tflops /= static_cast<double>(gpu_sharers);
       gpu.mem_bw_gbps /= static_cast<double>(gpu_sharers);
     }
-    if (auto sd = slowdown.find(pool[i]->peer); sd != slowdown.end() && sd->second > 0) {
+    if (auto sd = speeds.find(pool[i]->peer); sd != speeds.end() && sd->second > 0) {
       gpu.tflops /= sd->second;  // measured: this worker runs slower (or faster) than predicted
       gpu.mem_bw_gbps /= sd->second;
     }
@@ -125,7 +96,7 @@ void Coordinator::Impl::MaybePlan() {
   // Where the vision block goes (CoordinatorOptions::vision_stage): the planner resolves auto; a
   // separate plan asked for is kept only when it fits, else vision stays on stage 0, saying why.
   const bool has_vision =
-      !model->spec.blocks.empty() && model->spec.blocks.front().kind == checkpoint::BlockKind::kVision;
+      !model.spec.blocks.empty() && model.spec.blocks.front().kind == checkpoint::BlockKind::kVision;
   plan_options.vision = !has_vision || opt.vision_stage == "first" ? planner::VisionPlacement::kFirstStage
                         : opt.vision_stage == "separate"           ? planner::VisionPlacement::kSeparateStage
                                                                    : planner::VisionPlacement::kAuto;
@@ -135,17 +106,93 @@ void Coordinator::Impl::MaybePlan() {
         "vision on stage 0: vision workers need at least 2 workers, and " + std::to_string(pool.size()) + " is live";
     plan_options.vision = planner::VisionPlacement::kFirstStage;
   }
-  StatusOr<planner::Plan> plan = planner::MakePlan(*model, cluster, plan_options);
+  StatusOr<planner::Plan> plan = planner::MakePlan(model, cluster, plan_options);
   if (plan_options.vision == planner::VisionPlacement::kSeparateStage && (!plan.ok() || !plan->feasible)) {
     vision_why = "vision on stage 0: no plan with the vision block apart fits the workers (" +
                  (plan.ok() ? plan->infeasible_reason : plan.status().message()) + ")";
     plan_options.vision = planner::VisionPlacement::kFirstStage;
-    plan = planner::MakePlan(*model, cluster, plan_options);
+    plan = planner::MakePlan(model, cluster, plan_options);
   }
   if (plan.ok() && !plan->vision_reason.empty()) vision_why = "auto: " + plan->vision_reason;
   const bool separate = plan.ok() && plan->vision == planner::VisionPlacement::kSeparateStage;
   if (!plan.ok() || !plan->feasible) {
-    const std::string why = plan.ok() ? plan->infeasible_reason : plan.status().ToString();
+    return FailedPreconditionError(plan.ok() ? plan->infeasible_reason : plan.status().ToString());
+  }
+  std::vector<const WorkerInfo*> stage_workers;  // in stage order (the vision stage first when apart)
+  std::vector<bool> used(pool.size(), false);
+  for (const auto& sp : plan->stages) {
+    const WorkerInfo* w = nullptr;
+    for (size_t i = 0; i < pool.size(); ++i) {
+      if (where[i].first == sp.device_ref.host && where[i].second == sp.device_ref.gpu) {
+        w = pool[i];
+        used[i] = true;
+      }
+    }
+    if (w == nullptr) return InternalError("plan names a device no worker holds");
+    stage_workers.push_back(w);
+  }
+  // Vision apart: the plan's vision stage, and the extra vision workers the plan found room for
+  // on devices the pipeline leaves unused, encode images; the language pipeline is the plan's
+  // other stages.
+  if (separate) {
+    out.vision_workers.emplace_back(stage_workers.front(), plan->stages.front());
+    stage_workers.erase(stage_workers.begin());
+    for (const auto& extra : plan->extra_vision) {
+      for (size_t i = 0; i < pool.size(); ++i) {
+        if (!used[i] && where[i].first == extra.device_ref.host && where[i].second == extra.device_ref.gpu) {
+          out.vision_workers.emplace_back(pool[i], extra);
+        }
+      }
+    }
+  }
+  out.plan = std::move(plan).value();
+  out.separate = separate;
+  out.vision_why = std::move(vision_why);
+  out.stage_workers = std::move(stage_workers);
+  return out;
+}
+
+void Coordinator::Impl::MaybePlan() {
+  if (state != ClusterState::kWaiting) return;
+  if (planned_once && !workers_changed) return;
+  std::vector<WorkerInfo*> pool;
+  for (auto& [peer, w] : workers)
+    if (w.state != WorkerState::kLost) pool.push_back(&w);
+  // After a fault: whatever is alive.
+  const int needed = planned_once ? 1 : std::max(opt.expect_workers, static_cast<int>(opt.expect_worker_ids.size()));
+  if (static_cast<int>(pool.size()) < needed) {
+    if (!planned_once && Now() - started > opt.worker_wait) {
+      // Name who came and who did not, so an operator knows which host or GPU to look at.
+      std::string registered, missing;
+      for (const auto* w : pool) registered += (registered.empty() ? "" : ", ") + w->id + " (" + w->host + ")";
+      for (const auto& id : opt.expect_worker_ids)
+        if (std::none_of(pool.begin(), pool.end(), [&](const WorkerInfo* w) { return w->id == id; }))
+          missing += (missing.empty() ? "" : ", ") + id;
+      if (missing.empty()) missing = std::to_string(needed - static_cast<int>(pool.size())) + " unnamed worker(s)";
+      spdlog::error("gave up after {} s waiting for {} workers: {} registered [{}]; missing: {}",
+                    opt.worker_wait.count() / 1000, needed, pool.size(), registered, missing);
+      exit_code = kExitUnavailable;
+      stop.store(true);
+    }
+    return;
+  }
+  std::sort(pool.begin(), pool.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  workers_changed = false;
+  auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
+  if (!model.ok()) {
+    spdlog::error("cannot plan: {}", model.status().ToString());
+    exit_code = ExitCodeFor(model.status());
+    stop.store(true);
+    return;
+  }
+  StatusOr<Placement> placement = PlanPlacement(pool, *model, slowdown);
+  if (!placement.ok() && placement.status().code() != StatusCode::kFailedPrecondition) {
+    spdlog::error("{}", placement.status().message());
+    stop.store(true);
+    return;
+  }
+  if (!placement.ok()) {
+    const std::string why = placement.status().message();
     if (!planned_once) {
       spdlog::error("no plan fits the registered workers: {}", why);
       exit_code = kExitInfeasible;
@@ -164,38 +211,12 @@ void Coordinator::Impl::MaybePlan() {
     capacity_lost = true;
     return;
   }
-  std::vector<const WorkerInfo*> stage_workers;  // in stage order (the vision stage first when apart)
-  std::vector<bool> used(pool.size(), false);
-  for (const auto& sp : plan->stages) {
-    const WorkerInfo* w = nullptr;
-    for (size_t i = 0; i < pool.size(); ++i) {
-      if (where[i].first == sp.device_ref.host && where[i].second == sp.device_ref.gpu) {
-        w = pool[i];
-        used[i] = true;
-      }
-    }
-    if (w == nullptr) {
-      spdlog::error("plan names a device no worker holds");
-      stop.store(true);
-      return;
-    }
-    stage_workers.push_back(w);
-  }
-  // Vision apart: the plan's vision stage, and the extra vision workers the plan found room for
-  // on devices the pipeline leaves unused, encode images; the language pipeline is the plan's
-  // other stages.
-  std::vector<std::pair<const WorkerInfo*, const planner::StagePlan*>> vision_workers;
-  if (separate) {
-    vision_workers.emplace_back(stage_workers.front(), &plan->stages.front());
-    stage_workers.erase(stage_workers.begin());
-    for (const auto& extra : plan->extra_vision) {
-      for (size_t i = 0; i < pool.size(); ++i) {
-        if (!used[i] && where[i].first == extra.device_ref.host && where[i].second == extra.device_ref.gpu) {
-          vision_workers.emplace_back(pool[i], &extra);
-        }
-      }
-    }
-  }
+  plan_dtype = placement->dtype;
+  const planner::Plan* plan = &placement->plan;
+  const bool separate = placement->separate;
+  const std::string& vision_why = placement->vision_why;
+  const std::vector<const WorkerInfo*>& stage_workers = placement->stage_workers;
+  const auto& vision_workers = placement->vision_workers;
   // The data plane goes with the plan: NCCL ids are fresh every epoch.
   StatusOr<DataPlaneChoice> chosen = ChooseDataPlane(stage_workers);
   if (!chosen.ok()) {
@@ -269,11 +290,11 @@ void Coordinator::Impl::MaybePlan() {
   for (const auto& [w, vp] : vision_workers) {
     VisionWorker v;
     v.peer = w->peer;
-    v.first = vp->first_block;
-    v.end = vp->end_block;
-    v.planned_bytes = vp->bytes.total();
-    v.predicted = vp->bytes;
-    v.predicted_encode_ms = vp->encode_ms_per_image;
+    v.first = vp.first_block;
+    v.end = vp.end_block;
+    v.planned_bytes = vp.bytes.total();
+    v.predicted = vp.bytes;
+    v.predicted_encode_ms = vp.encode_ms_per_image;
     vision.push_back(v);
     WorkerInfo& info = workers[w->peer];
     info.vision = true;
@@ -282,9 +303,9 @@ void Coordinator::Impl::MaybePlan() {
     spdlog::info(
         "vision worker {}: blocks [{}, {}) ({}); predicted MiB: weights {:.1f}, activations {:.1f}, "
         "workspace {:.1f}, total {:.1f}; encode {:.1f} ms per image",
-        info.id, v.first, v.end, model->spec.blocks[v.first].name, vp->bytes.weights / 1048576.0,
-        vp->bytes.activations / 1048576.0, vp->bytes.workspace / 1048576.0, vp->bytes.total() / 1048576.0,
-        vp->encode_ms_per_image);
+        info.id, v.first, v.end, model->spec.blocks[v.first].name, vp.bytes.weights / 1048576.0,
+        vp.bytes.activations / 1048576.0, vp.bytes.workspace / 1048576.0, vp.bytes.total() / 1048576.0,
+        vp.encode_ms_per_image);
     SendVisionAssignment(vision.size() - 1);
   }
   state = ClusterState::kLoading;

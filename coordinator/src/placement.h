@@ -5,7 +5,7 @@
 // Owns (members of Coordinator::Impl): `state`, `epoch`, `stages`, `data_plane`, `plan_dtype`,
 // the recovery flags (`recovering`, `planned_once`, `planned_once_served`, `capacity_lost`,
 // `workers_changed`) and the fault figures (`faults`, `replays`, `last_detect_ms`,
-// `last_recover_ms`). Entry points (placement.cpp): MaybePlan, ChooseDataPlane, SendAssignment,
+// `last_recover_ms`). Entry points (placement.cpp): MaybePlan, PlanPlacement, ChooseDataPlane, SendAssignment,
 // ResendLostAssignments, Recover, Replan.
 //
 // Contract:
@@ -24,11 +24,13 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "worker_registry.h"
 #include "xcpipe/checkpoint/tensor_table.h"
 #include "xcpipe/planner/cost_model.h"
+#include "xcpipe/planner/planner.h"
 
 namespace xcpipe::coordinator::detail {
 
@@ -57,6 +59,16 @@ struct DataPlaneChoice {
   std::string kind = "tcp";           // "tcp" or "nccl"
   std::string reason;                 // why: shown in the log and the status
   std::vector<std::string> nccl_ids;  // "nccl": one 128-byte ncclUniqueId per stage link (k -> k+1)
+};
+
+// A plan mapped onto the workers that will hold it (Coordinator::Impl::PlanPlacement).
+struct Placement {
+  planner::Plan plan;
+  std::string dtype;                             // ResolveDtype's answer for the pool
+  bool separate = false;                         // the vision block on vision workers of its own
+  std::string vision_why;                        // why vision goes where it goes, for the log and the status
+  std::vector<const WorkerInfo*> stage_workers;  // the language stages' workers, in stage order
+  std::vector<std::pair<const WorkerInfo*, planner::StagePlan>> vision_workers;  // when separate
 };
 
 enum class ClusterState { kWaiting, kLoading, kServing };

@@ -124,13 +124,16 @@ struct Coordinator::Impl {
   void CheckRequestDeadlines();
   Clock::time_point next_request_deadline_check{};
   // Dynamic load balancing (see CoordinatorOptions::rebalance).
-  std::map<std::string, double> slowdown;  // worker peer -> its speed relative to the prediction (1 = as predicted)
+  std::map<std::string, WorkerSpeed> speeds;         // worker peer -> its measured speed (rebalance_rule.h)
   std::map<std::string, WorkerFigures> window_base;  // peer -> its figures when the window started
   Clock::time_point window_started;
   uint64_t rebalances = 0;
   std::string last_rebalance;
   bool rebalance_pending = false;  // the next plan is a rebalance: log it as such
   void CheckRebalance();
+  static std::map<std::string, double> PlannedSlowdowns(const std::map<std::string, WorkerSpeed>& s);
+  // Whether `p` gives every block to the worker that holds it now (language stages and vision).
+  bool SameLayout(const Placement& p) const;
   // Re-plans on the live workers and replays every admitted sequence; `fault`: after a failure
   // (fault figures are kept), else a deliberate move (rebalancing).
   void Replan(const std::string& why, bool fault);
@@ -224,6 +227,8 @@ struct Coordinator::Impl {
   void OnStatus(const std::string& peer);
   void OnWorkerError(const std::string& peer, proto::Error::Reader e);
   void MaybePlan();
+  // The workers not lost, sorted by id: what a plan is made on.
+  std::vector<WorkerInfo*> LiveWorkers();
   // The plan for the live workers `pool` (sorted by id) with each worker's measured speed in
   // `speeds` (peer -> slowdown; absent: as predicted), mapped onto the workers. Changes nothing.
   // FailedPrecondition with the planner's reason when no plan fits; Internal when the plan

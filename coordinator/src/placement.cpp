@@ -152,12 +152,18 @@ StatusOr<Placement> Coordinator::Impl::PlanPlacement(const std::vector<WorkerInf
   return out;
 }
 
-void Coordinator::Impl::MaybePlan() {
-  if (state != ClusterState::kWaiting) return;
-  if (planned_once && !workers_changed) return;
+std::vector<WorkerInfo*> Coordinator::Impl::LiveWorkers() {
   std::vector<WorkerInfo*> pool;
   for (auto& [peer, w] : workers)
     if (w.state != WorkerState::kLost) pool.push_back(&w);
+  std::sort(pool.begin(), pool.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  return pool;
+}
+
+void Coordinator::Impl::MaybePlan() {
+  if (state != ClusterState::kWaiting) return;
+  if (planned_once && !workers_changed) return;
+  std::vector<WorkerInfo*> pool = LiveWorkers();
   // After a fault: whatever is alive.
   const int needed = planned_once ? 1 : std::max(opt.expect_workers, static_cast<int>(opt.expect_worker_ids.size()));
   if (static_cast<int>(pool.size()) < needed) {
@@ -176,7 +182,6 @@ void Coordinator::Impl::MaybePlan() {
     }
     return;
   }
-  std::sort(pool.begin(), pool.end(), [](auto* a, auto* b) { return a->id < b->id; });
   workers_changed = false;
   auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
   if (!model.ok()) {
@@ -185,7 +190,7 @@ void Coordinator::Impl::MaybePlan() {
     stop.store(true);
     return;
   }
-  StatusOr<Placement> placement = PlanPlacement(pool, *model, slowdown);
+  StatusOr<Placement> placement = PlanPlacement(pool, *model, PlannedSlowdowns(speeds));
   if (!placement.ok() && placement.status().code() != StatusCode::kFailedPrecondition) {
     spdlog::error("{}", placement.status().message());
     stop.store(true);

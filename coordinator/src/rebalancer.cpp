@@ -33,50 +33,76 @@ void Coordinator::Impl::CheckRebalance() {
                     static_cast<double>(layers);
     }
   }
-  const double mean = std::accumulate(ms_per_step.begin(), ms_per_step.end(), 0.0) / static_cast<double>(stages.size());
-  const auto slowest_it = std::max_element(ms_per_step.begin(), ms_per_step.end());
-  const double slowest = *slowest_it;
-  if (mean < kRebalanceMinStepMs || slowest <= mean * (1.0 + opt.rebalance_threshold)) return restart_window();
-  // Each worker's speed: its decoder-layer time against the median worker's (the unit).
-  std::vector<double> measured;
-  for (double us : layer_us)
-    if (us > 0) measured.push_back(us);
-  if (measured.size() < 2) return restart_window();
-  std::nth_element(measured.begin(), measured.begin() + measured.size() / 2, measured.end());
-  const double unit = measured[measured.size() / 2];
-  bool changed = false;
-  std::map<std::string, double> next = slowdown;
+  std::vector<StageWindow> window(stages.size());
   for (size_t i = 0; i < stages.size(); ++i) {
-    if (layer_us[i] <= 0) continue;  // holds no decoder layer: its speed was not measured
-    const double sd = std::clamp(layer_us[i] / unit, 1.0 / kRebalanceMaxSlowdown, kRebalanceMaxSlowdown);
-    const double before = slowdown.count(stages[i].peer) ? slowdown[stages[i].peer] : 1.0;
-    if (std::abs(sd / before - 1.0) > kRebalanceSpeedChange) changed = true;
-    next[stages[i].peer] = sd;
+    window[i] = {stages[i].peer, workers[stages[i].peer].id, ms_per_step[i], layer_us[i]};
   }
-  std::string before;
+  RebalanceVerdict verdict = JudgeRebalanceWindow(window, speeds, opt.rebalance_threshold);
+  std::string figures;
   for (size_t i = 0; i < stages.size(); ++i) {
     char line[200];
     std::snprintf(line, sizeof line, "%s%s [%zu, %zu) %.2f ms/step, %.0f us/layer (speed 1/%.2f)", i ? ", " : "",
                   workers[stages[i].peer].id.c_str(), stages[i].first, stages[i].end, ms_per_step[i], layer_us[i],
-                  next.count(stages[i].peer) ? next[stages[i].peer] : 1.0);
-    before += line;
+                  verdict.speeds.count(stages[i].peer) ? verdict.speeds[stages[i].peer].slowdown : 1.0);
+    figures += line;
   }
-  if (!changed) {
-    // The plan already uses these speeds: what imbalance is left is the granularity of blocks
-    // or the cost model, which moving blocks again would not fix.
-    spdlog::info("stages unbalanced ({:.0f}% above the mean) but the workers' speeds are as planned; keeping the plan: {}",
-                 100.0 * (slowest / mean - 1.0), before);
+  if (!verdict.replan) {
+    if (verdict.why.rfind("unbalanced", 0) == 0) spdlog::info("{}; keeping the plan: {}", verdict.why, figures);
+    speeds = std::move(verdict.speeds);
     return restart_window();
   }
-  slowdown = std::move(next);
+  // Re-plan only when the new speeds move some block: a plan like the current one would replay
+  // every admitted sequence for nothing.
+  std::vector<WorkerInfo*> pool = LiveWorkers();
+  auto model = planner::LoadCheckpointForPlanning(opt.model_dir);
+  StatusOr<Placement> next =
+      model.ok() ? PlanPlacement(pool, *model, PlannedSlowdowns(verdict.speeds)) : StatusOr<Placement>(model.status());
+  if (!next.ok()) {
+    spdlog::warn("rebalancing: no plan with the measured speeds ({}); keeping the plan", next.status().ToString());
+    return restart_window();
+  }
+  speeds = std::move(verdict.speeds);
+  if (SameLayout(*next)) {
+    spdlog::info("{}; the new speeds give the same placement, keeping the plan: {}", verdict.why, figures);
+    return restart_window();
+  }
   ++rebalances;
+  const auto slowest_it = std::max_element(ms_per_step.begin(), ms_per_step.end());
+  const double mean = std::accumulate(ms_per_step.begin(), ms_per_step.end(), 0.0) / static_cast<double>(stages.size());
   char head[160];
   std::snprintf(head, sizeof head, "stage %zu at %.2f ms/step is %.0f%% above the mean %.2f ms; before: ",
-                static_cast<size_t>(slowest_it - ms_per_step.begin()), slowest, 100.0 * (slowest / mean - 1.0), mean);
-  last_rebalance = head + before;
-  spdlog::warn("rebalancing: {}", last_rebalance);
+                static_cast<size_t>(slowest_it - ms_per_step.begin()), *slowest_it, 100.0 * (*slowest_it / mean - 1.0),
+                mean);
+  last_rebalance = head + figures;
+  spdlog::warn("rebalancing ({}): {}", verdict.why, last_rebalance);
   rebalance_pending = true;
   Replan("rebalancing: measured stage times are unbalanced", /*fault=*/false);
+}
+
+std::map<std::string, double> Coordinator::Impl::PlannedSlowdowns(const std::map<std::string, WorkerSpeed>& s) {
+  std::map<std::string, double> out;
+  for (const auto& [peer, w] : s) out[peer] = w.slowdown;
+  return out;
+}
+
+bool Coordinator::Impl::SameLayout(const Placement& p) const {
+  const size_t language_first = p.separate ? 1 : 0;
+  if (p.stage_workers.size() != stages.size() || p.vision_workers.size() != vision.size() ||
+      p.plan.stages.size() != stages.size() + language_first) {
+    return false;
+  }
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const auto& sp = p.plan.stages[i + language_first];
+    if (p.stage_workers[i]->peer != stages[i].peer || sp.first_block != stages[i].first ||
+        sp.end_block != stages[i].end) {
+      return false;
+    }
+  }
+  for (size_t k = 0; k < vision.size(); ++k) {
+    const auto& [w, vp] = p.vision_workers[k];
+    if (w->peer != vision[k].peer || vp.first_block != vision[k].first || vp.end_block != vision[k].end) return false;
+  }
+  return true;
 }
 
 }  // namespace xcpipe::coordinator

@@ -107,6 +107,7 @@ struct Options {
   int piece = 256;
   int vision_workers = 3;
   std::vector<std::string> scenarios = {"a", "b", "c"};
+  std::vector<std::string> stall_configs = {"whole", "pieces", "first", "separate"};
   bool prefix_cache = true;
   std::string out;
 };
@@ -374,6 +375,13 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str()
       ->check(CLI::IsMember({"a", "b", "c"}));
+  app.add_option("--stall-configs", o.stall_configs,
+                 "(c): configurations to run, comma-separated: whole (whole prompts, N-1 workers), pieces (N-1 "
+                 "workers), first (pieces, vision on stage 0 of N), separate (pieces, 1 vision worker + N-1 stages, "
+                 "and its no-image control)")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::IsMember({"whole", "pieces", "first", "separate"}));
   app.add_flag("--no-prefix-cache{false}", o.prefix_cache,
                "prefill the chat template's system text with every prompt (default: computed once, KV copied)");
   app.add_option("--out", o.out, "report file (default: <build>/reports/pipeline_bench.json)");
@@ -561,10 +569,13 @@ int main(int argc, char** argv) {
       c.piece = piece;
       c.vision = std::move(vision);
     };
-    add("whole", "whole prompts", n - 1, 0, "first");
-    add("pieces", pieces, n - 1, o.piece, "first");
-    add("pieces_first_" + std::to_string(n) + "w", pieces, n, o.piece, "first");
-    add("pieces_separate_" + std::to_string(n) + "w", pieces, n, o.piece, "separate");
+    auto wanted = [&](const char* name) {
+      return std::find(o.stall_configs.begin(), o.stall_configs.end(), name) != o.stall_configs.end();
+    };
+    if (wanted("whole")) add("whole", "whole prompts", n - 1, 0, "first");
+    if (wanted("pieces")) add("pieces", pieces, n - 1, o.piece, "first");
+    if (wanted("first")) add("pieces_first_" + std::to_string(n) + "w", pieces, n, o.piece, "first");
+    if (wanted("separate")) add("pieces_separate_" + std::to_string(n) + "w", pieces, n, o.piece, "separate");
     for (auto& c : stall) {
       c.cluster = StartCluster(o, c.workers, threads_b, c.piece, c.vision, /*rebalance=*/false);
       RunStall(c.cluster, png, o.tokens, 0);  // warm-up
@@ -581,7 +592,9 @@ int main(int argc, char** argv) {
         auto& c = stall[(k + static_cast<size_t>(r)) % stall.size()];
         c.runs.push_back(RunStall(c.cluster, png, o.tokens, 3000 + r));
       }
-      stall.back().quiet.push_back(RunQuiet(stall.back().cluster, o.tokens, 3000 + r));
+      if (stall.back().vision == "separate") {
+        stall.back().quiet.push_back(RunQuiet(stall.back().cluster, o.tokens, 3000 + r));
+      }
     }
     std::printf(
         "\n(c) one request decoding while an image prompt arrives (after its 8th token), %d thread(s) per worker:\n"
@@ -646,7 +659,7 @@ int main(int argc, char** argv) {
                       {"median_p99_gap_over_step", Median(p99)},
                       {"rebalances", st->value("rebalances", uint64_t{0})}});
     }
-    {
+    if (!stall.back().quiet.empty()) {
       std::vector<double> largest, median, ratio;
       for (const Quiet& q : stall.back().quiet) {
         largest.push_back(q.max_gap_ms);
@@ -669,23 +682,30 @@ int main(int argc, char** argv) {
                       {"median_largest_gap_ms", Median(largest)},
                       {"median_gap_over_median_step", Median(ratio)}});
     }
-    auto figures = [&](size_t k, double Stall::*field) {
+    // The configuration named `key`'s figures (empty when --stall-configs left it out).
+    auto figures = [&](const std::string& key, double Stall::*field) {
       std::vector<double> v;
-      for (const Stall& s : stall[k].runs) v.push_back(s.*field);
+      for (const auto& c : stall)
+        if (c.key == key)
+          for (const Stall& s : c.runs) v.push_back(s.*field);
       return v;
+    };
+    auto median_or_null = [](const std::vector<double>& v) {
+      return v.empty() ? nlohmann::json() : nlohmann::json(Median(v));
     };
     report["image_arrival"] = {{"workers", n - 1},
                                {"threads_per_worker", threads_b},
                                {"piece_rows", o.piece},
-                               {"largest_gap_ms_whole", figures(0, &Stall::max_gap_ms)},
-                               {"largest_gap_ms_pieces", figures(1, &Stall::max_gap_ms)},
-                               {"image_ttft_ms_whole", figures(0, &Stall::image_ttft_ms)},
-                               {"image_ttft_ms_pieces", figures(1, &Stall::image_ttft_ms)},
-                               {"median_largest_gap_ms_whole", Median(figures(0, &Stall::max_gap_ms))},
-                               {"median_largest_gap_ms_pieces", Median(figures(1, &Stall::max_gap_ms))},
+                               {"largest_gap_ms_whole", figures("whole", &Stall::max_gap_ms)},
+                               {"largest_gap_ms_pieces", figures("pieces", &Stall::max_gap_ms)},
+                               {"image_ttft_ms_whole", figures("whole", &Stall::image_ttft_ms)},
+                               {"image_ttft_ms_pieces", figures("pieces", &Stall::image_ttft_ms)},
+                               {"median_largest_gap_ms_whole", median_or_null(figures("whole", &Stall::max_gap_ms))},
+                               {"median_largest_gap_ms_pieces", median_or_null(figures("pieces", &Stall::max_gap_ms))},
                                {"vision_workers", n},
                                {"goal_gap_over_step", 1.5},
-                               {"order", "repeat r runs the configurations in turn, starting at configuration r mod 4"},
+                               {"order", "repeat r runs the configurations in turn, starting at configuration r mod " +
+                                             std::to_string(stall.size())},
                                {"configurations", rows}};
   }
   if (runs_scenario("a")) report["goal_latency_met"] = latency_met;

@@ -147,6 +147,7 @@ void Coordinator::Impl::Poll(std::chrono::milliseconds wait) {
     }
     in = transport->Receive(0ms);
   }
+  TakePreparedSubmits();
   DeclareUnreachableLost();
   MaybePlan();
   Admit();
@@ -210,6 +211,7 @@ StatusOr<std::string> Coordinator::Bind() {
   auto edge = RequestPreparer::Create(s.opt.model_dir, tok, s.opt.edge);
   if (!edge.ok()) return edge.status().WithContext("model " + s.opt.model_dir.string());
   s.edge = std::move(edge).value();
+  s.prepare_thread = std::make_unique<PrepareThread>(s.edge.get());
   if (s.opt.prefix_cache) {
     s.prefix.head = s.edge->shared_head();
     if (!s.prefix.head.empty()) {
@@ -262,12 +264,12 @@ int Coordinator::Run() {
                    std::chrono::duration_cast<std::chrono::seconds>(s.opt.drain_timeout).count());
       if (s.opt.on_drain) s.opt.on_drain();
     }
-    if (s.draining && (s.requests.empty() || s.Now() > s.drain_deadline)) {
+    if (s.draining && ((s.requests.empty() && s.preparing.empty()) || s.Now() > s.drain_deadline)) {
       if (!s.requests.empty()) spdlog::warn("drain: stopping with {} request(s) unfinished", s.requests.size());
       break;
     }
     if (s.opt.on_tick) s.opt.on_tick();
-    s.Poll(s.in_flight.empty() ? 50ms : 5ms);
+    s.Poll(s.in_flight.empty() && s.preparing.empty() ? 50ms : 5ms);
   }
   spdlog::info("coordinator stopping: telling {} worker(s) to shut down", s.workers.size());
   for (auto& [peer, w] : s.workers) {

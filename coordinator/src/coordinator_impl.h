@@ -7,14 +7,16 @@
 //   placement.h/.cpp        plans from the registered workers, the dtype and the data plane,
 //                           stage assignments, epochs, recovery and re-planning
 //   request_table.h/.cpp    intake (edge checks), deduplication of repeated submits, deadlines,
-//                           exactly-once delivery of tokens and outcomes to clients
+//                           exactly-once delivery of tokens and outcomes to clients; images are
+//                           prepared on a thread of their own (prepare_thread.h)
 //   sequences.h, batch_scheduler.cpp
 //                           KV admission, the shared prompt head, prefill pieces, micro-batches
 //                           and their results, step deadlines (its rules as value functions:
 //                           xcpipe/coordinator/batch_scheduler.h)
 //   vision_pool.h/.cpp      vision workers apart from the pipeline: images encoded at intake,
 //                           their rows handed to stage 0, re-encoded after a loss
-//   rebalancer.h/.cpp       re-planning when measured stage speeds drift from the plan
+//   rebalancer.h/.cpp       re-planning when measured stage speeds drift from the plan (its rule
+//                           as a value function: xcpipe/coordinator/rebalance_rule.h)
 //   cluster_status.cpp      the status reply and the metrics snapshot
 //   coordinator.cpp         the loop, message dispatch and the public Coordinator methods
 // Architecture: docs/architecture.md.
@@ -41,6 +43,7 @@
 #endif
 #include "monitoring.h"
 #include "placement.h"
+#include "prepare_thread.h"
 #include "rebalancer.h"
 #include "request_table.h"
 #include "sequences.h"
@@ -71,6 +74,9 @@ struct Coordinator::Impl {
   // Every time the coordinator reads is opt.clock's (a SimulatedClock in the simulator).
   Clock::time_point Now() const { return opt.clock->now(); }
   std::unique_ptr<RequestPreparer> edge;
+  // Prepares submits with images off this thread (after `edge`: it is stopped before `edge` goes).
+  std::unique_ptr<PrepareThread> prepare_thread;
+  std::set<std::pair<std::string, uint64_t>> preparing;  // (client peer, client's id) posted to it
   std::string bound;
 
   ClusterState state = ClusterState::kWaiting;
@@ -218,6 +224,12 @@ struct Coordinator::Impl {
   void OnHello(const std::string& peer, proto::Hello::Reader h);
   bool ClaimWorkerId(const std::string& peer, const std::string& id, const std::string& host, uint32_t pid);
   void OnSubmit(const std::string& peer, proto::Submit::Reader s);
+  // The rest of OnSubmit once the prompt is prepared (at once, or from prepare_thread): the
+  // checks that need the prepared prompt, then the request is queued and accepted.
+  void FinishSubmit(SubmitIntake in);
+  // Carries on with every submit prepare_thread has finished (each Poll turn).
+  void TakePreparedSubmits();
+  void RefuseSubmit(const std::string& peer, uint64_t client_id, const Status& st);
   StatusOr<std::vector<PreparedPrompt>> PreparePretokenized(proto::Submit::Reader s) const;
   void OnStepResult(proto::StepResult::Reader r);
   // A beam group's share of a step result: `rows` the rows the step gave it (the prompt piece's,

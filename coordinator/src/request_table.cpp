@@ -5,43 +5,86 @@
 
 namespace xcpipe::coordinator {
 
+void Coordinator::Impl::RefuseSubmit(const std::string& peer, uint64_t client_id, const Status& st) {
+  // The only refusal for lack of resources before queueing is a full queue: "busy".
+  ++live.refused_by_reason[st.code() == StatusCode::kResourceExhausted ? "busy" : std::string(StatusCodeName(st.code()))];
+  capnp::MallocMessageBuilder m;
+  auto e = m.initRoot<proto::Envelope>().initTokenEvent();
+  e.setRequestId(client_id);
+  e.setDone(true);
+  e.setFinishReason(std::string(StatusCodeName(st.code())));
+  e.setError(st.message());
+  (void)transport->Send(m, peer, 0ms);  // a client that does not read loses only its answer
+  spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
+}
+
 void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader s) {
   const uint64_t client_id = s.getRequestId();
   ++live.submitted;
-  auto refuse = [&](const Status& st) {
-    // The only refusal for lack of resources before queueing is a full queue: "busy".
-    ++live.refused_by_reason[st.code() == StatusCode::kResourceExhausted ? "busy" : std::string(StatusCodeName(st.code()))];
-    capnp::MallocMessageBuilder m;
-    auto e = m.initRoot<proto::Envelope>().initTokenEvent();
-    e.setRequestId(client_id);
-    e.setDone(true);
-    e.setFinishReason(std::string(StatusCodeName(st.code())));
-    e.setError(st.message());
-    (void)transport->Send(m, peer, 0ms);  // a client that does not read loses only its answer
-    spdlog::info("request {} from {} refused: {}", client_id, peer, StatusCodeName(st.code()));
-  };
+  auto refuse = [&](const Status& st) { RefuseSubmit(peer, client_id, st); };
   if (AnswerRepeatedSubmit(peer, client_id)) return;
+  if (preparing.count({peer, client_id})) {
+    // Its images are being prepared: the answer comes when they are.
+    spdlog::info("client {} #{}: submit repeated while its images are prepared", peer, client_id);
+    return;
+  }
   int64_t of_this_client = 0;
   for (const auto& [id, r] : requests) of_this_client += r.peer == peer;
+  for (const auto& key : preparing) of_this_client += key.first == peer;
   if (of_this_client >= opt.max_requests_per_client) {
     return refuse(ResourceExhaustedError("this client already has " + std::to_string(of_this_client) +
                                          " requests in progress; at most " +
                                          std::to_string(opt.max_requests_per_client) + " per client"));
   }
-  if (static_cast<int64_t>(queue.size()) >= opt.max_queue) {
-    return refuse(ResourceExhaustedError("the coordinator is busy: " + std::to_string(queue.size()) +
+  const size_t waiting = queue.size() + preparing.size();
+  if (static_cast<int64_t>(waiting) >= opt.max_queue) {
+    return refuse(ResourceExhaustedError("the coordinator is busy: " + std::to_string(waiting) +
                                          " requests are waiting; retry later"));
   }
-  const Sampling sampling = SamplingFromWire(s.getSampling());
-  const int64_t max_new = s.getMaxNewTokens();
-  if (Status st = edge->ValidateGeneration(max_new, sampling); !st.ok()) return refuse(st);
-  std::vector<std::string> images;
-  for (auto img : s.getImages()) images.emplace_back(reinterpret_cast<const char*>(img.begin()), img.size());
-  StatusOr<std::vector<PreparedPrompt>> prepared = s.getTokenIds().size() > 0
-                                                       ? PreparePretokenized(s)
-                                                       : edge->Prepare(s.getPromptJson().cStr(), images);
+  SubmitIntake in;
+  in.peer = peer;
+  in.client_id = client_id;
+  in.sampling = SamplingFromWire(s.getSampling());
+  in.max_new = s.getMaxNewTokens();
+  in.want_logits = s.getWantLogits();
+  in.deadline = std::chrono::milliseconds(s.getDeadlineMs());
+  in.received = Now();
+  if (Status st = edge->ValidateGeneration(in.max_new, in.sampling); !st.ok()) return refuse(st);
+  if (s.getTokenIds().size() > 0) {
+    in.prepared = PreparePretokenized(s);
+    in.image_count = s.getImages().size();
+    return FinishSubmit(std::move(in));
+  }
+  for (auto img : s.getImages()) in.images.emplace_back(reinterpret_cast<const char*>(img.begin()), img.size());
+  in.image_count = in.images.size();
+  in.prompt_json = s.getPromptJson().cStr();
+  if (in.images.empty() || !prepare_thread) {
+    in.prepared = edge->Prepare(in.prompt_json, in.images);
+    return FinishSubmit(std::move(in));
+  }
+  // Decoding and preprocessing images takes tens to hundreds of ms: off this thread, so that
+  // the steps of requests already decoding go on being scheduled meanwhile.
+  preparing.insert({peer, client_id});
+  prepare_thread->Post(std::move(in));
+}
+
+void Coordinator::Impl::TakePreparedSubmits() {
+  if (!prepare_thread || preparing.empty()) return;
+  for (SubmitIntake& in : prepare_thread->TakeDone()) {
+    preparing.erase({in.peer, in.client_id});
+    FinishSubmit(std::move(in));
+  }
+}
+
+void Coordinator::Impl::FinishSubmit(SubmitIntake in) {
+  const std::string& peer = in.peer;
+  const uint64_t client_id = in.client_id;
+  auto refuse = [&](const Status& st) { RefuseSubmit(peer, client_id, st); };
+  const Sampling& sampling = in.sampling;
+  const int64_t max_new = in.max_new;
+  StatusOr<std::vector<PreparedPrompt>>& prepared = in.prepared;
   if (!prepared.ok()) return refuse(prepared.status());
-  if (sampling.beams() && s.getWantLogits()) {
+  if (sampling.beams() && in.want_logits) {
     return refuse(InvalidArgumentError("want_logits is not available with num_beams > 1 (the logits of a beam "
                                        "search's tokens are not one row per token)"));
   }
@@ -81,8 +124,8 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
   Request& req = requests[rid];
   req.peer = peer;
   req.client_id = client_id;
-  req.received = Now();
-  const auto asked = std::chrono::milliseconds(s.getDeadlineMs());
+  req.received = in.received;
+  const auto asked = in.deadline;
   req.deadline = req.received + (asked.count() > 0 ? std::min(asked, opt.max_deadline) : opt.default_deadline);
   for (size_t i = 0; i < prepared->size(); ++i) {
     Sequence seq;
@@ -93,7 +136,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     seq.max_new = max_new;
     seq.sampling = sampling;
     seq.max_tokens = seq.prompt.ids.size() + static_cast<uint64_t>(max_new);
-    seq.want_logits = s.getWantLogits();
+    seq.want_logits = in.want_logits;
     const auto& head = prefix.head;
     seq.use_prefix = !head.empty() && seq.prompt.ids.size() > head.size() &&
                      std::equal(head.begin(), head.end(), seq.prompt.ids.begin());
@@ -106,7 +149,7 @@ void Coordinator::Impl::OnSubmit(const std::string& peer, proto::Submit::Reader 
     sequences.emplace(seq.id, std::move(seq));
   }
   spdlog::info("request {} (client {} #{}): {} prompt(s), {} image(s), queued", rid, peer, client_id, prepared->size(),
-               images.size());
+               in.image_count);
   SendAccepted(peer, client_id, 0, 0, prepared->size());
 }
 

@@ -3,15 +3,18 @@
 // "The request lifecycle" (exactly-once delivery).
 //
 // Owns (members of Coordinator::Impl): `requests`, `finished` and `finished_order` (outcomes
-// remembered for repeated submits), `next_request`, `next_request_deadline_check`, the
-// counters `completed` and `failed`. Entry points (request_table.cpp): OnSubmit,
-// PreparePretokenized, SendAccepted, SendFinal, AnswerRepeatedSubmit, StreamTokens,
-// FinishSequence, FailRequest, CheckRequestDeadlines.
+// remembered for repeated submits), `prepare_thread` and `preparing` (submits with images being
+// prepared off the actor thread, prepare_thread.h), `next_request`,
+// `next_request_deadline_check`, the counters `completed` and `failed`. Entry points
+// (request_table.cpp): OnSubmit, FinishSubmit, TakePreparedSubmits, PreparePretokenized,
+// SendAccepted, SendFinal, AnswerRepeatedSubmit, StreamTokens, FinishSequence, FailRequest,
+// CheckRequestDeadlines.
 //
 // Contract:
 //   * A request is (client peer, client's request id). A repeated submit never runs it twice:
-//     while it runs, the repeat is answered with where it stands; once it ended, with the
-//     remembered outcome (the last kFinishedRemembered outcomes).
+//     while its images are prepared, the repeat is not answered (the answer follows); while
+//     it runs, the repeat is answered with where it stands; once it ended, with the remembered
+//     outcome (the last kFinishedRemembered outcomes).
 //   * Every accepted request ends in exactly one final event per prompt: completed (stop or
 //     length) or failed with a reason the client can act on.
 //   * Tokens a client was sent never change: every token event carries its offset, and the

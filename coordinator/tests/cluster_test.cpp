@@ -12,6 +12,7 @@
 #include "xcpipe/control/socket.h"
 #include "xcpipe/coordinator/client.h"
 #include "xcpipe/coordinator/local_cluster.h"
+#include "xcpipe/image/synthetic.h"
 #include "xcpipe/testing/paths.h"
 
 namespace xcpipe::coordinator {
@@ -41,9 +42,9 @@ std::string Image() { return ReadFileToString(testing::FixturesDir() / "ixc2_vl/
 
 // 32 requests of mixed lengths, with and without images.
 std::vector<GenerateRequest> MixedRequests() {
-  const std::vector<std::string> questions = {"Hello!", "What is in the picture?",
-                                              "Describe the colours, the shapes and the layout in great detail, please.",
-                                              "Write one short sentence about the sky."};
+  const std::vector<std::string> questions = {
+      "Hello!", "What is in the picture?", "Describe the colours, the shapes and the layout in great detail, please.",
+      "Write one short sentence about the sky."};
   std::vector<GenerateRequest> out;
   const std::string image = Image();
   for (int i = 0; i < 32; ++i) {
@@ -173,7 +174,7 @@ TEST(ClusterTest, PromptsInPiecesGiveTheTokensOfWholePrefills) {
   };
   uint64_t steps_whole = 0, steps_pieces = 0, steps_after_head = 0;
   const auto whole = run(false, 0, steps_whole);
-  const auto pieces = run(false, 13, steps_pieces);             // the whole prompt in pieces of 13 rows
+  const auto pieces = run(false, 13, steps_pieces);                // the whole prompt in pieces of 13 rows
   const auto pieces_after_head = run(true, 13, steps_after_head);  // what follows the copied head, in pieces
   // Every piece is a step of its own: each prompt holds the template's system text (329 tokens)
   // at least, so 25 pieces or more where the whole prompt took one step.
@@ -280,8 +281,8 @@ TEST(ClusterTest, MinTokensAndIgnoreEosRunToTheLength) {
       ++compared;
     }
   }
-  std::cout << "requests: " << requests.size() << ", all ran to their length; tokens compared with free runs: "
-            << compared << "\n";
+  std::cout << "requests: " << requests.size()
+            << ", all ran to their length; tokens compared with free runs: " << compared << "\n";
 }
 
 // Every worker's reserved KV bytes, as the status shows them (from the workers' heartbeats).
@@ -342,8 +343,9 @@ TEST(ClusterTest, BeamAndGreedyTogetherGiveWhatEachGivesAlone) {
   ASSERT_TRUE(status.ok());
   EXPECT_EQ((*status)["failed"].get<uint64_t>(), 0u);
   EXPECT_EQ((*status)["in_flight"].get<uint64_t>(), 0u);
-  std::cout << "requests: " << requests.size() << " (4 beam, 4 greedy), tokens identical alone and together: "
-            << identical << "/" << requests.size() << "; reserved KV after the batch:";
+  std::cout << "requests: " << requests.size()
+            << " (4 beam, 4 greedy), tokens identical alone and together: " << identical << "/" << requests.size()
+            << "; reserved KV after the batch:";
   for (const auto& [id, bytes] : after) std::cout << " " << id << " " << bytes << " B (idle " << idle.at(id) << ")";
   std::cout << "\n";
 
@@ -429,8 +431,8 @@ TEST(ClusterTest, PerClientLimitAndDeadlinesAreEnforced) {
   for (int i = 0; i < 40 && !failed_by_deadline; ++i) {
     auto status = (*client)->GetStatus(5s);
     ASSERT_TRUE(status.ok());
-    failed_by_deadline = (*status)["failed_by_reason"].value("DeadlineExceeded", 0) > 0 &&
-                         (*status)["in_flight"].get<int64_t>() == 0;
+    failed_by_deadline =
+        (*status)["failed_by_reason"].value("DeadlineExceeded", 0) > 0 && (*status)["in_flight"].get<int64_t>() == 0;
     if (!failed_by_deadline) std::this_thread::sleep_for(100ms);
   }
   EXPECT_TRUE(failed_by_deadline) << "the coordinator kept working on a request past its deadline";
@@ -499,6 +501,94 @@ TEST(ClusterTest, BadInputIsRefusedAtTheEdgeAndServingGoesOn) {
   auto official = ReadNpy(testing::FixturesDir() / "ixc2_vl/cases/image_chat/generated_ids.npy");
   ASSERT_TRUE(official.ok());
   EXPECT_EQ(ok->token_ids[0], official->ToInt64());
+}
+
+// A large image (a 3840x2160 PNG: tens of ms to decode and resize) is prepared off the
+// coordinator's thread: a text request submitted just after it is accepted first, the image
+// request repeated by its client while it is prepared runs once, and every answer is the one
+// of the same request alone.
+TEST(ClusterTest, ALargeImageIsPreparedWhileOtherRequestsGoOnAndRunsOnceWhenRepeated) {
+  if (!fs::exists(ModelDir())) GTEST_SKIP() << "fixtures not found at " << ModelDir();
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  const std::string large = image::SyntheticPng(3840, 2160);
+  GenerateRequest image_request, text_request;
+  image_request.prompt_json = nlohmann::json("<ImageHere>What is in the picture?").dump();
+  image_request.images = {large};
+  image_request.max_new_tokens = 6;
+  text_request.prompt_json = nlohmann::json("Write one short sentence about the sky.").dump();
+  text_request.max_new_tokens = 6;
+  std::vector<std::vector<int64_t>> alone;
+  for (const auto* r : {&image_request, &text_request}) {
+    auto client = Client::Connect(cluster->address(), 10s);
+    ASSERT_TRUE(client.ok());
+    auto result = (*client)->Generate(*r, 120s);
+    ASSERT_TRUE(result.ok() && result->error.empty()) << (result.ok() ? result->error : result.status().ToString());
+    alone.push_back(result->token_ids[0]);
+  }
+
+  zmq::context_t context;
+  auto dealer = control::ControlSocket::ConnectDealer(context, cluster->address(), "prepare-test-client");
+  ASSERT_TRUE(dealer.ok());
+  {
+    capnp::MallocMessageBuilder m;
+    m.initRoot<proto::Envelope>().initHello().setRole(proto::Role::CLIENT);
+    m.getRoot<proto::Envelope>().getHello().setProtocolVersion(proto::K_PROTOCOL_VERSION);
+    ASSERT_TRUE((*dealer)->Send(m).ok());
+  }
+  auto submit = [&](uint64_t id, const GenerateRequest& r) {
+    capnp::MallocMessageBuilder m;
+    auto sub = m.initRoot<proto::Envelope>().initSubmit();
+    sub.setRequestId(id);
+    sub.setPromptJson(r.prompt_json);
+    sub.setMaxNewTokens(static_cast<uint32_t>(r.max_new_tokens));
+    auto images = sub.initImages(static_cast<unsigned>(r.images.size()));
+    for (size_t i = 0; i < r.images.size(); ++i) {
+      images.set(static_cast<unsigned>(i),
+                 kj::arrayPtr(reinterpret_cast<const kj::byte*>(r.images[i].data()), r.images[i].size()));
+    }
+    return (*dealer)->Send(m);
+  };
+  ASSERT_TRUE(submit(1, image_request).ok());
+  ASSERT_TRUE(submit(1, image_request).ok());  // the client repeats it
+  ASSERT_TRUE(submit(2, text_request).ok());
+  std::vector<uint64_t> accepted;  // request ids in the order of their first acceptance
+  std::map<uint64_t, int> finals;
+  std::map<uint64_t, std::vector<int64_t>> tokens;
+  const auto until = std::chrono::steady_clock::now() + 120s;
+  while (std::chrono::steady_clock::now() < until && (finals[1] == 0 || finals[2] == 0)) {
+    auto in = (*dealer)->Receive(200ms);
+    ASSERT_TRUE(in.ok());
+    if (!in->has_value() || (*in)->message->envelope().which() != proto::Envelope::TOKEN_EVENT) continue;
+    auto e = (*in)->message->envelope().getTokenEvent();
+    const uint64_t id = e.getRequestId();
+    if (e.getAccepted() && std::find(accepted.begin(), accepted.end(), id) == accepted.end()) accepted.push_back(id);
+    if (e.getDone()) {
+      ++finals[id];
+      EXPECT_EQ(std::string(e.getError().cStr()), "") << "request " << id;
+      tokens[id].clear();
+      for (int64_t t : e.getAllTokens()) tokens[id].push_back(t);
+    }
+  }
+  std::this_thread::sleep_for(500ms);  // a second run of request 1 would have sent more by now
+  for (int i = 0; i < 5; ++i) {
+    auto in = (*dealer)->Receive(100ms);
+    ASSERT_TRUE(in.ok());
+    if (in->has_value() && (*in)->message->envelope().which() == proto::Envelope::TOKEN_EVENT &&
+        (*in)->message->envelope().getTokenEvent().getDone()) {
+      ++finals[(*in)->message->envelope().getTokenEvent().getRequestId()];
+    }
+  }
+  EXPECT_EQ(finals[1], 1);
+  EXPECT_EQ(finals[2], 1);
+  EXPECT_EQ(accepted, (std::vector<uint64_t>{2, 1})) << "the text request waited for the image's preparation";
+  EXPECT_EQ(tokens[1], alone[0]);
+  EXPECT_EQ(tokens[2], alone[1]);
+  auto client = Client::Connect(cluster->address(), 10s);
+  ASSERT_TRUE(client.ok());
+  auto status = (*client)->GetStatus(10s);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ((*status)["completed"].get<uint64_t>(), 4u) << "2 requests alone, then 2 at once";
 }
 
 }  // namespace

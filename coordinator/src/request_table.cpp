@@ -72,6 +72,14 @@ void Coordinator::Impl::TakePreparedSubmits() {
   if (!prepare_thread || preparing.empty()) return;
   for (SubmitIntake& in : prepare_thread->TakeDone()) {
     preparing.erase({in.peer, in.client_id});
+    if (capacity_lost) {
+      // A stage was lost meanwhile and no plan fits the workers left: what was queued failed,
+      // and so does this, with the refusal a new submit would get now.
+      RefuseSubmit(in.peer, in.client_id,
+                   UnavailableError("the cluster lost a stage and the remaining workers cannot hold the model; "
+                                    "retry when a worker has been restarted"));
+      continue;
+    }
     FinishSubmit(std::move(in));
   }
 }

@@ -104,11 +104,9 @@ void Coordinator::Impl::Dispatch(const std::string& peer, const proto::Envelope:
         e.setDone(true);
         e.setFinishReason("Unavailable");
         e.setError(draining ? std::string("the coordinator is shutting down; submit to another cluster or retry later")
-                   : capacity_lost
-                       ? std::string("the cluster lost a stage and the remaining workers cannot hold the model; "
-                                     "retry when a worker has been restarted")
-                       : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
-                             "); retry shortly");
+                   : capacity_lost ? std::string(kCapacityLostRefusal)
+                                   : std::string("the cluster is not serving yet (") + ClusterStateName(state) +
+                                         "); retry shortly");
         if (!draining) e.setRetryAfterMs(static_cast<uint32_t>(kRetryAfterWhenNotServing.count()));
         Send(m, peer);
         return;

@@ -75,9 +75,7 @@ void Coordinator::Impl::TakePreparedSubmits() {
     if (capacity_lost) {
       // A stage was lost meanwhile and no plan fits the workers left: what was queued failed,
       // and so does this, with the refusal a new submit would get now.
-      RefuseSubmit(in.peer, in.client_id,
-                   UnavailableError("the cluster lost a stage and the remaining workers cannot hold the model; "
-                                    "retry when a worker has been restarted"));
+      RefuseSubmit(in.peer, in.client_id, UnavailableError(kCapacityLostRefusal));
       continue;
     }
     FinishSubmit(std::move(in));

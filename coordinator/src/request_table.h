@@ -38,6 +38,11 @@ using Clock = std::chrono::steady_clock;
 // What a client is told to wait before repeating a submit the cluster cannot take yet.
 constexpr std::chrono::milliseconds kRetryAfterWhenNotServing{500};
 
+// Why a submit is refused while no plan fits the workers left after a fault (capacity_lost).
+constexpr const char* kCapacityLostRefusal =
+    "the cluster lost a stage and the remaining workers cannot hold the model; retry when a worker has been "
+    "restarted";
+
 // Finished requests remembered per client for repeated submits (oldest forgotten first).
 constexpr size_t kFinishedRemembered = 4096;
 

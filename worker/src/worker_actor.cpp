@@ -79,7 +79,6 @@ int64_t EncodeTiles(proto::ImageTensor::Reader img) {
 }
 
 // One preprocessed image from the wire (ImageTensor), its size checked against its shape.
-
 StatusOr<model::ImageInput> ImageFromWire(proto::ImageTensor::Reader img) {
   const uint64_t n = uint64_t{img.getChannels()} * img.getHeight() * img.getWidth();
   auto px = img.getPixels();
